@@ -1,0 +1,21 @@
+"""`distill …`: the workstation commands (fit, quantize, export, eval), one module each."""
+from __future__ import annotations
+
+import sys
+
+from runtime.commands import dispatch
+
+COMMANDS = {
+    "fit": ("distill.fit", "train a student on the teacher's t=50 features; bank, threshold, uncertainty band"),
+    "quantize": ("distill.quantize", "INT8 post-training quantization (NNCF, ONNX Runtime), accuracy-guarded"),
+    "export": ("distill.export", "write the student artifact directory for the edge"),
+    "eval": ("distill.evaluate", "student vs teacher: fidelity, detection metrics, latency; HTML report"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("distill", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

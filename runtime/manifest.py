@@ -1,0 +1,125 @@
+"""The student artifact's ``manifest.json``: everything the edge needs to run a student, self-described.
+
+Written by ``distill export``, read by ``lineside run``. A reader refuses a format version it does not
+know and any file whose sha256 differs from the manifest, naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtime.featurespec import ContractError, FeatureSpec
+
+MANIFEST_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class Preprocess(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: int  # square network input side, px
+    color_order: Literal["RGB", "BGR"] = "RGB"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on [0, 1] pixels
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize: Literal["bilinear"] = "bilinear"  # cv2.INTER_LINEAR, half-pixel centres
+
+
+class Scoring(BaseModel):
+    """How the edge turns the student's embedding into a map and a score (distill's memory bank)."""
+    model_config = ConfigDict(extra="forbid")
+    bank_file: str = "bank.npy"  # float16 (N, D) coreset of good-image embeddings
+    embedding_output: str = "embedding"  # ONNX output holding (1, D, h, w)
+    k: int = 1  # mean distance to k nearest bank vectors
+    blur_sigma_px: float = 4.0  # Gaussian on the full-size map
+    score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
+    region_threshold: float = 0.0  # map value above which pixels belong to a region (0: use threshold)
+    min_region_px: int = 16
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    threshold: float  # score >= threshold -> defect
+    band: tuple[float, float]  # uncertainty band [lo, hi]: inside -> ask the teacher
+    ood_limit: float  # mean nearest-bank distance above which a frame is out of distribution
+    target_agreement: float = 0.995
+    val_agreement_outside_band: Optional[float] = None
+    val_fallback_rate: Optional[float] = None
+
+
+class ArtifactManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int
+    name: str = "student"
+    student: str = ""  # registry name, e.g. "s"
+    feature_spec: dict  # FeatureSpec.to_dict()
+    preprocess: Preprocess
+    outputs: list[str]  # ONNX output names, in order
+    scoring: Scoring = Field(default_factory=Scoring)
+    calibration: Calibration
+    labels: list[str] = Field(default_factory=list)  # defect vocabulary of the head, if any
+    teacher_hash: str = ""  # sha256 of the teacher checkpoint's config + weights
+    quantization: str = "fp32"  # fp32 | int8-nncf | int8-ort
+    models: dict[str, str] = Field(default_factory=dict)  # role -> file: fp32, int8, openvino_xml
+    tolerance: dict[str, float] = Field(default_factory=dict)  # backend -> max abs score diff vs torch
+    metrics: dict = Field(default_factory=dict)  # calibration / validation figures
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.feature_spec)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: str | Path, manifest: ArtifactManifest) -> Path:
+    """Hash every file under the directory (manifest excluded) into ``files`` and write manifest.json."""
+    d = Path(directory)
+    files = {str(p.relative_to(d)): sha256_file(p)
+             for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME}
+    manifest = manifest.model_copy(update={"files": files})
+    (d / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2))
+    return d / MANIFEST_NAME
+
+
+def load_manifest(directory: str | Path, verify: bool = True) -> ArtifactManifest:
+    """Read and check an artifact directory's manifest; ``verify`` re-hashes every listed file."""
+    d = Path(directory)
+    p = d / MANIFEST_NAME
+    if not p.is_file():
+        raise ContractError(f"{d}: not an artifact (no {MANIFEST_NAME})")
+    try:
+        raw = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ContractError(f"{p}: not valid JSON ({e.msg})") from None
+    v = raw.get("format_version") if isinstance(raw, dict) else None
+    if v != MANIFEST_FORMAT_VERSION:
+        raise ContractError(f"{p}: manifest format_version {v!r} is not supported (this lineside reads {MANIFEST_FORMAT_VERSION})")
+    try:
+        m = ArtifactManifest(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ContractError(f"{p}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    m.spec  # validates the FeatureSpec's own version
+    if verify:
+        for rel, digest in m.files.items():
+            f = d / rel
+            if not f.is_file():
+                raise ContractError(f"{d}: file {rel} listed in the manifest is missing")
+            actual = sha256_file(f)
+            if actual != digest:
+                raise ContractError(f"{d}: file {rel} fails its checksum (sha256 {actual[:12]}… != manifest {digest[:12]}…); "
+                                    "the artifact was modified or damaged")
+        for role, rel in m.models.items():
+            if rel not in m.files:
+                raise ContractError(f"{d}: model {role} = {rel} is not among the manifest's checksummed files")
+    return m

@@ -1,0 +1,28 @@
+"""`teacher …`: the cluster-side commands, one module each (see runtime/commands.py)."""
+from __future__ import annotations
+
+import sys
+
+from runtime.commands import dispatch
+
+COMMANDS = {
+    "data": ("teacher.data.cli", "make or import a line dataset (synth, import)"),
+    "info": ("teacher.info", "parameter counts and FeatureSpec of a preset"),
+    "train-vae": ("teacher.train_vae", "train the autoencoder on the dataset when no pretrained VAE is given"),
+    "train": ("teacher.train", "stage 1: train the diffusion U-Net (torchrun for several GPUs)"),
+    "extract": ("teacher.extract", "t=50 features of a dataset as safetensors shards"),
+    "generate": ("teacher.generate", "text-guided defect synthesis (DDIM + classifier-free guidance)"),
+    "finetune": ("teacher.finetune", "stage 2: train the mask head on frozen t=50 features"),
+    "bank": ("teacher.bank", "memory bank of good-image features (good-images-only lines)"),
+    "eval": ("teacher.evaluate", "detection and segmentation metrics, HTML report"),
+    "serve": ("teacher.serve", "GPU fallback server for line-side daemons (ZeroMQ)"),
+    "bench": ("teacher.bench", "feature-extraction latency and peak memory per image"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("teacher", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
