@@ -1,7 +1,44 @@
-"""anomaly_map: distance grid -> upsampled, Gaussian-blurred map at image size -> image score."""
+"""anomaly_map: distance grid -> upsampled, Gaussian-blurred map at image size -> image score.
+
+Convention (reference, Triton and CUDA alike): bilinear upsampling with half-pixel centres
+(cv2.INTER_LINEAR on float32 = torch ``interpolate(align_corners=False)`` for upsampling), a
+separable Gaussian of σ px truncated at radius ``int(4σ + 0.5)`` with reflected borders
+(cv2.BORDER_REFLECT_101), weights from ``gaussian_weights``; score = max, or mean of the ``topk``
+largest map values.
+
+The kernels run in two passes: ``_upsample_hblur_kernel`` produces the horizontally blurred rows of
+the upsampled map straight from the small grid (the upsampled map itself is never stored), and
+``_vblur_topk_kernel`` blurs columns, writes the map and each program's ``topk`` largest values; the
+launcher takes the final top-k over those candidates (a few thousand numbers). Float32 throughout;
+kernel vs reference agree to ``RTOL``/``ATOL`` (summation order only).
+"""
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+RTOL = 1e-5
+ATOL = 1e-5  # relative to the grid's value range
+MAX_TOPK = 64
+
+
+def gaussian_weights(sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian taps, length 2·int(4σ + 0.5) + 1 (a single 1 when σ <= 0): the same
+    taps cv2.getGaussianKernel gives for that size."""
+    if sigma <= 0:
+        return np.ones(1, np.float32)
+    r = int(4.0 * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return (g / g.sum()).astype(np.float32)
+
+
+def _topk_mean(flat: np.ndarray, topk: int) -> float:
+    if topk <= 1:
+        return float(flat.max())
+    kk = min(topk, flat.size)
+    return float(np.partition(flat, flat.size - kk)[flat.size - kk:].mean())
 
 
 def anomaly_map_reference(grid: np.ndarray, out_hw: tuple[int, int], sigma: float, topk: int = 1
@@ -11,15 +48,145 @@ def anomaly_map_reference(grid: np.ndarray, out_hw: tuple[int, int], sigma: floa
     borders (cv2.BORDER_REFLECT_101), score = mean of the ``topk`` largest map values."""
     import cv2
 
+    if grid.ndim != 2 or grid.size == 0:
+        raise ValueError(f"anomaly_map: grid shape {grid.shape}, expected non-empty (h, w)")
     h, w = out_hw
     up = cv2.resize(np.ascontiguousarray(grid, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     if sigma > 0:
-        ksize = 2 * int(4.0 * sigma + 0.5) + 1
+        ksize = gaussian_weights(sigma).size  # cv2.getGaussianKernel(ksize, σ) gives the same taps
         up = cv2.GaussianBlur(up, (ksize, ksize), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
-    flat = up.ravel()
-    if topk <= 1:
-        score = float(flat.max())
-    else:
-        kk = min(topk, flat.size)
-        score = float(np.partition(flat, flat.size - kk)[flat.size - kk:].mean())
-    return up, score
+    return up, _topk_mean(up.ravel(), topk)
+
+
+# ----------------------------------------------------------------------------------------------- Triton
+def _build_triton_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _upsample_hblur_kernel(
+        grid_ptr,  # (h, w) float32 distance grid, contiguous
+        wts_ptr,  # (KSIZE,) float32 Gaussian taps
+        tmp_ptr,  # (H, W) float32 output: upsampled rows blurred along x, contiguous
+        h, w, H, W,  # grid and image sizes
+        scale_y, scale_x,  # h/H, w/W
+        KSIZE,  # taps (odd); radius = KSIZE // 2
+        BLOCK_W: tl.constexpr,  # image columns per program
+    ):
+        y = tl.program_id(0)
+        xs = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        ok = xs < W
+        # source row of this image row (scalar): cv2 INTER_LINEAR, clamped at both borders
+        fy = (y.to(tl.float32) + 0.5) * scale_y - 0.5
+        gy = tl.floor(fy)
+        wy = fy - gy
+        y0 = gy.to(tl.int32)
+        wy = tl.where(y0 < 0, 0.0, wy)
+        y0 = tl.maximum(y0, 0)
+        wy = tl.where(y0 >= h - 1, 0.0, wy)
+        y0 = tl.minimum(y0, h - 1)
+        y1 = tl.minimum(y0 + 1, h - 1)
+        r = KSIZE // 2
+        period_x = tl.maximum(2 * (W - 1), 1)
+        acc = tl.zeros((BLOCK_W,), tl.float32)
+        for t in range(0, KSIZE):
+            # cv2.BORDER_REFLECT_101 for any offset: fold into one period of 2(W − 1)
+            x = tl.abs(xs + (t - r)) % period_x
+            x = tl.where(x >= W, period_x - x, x)
+            fx = (x.to(tl.float32) + 0.5) * scale_x - 0.5
+            gx = tl.floor(fx)
+            wx = fx - gx
+            x0 = gx.to(tl.int32)
+            wx = tl.where(x0 < 0, 0.0, wx)
+            x0 = tl.maximum(x0, 0)
+            wx = tl.where(x0 >= w - 1, 0.0, wx)
+            x0 = tl.minimum(x0, w - 1)
+            x1 = tl.minimum(x0 + 1, w - 1)
+            v00 = tl.load(grid_ptr + y0 * w + x0, mask=ok, other=0.0)
+            v01 = tl.load(grid_ptr + y0 * w + x1, mask=ok, other=0.0)
+            v10 = tl.load(grid_ptr + y1 * w + x0, mask=ok, other=0.0)
+            v11 = tl.load(grid_ptr + y1 * w + x1, mask=ok, other=0.0)
+            top = v00 + (v01 - v00) * wx
+            bot = v10 + (v11 - v10) * wx
+            acc += tl.load(wts_ptr + t) * (top + (bot - top) * wy)
+        tl.store(tmp_ptr + y * W + xs, acc, mask=ok)
+
+    @triton.jit
+    def _vblur_topk_kernel(
+        tmp_ptr,  # (H, W) float32 rows blurred along x (from _upsample_hblur_kernel)
+        wts_ptr,  # (KSIZE,) float32 Gaussian taps
+        map_ptr,  # (H, W) float32 output anomaly map
+        cand_ptr,  # (H · cdiv(W, BLOCK_W), TOPK) float32 output: each program's TOPK largest values
+        H, W,  # image size
+        KSIZE,  # taps (odd)
+        TOPK: tl.constexpr,  # candidates kept per program
+        BLOCK_W: tl.constexpr,  # image columns per program
+    ):
+        y = tl.program_id(0)
+        pb = tl.program_id(1)
+        xs = pb * BLOCK_W + tl.arange(0, BLOCK_W)
+        ok = xs < W
+        r = KSIZE // 2
+        period_y = tl.maximum(2 * (H - 1), 1)
+        acc = tl.zeros((BLOCK_W,), tl.float32)
+        for t in range(0, KSIZE):
+            yy = tl.abs(y + (t - r)) % period_y  # BORDER_REFLECT_101, as along x
+            yy = tl.where(yy >= H, period_y - yy, yy)
+            acc += tl.load(wts_ptr + t) * tl.load(tmp_ptr + yy * W + xs, mask=ok, other=0.0)
+        tl.store(map_ptr + y * W + xs, acc, mask=ok)
+        v = tl.where(ok, acc, float("-inf"))
+        base = (y * tl.num_programs(1) + pb) * TOPK
+        for j in tl.static_range(TOPK):
+            mx = tl.max(v, axis=0)
+            tl.store(cand_ptr + base + j, mx)
+            v = tl.where(tl.arange(0, BLOCK_W) == tl.argmax(v, axis=0), float("-inf"), v)
+
+    return _upsample_hblur_kernel, _vblur_topk_kernel
+
+
+_KERNELS = None
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _build_triton_kernels()
+    return _KERNELS
+
+
+def anomaly_map(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1, *, weights=None,
+                block_w: int = 256):
+    """Triton launcher. grid: (h, w) float32 torch tensor on a CUDA device (CPU under
+    TRITON_INTERPRET=1), contiguous. Returns ((H, W) float32 map on the device, score tensor ()).
+    ``weights`` (the Gaussian taps as a device float32 tensor) may be passed to skip the upload."""
+    import torch
+
+    if not isinstance(grid, torch.Tensor):
+        raise TypeError(f"anomaly_map: grid must be a torch tensor, got {type(grid).__name__}")
+    if grid.dtype != torch.float32:
+        raise TypeError(f"anomaly_map: grid dtype {grid.dtype}, expected torch.float32")
+    if not (grid.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
+        raise ValueError(f"anomaly_map: grid is on {grid.device}; the Triton kernel needs a CUDA device")
+    if grid.ndim != 2 or grid.numel() == 0 or not grid.is_contiguous():
+        raise ValueError(f"anomaly_map: grid must be contiguous non-empty (h, w), got {tuple(grid.shape)}")
+    H, W = (int(v) for v in out_hw)
+    if H < 1 or W < 1:
+        raise ValueError(f"anomaly_map: output size {out_hw} must be positive")
+    kk = max(1, min(int(topk), MAX_TOPK, H * W))
+    if int(topk) > MAX_TOPK:
+        raise ValueError(f"anomaly_map: topk={topk} > {MAX_TOPK}")
+    block_w = min(block_w, max(16, 1 << (W - 1).bit_length()))
+    if weights is None:
+        weights = torch.from_numpy(gaussian_weights(sigma)).to(grid.device)
+    h, w = grid.shape
+    tmp = torch.empty((H, W), dtype=torch.float32, device=grid.device)
+    out = torch.empty((H, W), dtype=torch.float32, device=grid.device)
+    nb = (W + block_w - 1) // block_w
+    cand = torch.empty((H * nb, kk), dtype=torch.float32, device=grid.device)
+    up_hblur, vblur_topk = _kernels()
+    up_hblur[(H, nb)](grid, weights, tmp, h, w, H, W, float(np.float32(h / H)), float(np.float32(w / W)),
+                      weights.numel(), BLOCK_W=block_w)
+    vblur_topk[(H, nb)](tmp, weights, out, cand, H, W, weights.numel(), TOPK=kk, BLOCK_W=block_w)
+    flat = cand.reshape(-1)
+    score = flat.max() if kk == 1 else torch.topk(flat, kk).values.mean()
+    return out, score

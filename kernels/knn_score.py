@@ -1,40 +1,210 @@
-"""knn_score: distance of each query vector to its nearest (mean of k nearest) memory-bank vectors."""
+"""knn_score: distance of each query vector to its nearest (mean of k nearest) memory-bank vectors.
+
+d²(q, b) = ‖q‖² − 2 q·b + ‖b‖², computed tile by tile with a running minimum (or a running k-smallest
+set), so the M×N distance matrix is never materialised.
+
+* ``knn_score_reference`` — numpy, the production path on x86 edge PCs. The GEMM dominates, so it is
+  shaped for BLAS: the bank is augmented once to ``[b, ‖b‖²]`` (``prepare_bank``) and the queries
+  to ``[−2q, 1]``, so one float32 matmul per (query chunk × bank chunk) yields ``‖b‖² − 2q·b``
+  directly and the only other pass over the tile is the row minimum. Chunks stay in L2.
+* ``_knn_score_kernel`` — Triton, float16 inputs, float32 accumulation (tensor cores via ``tl.dot``).
+* ``knn_score`` — launcher for the Triton kernel (torch tensors on a CUDA device).
+* ``knn_score.cu`` — the CUDA C version, launched from ``kernels.cuda_runtime``.
+"""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
-CHUNK_ELEMS = 1 << 22  # M-chunk x N block kept under ~16 MB of float32 distances
+# Reference tiling: a (ROWS x COLS) float32 tile (4 MB) per matmul keeps the GEMM efficient and the
+# tile in the last-level cache for the minimum that follows.
+REF_ROWS = 256
+REF_COLS = 4096
+MAX_K = 64  # k beyond this is a different algorithm (sort), not a nearest-neighbour score
+
+
+def _check(queries, bank, k: int) -> None:
+    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"knn_score: queries {tuple(queries.shape)} and bank {tuple(bank.shape)} "
+                         "must be (M, D) and (N, D)")
+    n = bank.shape[0]
+    if not 1 <= k <= min(n, MAX_K):
+        raise ValueError(f"knn_score: k={k} must be in [1, {min(n, MAX_K)}] (bank has {n} rows)")
+
+
+def prepare_bank(bank: np.ndarray, bank_sqnorm: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) -> (N, D+1) float32 ``[b, ‖b‖²]``: do this once per bank, not per frame."""
+    b = np.asarray(bank, dtype=np.float32)
+    aug = np.empty((b.shape[0], b.shape[1] + 1), np.float32)
+    aug[:, :-1] = b
+    if bank_sqnorm is None:
+        np.einsum("nd,nd->n", b, b, out=aug[:, -1])
+    else:
+        aug[:, -1] = np.asarray(bank_sqnorm, np.float32).reshape(-1)
+    return aug
 
 
 def knn_score_reference(queries: np.ndarray, bank: np.ndarray, k: int = 1,
-                        bank_sqnorm: np.ndarray | None = None) -> np.ndarray:
+                        bank_sqnorm: np.ndarray | None = None, prepared: np.ndarray | None = None
+                        ) -> np.ndarray:
     """(M, D), (N, D) -> (M,) float32 Euclidean distance, mean over the k nearest.
 
-    ‖q‖² − 2 q·b + ‖b‖² by chunks of queries through one BLAS matmul each, so the full M×N matrix is
-    never held at once.
+    ``prepared`` is ``prepare_bank(bank)`` if the caller caches it (the dispatcher does), else it is
+    built here (one O(N·D) copy). Float32 throughout; float16 inputs are widened.
     """
-    if queries.ndim != 2 or bank.ndim != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"knn_score: queries {queries.shape} and bank {bank.shape} must be (M, D) and (N, D)")
-    n = bank.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"knn_score: k={k} must be in [1, {n}]")
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    b = np.ascontiguousarray(bank, dtype=np.float32)
-    bb = (b * b).sum(1) if bank_sqnorm is None else bank_sqnorm.astype(np.float32)
-    out = np.empty(q.shape[0], np.float32)
-    rows = max(1, CHUNK_ELEMS // max(n, 1))
-    for s in range(0, q.shape[0], rows):
-        qc = q[s:s + rows]
-        d2 = qc @ b.T  # (m, N)
-        d2 *= -2.0
-        d2 += bb[None, :]
-        d2 += (qc * qc).sum(1, keepdims=True)
-        if k == 1:
-            best = d2.min(1)
+    _check(queries, bank, k)
+    aug = prepare_bank(bank, bank_sqnorm) if prepared is None else prepared
+    m, d = queries.shape
+    n = aug.shape[0]
+    out = np.empty(m, np.float32)
+    if m == 0:
+        return out
+    cols = min(n, REF_COLS)
+    rows = min(m, max(REF_ROWS, (REF_ROWS * REF_COLS) // cols))
+    buf = np.empty((rows, cols), np.float32)
+    qa = np.empty((rows, d + 1), np.float32)
+    qa[:, d] = 1.0
+    for s in range(0, m, rows):
+        qc = np.asarray(queries[s:s + rows], dtype=np.float32)
+        r = qc.shape[0]
+        np.multiply(qc, -2.0, out=qa[:r, :d])  # [−2q, 1] · [b, ‖b‖²] = ‖b‖² − 2 q·b
+        qq = np.einsum("md,md->m", qc, qc)
+        best = np.full(r, np.inf, np.float32) if k == 1 else np.full((r, k), np.inf, np.float32)
+        for t in range(0, n, cols):
+            bt = aug[t:t + cols]
+            tile = np.matmul(qa[:r], bt.T, out=buf[:r, :bt.shape[0]])  # (r, c)
+            if k == 1:
+                np.minimum(best, tile.min(1), out=best)
+            elif tile.shape[1] <= k:
+                best = np.partition(np.concatenate([best, tile], axis=1), k - 1, axis=1)[:, :k]
+            else:
+                tile.partition(k - 1, axis=1)  # in place: each row's k smallest now lead the row
+                best = np.partition(np.concatenate([best, tile[:, :k]], axis=1), k - 1, axis=1)[:, :k]
+        d2 = best + (qq if k == 1 else qq[:, None])
+        np.maximum(d2, 0.0, out=d2)
+        np.sqrt(d2, out=d2)
+        out[s:s + r] = d2 if k == 1 else d2.mean(1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- Triton
+def _build_triton_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _knn_score_kernel(
+        q_ptr,  # (M, D) float16 queries; rows stride_qm apart, columns contiguous
+        b_ptr,  # (N, D) float16 bank; rows stride_bn apart, columns contiguous
+        bsq_ptr,  # (N,) float32 ‖b‖² per bank row (cached by the caller)
+        out_ptr,  # (M,) float32 result: distance to the nearest, or mean over the K nearest
+        M, N, D,  # number of queries, bank rows, feature dimension
+        stride_qm, stride_bn,  # row strides in elements
+        K: tl.constexpr,  # neighbours averaged (1 = plain running minimum)
+        KP: tl.constexpr,  # K rounded up to a power of two: width of the running k-smallest tile
+        BLOCK_M: tl.constexpr,  # queries per program
+        BLOCK_N: tl.constexpr,  # bank rows per inner step
+        BLOCK_D: tl.constexpr,  # feature columns per dot step (>= 16 for tensor cores)
+    ):
+        pid = tl.program_id(0)
+        rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rd = tl.arange(0, BLOCK_D)
+        cn = tl.arange(0, BLOCK_N)
+        m_ok = rm < M
+        # ‖q‖² does not change which bank row is nearest: add it once at the end.
+        qq = tl.zeros((BLOCK_M,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + rd
+            q = tl.load(q_ptr + rm[:, None] * stride_qm + dd[None, :],
+                        mask=m_ok[:, None] & (dd[None, :] < D), other=0.0).to(tl.float32)
+            qq += tl.sum(q * q, axis=1)
+        kc = tl.arange(0, KP)
+        if K == 1:
+            best = tl.full((BLOCK_M,), float("inf"), tl.float32)
         else:
-            best = np.partition(d2, k - 1, axis=1)[:, :k]
-            best = np.sqrt(np.maximum(best, 0.0)).mean(1)
-            out[s:s + rows] = best
-            continue
-        out[s:s + rows] = np.sqrt(np.maximum(best, 0.0))
+            # (BLOCK_M, KP) running k smallest; padding columns hold -inf so they are never "worst"
+            best = tl.where(kc[None, :] < K, float("inf"), float("-inf")) + tl.zeros((BLOCK_M, KP), tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            rn = n0 + cn
+            n_ok = rn < N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + rd
+                q = tl.load(q_ptr + rm[:, None] * stride_qm + dd[None, :],
+                            mask=m_ok[:, None] & (dd[None, :] < D), other=0.0)  # (BLOCK_M, BLOCK_D)
+                b = tl.load(b_ptr + rn[None, :] * stride_bn + dd[:, None],
+                            mask=n_ok[None, :] & (dd[:, None] < D), other=0.0)  # (BLOCK_D, BLOCK_N)
+                acc = tl.dot(q, b, acc)  # float32 accumulation
+            bsq = tl.load(bsq_ptr + rn, mask=n_ok, other=float("inf"))
+            part = bsq[None, :] - 2.0 * acc  # ‖b‖² − 2 q·b; +inf in padded bank columns
+            if K == 1:
+                best = tl.minimum(best, tl.min(part, axis=1))
+            else:
+                # K rounds: move the tile's smallest into the running set if it beats the set's worst.
+                for _ in tl.static_range(K):
+                    cmin = tl.min(part, axis=1)
+                    cidx = tl.argmin(part, axis=1)
+                    worst = tl.max(best, axis=1)
+                    widx = tl.argmax(best, axis=1)
+                    take = cmin < worst
+                    best = tl.where((kc[None, :] == widx[:, None]) & take[:, None], cmin[:, None], best)
+                    part = tl.where(cn[None, :] == cidx[:, None], float("inf"), part)
+        if K == 1:
+            res = tl.sqrt(tl.maximum(best + qq, 0.0))
+        else:
+            dist = tl.sqrt(tl.maximum(best + qq[:, None], 0.0))
+            res = tl.sum(tl.where(kc[None, :] < K, dist, 0.0), axis=1) / K
+        tl.store(out_ptr + rm, res, mask=m_ok)
+
+    return _knn_score_kernel
+
+
+_KERNEL = None
+
+
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build_triton_kernel()
+    return _KERNEL
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def knn_score(queries, bank, k: int = 1, bank_sqnorm=None, *, block_m: int = 64, block_n: int = 64,
+              block_d: int = 32):
+    """Triton launcher. queries (M, D), bank (N, D): float16 torch tensors on one CUDA device (CPU
+    tensors under TRITON_INTERPRET=1), rows contiguous; bank_sqnorm (N,) float32 or None (computed).
+    Returns (M,) float32 on the same device."""
+    import torch
+
+    _check(queries, bank, k)
+    for name, t in (("queries", queries), ("bank", bank)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"knn_score: {name} must be a torch tensor, got {type(t).__name__}")
+        if t.dtype != torch.float16:
+            raise TypeError(f"knn_score: {name} dtype {t.dtype}, expected torch.float16")
+        if not (t.is_cuda or _interpreting()):
+            raise ValueError(f"knn_score: {name} is on {t.device}; the Triton kernel needs a CUDA device")
+        if t.shape[1] > 0 and t.stride(1) != 1:
+            raise ValueError(f"knn_score: {name} columns must be contiguous (stride {t.stride()})")
+    if queries.device != bank.device:
+        raise ValueError(f"knn_score: queries on {queries.device}, bank on {bank.device}")
+    m, d = queries.shape
+    n = bank.shape[0]
+    if bank_sqnorm is None:
+        bank_sqnorm = bank.float().pow(2).sum(1)
+    if bank_sqnorm.shape != (n,) or bank_sqnorm.dtype != torch.float32 or not bank_sqnorm.is_contiguous():
+        raise ValueError(f"knn_score: bank_sqnorm must be contiguous float32 ({n},), got "
+                         f"{tuple(bank_sqnorm.shape)} {bank_sqnorm.dtype}")
+    out = torch.empty(m, dtype=torch.float32, device=queries.device)
+    if m == 0:
+        return out
+    kp = 1 << max(0, (k - 1).bit_length())
+    grid = ((m + block_m - 1) // block_m,)
+    _kernel()[grid](queries, bank, bank_sqnorm, out, m, n, d, queries.stride(0), bank.stride(0),
+                    K=k, KP=max(kp, 2), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
     return out

@@ -1,29 +1,185 @@
-"""preprocess: uint8 HWC camera frame -> resized, normalised NCHW float tensor."""
+"""preprocess: uint8 HWC camera frame -> resized, normalised NCHW float tensor, in one pass.
+
+Resize convention (shared by the reference, the Triton and the CUDA kernels): OpenCV's
+``INTER_LINEAR`` with half-pixel centres, ``src = (dst + 0.5) * in/out − 0.5``, a source coordinate
+below 0 clamps to 0 and one at or beyond the last pixel clamps to it (weight 0 on the next tap).
+
+Tolerance. For uint8 input OpenCV interpolates with 11-bit fixed-point weights and rounds the resized
+pixel to uint8 before we normalise it; the kernels interpolate in float32 and do not round. The two
+agree to within one uint8 level before normalisation, so after it
+``|kernel − reference| <= 1/255 / min(std)`` (plus float16 rounding of the output when
+``out_dtype`` is float16: ``+ 2**-11 * |value|``). ``ATOL_UINT8_LEVELS`` states it in levels.
+"""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
+ATOL_UINT8_LEVELS = 1.0  # kernel vs OpenCV reference, in uint8 levels before normalisation
+INPUT_ORDERS = ("RGB", "BGR", "GRAY")
 
-def preprocess_reference(frame: np.ndarray, size: int, mean, std, input_order: str = "RGB",
+
+def _channels_and_order(frame_shape: tuple[int, ...], input_order: str) -> tuple[int, bool]:
+    """-> (channels in the frame, whether its channels are BGR). Refuses what it cannot read."""
+    if input_order not in INPUT_ORDERS:
+        raise ValueError(f"preprocess: input_order {input_order!r}, expected one of {INPUT_ORDERS}")
+    if len(frame_shape) == 2 or (len(frame_shape) == 3 and frame_shape[2] == 1):
+        return 1, False
+    if len(frame_shape) == 3 and frame_shape[2] == 3:
+        if input_order == "GRAY":
+            raise ValueError(f"preprocess: input_order GRAY but frame shape {frame_shape} has 3 channels")
+        return 3, input_order == "BGR"
+    raise ValueError(f"preprocess: frame shape {frame_shape}, expected (H, W), (H, W, 1) or (H, W, 3)")
+
+
+def _norm_coeffs(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """(x/255 − mean)/std = x·scale + bias, per RGB channel."""
+    mean = np.broadcast_to(np.asarray(mean, np.float64), (3,))
+    std = np.broadcast_to(np.asarray(std, np.float64), (3,))
+    if np.any(std <= 0):
+        raise ValueError(f"preprocess: std {std.tolist()} must be > 0")
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def preprocess_reference(frame: np.ndarray, size: int | tuple[int, int], mean, std, input_order: str = "RGB",
                          out_dtype=np.float32) -> np.ndarray:
-    """OpenCV path: bilinear resize (cv2.INTER_LINEAR, half-pixel centres), then (x/255 - mean)/std.
+    """OpenCV path: bilinear resize (cv2.INTER_LINEAR, half-pixel centres), then (x/255 − mean)/std.
 
-    frame: (H, W) grey or (H, W, 3) in ``input_order``; returns (1, 3, size, size) RGB.
+    frame: (H, W) / (H, W, 1) grey or (H, W, 3) in ``input_order``; size S or (out_h, out_w);
+    returns (1, 3, S, S) RGB in ``out_dtype``. The resize runs on the 1- or 3-channel uint8 frame
+    (OpenCV's fast path), the channel order and normalisation in one numpy expression.
     """
     import cv2
 
-    if frame.dtype != np.uint8:
-        raise TypeError(f"preprocess: frame dtype {frame.dtype}, expected uint8")
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
-    elif frame.ndim == 3 and frame.shape[2] == 3:
-        if input_order == "BGR":
-            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-    else:
-        raise ValueError(f"preprocess: frame shape {frame.shape}, expected (H, W) or (H, W, 3)")
-    resized = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
-    scale = np.float32(1.0 / 255.0)
-    mean = np.asarray(mean, np.float32)
-    inv_std = 1.0 / np.asarray(std, np.float32)
-    x = (resized.astype(np.float32) * scale - mean) * inv_std  # (S, S, 3)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]).astype(out_dtype, copy=False)
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+        raise TypeError(f"preprocess: frame dtype {getattr(frame, 'dtype', type(frame))}, expected uint8")
+    channels, bgr = _channels_and_order(frame.shape, input_order)
+    oh, ow = (size, size) if np.isscalar(size) else size
+    scale, bias = _norm_coeffs(mean, std)
+    resized = cv2.resize(frame, (ow, oh), interpolation=cv2.INTER_LINEAR)  # (oh, ow[, 3]) uint8
+    out = np.empty((1, 3, oh, ow), out_dtype)
+    for c in range(3):
+        src = resized if channels == 1 else resized[..., (2 - c) if bgr else c]
+        out[0, c] = src * scale[c] + bias[c]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- Triton
+def _build_triton_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _preprocess_kernel(
+        src_ptr,  # (H, W, C) uint8 frame, rows stride_h apart, pixels C apart (HWC, packed)
+        out_ptr,  # (3, OH, OW) float16/float32 output, contiguous (the batch dim is 1)
+        H, W, stride_h,  # source size and row stride in bytes
+        OH, OW,  # output size
+        scale_y, scale_x,  # H/OH, W/OW (float32)
+        k0, k1, k2,  # per output channel (RGB) scale: 1 / (255·std)
+        b0, b1, b2,  # per output channel bias: −mean / std
+        C: tl.constexpr,  # source channels: 1 (grey, replicated) or 3
+        BGR: tl.constexpr,  # source channel order is B, G, R
+        BLOCK: tl.constexpr,  # output pixels per program
+    ):
+        pid = tl.program_id(0)
+        idx = pid * BLOCK + tl.arange(0, BLOCK)
+        ok = idx < OH * OW
+        oy = idx // OW
+        ox = idx % OW
+        # cv2 INTER_LINEAR: half-pixel centres, clamp at both borders
+        fy = (oy.to(tl.float32) + 0.5) * scale_y - 0.5
+        fx = (ox.to(tl.float32) + 0.5) * scale_x - 0.5
+        y0 = tl.floor(fy)
+        x0 = tl.floor(fx)
+        wy = fy - y0
+        wx = fx - x0
+        y0i = y0.to(tl.int32)
+        x0i = x0.to(tl.int32)
+        wy = tl.where(y0i < 0, 0.0, wy)
+        wx = tl.where(x0i < 0, 0.0, wx)
+        y0i = tl.maximum(y0i, 0)
+        x0i = tl.maximum(x0i, 0)
+        wy = tl.where(y0i >= H - 1, 0.0, wy)
+        wx = tl.where(x0i >= W - 1, 0.0, wx)
+        y0i = tl.minimum(y0i, H - 1)
+        x0i = tl.minimum(x0i, W - 1)
+        y1i = tl.minimum(y0i + 1, H - 1)
+        x1i = tl.minimum(x0i + 1, W - 1)
+        r0 = y0i.to(tl.int64) * stride_h
+        r1 = y1i.to(tl.int64) * stride_h
+        p00 = src_ptr + r0 + x0i * C
+        p01 = src_ptr + r0 + x1i * C
+        p10 = src_ptr + r1 + x0i * C
+        p11 = src_ptr + r1 + x1i * C
+        npix = OH * OW
+        for c in tl.static_range(3):
+            if C == 1:
+                sc = 0
+            elif BGR:
+                sc = 2 - c
+            else:
+                sc = c
+            v00 = tl.load(p00 + sc, mask=ok, other=0).to(tl.float32)
+            v01 = tl.load(p01 + sc, mask=ok, other=0).to(tl.float32)
+            v10 = tl.load(p10 + sc, mask=ok, other=0).to(tl.float32)
+            v11 = tl.load(p11 + sc, mask=ok, other=0).to(tl.float32)
+            top = v00 + (v01 - v00) * wx
+            bot = v10 + (v11 - v10) * wx
+            v = top + (bot - top) * wy
+            if c == 0:
+                v = v * k0 + b0
+            elif c == 1:
+                v = v * k1 + b1
+            else:
+                v = v * k2 + b2
+            tl.store(out_ptr + c * npix + idx, v.to(out_ptr.dtype.element_ty), mask=ok)
+
+    return _preprocess_kernel
+
+
+_KERNEL = None
+
+
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build_triton_kernel()
+    return _KERNEL
+
+
+def preprocess(frame, size: int | tuple[int, int], mean, std, input_order: str = "RGB", out_dtype=None,
+               *, out=None, block: int = 1024):
+    """Triton launcher. frame: uint8 torch tensor (H, W), (H, W, 1) or (H, W, 3) on a CUDA device
+    (CPU under TRITON_INTERPRET=1), pixels packed (row stride free). Returns (1, 3, OH, OW) in
+    ``out_dtype`` (torch.float16 or torch.float32, default float32), or writes into ``out``."""
+    import torch
+
+    if not isinstance(frame, torch.Tensor):
+        raise TypeError(f"preprocess: frame must be a torch tensor, got {type(frame).__name__}")
+    if frame.dtype != torch.uint8:
+        raise TypeError(f"preprocess: frame dtype {frame.dtype}, expected torch.uint8")
+    if not (frame.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
+        raise ValueError(f"preprocess: frame is on {frame.device}; the Triton kernel needs a CUDA device")
+    channels, bgr = _channels_and_order(tuple(frame.shape), input_order)
+    h, w = frame.shape[:2]
+    if h < 1 or w < 1:
+        raise ValueError(f"preprocess: empty frame {tuple(frame.shape)}")
+    if frame.ndim == 3 and frame.stride(2) != 1 or frame.stride(1) != channels:
+        raise ValueError(f"preprocess: frame pixels must be packed HWC (strides {frame.stride()})")
+    oh, ow = (size, size) if isinstance(size, int) else size
+    out_dtype = out_dtype or torch.float32
+    if out is None:
+        out = torch.empty((1, 3, oh, ow), dtype=out_dtype, device=frame.device)
+    if out.shape != (1, 3, oh, ow) or out.dtype not in (torch.float16, torch.float32) or not out.is_contiguous():
+        raise ValueError(f"preprocess: out must be contiguous float16/float32 (1, 3, {oh}, {ow}), got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    if out.device != frame.device:
+        raise ValueError(f"preprocess: out on {out.device}, frame on {frame.device}")
+    k, b = _norm_coeffs(mean, std)
+    grid = ((oh * ow + block - 1) // block,)
+    _kernel()[grid](frame, out, h, w, frame.stride(0), oh, ow, float(np.float32(h / oh)), float(np.float32(w / ow)),
+                    float(k[0]), float(k[1]), float(k[2]), float(b[0]), float(b[1]), float(b[2]),
+                    C=channels, BGR=bgr, BLOCK=block)
+    return out

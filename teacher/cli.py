@@ -15,7 +15,7 @@ COMMANDS = {
     "finetune": ("teacher.finetune", "stage 2: train the mask head on frozen t=50 features"),
     "bank": ("teacher.bank", "memory bank of good-image features (good-images-only lines)"),
     "eval": ("teacher.evaluate", "detection and segmentation metrics, HTML report"),
-    "serve": ("teacher.serve", "GPU fallback server for line-side daemons (ZeroMQ)"),
+    "serve": ("teacher.serve.cli", "GPU fallback server for line-side daemons (ZeroMQ)"),
     "bench": ("teacher.bench", "feature-extraction latency and peak memory per image"),
 }
 

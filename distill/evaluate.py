@@ -1,0 +1,274 @@
+"""`distill eval`: the student against its teacher — fidelity, detection, the cascade, latency.
+
+    distill eval ARTIFACT --teacher CKPT --data D/manifest.jsonl --json [--report DIR] [--split test]
+    distill eval ARTIFACT --student-only --json [--size 256]        (timing only, no teacher)
+
+* fidelity: per-level cosine of the student's projections (FP32, onnxruntime) to the teacher's t=50 features;
+* detection (runtime.metrics.compute_all) for the teacher (TeacherPipeline; absent if the checkpoint has
+  neither head nor bank), student FP32, student INT8 (onnxruntime and OpenVINO), and the cascade: the INT8
+  student's decision, except inside the band or out of distribution, where the teacher's decision is used
+  (ground-truth labels stand in for it when the teacher cannot decide; ``cascade.fallback_source`` says);
+* latency and peak memory per backend at batch 1 (distill.bench), and the teacher's feature extraction
+  time measured in the same run (``--teacher-preset sd15`` times a random-init full-size teacher instead
+  of the checkpoint: the speed target is against it), giving the speedup;
+* ``--report DIR``: HTML (runtime.report) with ROC/PRO curves, latency bars and overlays.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from distill.bank import ScoringParams, score_embeddings
+from distill.bench import BACKENDS, student_latency, teacher_latency
+from distill.runners import OrtRunner, OvRunner, run_all
+
+
+def log(msg: str) -> None:
+    print(f"[distill eval] {msg}", file=sys.stderr, flush=True)
+
+
+def configure(p) -> None:
+    p.add_argument("artifact", help="artifact directory (distill export)")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint directory")
+    p.add_argument("--data", default=None, help="dataset manifest.jsonl")
+    p.add_argument("--split", default="test")
+    p.add_argument("--report", default=None, help="write an HTML report into this directory")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per backend")
+    p.add_argument("--size", type=int, default=None, help="time at this input size (default: the artifact's)")
+    p.add_argument("--backends", nargs="*", default=list(BACKENDS))
+    p.add_argument("--teacher-preset", default=None,
+                   help="time a random-init teacher of this preset (e.g. sd15) instead of the checkpoint")
+    p.add_argument("--teacher-runs", type=int, default=3)
+    p.add_argument("--student-only", action="store_true", help="latency of the student only; no teacher, no data")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+
+def _cosines(student_outs: list[dict], teacher_feats: dict, names: list[str]) -> dict[str, float]:
+    out = {}
+    for n in names:
+        s = np.concatenate([o[n] for o in student_outs]).astype(np.float64)  # (N, C, h, w)
+        t = teacher_feats[n].numpy().astype(np.float64)
+        num = (s * t).sum(1)
+        den = np.sqrt((s * s).sum(1) * (t * t).sum(1)) + 1e-12
+        out[n] = float((num / den).mean())
+    return out
+
+
+def _decision_metrics(decisions: np.ndarray, labels: np.ndarray, teacher: np.ndarray | None) -> dict:
+    d = np.asarray(decisions, bool)
+    y = np.asarray(labels) == 1
+    tp, fp, fn = int((d & y).sum()), int((d & ~y).sum()), int((~d & y).sum())
+    out = {"accuracy": float((d == y).mean()), "precision": tp / (tp + fp) if tp + fp else None,
+           "recall": tp / (tp + fn) if tp + fn else None}
+    if teacher is not None:
+        out["agreement_with_teacher"] = float((d == teacher).mean())
+    return out
+
+
+def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str = "test", threads: int = 1) -> dict:
+    import torch
+
+    from distill.data import load_images
+    from runtime.dataset import load_dataset
+    from runtime.manifest import load_manifest
+    from runtime.metrics import compute_all
+
+    art = Path(artifact)
+    man = load_manifest(art)
+    size = man.preprocess.size
+    ds = load_dataset(data)
+    try:
+        test = load_images(ds, (split,), size)
+    except ValueError:
+        log(f"no {split} split; evaluating on val")
+        split, test = "val", load_images(ds, ("val",), size)
+    x = test.student_inputs(man.preprocess.mean, man.preprocess.std).numpy()
+    bank = np.load(art / man.scoring.bank_file).astype(np.float32)
+    scoring = ScoringParams(k=man.scoring.k, blur_sigma_px=man.scoring.blur_sigma_px, score_topk=man.scoring.score_topk)
+    cal = man.calibration
+    thr, (lo, hi) = cal.threshold, cal.band
+    labels, masks = test.labels, test.masks
+    res: dict = {"artifact": str(art), "student": man.student, "split": split, "n_images": len(test),
+                 "n_defect": int(labels.sum()), "calibration": cal.model_dump(), "quantization": man.quantization}
+
+    # teacher: features (fidelity) and, with a head or bank, its decisions
+    from teacher.checkpoint import load_teacher
+
+    teacher = load_teacher(teacher_ckpt)
+    man.spec.check_compatible(teacher.feature_spec, what="artifact")
+    if man.teacher_hash and man.teacher_hash != teacher.checkpoint_hash:
+        log(f"WARNING: artifact was distilled from teacher {man.teacher_hash[:16]}, evaluating against "
+            f"{teacher.checkpoint_hash[:16]}")
+    with torch.no_grad():
+        tfeat: dict[str, list] = {}
+        for s in range(0, len(test), 8):
+            f = teacher.extract_features(test.teacher_inputs()[s:s + 8], seed=0)
+            for k, v in f.items():
+                tfeat.setdefault(k, []).append(v)
+        tfeat = {k: torch.cat(v) for k, v in tfeat.items()}
+    t_dec = t_scores = t_maps = None
+    try:
+        from teacher.pipeline import TeacherPipeline
+
+        pipe = TeacherPipeline.load(teacher_ckpt)
+        verdicts = pipe.predict(list(test.images))
+        t_dec = np.asarray([v.decision == "defect" for v in verdicts])
+        t_scores = np.asarray([v.score for v in verdicts], float)
+        t_maps = [v.anomaly_map for v in verdicts]
+        res["teacher"] = {"mode": pipe.mode, **compute_all(labels, t_scores, list(masks), t_maps,
+                                                            threshold=None)}
+        res["teacher"].update(_decision_metrics(t_dec, labels, None))
+    except FileNotFoundError as e:
+        res["teacher"] = {"mode": None, "note": f"no head or bank: {e}"}
+
+    # students
+    runs = {"fp32": ("onnxruntime", man.models["fp32"])}
+    if "int8" in man.models:
+        runs["int8"] = ("onnxruntime", man.models["int8"])
+    if "openvino_xml" in man.models:
+        runs["int8_openvino"] = ("openvino", man.models["openvino_xml"])
+    student: dict = {}
+    curves: dict = {}
+    for key, (rt, rel) in runs.items():
+        runner = OrtRunner(art / rel, threads) if rt == "onnxruntime" else OvRunner(art / rel, threads)
+        outs = run_all(runner, x)
+        sc = score_embeddings([o["embedding"] for o in outs], bank, size, scoring)
+        m = compute_all(labels, sc.scores, list(masks), list(sc.maps), threshold=thr)
+        m.update(_decision_metrics(sc.scores >= thr, labels, t_dec))
+        student[key] = {"runtime": rt, "file": rel, **m}
+        curves[key] = (sc, outs)
+        if key == "fp32":
+            res["fidelity_cosine"] = _cosines(outs, tfeat, man.spec.names)
+    res["student"] = student
+    log("cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in res["fidelity_cosine"].items()))
+
+    # cascade on the deployed INT8 model (FP32 if none)
+    key = "int8" if "int8" in curves else ("int8_openvino" if "int8_openvino" in curves else "fp32")
+    sc = curves[key][0]
+    in_band = (sc.scores >= lo) & (sc.scores <= hi)
+    ood = sc.mean_nn > cal.ood_limit
+    fb = in_band | ood
+    source = "teacher" if t_dec is not None else "labels (the teacher has neither head nor bank)"
+    fallback = t_dec if t_dec is not None else labels == 1
+    dec = np.where(fb, fallback, sc.scores >= thr)
+    res["cascade"] = {"student": key, "fallback_rate": float(fb.mean()), "in_band_rate": float(in_band.mean()),
+                      "ood_rate": float(ood.mean()), "fallback_source": source,
+                      **_decision_metrics(dec, labels, t_dec)}
+    if t_dec is not None:
+        out_agree = (sc.scores[~fb] >= thr) == t_dec[~fb]
+        res["cascade"]["student_agreement_outside_band"] = float(out_agree.mean()) if out_agree.size else None
+    res["_plots"] = {"curves": curves, "teacher": (t_scores, t_maps), "test": test}
+    return res
+
+
+def write_report(res: dict, out_dir: str | Path) -> Path:
+    from runtime import report as R
+    from runtime.metrics import pro_curve, roc_curve
+
+    out = Path(out_dir)
+    rep = R.Report(f"lineside student {res.get('student', '')}: distillation report", out)
+    plots = res.get("_plots")
+    if plots:
+        test = plots["test"]
+        rep.section("Fidelity", "Mean per-location cosine of the student's projections to the teacher's t=50 features "
+                                f"({res['split']} split, {res['n_images']} images).")
+        rep.metrics(res["fidelity_cosine"])
+        rep.section("Detection", f"Threshold {res['calibration']['threshold']:.4g}, band "
+                                 f"[{res['calibration']['band'][0]:.4g}, {res['calibration']['band'][1]:.4g}]; "
+                                 f"reference for calibration: {res['calibration'].get('reference', '?')}.")
+        rows = []
+        for name, m in [("teacher", res["teacher"])] + [(f"student {k}", v) for k, v in res["student"].items()] + \
+                [("cascade", res["cascade"])]:
+            rows.append({"model": name, **{k: m.get(k) for k in ("image_auroc", "au_pro", "accuracy", "precision",
+                                                                 "recall", "agreement_with_teacher", "fallback_rate")}})
+        rep.table(rows)
+        rocs, pros = {}, {}
+        labels = test.labels
+        series = {k: (v[0].scores, v[0].maps) for k, v in plots["curves"].items()}
+        if plots["teacher"][0] is not None:
+            series["teacher"] = plots["teacher"]
+        for k, (scores, maps) in series.items():
+            if 0 < labels.sum() < len(labels):
+                fpr, tpr, _ = roc_curve(labels, scores)
+                rocs[k] = (fpr, tpr)
+            if test.masks.any():
+                pf, pp, _ = pro_curve(list(test.masks), list(maps))
+                pros[k] = (pf, pp)
+        if rocs:
+            rep.figure(R.plot_curves(rep.path("roc.png"), rocs, xlabel="FPR", ylabel="TPR", diagonal=True), "image ROC")
+        if pros:
+            rep.figure(R.plot_curves(rep.path("pro.png"), pros, xlabel="FPR", ylabel="PRO", xlim=(0, 0.3)), "PRO")
+        sc = plots["curves"][res["cascade"]["student"]][0]
+        rep.figure(R.plot_histogram(rep.path("scores.png"), {"good": sc.scores[labels == 0], "defect": sc.scores[labels == 1]},
+                                    xlabel="student score", vlines={"threshold": res["calibration"]["threshold"],
+                                                                    "band lo": res["calibration"]["band"][0],
+                                                                    "band hi": res["calibration"]["band"][1]}),
+                   "student scores")
+        for i in list(np.flatnonzero(labels == 1)[:3]) + list(np.flatnonzero(labels == 0)[:1]):
+            rep.image(R.overlay(test.images[i], sc.maps[i], gt_mask=test.masks[i],
+                                text=f"score {sc.scores[i]:.3g}"), caption=test.records[i].image)
+        rep.section("Cascade", "INT8 student; inside the band or out of distribution the teacher decides.")
+        rep.metrics(res["cascade"])
+    if "latency" in res:
+        rep.section("Latency", f"batch 1, {res['latency']['threads']} thread(s), {res['latency']['size']} px; "
+                               "shared machine: compare ratios, not absolute figures.")
+        lat = {k: v["median_ms"] for k, v in res["latency"]["backends"].items() if "median_ms" in v}
+        rep.table([{"backend": k, **v} for k, v in res["latency"]["backends"].items()])
+        if lat:
+            rep.figure(R.plot_bars(rep.path("latency.png"), lat, ylabel="median ms"), "median latency")
+        if "teacher_latency" in res:
+            rep.metrics({"teacher": res["teacher_latency"], "speedup": res.get("speedup", {})})
+    return rep.write()
+
+
+def run(args) -> int:
+    t0 = time.time()
+    res: dict = {}
+    if not args.student_only:
+        if not args.teacher or not args.data:
+            print("distill eval: --teacher and --data are required (or --student-only)", file=sys.stderr)
+            return 2
+        res = evaluate(args.artifact, args.teacher, args.data, split=args.split, threads=args.threads)
+    lat = student_latency(args.artifact, args.backends, size=args.size, runs=args.runs, threads=args.threads)
+    res["latency"] = lat
+    res.setdefault("artifact", lat["artifact"])
+    res.setdefault("student", lat["student"])
+    tl = None
+    if args.teacher_preset:
+        from teacher.checkpoint import build_random_teacher
+
+        log(f"timing a random-init {args.teacher_preset} teacher at {lat['size']} px")
+        tl = teacher_latency(build_random_teacher(args.teacher_preset, image_size=lat["size"]), lat["size"],
+                             runs=args.teacher_runs)
+    elif args.teacher and not args.student_only:
+        from teacher.checkpoint import load_teacher
+
+        tl = teacher_latency(load_teacher(args.teacher), runs=args.teacher_runs)
+        if tl["size"] != lat["size"]:
+            tl["note"] = f"teacher timed at its own size {tl['size']} px, student at {lat['size']} px"
+    if tl is not None:
+        res["teacher_latency"] = tl
+        res["speedup"] = {b: tl["median_ms"] / v["median_ms"] for b, v in lat["backends"].items() if "median_ms" in v}
+        log("speedup over the teacher: " + ", ".join(f"{k} {v:.0f}x" for k, v in res["speedup"].items()))
+    if args.report:
+        p = write_report(res, args.report)
+        res["report"] = str(p)
+        log(f"report: {p}")
+    res.pop("_plots", None)
+    res["seconds"] = round(time.time() - t0, 2)
+    if args.json:
+        print(json.dumps(res, default=_jsonable))
+    return 0
+
+
+def _jsonable(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

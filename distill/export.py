@@ -1,0 +1,161 @@
+"""`distill export RUN --out ARTIFACT`: the student artifact directory the edge runs.
+
+    ARTIFACT/model.onnx                  FP32, BN folded (onnxruntime; source of OpenVINO / TensorRT)
+    ARTIFACT/model.int8.onnx             ONNX Runtime static INT8 (QDQ, per-channel), if it passed the guard
+    ARTIFACT/openvino/model.int8.xml/bin OpenVINO IR of the best INT8 model (NNCF's, or the QDQ ONNX converted)
+    ARTIFACT/bank.npy                    float16 (N, D) memory bank
+    ARTIFACT/manifest.json               runtime.manifest.ArtifactManifest, sha256 of every file
+
+Every model is re-run in its runtime on val images and compared with torch: outputs (max relative error)
+and image scores (max absolute difference), against the stated tolerances recorded in
+``manifest.tolerance`` (score, per backend) and ``manifest.metrics["export_check"]`` (everything measured).
+TensorRT plans are built on the target from model.onnx (deploy/tensorrt/build_engine.py).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from distill.bank import ScoringParams, score_embeddings
+from distill.export_targets import export_onnx, export_openvino, max_rel_error
+from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
+
+# Stated tolerances, relative to the calibrated threshold (scores are distances, their scale is the run's).
+FP32_SCORE_RTOL = 1e-3  # FP32 runtimes vs torch
+FP32_OUTPUT_RTOL = 1e-3  # max |Δ| / max |torch| per output
+INT8_SCORE_RTOL = 0.25  # INT8 vs torch FP32: the decision-level guard lives in distill quantize
+CHECK_IMAGES = 8
+
+
+def log(msg: str) -> None:
+    print(f"[distill export] {msg}", file=sys.stderr, flush=True)
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_images: int = CHECK_IMAGES) -> dict:
+    from distill.data import load_images
+    from distill.quantize import QUANT_DIR, REPORT
+    from distill.run import load_run
+    from runtime.dataset import load_dataset
+    from runtime.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, Preprocess, Scoring,
+                                  load_manifest, write_manifest)
+
+    run = load_run(run_dir)
+    qdir = run.dir / QUANT_DIR
+    if not (qdir / REPORT).is_file():
+        raise ExportError(f"{run.dir}: not quantized yet; run `distill quantize {run.dir} --data D/manifest.jsonl` "
+                          "first (or it will have no INT8 model)")
+    qrep = json.loads((qdir / REPORT).read_text())
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    models: dict[str, str] = {}
+    export_onnx(run.model, out / "model.onnx", run.size)
+    models["fp32"] = "model.onnx"
+    ort_int8 = qrep["methods"].get("ort", {})
+    if ort_int8.get("file"):
+        shutil.copyfile(qdir / ort_int8["file"], out / "model.int8.onnx")
+        models["int8"] = "model.int8.onnx"
+    chosen = qrep.get("chosen")
+    if chosen == "nncf":
+        (out / "openvino").mkdir()
+        for suf in (".xml", ".bin"):
+            shutil.copyfile((qdir / qrep["methods"]["nncf"]["file"]).with_suffix(suf), out / "openvino" / f"model.int8{suf}")
+        models["openvino_xml"] = "openvino/model.int8.xml"
+    elif chosen == "ort":
+        export_openvino(out / "model.int8.onnx", out / "openvino" / "model.int8.xml")
+        models["openvino_xml"] = "openvino/model.int8.xml"
+    np.save(out / "bank.npy", run.bank.astype(np.float16))
+    # torch weights + run config: what distill eval / bench time as the "torch" backend (the edge ignores them)
+    (out / "torch").mkdir()
+    shutil.copyfile(run.dir / "student.pt", out / "torch" / "student.pt")
+    (out / "torch" / "config.json").write_text(json.dumps(run.config, indent=2))
+    models["torch"] = "torch/student.pt"
+    bank = np.load(out / "bank.npy").astype(np.float32)
+
+    # re-run every model in its runtime and compare with torch
+    cfg = run.config
+    ds = load_dataset(cfg["dataset"]["manifest"])
+    val = load_images(ds, ("val",), run.size)
+    x = val.student_inputs(run.mean, run.std).numpy()[:check_images]
+    scoring = ScoringParams(**cfg["scoring"])
+    thr = abs(float(cfg["calibration"]["threshold"])) or 1.0
+    ref_out = run_all(TorchRunner(run.model.fused()), x)
+    ref_sc = score_embeddings([o["embedding"] for o in ref_out], bank, run.size, scoring).scores
+    backends = {"onnxruntime-fp32": lambda: OrtRunner(out / "model.onnx", threads),
+                "openvino-fp32": lambda: OvRunner(out / "model.onnx", threads)}
+    if "int8" in models:
+        backends["onnxruntime-int8"] = lambda: OrtRunner(out / models["int8"], threads)
+    if "openvino_xml" in models:
+        backends["openvino-int8"] = lambda: OvRunner(out / models["openvino_xml"], threads)
+    tolerance, check = {}, {}
+    for name, make in backends.items():
+        outs = run_all(make(), x)
+        sc = score_embeddings([o["embedding"] for o in outs], bank, run.size, scoring).scores
+        rel = {}
+        for a, b in zip(outs, ref_out):
+            for k, v in max_rel_error(a, b).items():
+                rel[k] = max(rel.get(k, 0.0), v)
+        diff = float(np.abs(sc - ref_sc).max())
+        int8 = name.endswith("int8")
+        tol = (INT8_SCORE_RTOL if int8 else FP32_SCORE_RTOL) * thr
+        tolerance[name] = tol
+        check[name] = {"score_max_abs_diff": diff, "score_tolerance": tol, "output_max_rel_error": rel,
+                       "decision_agreement": float(((sc >= thr) == (ref_sc >= thr)).mean()), "images": len(x)}
+        bad = [f"image score differs by {diff:.3g} > {tol:.3g}"] if diff > tol else []
+        if not int8:
+            bad += [f"output {k} max relative error {v:.2e} > {FP32_OUTPUT_RTOL}" for k, v in rel.items()
+                    if v > FP32_OUTPUT_RTOL]
+        if bad:
+            raise ExportError(f"{name} does not match torch: " + "; ".join(bad))
+        log(f"{name}: matches torch (score diff {diff:.2e} <= {tol:.2e}; worst output rel. error "
+            f"{max(rel.values()):.2e})")
+
+    spec = run.spec
+    cal = cfg["calibration"]
+    quant = f"int8-{chosen}" if chosen else "fp32"
+    manifest = ArtifactManifest(
+        format_version=MANIFEST_FORMAT_VERSION, name=f"student-{cfg['student']}", student=cfg["student"],
+        feature_spec=spec.to_dict(), preprocess=Preprocess(**cfg["preprocess"]),
+        outputs=list(run.model.output_names),
+        scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", k=scoring.k,
+                        blur_sigma_px=scoring.blur_sigma_px, score_topk=scoring.score_topk),
+        calibration=Calibration(**cal), labels=list(cfg["dataset"].get("labels", [])),
+        teacher_hash=cfg["teacher"]["hash"], quantization=quant, models=models, tolerance=tolerance,
+        metrics={"fidelity": cfg.get("fidelity", {}), "val": cfg.get("val_metrics", {}), "bank": cfg.get("bank", {}),
+                 "embedding": cfg["embedding"], "embedding_pca_variance": cfg.get("embedding_pca_variance"),
+                 "n_params": cfg.get("n_params"),
+                 "quantize": {m: {k: v for k, v in e.items() if k != "attempts"} for m, e in qrep["methods"].items()},
+                 "quantize_fp32": qrep.get("fp32_metrics"), "export_check": check},
+    )
+    write_manifest(out, manifest)
+    load_manifest(out)  # what the edge will do: versions and checksums
+    log(f"wrote {out} ({quant}; models {sorted(models)})")
+    return {"artifact": str(out), "quantization": quant, "models": models, "tolerance": tolerance,
+            "export_check": check}
+
+
+def configure(p) -> None:
+    p.add_argument("run", help="run directory (distill fit, then distill quantize)")
+    p.add_argument("--out", required=True, help="artifact directory to write (replaced)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    try:
+        res = export_run(args.run, args.out, threads=args.threads)
+    except ExportError as e:
+        print(f"distill export: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, default=float))
+    return 0

@@ -1,0 +1,204 @@
+"""`distill fit`: distil the teacher's t=50 features into a student; bank, threshold, band, OOD limit.
+
+    distill fit --teacher CKPT --data D/manifest.jsonl --student s --out RUN --steps 2000 [--features FEATS] [--json]
+
+Targets: the teacher's features averaged over ``--noise-draws`` draws, computed once for the train and val
+images and cached in RUN/cache (or read from ``teacher extract`` shards with ``--features``). The student
+sees exactly the edge's preprocessing (kernels.dispatch.preprocess). Train split: good and defect images.
+Val split: held-out cosine, bank-score calibration against the teacher's decisions.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, score_embeddings
+from distill.calibrate import calibrate
+from distill.data import ImageSet, load_images
+from distill.embedding import fit_pca, reference_embedding, teacher_recipe
+from distill.run import save_run
+from distill.students import create_student, list_students
+from distill.targets import cache_key, cached_targets, compute_targets, read_shards
+from distill.trainer import fit_student, level_cosine, plot_curves
+from runtime.manifest import Preprocess
+
+DEFAULT_EMBED_DIM = 128
+
+
+def configure(p) -> None:
+    p.add_argument("--teacher", required=True, help="teacher checkpoint directory")
+    p.add_argument("--data", required=True, help="dataset manifest.jsonl")
+    p.add_argument("--student", default="s", help=f"registry name ({', '.join(list_students())})")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--features", default=None, help="read targets from `teacher extract` shards in this directory")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--noise-draws", type=int, default=4, help="teacher noise draws averaged per target")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embed-dim", type=int, default=DEFAULT_EMBED_DIM, help="PCA components of the embedding")
+    p.add_argument("--bank-budget", type=int, default=DEFAULT_BANK_BUDGET)
+    p.add_argument("--k", type=int, default=1)
+    p.add_argument("--blur-sigma", type=float, default=4.0)
+    p.add_argument("--target-agreement", type=float, default=0.995)
+    p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--json", action="store_true")
+
+
+def log(msg: str) -> None:
+    print(f"[distill fit] {msg}", file=sys.stderr, flush=True)
+
+
+def reference_decisions(ckpt: str, images: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The teacher pipeline's decisions on the val images (bool defect), or (None, why) without head/bank."""
+    try:
+        from teacher.pipeline import TeacherPipeline
+
+        pipe = TeacherPipeline.load(ckpt)
+    except (FileNotFoundError, ImportError) as e:
+        log(f"teacher has neither head nor bank ({e}); calibrating against ground-truth labels")
+        return None, "labels"
+    verdicts = pipe.predict(list(images))
+    return np.asarray([v.decision == "defect" for v in verdicts]), f"teacher ({pipe.mode})"
+
+
+def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path, steps: int,
+        features: str | None = None, batch_size: int = 8, lr: float = 2e-3, noise_draws: int = 4, seed: int = 0,
+        embed_dim: int | None = DEFAULT_EMBED_DIM, bank_budget: int = DEFAULT_BANK_BUDGET,
+        scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
+        jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto") -> dict:
+    """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
+    the checkpoint has a head or bank) or "labels"."""
+    from runtime.dataset import load_dataset
+
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scoring = scoring or ScoringParams()
+    spec = teacher.feature_spec
+    size = spec.image_size
+    pre = Preprocess(size=size)
+    ds = load_dataset(data)
+    train = load_images(ds, ("train",), size)
+    try:
+        val = load_images(ds, ("val",), size)
+    except ValueError:
+        raise SystemExit(f"{data}: no val split; distill fit needs one to calibrate the threshold and band")
+    log(f"{len(train)} train ({int(train.labels.sum())} defect), {len(val)} val images at {size}px; "
+        f"teacher {teacher.checkpoint_hash[:16]}")
+
+    both = ImageSet(train.records + val.records, np.concatenate([train.images, val.images]),
+                    np.r_[train.labels, val.labels], np.concatenate([train.masks, val.masks]))
+    if features:
+        targets = read_shards(features, both.records, spec.names)
+        log(f"targets read from {features}")
+    else:
+        key = cache_key(teacher.checkpoint_hash, both.images, noise_draws, seed)
+        targets, hit = cached_targets(out / "cache", key, lambda: compute_targets(
+            teacher, both.teacher_inputs(), noise_draws=noise_draws, seed=seed, progress=progress))
+        log(f"targets {'from cache' if hit else 'computed'} ({noise_draws} noise draws, {time.time() - t0:.1f}s)")
+    for lv in spec.levels:
+        want = (len(both), lv.channels, spec.grid(lv), spec.grid(lv))
+        if tuple(targets[lv.name].shape) != want:
+            raise ValueError(f"teacher targets {lv.name}: {tuple(targets[lv.name].shape)} != FeatureSpec {want}")
+    ntr = len(train)
+    tr_t = {k: v[:ntr] for k, v in targets.items()}
+    va_t = {k: v[ntr:] for k, v in targets.items()}
+
+    # embedding basis: PCA of the teacher's bank embedding of the training images
+    recipe = teacher_recipe()
+    with torch.no_grad():
+        temb = reference_embedding(tr_t, recipe)
+    full_dim = temb.shape[1]
+    dim = min(embed_dim or full_dim, full_dim)
+    recipe = teacher_recipe(dim=dim)
+    basis, mean, share = fit_pca(temb, dim)
+    del temb
+
+    torch.manual_seed(seed)
+    model = create_student(student, spec=spec, embedding=recipe)
+    model.set_embedding_basis(basis, mean)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"student {student}: {n_params / 1e6:.2f}M parameters; embedding {full_dim} -> {dim} "
+        f"(PCA keeps {share:.3f} of the variance)")
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    rows = fit_student(model, torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous(), tr_t,
+                       mean=pre.mean, std=pre.std, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                       augment=augment, jitter=jitter, mse_weight=mse_weight, metrics_path=metrics_path,
+                       progress=progress)
+    plot_curves(rows, out / "curves.png")
+
+    model.eval()
+    x_val = val.student_inputs(pre.mean, pre.std)
+    fidelity = level_cosine(model, x_val, va_t)
+    log("val cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in fidelity.items()))
+
+    fused = model.fused()
+    with torch.no_grad():
+        emb_train = np.concatenate([fused(x[None]).embedding.numpy()
+                                    for x in train.student_inputs(pre.mean, pre.std)[train.good]])
+        emb_val = [fused(x[None]).embedding.numpy() for x in x_val]
+    bank, bank_info = build_bank(emb_train, bank_budget, seed)
+    val_scores = score_embeddings(emb_val, bank, size, scoring)
+    ref, ref_name = (None, "labels") if reference == "labels" or not teacher_ckpt else \
+        reference_decisions(teacher_ckpt, val.images)
+    cal = calibrate(val_scores.scores, val_scores.mean_nn, val.labels, reference=ref, reference_name=ref_name,
+                    target_agreement=target_agreement)
+    log(f"threshold {cal['threshold']:.4g}, band [{cal['band'][0]:.4g}, {cal['band'][1]:.4g}], OOD limit "
+        f"{cal['ood_limit']:.4g}; reference {cal['reference']}; val fallback rate {cal['val_fallback_rate']:.3f}")
+
+    val_metrics = {}
+    try:
+        from runtime.metrics import compute_all
+
+        val_metrics = compute_all(val.labels, val_scores.scores, masks=list(val.masks), maps=list(val_scores.maps),
+                                  threshold=cal["threshold"])
+    except ImportError:
+        pass
+    config = {
+        "student": student, "feature_spec": spec.to_dict(), "preprocess": pre.model_dump(),
+        "embedding": recipe.to_dict(), "embedding_pca_variance": share, "heads": [], "ranks": {},
+        "teacher": {"checkpoint": str(Path(teacher_ckpt).resolve()) if teacher_ckpt else "",
+                    "hash": teacher.checkpoint_hash, "preset": getattr(teacher, "preset", "")},
+        "dataset": {"manifest": str(Path(ds.manifest).resolve()), "hash": ds.content_hash(),
+                    "labels": ds.labels()},
+        "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
+                  "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
+                  "targets": "shards:" + str(features) if features else "on the fly"},
+        "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
+        "fidelity": {"val_cosine": fidelity}, "val_metrics": val_metrics, "n_params": n_params,
+    }
+    save_run(out, config, model, bank)
+    summary = {"run": str(out), "student": student, "n_params": n_params, "steps": steps,
+               "final_loss": rows[-1]["loss"] if rows else None, "val_cosine": fidelity,
+               "calibration": cal, "bank": bank_info, "val_metrics": val_metrics,
+               "seconds": round(time.time() - t0, 2)}
+    log(f"wrote {out} in {summary['seconds']}s")
+    return summary
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from teacher.checkpoint import load_teacher
+
+    teacher = load_teacher(args.teacher)
+    summary = fit(teacher=teacher, teacher_ckpt=args.teacher, data=args.data, student=args.student, out=args.out,
+                  steps=args.steps, features=args.features, batch_size=args.batch_size, lr=args.lr,
+                  noise_draws=args.noise_draws, seed=args.seed, embed_dim=args.embed_dim,
+                  bank_budget=args.bank_budget,
+                  scoring=ScoringParams(k=args.k, blur_sigma_px=args.blur_sigma),
+                  target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
+                  augment=not args.no_augment, progress=not args.json or sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(summary, default=float))
+    return 0

@@ -1,0 +1,273 @@
+"""`distill quantize`: INT8 post-training quantization, accuracy-guarded.
+
+    distill quantize RUN --data D/manifest.jsonl [--method nncf|ort|both] [--max-drop 0.5] [--force] [--json]
+
+Methods, both on the FP32 ONNX export (BN folded) and a calibration split (train images, good and defect):
+
+* ``ort``: ONNX Runtime static quantization, QDQ, per-channel INT8 weights, uint8 activations, Conv only
+  (pooling/resize stay FP32: ORT's QLinearAveragePool/Resize are slower than the float ones).
+* ``nncf``: NNCF PTQ on the OpenVINO model converted from the ONNX file (saved as IR).
+
+Guard: each INT8 model runs in its own runtime on the val split and is scored with the run's bank exactly
+as the edge scores; image AUROC and AU-PRO (runtime.metrics) must not drop by more than ``--max-drop``
+points against the FP32 model, and decisions must agree on at least ``--min-agreement`` of the images.
+A failing model is not written (unless ``--force``); the message names the metric and the outputs with
+the largest relative error. Before giving up, mixed precision is tried: the first conv, the projection
+heads and the embedding stay FP32 (``mixed``), then also the last stage (``mixed+``).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from distill.bank import ScoringParams, score_embeddings
+from distill.export_targets import export_onnx, max_rel_error
+from distill.runners import OrtRunner, OvRunner, run_all
+
+DEFAULT_MAX_DROP = 0.5  # points of image AUROC / AU-PRO
+DEFAULT_MIN_AGREEMENT = 0.9  # share of val images where INT8 and FP32 decide alike
+DEFAULT_CALIB_SIZE = 64
+QUANT_DIR = "quantize"
+REPORT = "report.json"
+INT8_FILES = {"ort": "model.int8.onnx", "nncf": "openvino/model.int8.xml"}
+
+
+def log(msg: str) -> None:
+    print(f"[distill quantize] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+def evaluate(runner, inputs, labels: np.ndarray, masks: np.ndarray, bank: np.ndarray, size: int,
+             scoring: ScoringParams, threshold: float) -> dict:
+    """Run every val image at batch 1, score as the edge does, and compute the guarded metrics."""
+    from runtime import metrics as M
+
+    outs = run_all(runner, inputs)
+    sc = score_embeddings([o["embedding"] for o in outs], bank, size, scoring)
+    res = {"scores": sc.scores, "maps": sc.maps, "decisions": sc.scores >= threshold, "outputs": outs,
+           "image_auroc": None, "au_pro": None}
+    if 0 < labels.sum() < len(labels):
+        res["image_auroc"] = float(M.image_auroc(labels, sc.scores))
+    if masks.any():
+        res["au_pro"] = float(M.au_pro(list(masks), list(sc.maps)))
+    return res
+
+
+def guard(fp32: dict, int8: dict, max_drop: float, min_agreement: float) -> tuple[bool, list[str], dict]:
+    """-> (passed, failure messages, figures). Drops in points (100 × AUROC)."""
+    figures: dict = {}
+    fails: list[str] = []
+    for m in ("image_auroc", "au_pro"):
+        if fp32[m] is None or int8[m] is None:
+            figures[m] = None
+            continue
+        drop = 100.0 * (fp32[m] - int8[m])
+        figures[m] = {"fp32": fp32[m], "int8": int8[m], "drop_pt": drop}
+        if drop > max_drop:
+            fails.append(f"{m} drops {drop:.2f} pt ({100 * fp32[m]:.2f} -> {100 * int8[m]:.2f}) > max drop {max_drop} pt")
+    agree = float((fp32["decisions"] == int8["decisions"]).mean())
+    figures["decision_agreement"] = agree
+    if agree < min_agreement:
+        fails.append(f"decision agreement {agree:.3f} < {min_agreement}")
+    rel = {}
+    for a, b in zip(int8["outputs"], fp32["outputs"]):
+        for k, v in max_rel_error(a, b).items():
+            rel[k] = max(rel.get(k, 0.0), v)
+    figures["output_rel_error"] = rel
+    figures["score_max_abs_diff"] = float(np.abs(int8["scores"] - fp32["scores"]).max())
+    if fails:
+        worst = sorted(rel.items(), key=lambda kv: -kv[1])[:3]
+        fails.append("largest relative output errors: " + ", ".join(f"{k} {v:.3f}" for k, v in worst))
+    return not fails, fails, figures
+
+
+# ------------------------------------------------------------------------------------- quantizers
+
+def conv_nodes(onnx_path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "Conv"]
+
+
+def attempts(onnx_path: Path) -> list[tuple[str, list[str]]]:
+    """Exclusion plans, most INT8 first. The first conv (3 input channels) is always FP32: its INT8 kernel
+    is slower than the float one and the input quantization costs more than it saves."""
+    convs = conv_nodes(onnx_path)
+    first = convs[:1]
+    heads = [n for n in convs if re.search(r"proj|embed|heads|/s\d+/", n)]
+    last_stage = [n for n in convs if "/stages.3/" in n]
+    return [("int8", first), ("mixed", first + heads), ("mixed+", first + heads + last_stage)]
+
+
+def quantize_ort(fp32: Path, out: Path, calib: np.ndarray, exclude: list[str]) -> Path:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"image": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as td:
+        pre = Path(td) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=exclude,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def quantize_nncf(fp32: Path, out_xml: Path, calib: np.ndarray, exclude: list[str]) -> Path:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(fp32))
+    ds = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    scope = nncf.IgnoredScope(patterns=[re.escape(n) + "(/.*)?$" for n in exclude], validate=False)
+    q = nncf.quantize(model, ds, subset_size=len(calib), ignored_scope=scope,
+                      preset=nncf.QuantizationPreset.PERFORMANCE)
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(q, str(out_xml), compress_to_fp16=False)
+    return out_xml
+
+
+def _runner(method: str, path: Path, threads: int):
+    return OrtRunner(path, threads) if method == "ort" else OvRunner(path, threads)
+
+
+def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max_drop: float = DEFAULT_MAX_DROP,
+                 min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
+                 calib_size: int = DEFAULT_CALIB_SIZE, calib_override: np.ndarray | None = None,
+                 threads: int = 1) -> dict:
+    """Quantize a run with each method; keep the models that pass the guard. Returns the report.
+    ``calib_override`` replaces the calibration inputs (tests sabotage it to check the guard)."""
+    from distill.data import load_images
+    from distill.run import load_run
+    from runtime.dataset import load_dataset
+
+    t0 = time.time()
+    run = load_run(run_dir)
+    if run.bank is None:
+        raise SystemExit(f"{run_dir}: the run has no bank.npy; rerun distill fit")
+    qdir = run.dir / QUANT_DIR
+    qdir.mkdir(exist_ok=True)
+    fp32 = export_onnx(run.model, qdir / "model.onnx", run.size)
+    ds = load_dataset(data)
+    train = load_images(ds, ("train",), run.size)
+    val = load_images(ds, ("val",), run.size)
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(train))[:calib_size]
+    calib = train.student_inputs(run.mean, run.std).numpy()[np.sort(pick)]
+    if calib_override is not None:
+        calib = np.asarray(calib_override, np.float32)
+    x_val = val.student_inputs(run.mean, run.std).numpy()
+    cal = run.config["calibration"]
+    scoring = ScoringParams(**run.config["scoring"])
+    ev = lambda r: evaluate(r, x_val, val.labels, val.masks, run.bank, run.size, scoring, cal["threshold"])  # noqa: E731
+    ref = ev(OrtRunner(fp32, threads))
+    log(f"FP32 (onnxruntime) on {len(val)} val images: image AUROC {ref['image_auroc']}, AU-PRO {ref['au_pro']}")
+    report = {"run": str(run.dir), "fp32": str(fp32.relative_to(run.dir)), "max_drop_pt": max_drop,
+              "min_agreement": min_agreement, "force": force, "calibration_images": int(len(calib)),
+              "validation_images": int(len(val)),
+              "fp32_metrics": {"image_auroc": ref["image_auroc"], "au_pro": ref["au_pro"]}, "methods": {}}
+    for method in methods:
+        final = qdir / INT8_FILES[method]
+        for p in (final, final.with_suffix(".bin")):
+            p.unlink(missing_ok=True)
+        tried = []
+        best = None
+        for plan, exclude in attempts(fp32):
+            with tempfile.TemporaryDirectory(dir=qdir) as td:
+                tmp = Path(td) / Path(INT8_FILES[method]).name
+                try:
+                    (quantize_ort if method == "ort" else quantize_nncf)(fp32, tmp, calib, exclude)
+                    res = ev(_runner(method, tmp, threads))
+                except Exception as e:  # a quantizer failure is reported, the other method still runs
+                    tried.append({"plan": plan, "excluded": exclude, "error": f"{type(e).__name__}: {e}"})
+                    log(f"{method}/{plan}: failed: {e}")
+                    continue
+                ok, fails, figs = guard(ref, res, max_drop, min_agreement)
+                tried.append({"plan": plan, "excluded": exclude, "passed": ok, "failures": fails, **figs})
+                log(f"{method}/{plan} (FP32 kept: {len(exclude)} convs): " + ("passes the guard" if ok else "; ".join(fails)))
+                if ok or best is None or _worst_drop(figs) < _worst_drop(best[1]):
+                    best = (plan, figs, ok)
+                    _keep(tmp, final)
+                if ok:
+                    break
+        entry = {"attempts": tried, "file": None, "passed": False}
+        if best is not None and (best[2] or force):
+            entry.update(file=INT8_FILES[method], plan=best[0], passed=best[2], forced=not best[2], **best[1])
+            if not best[2]:
+                log(f"{method}: no plan passes the guard; --force: keeping plan {best[0]} anyway")
+        else:
+            for p in (final, final.with_suffix(".bin")):
+                p.unlink(missing_ok=True)
+            msg = tried[-1].get("failures") or [tried[-1].get("error", "")] if tried else ["nothing tried"]
+            entry["refused"] = f"{method}: INT8 model refused (no plan passed the guard): " + "; ".join(msg)
+            log(entry["refused"] + " (--force writes it anyway)")
+        report["methods"][method] = entry
+    chosen = _choose(report["methods"])
+    report["chosen"] = chosen
+    report["seconds"] = round(time.time() - t0, 2)
+    (qdir / REPORT).write_text(json.dumps(report, indent=2, default=float))
+    return report
+
+
+def _keep(tmp: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp, final)
+    if tmp.suffix == ".xml":
+        shutil.copyfile(tmp.with_suffix(".bin"), final.with_suffix(".bin"))
+
+
+def _worst_drop(figs: dict) -> float:
+    d = [v["drop_pt"] for k, v in figs.items() if isinstance(v, dict) and "drop_pt" in v]
+    return max(d) if d else -100.0 * figs.get("decision_agreement", 0.0)
+
+
+def _choose(methods: dict) -> str | None:
+    """The best written INT8 model: passing before forced, then the smallest worst drop, then ort."""
+    written = [(m, e) for m, e in methods.items() if e.get("file")]
+    if not written:
+        return None
+    written.sort(key=lambda me: (not me[1]["passed"], round(_worst_drop(me[1]), 6), me[0] != "ort"))
+    return written[0][0]
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+def configure(p) -> None:
+    p.add_argument("run", help="run directory written by distill fit")
+    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train: calibration, val: guard)")
+    p.add_argument("--method", choices=("nncf", "ort", "both"), default="both")
+    p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="points of image AUROC / AU-PRO")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT)
+    p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE)
+    p.add_argument("--force", action="store_true", help="write the best INT8 model even if it fails the guard")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    methods = ("nncf", "ort") if args.method == "both" else (args.method,)
+    report = quantize_run(args.run, args.data, methods=methods, max_drop=args.max_drop,
+                          min_agreement=args.min_agreement, force=args.force, calib_size=args.calib_size,
+                          threads=args.threads)
+    refused = [e["refused"] for e in report["methods"].values() if e.get("refused")]
+    if args.json:
+        print(json.dumps(report, default=float))
+    if report["chosen"] is None:
+        print("distill quantize: " + " | ".join(refused), file=sys.stderr)
+        return 2
+    return 0

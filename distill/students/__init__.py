@@ -1,0 +1,6 @@
+"""Student networks: ``create_student(name, spec=...)``; families register themselves on import."""
+from distill.students import plain  # noqa: F401  (registers tiny, s, m)
+from distill.students.plain import HeadSpec
+from distill.students.registry import create_student, list_students, register_student, student_family
+
+__all__ = ["create_student", "list_students", "register_student", "student_family", "HeadSpec"]

@@ -1,0 +1,136 @@
+"""The fitting loop: student(preprocessed image) ≈ teacher t=50 features (+ head outputs), on cached targets.
+
+Kept apart from the model (anomalib's lightning_model.py vs torch_model.py). Augmentation is what the
+cached targets allow exactly: horizontal/vertical flips applied to the input and to every target map
+(features of a flipped image ≈ flipped features), plus optional mild photometric jitter on the input only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distill.losses import binary_kl_distill, feature_loss, kl_distill
+from distill.preprocess import normalize
+
+
+def _flip(t: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Flip the samples selected by bool masks h (last dim) and v (second-last) of a (B, ..., H, W) tensor."""
+    if t.ndim < 3:
+        return t  # global logits: flips do not change them
+    t = torch.where(h.view(-1, *[1] * (t.ndim - 1)), t.flip(-1), t)
+    return torch.where(v.view(-1, *[1] * (t.ndim - 1)), t.flip(-2), t)
+
+
+def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict[str, torch.Tensor], *,
+                mean, std, steps: int, batch_size: int = 8, lr: float = 2e-3, weight_decay: float = 1e-4,
+                seed: int = 0, augment: bool = True, jitter: float = 0.0, mse_weight: float = 1.0,
+                head_targets: dict[str, torch.Tensor] | None = None, head_kinds: dict[str, str] | None = None,
+                kd_temperature: float = 2.0, kd_weight: float = 1.0, log_every: int = 10,
+                metrics_path: Path | None = None, progress: bool = True) -> list[dict]:
+    """images_u8 (N, 3, S, S) uint8 resized frames; targets level -> (N, C, h, w). Returns the log rows.
+
+    head_kinds: output name -> "softmax" (class logits over dim 1) or "sigmoid" (mask logits)."""
+    n = images_u8.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+    levels = list(targets)
+    head_targets = head_targets or {}
+    rows: list[dict] = []
+    f = open(metrics_path, "a") if metrics_path else None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="distill", file=sys.stderr, leave=False)
+    student.train()
+    t0 = time.time()
+    try:
+        for step in range(steps):
+            idx = torch.randint(n, (min(batch_size, n),), generator=g)
+            x = images_u8[idx]
+            tgt = {k: targets[k][idx] for k in levels}
+            htgt = {k: v[idx] for k, v in head_targets.items()}
+            if augment:
+                hf = torch.rand(len(idx), generator=g) < 0.5
+                vf = torch.rand(len(idx), generator=g) < 0.5
+                x = _flip(x, hf, vf)
+                tgt = {k: _flip(v, hf, vf) for k, v in tgt.items()}
+                htgt = {k: _flip(v, hf, vf) for k, v in htgt.items()}
+            xin = normalize(x, mean, std)
+            if jitter > 0:  # brightness/contrast on the [0, 1] scale, student side only
+                b = (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
+                c = 1 + (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
+                std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+                xin = xin * c + b / std_t
+            out = student(xin)._asdict()
+            loss, logs = feature_loss({k: out[k] for k in levels}, tgt, mse_weight=mse_weight)
+            for name, t in htgt.items():
+                kind = (head_kinds or {}).get(name, "softmax")
+                kd = (binary_kl_distill if kind == "sigmoid" else kl_distill)(out[name], t, kd_temperature)
+                loss = loss + kd_weight * kd
+                logs[f"kd_{name}"] = float(kd.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            opt.step()
+            sched.step()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % log_every == 0 or step == steps - 1:
+                row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
+                       "elapsed_s": round(time.time() - t0, 3), **logs}
+                rows.append(row)
+                if f:
+                    f.write(json.dumps(row) + "\n")
+                    f.flush()
+    finally:
+        if bar is not None:
+            bar.close()
+        if f:
+            f.close()
+    student.eval()
+    return rows
+
+
+@torch.no_grad()
+def level_cosine(student: torch.nn.Module, inputs: torch.Tensor, targets: dict[str, torch.Tensor],
+                 batch_size: int = 16) -> dict[str, float]:
+    """Mean per-location cosine student vs teacher, per level, on (held-out) inputs."""
+    student.eval()
+    sums = {k: 0.0 for k in targets}
+    count = 0
+    for s in range(0, inputs.shape[0], batch_size):
+        out = student(inputs[s:s + batch_size])._asdict()
+        for k, t in targets.items():
+            c = torch.nn.functional.cosine_similarity(out[k], t[s:s + batch_size], dim=1, eps=1e-6)
+            sums[k] += float(c.mean(dim=(1, 2)).sum())
+        count += min(batch_size, inputs.shape[0] - s)
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def plot_curves(rows: list[dict], path: Path) -> Path | None:
+    """loss and per-level cosine vs step, one PNG."""
+    if not rows:
+        return None
+    try:
+        from runtime.report import plot_curves as _plot
+    except ImportError:
+        return None
+    steps = np.asarray([r["step"] for r in rows], float)
+    series = {"loss": (steps, np.asarray([r["loss"] for r in rows]))}
+    for k in rows[0]:
+        if k.startswith("cos_"):
+            series[k] = (steps, np.asarray([r[k] for r in rows]))
+    return _plot(path, series, xlabel="step", ylabel="loss / cosine", title="distillation", ylim=None)

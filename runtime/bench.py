@@ -1,0 +1,372 @@
+"""`lineside bench`: one run, side by side, on the machine it runs on.
+
+    lineside bench                       # a table for people
+    lineside bench --json                # one JSON object (last stdout line) for machines
+    lineside bench --full                # adds the sd15 teacher at 256 px (the 300x target needs it)
+    lineside bench --artifact ART        # an existing student artifact (else: see below)
+    lineside bench kernels --json        # only the kernels part
+
+Sections: ``teacher`` (`teacher bench --preset tiny --json`, and sd15 at 256 px with --full: a
+subprocess, torch stays out of this process), ``student`` (FP32 and INT8 on every backend this
+machine has, timed here with runtime.backends on the artifact's own model files — exactly what the
+daemon runs, torch-free), ``kernels`` (kernels.bench.run), ``daemon`` (runtime.bench_daemon: p50/p99,
+maximum sustained rate, overhead over the raw backend), ``server`` (`teacher serve --bench --json`,
+a subprocess), and ``targets``: each target named in the issues, the measured value, pass/fail.
+
+Artifact: ``--artifact DIR`` benchmarks that artifact (and ``--checkpoint CKPT`` a real teacher for
+the server section). Without it, bench builds a small one with the demo's quick pipeline (teacher
+data synth → … → distill export, about two minutes on two cores) into ``--work`` (default
+``$XDG_CACHE_HOME/lineside/bench``) and reuses it on later runs (``--rebuild`` to redo it).
+A section that cannot run here says why (``status: skipped``) instead of failing the whole bench.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.demo.steps import StepError, child_env, command, last_json_line
+
+PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
+STUDENT_WARMUP = 5
+STUDENT_RUNS = 50
+SUBPROCESS_TIMEOUT_S = 900
+TARGETS = {
+    # name: (what, comparison, limit, unit)
+    "int8_vs_sd15_teacher_256": ("student INT8 vs sd15 teacher feature extraction at 256 px", ">=", 300.0, "x faster"),
+    "int8_vs_fp32": ("student INT8 vs FP32, same backend", ">=", 2.0, "x faster"),
+    "daemon_overhead_p50_ms": ("daemon overhead over the raw backend, p50", "<=", 1.5, "ms"),
+    "daemon_sustained_fraction": ("daemon sustained rate / raw backend rate", ">=", 0.90, ""),
+    "knn_vs_matmul": ("knn scoring throughput / matmul throughput", ">=", 0.5, ""),
+}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("part", nargs="?", default="all", choices=PARTS, help="run only this part (default: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object as the last stdout line")
+    p.add_argument("--full", action="store_true", help="also the sd15 teacher at 256 px (slow without a GPU)")
+    p.add_argument("--artifact", help="student artifact directory (default: build a small one, see --work)")
+    p.add_argument("--checkpoint", help="teacher checkpoint for the server section (default: the built one, "
+                                        "or a fake model with --artifact)")
+    p.add_argument("--work", default=None, help="where the built artifact is cached")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached artifact")
+    p.add_argument("--runs", type=int, default=STUDENT_RUNS, help="timed student runs per model and backend")
+    p.add_argument("--threads", type=int, default=1, help="threads per backend / child BLAS threads")
+
+
+def _say(msg: str) -> None:
+    print(f"lineside bench: {msg}", file=sys.stderr, flush=True)
+
+
+def _skipped(reason: str) -> dict:
+    return {"status": "skipped", "reason": reason}
+
+
+def _error(e: BaseException) -> dict:
+    return {"status": "error", "error": f"{type(e).__name__}: {e}"}
+
+
+def run_json_command(tool: str, args: list, env: dict, timeout_s: float = SUBPROCESS_TIMEOUT_S) -> dict:
+    """Run a lineside command, return its last-line JSON; raises StepError with stderr's tail."""
+    argv = command(tool) + [str(a) for a in args]
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout_s)
+    if p.returncode != 0:
+        raise StepError(f"`{' '.join(argv)}` exited {p.returncode}: {p.stderr.strip()[-800:]}")
+    out = last_json_line(p.stdout)
+    if not out:
+        raise StepError(f"`{' '.join(argv)}` printed no JSON on its last stdout line")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- artifact
+
+def default_work() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lineside" / "bench"
+
+
+def ensure_artifact(args, env: dict) -> tuple[Path, Path | None, dict]:
+    """(artifact dir, teacher checkpoint or None, how it was obtained)."""
+    if args.artifact:
+        return Path(args.artifact), (Path(args.checkpoint) if args.checkpoint else None), {"artifact": "given"}
+    work = Path(args.work) if args.work else default_work()
+    art, ckpt = work / "artifact", work / "teacher"
+    if (art / "manifest.json").is_file() and not args.rebuild:
+        return art, ckpt if ckpt.is_dir() else None, {"artifact": f"cached in {work}"}
+    from runtime.demo import QUICK
+    from runtime.demo.pipeline import build
+    from runtime.demo.steps import StepRunner
+
+    _say(f"no --artifact: building a small one with the demo's quick pipeline in {work} (reused next time)")
+    runner = StepRunner(work / "logs", env)
+    t0 = time.perf_counter()
+    build(work, QUICK, runner, lambda msg, start=None, end=None: _say(msg.replace("[bold]", "").replace("[/]", "")
+                                                                        .replace("[green]", "")),
+          evaluate=False)
+    return art, ckpt, {"artifact": f"built in {work}", "build_s": round(time.perf_counter() - t0, 1)}
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+def bench_teacher(full: bool, ckpt: Path | None, env: dict) -> dict:
+    out: dict = {"status": "ok"}
+    args = ["bench", "--preset", "tiny", "--json"]
+    out["tiny"] = run_json_command("teacher", args, env)
+    if full:
+        out["sd15"] = run_json_command("teacher", ["bench", "--preset", "sd15", "--json", "--sizes", "256"], env)
+    return out
+
+
+def _time_backend(backend, x: np.ndarray, runs: int) -> dict:
+    for _ in range(STUDENT_WARMUP):
+        backend.run(x)
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.run(x)
+        t.append((time.perf_counter() - t0) * 1e3)
+    a = np.asarray(t)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "runs": runs}
+
+
+def bench_student(art: Path, runs: int, threads: int) -> dict:
+    """FP32 and INT8 of the artifact on each available backend, timed on the model alone (preprocessed
+    input of the manifest's size, random pixels: latency does not depend on content)."""
+    from runtime.backends import BackendError, available_backends, open_backend
+    from runtime.manifest import load_manifest
+
+    m = load_manifest(art)
+    s = m.preprocess.size
+    x = np.random.default_rng(0).standard_normal((1, 3, s, s)).astype(np.float32)
+    avail = available_backends()
+    out: dict = {"status": "ok", "input": [1, 3, s, s], "threads": threads, "available": avail, "results": {}}
+    roles = [r for r in ("fp32", "int8") if r in m.models]
+    for name, state in avail.items():
+        if state != "ok":
+            out["results"][name] = _skipped(str(state))
+            continue
+        per = {}
+        for role in roles:
+            # open_backend runs models["int8"] when present: hide the other role to pick one
+            keep = {k: v for k, v in m.models.items() if k == role or k not in ("fp32", "int8", "openvino_xml")}
+            mm = m.model_copy(update={"models": keep})
+            try:
+                b = open_backend(art, mm, name=name, threads=threads)
+            except BackendError as e:
+                per[role] = _skipped(str(e))
+                continue
+            try:
+                per[role] = {"status": "ok", "backend": b.name, "model": keep[role],
+                             "bytes": (art / keep[role]).stat().st_size, **_time_backend(b, x, runs)}
+            except Exception as e:  # a backend that opens but cannot run this model: report, go on
+                per[role] = _error(e)
+            finally:
+                close = getattr(b, "close", None)
+                if close:
+                    close()
+        out["results"][name] = per
+    return out
+
+
+def bench_kernels() -> dict:
+    try:
+        from kernels import bench as kb
+    except ImportError as e:
+        return _skipped(f"kernels.bench not available ({e})")
+    r = kb.run(json=True)
+    return {"status": "ok", **r} if isinstance(r, dict) else {"status": "ok", "result": r}
+
+
+def bench_daemon(art: Path, threads: int) -> dict:
+    try:
+        from runtime.bench_daemon import run_daemon_bench
+    except ImportError as e:
+        return _skipped(f"runtime.bench_daemon not available ({e})")
+    r = run_daemon_bench(art, threads=threads)
+    return {"status": "ok", **r}
+
+
+def bench_server(ckpt: Path | None, env: dict) -> dict:
+    args = ["serve", "--bench", "--json", "--bench-requests", "20", "--bench-clients", "1", "4"]
+    if ckpt is not None:
+        args += ["--checkpoint", ckpt]
+    r = run_json_command("teacher", args, env)
+    return {"status": "ok", "model": str(ckpt) if ckpt else "fake", **r}
+
+
+# ------------------------------------------------------------------------------------------- targets
+
+def _dig(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _first_number(d, preds) -> float | None:
+    """First numeric value, depth first, whose key path (lowercase, '.'-joined) satisfies all preds."""
+    def walk(x, path):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                r = walk(v, f"{path}.{k}".lower())
+                if r is not None:
+                    return r
+        elif isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x):
+            if all(p(path) for p in preds):
+                return float(x)
+        return None
+    return walk(d, "")
+
+
+def student_best(student: dict, role: str) -> tuple[float | None, str | None]:
+    best, where = None, None
+    for name, per in (student.get("results") or {}).items():
+        r = per.get(role) if isinstance(per, dict) else None
+        if isinstance(r, dict) and r.get("status") == "ok":
+            if best is None or r["p50_ms"] < best:
+                best, where = r["p50_ms"], r.get("backend", name)
+    return best, where
+
+
+def teacher_ms(teacher: dict, preset: str, size: int | None = None) -> float | None:
+    t = teacher.get(preset)
+    if not isinstance(t, dict):
+        return None
+    preds = [lambda p: "ms" in p, lambda p: "mem" not in p]
+    if size is not None:
+        hit = _first_number(t, preds + [lambda p, s=str(size): s in p])
+        if hit is not None:
+            return hit
+    return _first_number(t, preds)
+
+
+def targets(report: dict) -> list[dict]:
+    """Each target, its measured value and pass/fail (None: not measured in this run, with why)."""
+    rows = []
+
+    def add(key, value, why=""):
+        what, cmp, limit, unit = TARGETS[key]
+        ok = None if value is None else (value >= limit if cmp == ">=" else value <= limit)
+        rows.append({"target": key, "what": what, "limit": f"{cmp} {limit:g} {unit}".strip(),
+                     "measured": value, "pass": ok, **({"why": why} if value is None else {})})
+
+    st = report.get("student") or {}
+    i8, i8_where = student_best(st, "int8")
+    f32, _ = student_best(st, "fp32")
+    sd15 = teacher_ms(report.get("teacher") or {}, "sd15", 256)
+    add("int8_vs_sd15_teacher_256", sd15 / i8 if (sd15 and i8) else None,
+        "needs --full (sd15 teacher at 256 px) and an INT8 model" if not sd15 else "no INT8 student timing")
+    # same backend for the INT8/FP32 ratio
+    ratio = None
+    for name, per in (st.get("results") or {}).items():
+        a, b = (per or {}).get("int8", {}), (per or {}).get("fp32", {})
+        if a.get("status") == "ok" and b.get("status") == "ok":
+            r = b["p50_ms"] / a["p50_ms"]
+            ratio = r if ratio is None else max(ratio, r)
+    add("int8_vs_fp32", ratio, "needs both FP32 and INT8 timings on one backend")
+    d = report.get("daemon") or {}
+    add("daemon_overhead_p50_ms",
+        _first_number(d, [lambda p: "overhead" in p, lambda p: "p50" in p or p.endswith("overhead_ms")]),
+        d.get("reason", "daemon bench reported no overhead p50"))
+    add("daemon_sustained_fraction",
+        _first_number(d, [lambda p: "sustain" in p, lambda p: "frac" in p or "ratio" in p or "pct" in p]),
+        d.get("reason", "daemon bench reported no sustained fraction"))
+    k = report.get("kernels") or {}
+    add("knn_vs_matmul", _first_number(k, [lambda p: "knn" in p, lambda p: "matmul" in p]),
+        k.get("reason", "kernels bench reported no knn/matmul ratio"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- main
+
+def run(args: argparse.Namespace) -> int:
+    env = child_env(args.threads)
+    report: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
+                                "python": platform.python_version()}, "part": args.part}
+    t0 = time.perf_counter()
+    want = set(PARTS[1:]) if args.part == "all" else {args.part}
+    art = ckpt = None
+    if want & {"student", "daemon", "server"}:
+        try:
+            art, ckpt, how = ensure_artifact(args, env)
+            report["artifact"] = {"path": str(art), **how}
+        except (StepError, OSError) as e:
+            report["artifact"] = _error(e)
+    sections = {
+        "teacher": lambda: bench_teacher(args.full, ckpt, env),
+        "student": lambda: bench_student(art, args.runs, args.threads) if art else _skipped("no artifact"),
+        "kernels": bench_kernels,
+        "daemon": lambda: bench_daemon(art, args.threads) if art else _skipped("no artifact"),
+        "server": lambda: bench_server(ckpt, env),
+    }
+    for name in PARTS[1:]:
+        if name not in want:
+            continue
+        _say(f"{name} …")
+        t = time.perf_counter()
+        try:
+            report[name] = sections[name]()
+        except Exception as e:  # one section failing must not hide the others' figures
+            report[name] = _error(e)
+        report[name]["wall_s"] = round(time.perf_counter() - t, 2)
+    report["targets"] = targets(report)
+    report["wall_s"] = round(time.perf_counter() - t0, 2)
+    if args.json:
+        print(json.dumps(report, separators=(",", ":"), default=str))
+    else:
+        print_table(report)
+    failed = [n for n in want if (report.get(n) or {}).get("status") == "error"]
+    return 1 if failed else 0
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    m = report["machine"]
+    c.print(f"[bold]lineside bench[/] on {m['node']} ({m['cpus']} CPUs, {m['arch']}), {report['wall_s']:.0f} s")
+    st = report.get("student")
+    if st and st.get("status") == "ok":
+        t = Table(title=f"student, input {st['input']}")
+        for col in ("backend", "model", "p50 ms", "p90 ms", "size MB"):
+            t.add_column(col)
+        for name, per in st["results"].items():
+            if per.get("status") == "skipped":
+                t.add_row(name, "—", "skipped", per["reason"][:60], "")
+                continue
+            for role, r in per.items():
+                if r.get("status") == "ok":
+                    t.add_row(r["backend"], role, f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['bytes'] / 1e6:.2f}")
+                else:
+                    t.add_row(name, role, r.get("status", "?"), (r.get("reason") or r.get("error") or "")[:60], "")
+        c.print(t)
+    t = Table(title="sections")
+    t.add_column("section")
+    t.add_column("status")
+    t.add_column("wall s")
+    t.add_column("figures")
+    for name in PARTS[1:]:
+        r = report.get(name)
+        if not r:
+            continue
+        figs = {k: v for k, v in r.items() if k not in ("status", "wall_s", "results", "available")}
+        t.add_row(name, r.get("status", "?"), f"{r.get('wall_s', 0):.1f}", json.dumps(figs, default=str)[:110])
+    c.print(t)
+    t = Table(title="targets")
+    for col in ("target", "limit", "measured", "pass"):
+        t.add_column(col)
+    for r in report["targets"]:
+        v = r["measured"]
+        t.add_row(r["what"], r["limit"], "—" if v is None else f"{v:.3g}",
+                  {True: "[green]pass[/]", False: "[red]FAIL[/]", None: f"[dim]n/a: {r.get('why', '')}[/]"}[r["pass"]])
+    c.print(t)

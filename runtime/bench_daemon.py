@@ -1,0 +1,159 @@
+"""Daemon benchmark: what the daemon adds on top of the raw backend.
+
+    raw       Engine.judge in-process (preprocess + backend + scoring), one frame at a time: p50/p99, rate
+    latency   send -> verdict over tcp loopback against a `lineside run` subprocess, one frame in flight
+    sustained frames kept in flight (up to the queue size, so none is dropped): verdicts per second
+
+Targets (issue 6): p50 overhead over raw <= 1.5 ms; sustained rate >= 90 % of the raw rate. On a loaded
+or 2-core machine the client and the daemon share the CPU, so read the figures as indicative.
+
+    from runtime.bench_daemon import run_daemon_bench
+    run_daemon_bench("ARTIFACT", backend="onnxruntime", n_frames=200) -> dict
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+OVERHEAD_P50_TARGET_MS = 1.5
+SUSTAINED_RATIO_TARGET = 0.90
+READY_TIMEOUT_S = 60.0
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def _test_image(size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def raw_bench(artifact_dir, backend: str, n_frames: int, warmup: int, threads: int, image: np.ndarray) -> dict:
+    from runtime.engine import Engine
+
+    eng = Engine(artifact_dir, backend, threads)
+    for _ in range(warmup):
+        eng.judge(image)
+    lat = []
+    t0 = time.perf_counter()
+    for i in range(n_frames):
+        t = time.perf_counter()
+        eng.judge(image, frame_id=str(i))
+        lat.append((time.perf_counter() - t) * 1e3)
+    total = time.perf_counter() - t0
+    name = eng.backend_name
+    eng.close()
+    return {"backend": name, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "mean_ms": float(np.mean(lat)),
+            "rate_hz": n_frames / total}
+
+
+def start_daemon(artifact_dir, backend: str, threads: int, queue_size: int, journal: Path,
+                 extra: Optional[list[str]] = None) -> tuple[subprocess.Popen, dict]:
+    """`lineside run` on free loopback ports; returns the process and its ready line."""
+    cmd = [sys.executable, "-m", "runtime", "run", "--artifact", str(artifact_dir), "--backend", backend,
+           "--threads", str(threads), "--ingress", "tcp://127.0.0.1:*", "--verdicts", "tcp://127.0.0.1:*",
+           "--control", "tcp://127.0.0.1:*", "--journal", str(journal), "--queue-size", str(queue_size),
+           "--overload", "reject_newest", "--log-level", "WARNING", *(extra or [])]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ready: dict = {}
+
+    def read():
+        line = proc.stdout.readline()
+        if line:
+            ready.update(json.loads(line))
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(READY_TIMEOUT_S)
+    if not ready.get("ready"):
+        proc.kill()
+        err = proc.stderr.read()[-2000:] if proc.stderr else ""
+        raise RuntimeError(f"daemon did not start: {err}")
+    return proc, ready
+
+
+def stop_daemon(proc: subprocess.Popen, timeout_s: float = 10.0) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def run_daemon_bench(artifact_dir, backend: str = "auto", n_frames: int = 200, *, warmup: int = 20, threads: int = 1,
+                     queue_size: int = 8, encoding: str = "raw", image: Optional[np.ndarray] = None) -> dict:
+    """Raw backend vs daemon end to end (tcp loopback, subprocess daemon). Returns figures and targets."""
+    from runtime.client import LinesideClient
+    from runtime.manifest import load_manifest
+
+    size = load_manifest(artifact_dir, verify=False).preprocess.size
+    image = _test_image(size) if image is None else image
+    raw = raw_bench(artifact_dir, backend, n_frames, warmup, threads, image)
+    with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
+        proc, ready = start_daemon(artifact_dir, backend, threads, queue_size, Path(tmp) / "journal.sqlite3")
+        try:
+            c = LinesideClient(ready["ingress"], ready["verdicts"], control=ready["control"], timeout_s=10.0)
+            c.wait_ready()
+            lat = _latency(c, image, encoding, warmup, n_frames)
+            rate, lost = _sustained(c, image, encoding, n_frames, queue_size)
+            drops = c.status()["drops"]
+            c.close()
+        finally:
+            rc = stop_daemon(proc)
+    e2e50, e2e99 = _pct(lat, 50), _pct(lat, 99)
+    overhead = e2e50 - raw["p50_ms"]
+    ratio = rate / raw["rate_hz"] if raw["rate_hz"] else float("nan")
+    return {"artifact": str(artifact_dir), "backend": raw["backend"], "n_frames": n_frames, "encoding": encoding,
+            "image_hw": list(image.shape[:2]), "threads": threads,
+            "raw": raw,
+            "daemon": {"e2e_p50_ms": e2e50, "e2e_p99_ms": e2e99, "sustained_rate_hz": rate, "lost": lost,
+                       "drops": drops, "exit_code": rc},
+            "overhead_p50_ms": overhead, "sustained_ratio": ratio,
+            "targets": {"overhead_p50_ms_max": OVERHEAD_P50_TARGET_MS, "sustained_ratio_min": SUSTAINED_RATIO_TARGET,
+                        "overhead_met": bool(overhead <= OVERHEAD_P50_TARGET_MS),
+                        "sustained_met": bool(ratio >= SUSTAINED_RATIO_TARGET)}}
+
+
+def _latency(c, image, encoding: str, warmup: int, n: int) -> list[float]:
+    lat = []
+    for i in range(warmup + n):
+        fid = f"lat-{i}"
+        t0 = time.perf_counter()
+        c.send(image, frame_id=fid, encoding=encoding, wait=False)
+        for v in c.verdicts(10.0):
+            if v.frame_id == fid:
+                break
+        else:
+            raise TimeoutError(f"no verdict for {fid}")
+        if i >= warmup:
+            lat.append((time.perf_counter() - t0) * 1e3)
+        c.acks(0.0)
+    return lat
+
+
+def _sustained(c, image, encoding: str, n: int, window: int) -> tuple[float, int]:
+    sent = got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        while sent < n and sent - got < window:
+            c.send(image, frame_id=f"rate-{sent}", encoding=encoding, wait=False)
+            sent += 1
+        v = next(c.verdicts(10.0), None)
+        if v is None:
+            break
+        if v.frame_id.startswith("rate-"):
+            got += 1
+        c.acks(0.0)
+    return got / (time.perf_counter() - t0), n - got

@@ -1,0 +1,228 @@
+"""LinesideClient: what a camera driver, a test, the demo or an integrator uses to talk to a daemon.
+
+    with LinesideClient("tcp://127.0.0.1:5555", verdicts="tcp://127.0.0.1:5556",
+                        control="tcp://127.0.0.1:5557") as c:
+        c.wait_ready()                       # the verdict subscription is live (heartbeat seen)
+        ack = c.send(image, frame_id="f1")   # {"kind": "status", "frame_id": "f1", "status": {...}}
+        for v in c.verdicts(timeout_s=2.0):  # Verdict objects (mask decoded when sent)
+            ...
+        c.status()
+
+Ingress is a DEALER (several frames may be in flight: ``send(..., wait=False)`` then ``acks()``), verdicts
+a SUB on topic ``verdict.`` (or one camera's), control a DEALER with a REQ-style empty delimiter so the
+same call works against a teacher server's ROUTER. Every receive has a timeout.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import zmq
+
+from runtime import protocol
+from runtime.curve import make_client
+from runtime.verdict import Verdict, decode_mask_png
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class LinesideError(RuntimeError):
+    """The daemon answered with an error; ``field`` names what it refused."""
+
+    def __init__(self, header: dict):
+        super().__init__(f"{header.get('field')}: {header.get('message')}")
+        self.field, self.message, self.header = header.get("field"), header.get("message"), header
+
+
+class LinesideClient:
+    def __init__(self, ingress: Optional[str] = None, verdicts: Optional[str] = None, *, control: Optional[str] = None,
+                 camera_id: Optional[str] = None, curve_secret: Optional[str | Path] = None,
+                 server_public: Optional[str | Path] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 context: Optional[zmq.Context] = None):
+        self.ctx = context or zmq.Context.instance()
+        self.timeout_s = timeout_s
+        self._curve = (curve_secret, server_public) if curve_secret else None
+        self._ids = itertools.count()
+        self._acks: dict[str, dict] = {}
+        self._buffer: deque[Verdict] = deque()
+        self.ingress = self._socket(zmq.DEALER, ingress) if ingress else None
+        self.sub = None
+        if verdicts:
+            self.sub = self._socket(zmq.SUB, verdicts)
+            self.sub.setsockopt(zmq.SUBSCRIBE, b"verdict." + (camera_id.encode() if camera_id else b""))
+            self.sub.setsockopt(zmq.SUBSCRIBE, b"hb")
+        self.control_ep = control
+
+    def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.linger = 0
+        if self._curve:
+            make_client(s, *self._curve)
+        s.connect(endpoint)
+        return s
+
+    # -- frames -----------------------------------------------------------------------------------
+    def send(self, image: np.ndarray | bytes, frame_id: Optional[str] = None, camera_id: str = "cam0",
+             encoding: str = "raw", want_mask: bool = False, wait: bool = True,
+             timeout_s: Optional[float] = None, **header) -> dict | str:
+        """Send one frame. ``image``: uint8 RGB array (encoded as ``encoding``), or already-encoded JPEG/PNG
+        bytes. Returns the ack header (raises LinesideError on an error reply, TimeoutError on silence);
+        with ``wait=False`` returns the frame id at once (collect replies with ``acks()``)."""
+        fid = str(frame_id) if frame_id is not None else f"{camera_id}-{next(self._ids):08d}"
+        h = {"frame_id": fid, "camera_id": camera_id, "want_mask": want_mask, **header}
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            frames = protocol.encode({"kind": "frame", "ts": time.time(), "encoding": encoding, **h}, bytes(image))
+        else:
+            frames = protocol.image_frames("frame", image, encoding, **h)
+        self.ingress.send_multipart(frames, copy=False)
+        if not wait:
+            return fid
+        return self.ack(fid, timeout_s)
+
+    def send_raw(self, frames: list[bytes], timeout_s: Optional[float] = None) -> dict:
+        """Send arbitrary message parts (tests of bad input) and return the next reply header."""
+        self.ingress.send_multipart(frames)
+        return self._recv_reply(timeout_s)
+
+    def ack(self, frame_id: str, timeout_s: Optional[float] = None) -> dict:
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while frame_id not in self._acks:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply for frame {frame_id} from the daemon")
+            h = self._recv_reply(left)
+            self._acks[str(h.get("frame_id"))] = h
+        h = self._acks.pop(frame_id)
+        if h.get("kind") == "error":
+            raise LinesideError(h)
+        return h
+
+    def acks(self, timeout_s: float = 0.0) -> list[dict]:
+        """Replies that have arrived (waiting up to ``timeout_s`` for the first)."""
+        out = [self._acks.pop(k) for k in list(self._acks)]
+        t = timeout_s
+        while True:
+            try:
+                out.append(self._recv_reply(t))
+            except TimeoutError:
+                return out
+            t = 0.0
+
+    def _recv_reply(self, timeout_s: Optional[float]) -> dict:
+        t = self.timeout_s if timeout_s is None else timeout_s
+        if not self.ingress.poll(int(t * 1000), zmq.POLLIN):
+            raise TimeoutError(f"no reply from the daemon within {t:.1f} s")
+        msg = self.ingress.recv_multipart()
+        while msg and msg[0] == b"":
+            msg = msg[1:]
+        return protocol.decode_header(msg)
+
+    # -- verdicts ---------------------------------------------------------------------------------
+    def wait_ready(self, timeout_s: Optional[float] = None) -> None:
+        """Block until the verdict subscription is live (a heartbeat arrived), so no verdict is missed."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        while time.monotonic() < deadline:
+            if self.sub.poll(50, zmq.POLLIN):
+                msg = self.sub.recv_multipart()
+                if msg[0] == b"hb":
+                    return
+                self._buffer.append(_verdict(msg))
+        raise TimeoutError("no heartbeat from the daemon's verdict socket")
+
+    def verdicts(self, timeout_s: float = DEFAULT_TIMEOUT_S, count: Optional[int] = None) -> Iterator[Verdict]:
+        """Verdicts as they come; stops after ``timeout_s`` without one, or after ``count``."""
+        n = 0
+        while count is None or n < count:
+            if self._buffer:
+                v = self._buffer.popleft()
+            else:
+                v = self._next_verdict(timeout_s)
+                if v is None:
+                    return
+            n += 1
+            yield v
+
+    def _next_verdict(self, timeout_s: float) -> Optional[Verdict]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sub.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                return None
+            msg = self.sub.recv_multipart()
+            if msg[0] != b"hb":
+                return _verdict(msg)
+
+    def collect(self, frame_ids, timeout_s: float = DEFAULT_TIMEOUT_S, final: bool = False) -> dict[str, list[Verdict]]:
+        """Verdicts per frame id until each has one (``final``: one that is not pending); stops on silence."""
+        want = set(map(str, frame_ids))
+        got: dict[str, list[Verdict]] = {}
+        done = set()
+        for v in self.verdicts(timeout_s):
+            got.setdefault(v.frame_id, []).append(v)
+            if v.frame_id in want and (not final or not v.pending):
+                done.add(v.frame_id)
+            if done >= want:
+                break
+        return got
+
+    # -- control ----------------------------------------------------------------------------------
+    def control(self, cmd: str, timeout_s: Optional[float] = None, **fields) -> dict:
+        if not self.control_ep:
+            raise ValueError("this client has no control endpoint")
+        return request(self.ctx, self.control_ep, {"kind": "control", "cmd": cmd, **fields},
+                       timeout_s or self.timeout_s, self._curve)
+
+    def status(self, timeout_s: Optional[float] = None) -> dict:
+        return self.control("status", timeout_s)["status"]
+
+    def reload(self, artifact_dir: str | Path, timeout_s: Optional[float] = None) -> dict:
+        return self.control("reload", timeout_s or max(self.timeout_s, 30.0), path=str(artifact_dir))["status"]
+
+    def shutdown(self, timeout_s: Optional[float] = None) -> dict:
+        return self.control("shutdown", timeout_s)["status"]
+
+    def close(self) -> None:
+        for s in (self.ingress, self.sub):
+            if s is not None:
+                s.close(linger=0)
+
+    def __enter__(self) -> "LinesideClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def request(ctx: zmq.Context, endpoint: str, header: dict, timeout_s: float, curve=None) -> dict:
+    """One request, one reply (fresh DEALER, REQ-style envelope, LINGER 0). Raises TimeoutError / LinesideError."""
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    try:
+        if curve:
+            make_client(s, *curve)
+        s.connect(endpoint)
+        s.send_multipart([b""] + protocol.encode(header))
+        if not s.poll(int(timeout_s * 1000), zmq.POLLIN):
+            raise TimeoutError(f"no reply from {endpoint} within {timeout_s:.1f} s")
+        msg = s.recv_multipart()
+    finally:
+        s.close(linger=0)
+    while msg and msg[0] == b"":
+        msg = msg[1:]
+    h = protocol.decode_header(msg)
+    if h["kind"] == "error":
+        raise LinesideError(h)
+    return h
+
+
+def _verdict(msg: list[bytes]) -> Verdict:
+    h = json.loads(msg[1])
+    v = Verdict.from_header({k: x for k, x in h.items() if k not in ("v", "kind", "has_mask", "field")})
+    if len(msg) > 2:
+        v.mask = decode_mask_png(msg[2])
+    return v

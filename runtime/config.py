@@ -1,0 +1,153 @@
+"""``lineside run`` configuration: a TOML file (every key optional), then command-line overrides.
+
+Every field has a default that works on one machine (loopback sockets, ONNX Runtime on the CPU, a
+journal in the working directory). An invalid value is refused at start with the field's dotted name:
+``ConfigError: queue.overload: Input should be 'drop_oldest' or 'reject_newest'``.
+
+    [sockets]  ingress = "tcp://127.0.0.1:5555"   verdicts = "tcp://127.0.0.1:5556"   control = ...
+    [queue]    size = 8   overload = "drop_oldest"
+    [teacher]  address = "tcp://gpu-server:5560"  secret_file = ...  server_public_file = ...
+    [journal]  path = "lineside-journal.sqlite3"  synchronous = "NORMAL"  retention_rows = 1000000
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _endpoint(v: Optional[str]) -> Optional[str]:
+    if v is not None and not v.startswith(ENDPOINT_PREFIXES):
+        raise ValueError(f"{v!r} is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+    return v
+
+
+class Sockets(_Section):
+    ingress: str = "tcp://127.0.0.1:5555"  # ROUTER, bound: frames in, one reply (ack/busy/error) each
+    verdicts: str = "tcp://127.0.0.1:5556"  # PUB, bound: topic b"verdict.<camera_id>"
+    control: str = "tcp://127.0.0.1:5557"  # ROUTER, bound: status | metrics | reload | shutdown
+    _check = field_validator("ingress", "verdicts", "control")(_endpoint)
+
+
+class Security(_Section):
+    """CURVE server keys (``lineside keys``) per socket; clients must be in ``allowed_keys``."""
+    ingress_secret: Optional[str] = None
+    verdicts_secret: Optional[str] = None
+    control_secret: Optional[str] = None
+    allowed_keys: Optional[str] = None  # directory of client public certificates
+    insecure: bool = False  # allow binding a network address without CURVE (trusted networks only)
+
+
+class BackendCfg(_Section):
+    name: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = "auto"
+    threads: int = Field(1, ge=1, le=256)
+    device: Optional[str] = None  # onnxruntime: auto|cpu|cuda ; openvino: CPU|GPU
+
+
+class QueueCfg(_Section):
+    size: int = Field(8, ge=1, le=100_000)  # frames waiting for the judge
+    overload: Literal["drop_oldest", "reject_newest"] = "drop_oldest"
+    publish_size: int = Field(4096, ge=16)  # verdicts waiting to be journaled and published
+
+
+class Camera(_Section):
+    source: Optional[str] = None  # device index "0", rtsp://..., a GStreamer pipeline, a video file, an image folder
+    camera_id: str = "cam0"
+    mode: Literal["trigger", "free"] = "trigger"
+    trigger: Optional[str] = None  # SUB endpoint (a PLC gateway's PUB) for mode "trigger"
+    rate_hz: float = Field(10.0, gt=0, le=10_000)  # mode "free"
+    loop: bool = True  # replay a file or folder from the start when it ends
+    want_mask: bool = False
+    _check = field_validator("trigger")(_endpoint)
+
+
+class Teacher(_Section):
+    address: Optional[str] = None  # DEALER connects here; None: edge only
+    secret_file: Optional[str] = None  # this edge's CURVE secret
+    server_public_file: Optional[str] = None  # the teacher server's public certificate
+    request_timeout_ms: int = Field(2500, ge=10)  # silence after which Lazy Pirate reopens and resends
+    retries: int = Field(2, ge=0, le=20)  # resends per frame before it waits for recovery
+    deadline_ms: int = Field(10_000, ge=50)  # after this the frame resolves as teacher_unreachable
+    max_inflight: int = Field(8, ge=1, le=1024)
+    backlog: int = Field(256, ge=1)  # pending frames held (in flight + waiting + parked)
+    breaker_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
+    breaker_reset_s: float = Field(5.0, gt=0)  # open -> half-open probe after this
+    replay_on_recovery: int = Field(64, ge=0)  # parked frames resent when the teacher answers again
+    _check = field_validator("address")(_endpoint)
+
+
+class Journal(_Section):
+    path: str = "lineside-journal.sqlite3"
+    # NORMAL in WAL mode survives a killed process (kill -9): committed transactions are in the WAL file;
+    # only a power cut can lose the last commits. FULL fsyncs every commit (power-cut safe, ~ms per commit on
+    # eMMC/SD cards). See runtime/journal.py.
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    retention_rows: int = Field(1_000_000, ge=100)
+    retention_age_s: float = Field(7 * 86400.0, gt=0)
+    prune_interval_s: float = Field(60.0, gt=0)
+
+
+class Limits(_Section):
+    max_message_bytes: int = Field(64 << 20, ge=1024)  # ZMQ_MAXMSGSIZE on ingress: larger -> peer disconnected
+    sender_rate_hz: float = Field(1000.0, gt=0)  # per-sender token bucket
+    sender_burst: int = Field(200, ge=1)
+
+
+class Config(_Section):
+    sockets: Sockets = Field(default_factory=Sockets)
+    security: Security = Field(default_factory=Security)
+    backend: BackendCfg = Field(default_factory=BackendCfg)
+    queue: QueueCfg = Field(default_factory=QueueCfg)
+    camera: Camera = Field(default_factory=Camera)
+    teacher: Teacher = Field(default_factory=Teacher)
+    journal: Journal = Field(default_factory=Journal)
+    limits: Limits = Field(default_factory=Limits)
+    metrics_port: Optional[int] = Field(None, ge=0, le=65535)  # Prometheus /metrics; None: off
+    artifacts_dir: Optional[str] = None  # reload accepts only artifacts under it (default: the artifact's parent)
+    heartbeat_interval_s: float = Field(0.25, gt=0)  # PUB heartbeat (topic b"hb"): subscribers know they are live
+    drain_timeout_s: float = Field(3.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def _describe(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """TOML file (optional) + ``{"queue.size": 4, ...}`` overrides (None values ignored) -> Config."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            _set(raw, k, v)
+    try:
+        return Config(**raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None

@@ -1,0 +1,84 @@
+"""The control socket: status, metrics snapshot, reload an artifact, shut down.
+
+A ROUTER bound to loopback or ipc:// by default. Bound to a network address it must be a CURVE server
+(no --insecure escape here: reload and shutdown are operator actions). Requests are protocol messages,
+from a DEALER (``lineside control``/``status``) or a REQ (an empty delimiter is echoed):
+
+    {"kind": "control", "cmd": "status" | "metrics" | "reload" | "shutdown", "path": DIR?}   or {"kind": "status"}
+    -> {"kind": "status", "status": {...}}  |  {"kind": "error", "field": ..., "message": ...}
+
+``reload`` only takes an artifact under the configured artifacts directory, and refuses one whose
+manifest or checksums fail (runtime.manifest.load_manifest); the running model stays in place then.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import zmq
+
+from runtime import protocol
+from runtime.curve import CurveError, is_loopback, make_server
+from runtime.protocol import ProtocolError
+
+log = logging.getLogger("lineside.control")
+
+POLL_MS = 100
+COMMANDS = ("status", "metrics", "reload", "shutdown")
+
+
+class Control(threading.Thread):
+    def __init__(self, ctx: zmq.Context, cfg, daemon):
+        super().__init__(name="lineside-control", daemon=True)
+        self.daemon_ref = daemon
+        self.stop_event = threading.Event()
+        ep, secret = cfg.sockets.control, cfg.security.control_secret
+        if not is_loopback(ep) and not secret:
+            raise CurveError(f"control: refusing to bind {ep} without CURVE (security.control_secret); "
+                             "bind loopback or ipc:// instead")
+        s = self.sock = ctx.socket(zmq.ROUTER)
+        s.linger = 0
+        s.maxmsgsize = 1 << 20
+        if secret:
+            make_server(s, secret)
+        s.bind(ep)
+        self.endpoint = s.last_endpoint.decode()
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.is_set():
+                if not self.sock.poll(POLL_MS, zmq.POLLIN):
+                    continue
+                msg = self.sock.recv_multipart()
+                env, frames = (msg[:2], msg[2:]) if len(msg) > 1 and msg[1] == b"" else (msg[:1], msg[1:])
+                reply = self._handle(frames)
+                try:
+                    self.sock.send_multipart(env + reply, zmq.NOBLOCK)
+                except zmq.ZMQError as e:
+                    log.warning("control reply not sent: %s", e)
+        finally:
+            self.sock.close(linger=0)
+
+    def _handle(self, frames: list[bytes]) -> list[bytes]:
+        d = self.daemon_ref
+        try:
+            h = protocol.decode_header(frames, expect=("control", "status"))
+            cmd = "status" if h["kind"] == "status" else h.get("cmd")
+            if cmd not in COMMANDS:
+                raise ProtocolError("cmd", f"unknown command {cmd!r}; commands are {', '.join(COMMANDS)}")
+            if cmd == "status":
+                body = d.status()
+            elif cmd == "metrics":
+                body = d.metrics()
+            elif cmd == "reload":
+                path = h.get("path")
+                if not isinstance(path, str) or not path:
+                    raise ProtocolError("path", "reload needs the artifact directory in \"path\"")
+                body = d.reload(path)  # raises ProtocolError("path", ...) when refused
+            else:
+                body = {"shutting_down": True}
+                d.request_shutdown("control socket")
+            return protocol.encode({"kind": "status", "cmd": cmd, "status": body})
+        except ProtocolError as e:
+            log.warning("control request refused: %s", e)
+            return protocol.error_frames(e.field, e.message)

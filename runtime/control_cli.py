@@ -1,0 +1,44 @@
+"""`lineside control reload|shutdown|status|metrics --to ENDPOINT [--artifact DIR]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cmd", choices=["reload", "shutdown", "status", "metrics"])
+    p.add_argument("--to", required=True, help="the daemon's control endpoint")
+    p.add_argument("--artifact", help="artifact directory for reload (must be under the daemon's artifacts dir)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--curve-secret")
+    p.add_argument("--server-key")
+    p.add_argument("--json", action="store_true", help="(always JSON)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import zmq
+
+    from runtime.client import LinesideError, request
+
+    fields = {}
+    if args.cmd == "reload":
+        if not args.artifact:
+            print("lineside control reload: --artifact DIR is required", file=sys.stderr)
+            return 2
+        fields["path"] = str(Path(args.artifact).resolve())
+    curve = (args.curve_secret, args.server_key) if args.curve_secret else None
+    try:
+        h = request(zmq.Context.instance(), args.to, {"kind": "control", "cmd": args.cmd, **fields}, args.timeout, curve)
+    except LinesideError as e:
+        print(f"lineside control {args.cmd}: refused: {e}", file=sys.stderr)
+        print(json.dumps({"ok": False, "field": e.field, "message": e.message}))
+        return 1
+    except TimeoutError as e:
+        print(f"lineside control {args.cmd}: {e}", file=sys.stderr)
+        print(json.dumps({"ok": False, "error": str(e)}))
+        return 1
+    print(json.dumps({"ok": True, **h.get("status", {})}))
+    return 0

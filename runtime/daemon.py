@@ -1,0 +1,201 @@
+"""The line-side daemon: wires the threads, recovers the journal at start, reloads, drains on shutdown.
+
+    ingress (ROUTER) ─┐                      ┌─> cascade (DEALER, Lazy Pirate) ─┐
+    camera (OpenCV) ──┴─> BoundedQueue ─> judge ─────────────────────────────────┴─> publisher: journal, then PUB
+    control (ROUTER): status | metrics | reload | shutdown
+
+One thread per role, each owning its sockets (ZeroMQ sockets are not shared between threads); they meet
+in two queues. ``Daemon(artifact_dir, config).start()`` binds everything (errors surface there), then
+``wait()`` until shutdown is asked for, then ``stop()`` drains: ingress closes first, the judge empties
+its queue, the publisher journals and publishes what is left. Pending teacher frames stay in the journal
+and are resumed by the next start.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from runtime.cascade import Cascade, resolve_without_teacher
+from runtime.config import Config
+from runtime.control import Control
+from runtime.curve import start_authenticator
+from runtime.engine import Engine
+from runtime.ingress import Ingress
+from runtime.journal import Journal
+from runtime.judge import EngineHolder, Judge
+from runtime.protocol import ProtocolError
+from runtime.publisher import Publisher
+from runtime.queues import BoundedQueue, Outgoing
+from runtime.telemetry import Telemetry
+from runtime.verdict import Verdict
+
+log = logging.getLogger("lineside.daemon")
+
+JOIN_TIMEOUT_S = 2.0
+
+
+class Daemon:
+    def __init__(self, artifact_dir: str | Path, config: Config | None = None):
+        self.cfg = config or Config()
+        self.artifact_dir = Path(artifact_dir).resolve()
+        self.artifacts_root = Path(self.cfg.artifacts_dir or self.artifact_dir.parent).resolve()
+        self.tm = Telemetry()
+        self.ctx: zmq.Context | None = None
+        self.threads: list[threading.Thread] = []
+        self.shutdown_requested = threading.Event()
+        self.shutdown_reason = ""
+        self.endpoints: dict[str, str] = {}
+        self.recovered = {"unjudged": 0, "pending_resumed": 0, "pending_expired": 0}
+        self.cascade = None
+        self.camera = None
+        self.started_at = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "Daemon":
+        c = self.cfg
+        engine = Engine(self.artifact_dir, c.backend.name, c.backend.threads, device=c.backend.device)
+        self.holder = EngineHolder(engine)
+        self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
+                           "artifact": str(self.artifact_dir)})
+        self.queue = BoundedQueue(c.queue.size, c.queue.overload)
+        self.publish_q: queue.Queue = queue.Queue(maxsize=0)  # bounded in practice by the frame queue + backlog
+        self.ctx = zmq.Context()
+        self.auth = start_authenticator(self.ctx, c.security.allowed_keys) if c.security.allowed_keys else None
+        try:
+            self.publisher = Publisher(self.ctx, c, self.publish_q, self.tm, c.journal.path)
+            if c.teacher.address:
+                self.cascade = Cascade(self.ctx, c.teacher, self.publish_q, self.tm)
+            self.judge = Judge(self.holder, self.queue, self.publish_q, self.tm, self.cascade, c.teacher.deadline_ms)
+            self.ingress = Ingress(self.ctx, c, self.queue, self.publish_q, self.tm, c.journal.path)
+            self.control = Control(self.ctx, c, self)
+            if c.camera.source:
+                from runtime.camera import CameraThread
+
+                self.camera = CameraThread(self.ctx, c.camera, self.queue, self.publish_q, self.tm)
+        except Exception:
+            self._close_context()
+            raise
+        self.endpoints = {"ingress": self.ingress.endpoint, "verdicts": self.publisher.endpoint,
+                          "control": self.control.endpoint}
+        if c.metrics_port is not None:
+            self.endpoints["metrics"] = f"http://127.0.0.1:{self.tm.serve_http(c.metrics_port)}/metrics"
+        self._recover()
+        self.threads = [t for t in (self.publisher, self.cascade, self.judge, self.ingress, self.control, self.camera)
+                        if t is not None]
+        for t in self.threads:
+            t.start()
+        self.started_at = time.time()
+        log.info("lineside daemon serving", extra={"fields": {**self.endpoints, "backend": engine.backend_name,
+                                                              "model_hash": engine.model_hash, **self.recovered}})
+        return self
+
+    def _recover(self) -> None:
+        """Frames acknowledged but never judged, and frames still waiting for the teacher, from the journal."""
+        j = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
+        try:
+            since = time.time() - self.cfg.journal.retention_age_s
+            for fid, cam in j.unjudged(since):
+                v = Verdict.failure(fid, "dropped", "daemon stopped before judging this frame (recovered at restart)",
+                                    camera_id=cam, ts_verdict=time.time())
+                self.publish_q.put(Outgoing(v))
+                self.recovered["unjudged"] += 1
+            now = time.time()
+            for row in j.pending():
+                if self.cascade is not None and row.deadline_ts > now:
+                    self.cascade.reserve(force=True)
+                    self.cascade.submit(row.frame_id, row.camera_id, _json(row.request), row.payload, row.deadline_ts,
+                                        row.edge)
+                    self.recovered["pending_resumed"] += 1
+                else:
+                    why = ("deadline passed while the daemon was down" if row.deadline_ts <= now
+                           else "no teacher configured at restart")
+                    resolve_without_teacher(row, self.publish_q, why)
+                    self.recovered["pending_expired"] += 1
+        finally:
+            j.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.shutdown_requested.wait(timeout)
+
+    def request_shutdown(self, reason: str) -> None:
+        self.shutdown_reason = reason
+        self.shutdown_requested.set()
+
+    def stop(self, drain: bool = True) -> None:
+        """Ingress and camera first, then the judge drains its queue, then the cascade, the publisher last."""
+        if self.ctx is None:
+            return
+        for t in (self.ingress, self.camera):
+            if t is not None:
+                t.stop_event.set()
+                t.join(JOIN_TIMEOUT_S)
+        if drain:
+            if not self.queue.wait_idle(self.cfg.drain_timeout_s):
+                log.warning("drain timeout: %d frames still queued", len(self.queue))
+        self.judge.stop_event.set()
+        self.judge.join(JOIN_TIMEOUT_S + self.cfg.drain_timeout_s)
+        while len(self.queue):  # not drained in time: still give every frame a verdict
+            job = self.queue.get(0)
+            if job is None:
+                break
+            self.publish_q.put(Outgoing(Verdict.failure(job.frame_id, "dropped", "daemon shut down before judging",
+                                                        camera_id=job.camera_id, ts_verdict=time.time())))
+        for t in (self.cascade, self.control, self.publisher):
+            if t is not None:
+                t.stop_event.set()
+                t.join(JOIN_TIMEOUT_S + 1)
+        self.tm.close()
+        self.holder.engine.close()
+        self._close_context()
+
+    def _close_context(self) -> None:
+        if getattr(self, "auth", None) is not None:
+            self.auth.stop()
+            self.auth = None
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+            self.ctx = None
+
+    # -- control ----------------------------------------------------------------------------------
+    def status(self) -> dict:
+        e = self.holder.engine
+        return {"alive": True, "uptime_s": round(time.time() - self.started_at, 3), "artifact": str(e.artifact_dir),
+                "model_hash": e.model_hash, "backend": e.backend_name, "generation": self.holder.generation,
+                "queue": {"depth": len(self.queue), "max_seen": self.queue.max_seen, "size": self.queue.maxsize,
+                          "policy": self.queue.policy},
+                "judged": self.judge.judged, "published": self.publisher.published,
+                "drops": self.tm.value("lineside_drops_total", reason="queue_full"),
+                "ingress_disconnects": self.tm.value("lineside_ingress_disconnects_total"),
+                "teacher": self.cascade.status() if self.cascade else None, "endpoints": self.endpoints,
+                "recovered": self.recovered, "journal": self.cfg.journal.path}
+
+    def metrics(self) -> dict:
+        return self.tm.snapshot()
+
+    def reload(self, path: str) -> dict:
+        p = Path(path).resolve()
+        if not p.is_relative_to(self.artifacts_root):
+            raise ProtocolError("path", f"{p} is outside the artifacts directory {self.artifacts_root}; refused")
+        c = self.cfg.backend
+        with self.holder.lock:
+            try:
+                engine = Engine(p, c.name, c.threads, device=c.device)
+            except Exception as e:  # ContractError (manifest/checksums), BackendError, bad bank ...
+                raise ProtocolError("path", f"artifact refused, still serving {self.holder.engine.model_hash}: {e}") from None
+        old = self.holder.swap(engine)
+        self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash, "artifact": str(p)})
+        log.info("artifact reloaded", extra={"fields": {"artifact": str(p), "model_hash": engine.model_hash,
+                                                        "previous": old.model_hash}})
+        return {"reloaded": True, "artifact": str(p), "model_hash": engine.model_hash, "previous": old.model_hash,
+                "generation": self.holder.generation}
+
+
+def _json(s: dict) -> bytes:
+    import json
+
+    return json.dumps(s, separators=(",", ":")).encode()

@@ -1,0 +1,150 @@
+"""`lineside run --artifact DIR [--config lineside.toml] [overrides]`: the line-side daemon.
+
+Flags override the TOML file, which overrides the defaults (runtime/config.py). Logs are JSON lines on
+stderr; once every socket is bound and the model loaded, ONE JSON line on stdout names the endpoints
+(``{"ready": true, "ingress": ..., "verdicts": ..., "control": ...}``), and systemd is told READY=1.
+SIGTERM or SIGINT (or ``lineside control shutdown``) drains the queues and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+log = logging.getLogger("lineside.daemon")
+
+WATCHDOG_TICK_S = 1.0
+
+# flag -> dotted config field
+OVERRIDES = {
+    "ingress": "sockets.ingress", "verdicts": "sockets.verdicts", "control": "sockets.control",
+    "backend": "backend.name", "threads": "backend.threads", "device": "backend.device",
+    "queue_size": "queue.size", "overload": "queue.overload",
+    "teacher": "teacher.address", "teacher_secret": "teacher.secret_file", "teacher_key": "teacher.server_public_file",
+    "teacher_timeout_ms": "teacher.request_timeout_ms", "teacher_deadline_ms": "teacher.deadline_ms",
+    "journal": "journal.path", "synchronous": "journal.synchronous",
+    "camera": "camera.source", "camera_id": "camera.camera_id", "trigger": "camera.trigger", "rate": "camera.rate_hz",
+    "metrics_port": "metrics_port", "artifacts_dir": "artifacts_dir", "allowed_keys": "security.allowed_keys",
+    "ingress_secret": "security.ingress_secret", "verdicts_secret": "security.verdicts_secret",
+    "control_secret": "security.control_secret", "max_message_bytes": "limits.max_message_bytes",
+    "sender_rate_hz": "limits.sender_rate_hz", "log_level": "log_level",
+}
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifact", required=True, help="student artifact directory (manifest.json)")
+    p.add_argument("--config", help="lineside.toml; flags below override it")
+    g = p.add_argument_group("sockets")
+    g.add_argument("--ingress", help="ROUTER bind endpoint for pushed frames (default tcp://127.0.0.1:5555)")
+    g.add_argument("--verdicts", help="PUB bind endpoint for verdicts (default tcp://127.0.0.1:5556)")
+    g.add_argument("--control", help="control ROUTER bind endpoint (default tcp://127.0.0.1:5557)")
+    g.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1:PORT")
+    g = p.add_argument_group("model")
+    g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
+    g.add_argument("--threads", type=int)
+    g.add_argument("--device")
+    g.add_argument("--artifacts-dir", help="reload accepts only artifacts under this directory")
+    g = p.add_argument_group("queue")
+    g.add_argument("--queue-size", type=int)
+    g.add_argument("--overload", choices=["drop_oldest", "reject_newest"])
+    g = p.add_argument_group("teacher fallback")
+    g.add_argument("--teacher", help="teacher server endpoint (tcp://HOST:PORT); unset: edge only")
+    g.add_argument("--teacher-secret", help="this edge's CURVE secret key file")
+    g.add_argument("--teacher-key", help="the teacher server's CURVE public key file")
+    g.add_argument("--teacher-timeout-ms", type=int)
+    g.add_argument("--teacher-deadline-ms", type=int)
+    g = p.add_argument_group("journal")
+    g.add_argument("--journal", help="SQLite journal path")
+    g.add_argument("--synchronous", choices=["NORMAL", "FULL"])
+    g = p.add_argument_group("camera")
+    g.add_argument("--camera", help="device index, URL, GStreamer pipeline, video file or image folder")
+    g.add_argument("--camera-id")
+    g.add_argument("--trigger", help="SUB endpoint for trigger messages (else free-running at --rate)")
+    g.add_argument("--rate", type=float, help="free-running grab rate, Hz")
+    g = p.add_argument_group("security and limits")
+    g.add_argument("--allowed-keys", help="directory of client public keys (CURVE)")
+    g.add_argument("--ingress-secret")
+    g.add_argument("--verdicts-secret")
+    g.add_argument("--control-secret")
+    g.add_argument("--insecure", action="store_true", help="allow non-loopback binds without CURVE")
+    g.add_argument("--max-message-bytes", type=int)
+    g.add_argument("--sender-rate-hz", type=float)
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_config(args: argparse.Namespace):
+    from runtime.config import load_config
+
+    over = {field: getattr(args, flag, None) for flag, field in OVERRIDES.items()}
+    if args.insecure:
+        over["security.insecure"] = True
+    if args.camera and not args.trigger:
+        over["camera.mode"] = "free"
+    return load_config(args.config, over)
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.config import ConfigError
+    from runtime.telemetry import setup_logging
+
+    try:
+        cfg = build_config(args)
+    except ConfigError as e:
+        print(f"lineside run: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    from runtime.curve import CurveError
+    from runtime.daemon import Daemon
+    from runtime.featurespec import ContractError
+
+    daemon = Daemon(args.artifact, cfg)
+    try:
+        daemon.start()
+    except (ContractError, CurveError, ValueError, RuntimeError, OSError) as e:
+        log.error("cannot start: %s", e)
+        print(f"lineside run: cannot start: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # zmq.ZMQError (address in use) and friends
+        log.exception("cannot start")
+        print(f"lineside run: cannot start: {e.__class__.__name__}: {e}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_shutdown("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_shutdown("SIGINT"))
+    notifier = _notifier()
+    print(json.dumps({"ready": True, **daemon.endpoints, "backend": daemon.holder.engine.backend_name,
+                      "model_hash": daemon.holder.engine.model_hash, "recovered": daemon.recovered}), flush=True)
+    notifier.ready(status=f"serving {daemon.holder.engine.model_hash} on {daemon.endpoints['ingress']}")
+    while not daemon.wait(WATCHDOG_TICK_S):
+        if not all(t.is_alive() for t in daemon.threads if t is not daemon.camera):
+            dead = [t.name for t in daemon.threads if not t.is_alive() and t is not daemon.camera]
+            log.error("thread(s) %s died; stopping so the supervisor restarts us", dead)
+            daemon.stop(drain=False)
+            return 1
+        notifier.watchdog()
+    log.info("shutting down (%s): draining", daemon.shutdown_reason)
+    notifier.stopping()
+    daemon.stop(drain=True)
+    log.info("stopped")
+    return 0
+
+
+class _NoNotifier:
+    def ready(self, **_):
+        pass
+
+    def watchdog(self):
+        pass
+
+    def stopping(self):
+        pass
+
+
+def _notifier():
+    try:
+        from runtime.sdnotify import Notifier
+
+        return Notifier.from_env()
+    except ImportError:
+        return _NoNotifier()

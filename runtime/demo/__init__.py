@@ -1,0 +1,99 @@
+"""`lineside demo`: the whole of lineside on the embedded data, on this machine, in minutes.
+
+    lineside demo --out lineside-demo          # ~10 min on two CPU cores, no GPU
+    lineside demo --quick --out /tmp/d         # reduced (CI): fewer images, steps and frames, every step
+
+Steps, each a lineside command run as a subprocess exactly as a user would type it (the JSON they
+print on their last stdout line is what the demo reads; logs in DIR/logs/):
+
+    teacher data synth      the line: scikit-image surfaces with planted defects (train/val/test)
+    teacher train-vae       the tiny teacher's autoencoder
+    teacher train           the tiny diffusion teacher
+    teacher finetune/bank   its mask head and good-image memory bank
+    distill fit/quantize/export   a student, INT8 with the accuracy guard, the edge artifact
+    teacher eval / distill eval   detection metrics, feature fidelity, latency (JSON + their reports)
+    teacher serve + lineside run  as real processes on free loopback ports; the test split streamed in
+                                  at a fixed trigger rate; every verdict collected from the PUB socket
+    DIR/index.html          the report (runtime/report.py)
+
+This module imports no torch: the demo runs the teacher and distill stacks only as commands.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    mode: str
+    n_good: int  # synthetic good images (all splits)
+    n_defect: int  # synthetic defect images (all splits)
+    size: int  # image side, px
+    seed: int
+    vae_steps: int
+    train_steps: int
+    finetune_steps: int
+    distill_steps: int
+    student: str
+    max_frames: int | None  # test frames streamed (None: all)
+    rate_hz: float  # simulated camera trigger rate
+    overlays_per_kind: int  # sampled frames per TP/FP/FN/TN
+    quantize_method: str  # distill quantize --method
+
+
+FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=300,
+                    finetune_steps=150, distill_steps=300, student="s", max_frames=None, rate_hz=5.0,
+                    overlays_per_kind=3, quantize_method="ort")
+QUICK = DemoSettings(mode="quick", n_good=24, n_defect=12, size=128, seed=0, vae_steps=10, train_steps=10,
+                     finetune_steps=5, distill_steps=10, student="s", max_frames=12, rate_hz=10.0,
+                     overlays_per_kind=1, quantize_method="ort")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="lineside-demo", help="output folder (report: OUT/index.html)")
+    p.add_argument("--quick", action="store_true", help="reduced demo for CI: fewer images, steps and frames")
+    p.add_argument("--rate", type=float, default=None, help="camera trigger rate in Hz (default: per mode)")
+    p.add_argument("--frames", type=int, default=None, help="test frames to stream (default: per mode)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="cap BLAS/OpenMP threads of every child process (default: leave the environment)")
+    p.add_argument("--keep", action="store_true", help="reuse OUT if it exists (default: start clean)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.demo.pipeline import DemoError, run_demo
+
+    settings = QUICK if args.quick else FULL
+    over = {}
+    if args.rate is not None:
+        over["rate_hz"] = args.rate
+    if args.frames is not None:
+        over["max_frames"] = args.frames
+    if over:
+        settings = DemoSettings(**{**asdict(settings), **over})
+    out = Path(args.out)
+    if out.exists() and not args.keep:
+        if any(out.iterdir()) and not (out / "summary.json").exists() and not (out / "logs").is_dir():
+            print(f"lineside demo: {out} exists and is not a demo folder; choose another --out", file=sys.stderr)
+            return EXIT_FAILED
+        shutil.rmtree(out)
+    try:
+        summary = run_demo(out, settings, threads=args.threads)
+    except DemoError as e:
+        print(f"lineside demo failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("lineside demo: interrupted; services stopped", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary, separators=(",", ":"), default=str))
+    return EXIT_OK if summary.get("ok") else EXIT_FAILED

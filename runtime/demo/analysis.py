@@ -1,0 +1,261 @@
+"""The demo's figures, computed from what the run produced: the daemon's verdicts, the artifact,
+the checkpoints on disk and the JSON the eval commands printed. Nothing here is written in: a
+figure that cannot be computed from this run is reported as missing, with the reason.
+
+Pure functions over plain data (numpy + runtime), so tests can feed them synthetic verdicts.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from runtime import metrics
+from runtime.verdict import Verdict
+
+LEVELS = ("s8", "s16", "s32", "s64")
+TABLE_METRICS = ("image_auroc", "pixel_auroc", "au_pro", "f1")  # the table's columns
+_ALIASES = {
+    "image_auroc": ("image_auroc", "i_auroc", "img_auroc", "auroc_image", "I-AUROC"),
+    "pixel_auroc": ("pixel_auroc", "p_auroc", "px_auroc", "auroc_pixel", "P-AUROC"),
+    "au_pro": ("au_pro", "aupro", "AU-PRO"),
+    "f1": ("image_f1_max", "f1_max", "f1", "image_f1", "F1"),
+}
+
+
+# ------------------------------------------------------------------------- reading other commands' JSON
+
+def _num(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def find_metric(obj: Mapping | None, name: str) -> float | None:
+    """A table metric from a flat-or-nested metrics dict (first alias found at the shallowest depth)."""
+    if not isinstance(obj, Mapping):
+        return None
+    for alias in _ALIASES.get(name, (name,)):
+        if alias in obj and _num(obj[alias]) is not None:
+            return _num(obj[alias])
+    for key in ("metrics", "detection", "image", "pixel", "test"):
+        if isinstance(obj.get(key), Mapping):
+            v = find_metric(obj[key], name)
+            if v is not None:
+                return v
+    return None
+
+
+def metric_row(obj: Mapping | None) -> dict[str, float | None]:
+    return {m: find_metric(obj, m) for m in TABLE_METRICS}
+
+
+def _find_key(obj, pred, depth: int = 0, max_depth: int = 4):
+    """Depth-first: first (key, value) whose key satisfies ``pred``."""
+    if depth > max_depth or not isinstance(obj, Mapping):
+        return None
+    for k, v in obj.items():
+        if pred(str(k)):
+            return k, v
+    for v in obj.values():
+        r = _find_key(v, pred, depth + 1, max_depth)
+        if r is not None:
+            return r
+    return None
+
+
+def student_variants(distill_eval: Mapping | None) -> dict[str, Mapping]:
+    """distill eval's per-model results: {"fp32": {...}, "int8": {...}} (whatever keys it used)."""
+    if not isinstance(distill_eval, Mapping):
+        return {}
+    for key in ("variants", "models", "students", "backends", "results"):
+        v = distill_eval.get(key)
+        if isinstance(v, Mapping) and v and all(isinstance(x, Mapping) for x in v.values()):
+            return dict(v)
+        if isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
+            return {str(x.get("name") or x.get("model") or x.get("variant") or i): x for i, x in enumerate(v)}
+    out = {k: v for k, v in distill_eval.items() if isinstance(v, Mapping) and
+           any(t in str(k).lower() for t in ("fp32", "int8", "fp16"))}
+    return out
+
+
+def pick_variant(variants: Mapping[str, Mapping], want: str) -> Mapping | None:
+    for k, v in variants.items():
+        if want in str(k).lower():
+            return v
+    return None
+
+
+def feature_cosine(distill_eval: Mapping | None) -> dict[str, float]:
+    """Per-level cosine similarity between student and teacher features, from distill eval's JSON."""
+    hit = _find_key(distill_eval, lambda k: "cos" in k.lower())
+    if hit is None:
+        return {}
+    _, v = hit
+    if isinstance(v, Mapping):
+        # {"s8": 0.9, ...} or {"s8": {"mean": 0.9}} or {"fp32": {"s8": ...}}
+        flat = {}
+        for k, x in v.items():
+            if _num(x) is not None:
+                flat[str(k)] = _num(x)
+            elif isinstance(x, Mapping):
+                m = _num(x.get("mean")) if "mean" in x else None
+                if m is not None:
+                    flat[str(k)] = m
+                elif str(k).lower() in ("fp32", "student", "torch") or not flat:
+                    inner = {str(a): _num(b) for a, b in x.items() if _num(b) is not None}
+                    if inner and set(inner) & set(LEVELS):
+                        return inner
+        return flat
+    return {}
+
+
+# ------------------------------------------------------------------------- verdicts → figures
+
+def cascade_score(edge: Verdict, resolution: Verdict | None, band: tuple[float, float]) -> float:
+    """One score per frame for the cascade's ROC: the edge score, except that a frame the teacher
+    decided is placed beyond the band on the teacher's side (ordered by the teacher's confidence),
+    so the curve ranks frames the way the cascade decides them."""
+    lo, hi = band
+    if resolution is not None and resolution.decided_by == "teacher" and resolution.status == "ok":
+        margin = max(hi - lo, 1e-6)
+        c = float(resolution.confidence) if math.isfinite(resolution.confidence) else 0.0
+        if resolution.decision == "defect":
+            return hi + margin * (1.0 + c)
+        if resolution.decision == "good":
+            return lo - margin * (1.0 + c)
+    return float(edge.score)
+
+
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], float)
+    if v.size == 0:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "p50": float(np.percentile(v, 50)),
+            "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+
+
+def verdict_figures(frame_ids: list[str], labels: Mapping[str, int], store, band: tuple[float, float],
+                    threshold: float) -> dict:
+    """Everything the daemon's verdicts tell: counts, fallback rate, edge and cascade detection
+    metrics, latency per stage. ``store`` is a stream.Collected (edge/resolution/final per frame)."""
+    n = len(frame_ids)
+    edge = {f: store.edge(f) for f in frame_ids}
+    res = {f: store.resolution(f) for f in frame_ids}
+    have_edge = [f for f in frame_ids if edge[f] is not None]
+    pending = [f for f in have_edge if edge[f].pending]
+    teacher = [f for f in frame_ids if res[f] is not None and res[f].decided_by == "teacher" and res[f].status == "ok"]
+    unreachable = [f for f in frame_ids if res[f] is not None and res[f].status == "teacher_unreachable"]
+    errors = [f for f in have_edge if edge[f].status != "ok"]
+    out: dict = {
+        "frames_sent": n,
+        "edge_verdicts": len(have_edge),
+        "missing_edge_verdicts": [f for f in frame_ids if edge[f] is None],
+        "edge_errors": len(errors),
+        "in_band": sum(1 for f in have_edge if edge[f].in_band),
+        "ood": sum(1 for f in have_edge if edge[f].ood),
+        "pending": len(pending),
+        "teacher_verdicts": len(teacher),
+        "teacher_unreachable": len(unreachable),
+        "unresolved_pending": [f for f in pending if res[f] is None],
+        "fallback_rate": (len(pending) / len(have_edge)) if have_edge else None,
+        "decisions_changed_by_teacher": sum(1 for f in teacher if edge[f] is not None
+                                            and res[f].decision != edge[f].decision),
+    }
+    ok = [f for f in have_edge if edge[f].status == "ok" and math.isfinite(edge[f].score)]
+    y = np.array([labels[f] for f in ok], int)
+    if ok:
+        s_edge = np.array([edge[f].score for f in ok], float)
+        s_casc = np.array([cascade_score(edge[f], res[f], band) for f in ok], float)
+        d_edge = np.array([edge[f].decision == "defect" for f in ok])
+        d_casc = np.array([(store.final(f).decision == "defect") for f in ok])
+        for name, s, d in (("edge", s_edge, d_edge), ("cascade", s_casc, d_casc)):
+            m: dict = {"n": len(ok), "f1_at_threshold": _f1(y, d), "accuracy": float((d == y.astype(bool)).mean())}
+            if 0 < y.sum() < y.size:
+                m["image_auroc"] = metrics.image_auroc(y, s)
+                m["f1"] = metrics.f1_max(y, s)[0]
+                fpr, tpr, _ = metrics.roc_curve(y, s)
+                m["roc"] = (fpr.tolist(), tpr.tolist())
+            out[name] = m
+        out["confusion"] = {f: _outcome(labels[f], store.final(f).decision == "defect") for f in ok}
+    stages: dict[str, list[float]] = {}
+    for f in have_edge:
+        for k, v in edge[f].latencies_ms.items():
+            stages.setdefault(f"edge.{k}", []).append(float(v))
+    for f in teacher:
+        for k, v in res[f].latencies_ms.items():
+            stages.setdefault(f"teacher.{k}", []).append(float(v))
+    e2e_edge = [1000 * (edge[f].ts_verdict - edge[f].ts_frame) for f in have_edge
+                if edge[f].ts_verdict and edge[f].ts_frame]
+    e2e_teacher = [1000 * (res[f].ts_verdict - res[f].ts_frame) for f in teacher
+                   if res[f].ts_verdict and res[f].ts_frame]
+    out["latency_ms"] = {k: percentiles(v) for k, v in sorted(stages.items())}
+    out["latency_samples_ms"] = stages
+    out["end_to_end_ms"] = {"edge": percentiles(e2e_edge), "teacher": percentiles(e2e_teacher)}
+    out["end_to_end_samples_ms"] = {"edge": e2e_edge, "teacher": e2e_teacher}
+    return out
+
+
+def _f1(y: np.ndarray, d: np.ndarray) -> float:
+    y = y.astype(bool)
+    tp = int((y & d).sum())
+    fp = int((~y & d).sum())
+    fn = int((y & ~d).sum())
+    return 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+
+
+def _outcome(label: int, predicted_defect: bool) -> str:
+    if label:
+        return "TP" if predicted_defect else "FN"
+    return "FP" if predicted_defect else "TN"
+
+
+def sample_by_outcome(confusion: Mapping[str, str], per_kind: int) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"TP": [], "FP": [], "FN": [], "TN": []}
+    for f, k in confusion.items():
+        if len(out[k]) < per_kind:
+            out[k].append(f)
+    return out
+
+
+# ------------------------------------------------------------------------- sizes and speed
+
+def dir_bytes(path: Path, suffixes: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".onnx", ".npy")) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in suffixes)
+
+
+def model_sizes(teacher_ckpt: Path, artifact: Path, manifest) -> dict[str, int]:
+    """Bytes on disk: the teacher checkpoint's weights (diffusion model, VAE, head, bank) and each
+    student model file named in the artifact manifest."""
+    out = {"teacher": dir_bytes(teacher_ckpt)}
+    for role, rel in (manifest.models or {}).items():
+        f = Path(artifact) / rel
+        if f.is_file():
+            out[f"student_{role}"] = f.stat().st_size
+    return out
+
+
+def latency_figure(obj: Mapping | None, *words: str) -> float | None:
+    """A per-image latency (ms) from a command's JSON: the first numeric key mentioning all ``words``
+    and 'ms' (e.g. teacher eval's 'latency_ms_per_image')."""
+    def pred(k: str) -> bool:
+        k = k.lower()
+        return "ms" in k and all(w in k for w in words)
+
+    hit = _find_key(obj, pred)
+    if hit is None:
+        return None
+    _, v = hit
+    if _num(v) is not None:
+        return _num(v)
+    if isinstance(v, Mapping):
+        for key in ("p50", "median", "mean"):
+            if _num(v.get(key)) is not None:
+                return _num(v[key])
+    return None

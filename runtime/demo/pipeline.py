@@ -1,0 +1,364 @@
+"""The demo's sequence: build everything with lineside's commands, run the line, write the report."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from runtime.demo import analysis as an
+from runtime.demo.steps import StepError, StepRunner, child_env
+
+PRESET = "tiny"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[str, dict]:
+    """Steps 1-3: dataset, teacher, head/bank, student, INT8, artifact, and (``evaluate``) both evals.
+    Returns each step's JSON by step name."""
+    data, vae, ckpt = out / "data", out / "teacher-vae", out / "teacher"
+    run_dir, art = out / "student-run", out / "artifact"
+    manifest = data / "manifest.jsonl"
+    j: dict[str, dict] = {}
+
+    def step(name, desc, tool, args, want_json=True):
+        say(f"[bold]{desc}[/] …", start=name)
+        r = runner.run(name, tool, args, want_json=want_json)
+        j[name] = r.result
+        say(f"{desc} [green]done[/] in {r.wall_s:.1f} s", end=name)
+        return r.result
+
+    step("synth", "make the line dataset (teacher data synth)", "teacher",
+         ["data", "synth", data, "--n-good", s.n_good, "--n-defect", s.n_defect, "--size", s.size, "--seed", s.seed,
+          "--json"])
+    step("train-vae", "train the teacher's autoencoder (teacher train-vae)", "teacher",
+         ["train-vae", "--preset", PRESET, "--data", manifest, "--out", vae, "--steps", s.vae_steps], want_json=False)
+    step("train", "train the diffusion teacher (teacher train)", "teacher",
+         ["train", "--preset", PRESET, "--data", manifest, "--out", ckpt, "--steps", s.train_steps, "--vae", vae,
+          "--seed", s.seed, "--json"])
+    step("finetune", "train the mask head (teacher finetune)", "teacher",
+         ["finetune", "--checkpoint", ckpt, "--data", manifest, "--steps", s.finetune_steps, "--json"])
+    step("bank", "build the teacher's memory bank (teacher bank)", "teacher",
+         ["bank", "--checkpoint", ckpt, "--data", manifest, "--json"])
+    step("fit", "distil a student (distill fit)", "distill",
+         ["fit", "--teacher", ckpt, "--data", manifest, "--student", s.student, "--out", run_dir,
+          "--steps", s.distill_steps, "--json"])
+    step("quantize", "quantize to INT8 with the accuracy guard (distill quantize)", "distill",
+         ["quantize", run_dir, "--data", manifest, "--method", s.quantize_method, "--json"])
+    step("export", "export the edge artifact (distill export)", "distill", ["export", run_dir, "--out", art, "--json"])
+    if not evaluate:
+        return j
+    step("teacher-eval", "evaluate the teacher (teacher eval)", "teacher",
+         ["eval", "--checkpoint", ckpt, "--data", manifest, "--split", "test", "--json", "--report", out / "teacher-eval"])
+    step("distill-eval", "evaluate the student against the teacher (distill eval)", "distill",
+         ["eval", art, "--teacher", ckpt, "--data", manifest, "--json", "--report", out / "student-eval"])
+    return j
+
+
+def pick_frames(dataset, max_frames: int | None) -> list:
+    """Test records to stream, good and defect interleaved so any prefix holds both classes."""
+    test = dataset.split("test")
+    good = [r for r in test if not r.is_defect]
+    bad = [r for r in test if r.is_defect]
+    mixed = []
+    while good or bad:
+        if good:
+            mixed.append(good.pop(0))
+        if bad:
+            mixed.append(bad.pop(0))
+    return mixed[:max_frames] if max_frames else mixed
+
+
+def frame_id_of(rec, i: int) -> str:
+    return f"{i:04d}-{Path(rec.image).stem}"
+
+
+def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[str, np.ndarray]], say, progress_cb):
+    """Step 4-5: teacher serve + lineside run as processes, stream, collect, stop (always)."""
+    import zmq
+
+    from runtime.demo import stream as st
+
+    p_teacher, p_ingress, p_verdicts, p_control = st.free_ports(4)
+    ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
+    logs = out / "logs"
+    teacher = st.Service("teacher-serve", "teacher",
+                         ["serve", "--checkpoint", ckpt, "--bind", ep(p_teacher), "--max-batch", 4], logs / "teacher-serve.log", env)
+    daemon = st.Service("lineside-run", "lineside",
+                        ["run", "--artifact", art, "--teacher", ep(p_teacher), "--ingress", ep(p_ingress),
+                         "--verdicts", ep(p_verdicts), "--control", ep(p_control)], logs / "lineside-run.log", env)
+    store = st.Collected()
+    ctx = zmq.Context()
+    collector = None
+    info: dict = {"endpoints": {"teacher": ep(p_teacher), "ingress": ep(p_ingress), "verdicts": ep(p_verdicts),
+                                "control": ep(p_control)}}
+    t0 = time.perf_counter()
+    try:
+        say("start [bold]teacher serve[/] and [bold]lineside run[/] …", start="services")
+        teacher.start()
+        daemon.start()
+        info["teacher_status"] = st.wait_ready(ctx, teacher, ep(p_teacher), {"kind": "status"}, sock_type=zmq.DEALER)
+        info["daemon_status"] = st.wait_ready(ctx, daemon, ep(p_control), {"kind": "control", "cmd": "status"})
+        info["startup_s"] = time.perf_counter() - t0
+        say(f"services up in {info['startup_s']:.1f} s ({ep(p_ingress)} → daemon → {ep(p_teacher)})", end="services")
+        collector = st.VerdictCollector(ctx, ep(p_verdicts), store)
+        collector.start()
+        time.sleep(st.SUBSCRIBE_SETTLE_S)
+        say(f"stream {len(frames)} test frames at {s.rate_hz:g} Hz …", start="stream")
+        res = st.stream_frames(ep(p_ingress), frames, s.rate_hz, store, [teacher, daemon], on_frame=progress_cb)
+        info["stream"] = asdict(res)
+        say(f"streamed in {res.wall_s:.1f} s; all verdicts in {res.settle_s:.1f} s later"
+            + ("" if res.settled else " [red](not all settled)[/]"), end="stream")
+    finally:
+        if collector is not None:
+            collector.stop()
+        t_stop = time.perf_counter()
+        info["daemon_exit"] = daemon.stop()
+        info["teacher_exit"] = teacher.stop()
+        info["killed"] = [x.name for x in (daemon, teacher) if x.killed]
+        info["stop_s"] = time.perf_counter() - t_stop
+        ctx.term()
+    info["line_s"] = time.perf_counter() - t0
+    return store, info
+
+
+def student_local(art: Path, frames, masks) -> tuple[dict, str]:
+    """The student's anomaly maps on the streamed frames, from the artifact in this process (the same
+    runtime.engine the daemon runs): for the PRO curve, pixel metrics and overlays."""
+    try:
+        from runtime.engine import Engine
+    except ImportError as e:
+        return {}, f"no local anomaly maps: runtime.engine is not available ({e})"
+    try:
+        import cv2
+
+        eng = Engine(art)
+        maps = {}
+        for fid, img in frames:
+            v = eng.judge(img, frame_id=fid)
+            if v.anomaly_map is None:
+                return {}, "no local anomaly maps: runtime.engine.Engine.judge returned no anomaly_map"
+            m = np.asarray(v.anomaly_map, np.float32)
+            h, w = masks[fid].shape
+            if m.shape != (h, w):  # the engine maps at the network input size
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+            maps[fid] = m
+        close = getattr(eng, "close", None)
+        if close:
+            close()
+        return maps, f"local anomaly maps: runtime.engine on {eng.backend_name}"
+    except Exception as e:  # report it; the rest of the report still stands
+        return {}, f"no local anomaly maps: {type(e).__name__}: {e}"
+
+
+def run_demo(out: Path, s, threads: int | None = None) -> dict:
+    from rich.table import Table
+
+    from runtime.dataset import load_dataset
+    from runtime.manifest import load_manifest
+
+    console = _console()
+    out.mkdir(parents=True, exist_ok=True)
+    env = child_env(threads)
+    runner = StepRunner(out / "logs", env)
+    t0 = time.perf_counter()
+    starts: dict[str, float] = {}
+
+    def say(msg: str, start: str | None = None, end: str | None = None):
+        el = time.perf_counter() - t0
+        if start:
+            starts[start] = time.perf_counter()
+        console.print(f"[dim]{el:6.1f}s[/] {msg}")
+
+    console.print(f"[bold]lineside demo[/] ({s.mode}) → {out}/index.html   logs: {out}/logs/")
+    try:
+        j = build(out, s, runner, say)
+    except StepError as e:
+        raise DemoError(str(e)) from None
+    ckpt, art = out / "teacher", out / "artifact"
+    ds = load_dataset(out / "data" / "manifest.jsonl", check_files=False)
+    manifest = load_manifest(art)
+    recs = pick_frames(ds, s.max_frames)
+    frames = [(frame_id_of(r, i), ds.read_image(r)) for i, r in enumerate(recs)]
+    labels = {fid: int(r.is_defect) for (fid, _), r in zip(frames, recs)}
+    masks = {fid: ds.read_mask(r, img.shape[:2]) for (fid, img), r in zip(frames, recs)}
+
+    t_line = time.perf_counter()
+    n_done = [0]
+
+    def on_frame(k):
+        n_done[0] = k
+
+    try:
+        store, info = run_line(out, s, env, ckpt, art, frames, say, on_frame)
+    except StepError as e:
+        raise DemoError(str(e)) from None
+    timings = runner.timings()
+    timings["line (serve + run + stream)"] = round(time.perf_counter() - t_line, 2)
+
+    say("compute figures and write the report …", start="report")
+    t_rep = time.perf_counter()
+    cal = manifest.calibration
+    vfig = an.verdict_figures([f for f, _ in frames], labels, store, tuple(cal.band), cal.threshold)
+    maps, local_note = student_local(art, frames, masks)
+    fig: dict = {"settings": asdict(s), "verdicts": vfig, "timings_s": timings, "table_notes": []}
+    ids = [f for f, _ in frames]
+    if maps:
+        y = np.array([labels[f] for f in ids])
+        sc = np.array([float(maps[f].max()) for f in ids])
+        local = {"n": len(ids)}
+        if 0 < y.sum() < y.size:
+            mlist, alist = [masks[f] for f in ids], [maps[f] for f in ids]
+            from runtime import metrics
+            local["image_auroc"] = metrics.image_auroc(y, sc)
+            local["pixel_auroc"] = metrics.pixel_auroc(mlist, alist)
+            local["au_pro"] = metrics.au_pro(mlist, alist)
+            fpr, tpr, _ = metrics.roc_curve(y, sc)
+            pf, pro, _ = metrics.pro_curve(mlist, alist, max_points=2000)
+            fig["student_roc"] = (fpr.tolist(), tpr.tolist())
+            fig["student_pro"] = (pf.tolist(), pro.tolist())
+        fig["student_local"] = local
+    fig["student_local_note"] = local_note
+
+    variants = an.student_variants(j.get("distill-eval"))
+    fp32 = an.pick_variant(variants, "fp32") or j.get("distill-eval")
+    int8 = an.pick_variant(variants, "int8")
+    sources = {
+        "teacher (tiny)": {**an.metric_row(j.get("teacher-eval")), "source": "teacher eval --json"},
+        "student FP32": {**an.metric_row(fp32), "source": "distill eval --json"},
+        "student INT8": {**an.metric_row(int8), "source": "distill eval --json"},
+    }
+    edge_m = vfig.get("edge", {})
+    casc_m = vfig.get("cascade", {})
+    # pixel metrics for the edge row: the same student artifact's maps, computed locally on the streamed frames
+    lm = fig.get("student_local", {})
+    sources[f"edge ({manifest.quantization}, streamed)"] = {
+        "image_auroc": edge_m.get("image_auroc"), "f1": edge_m.get("f1"), "f1_at_threshold": edge_m.get("f1_at_threshold"),
+        "pixel_auroc": lm.get("pixel_auroc"), "au_pro": lm.get("au_pro"), "source": "daemon verdicts (+ local maps)"}
+    sources["cascade (edge + teacher)"] = {
+        "image_auroc": casc_m.get("image_auroc"), "f1": casc_m.get("f1"), "f1_at_threshold": casc_m.get("f1_at_threshold"),
+        "source": "daemon + teacher verdicts"}
+    fig["table_notes"].append("Cascade pixel metrics are not computed: teacher anomaly maps are not published on the "
+                              "verdict socket. Cascade I-AUROC ranks teacher-decided frames beyond the band on the "
+                              "teacher's side.")
+    fig["table_sources"] = sources
+    fig["feature_cosine"] = an.feature_cosine(j.get("distill-eval"))
+    sizes = an.model_sizes(ckpt, art, manifest)
+    fig["model_bytes"] = sizes
+    fig["speed"] = speed_figures(j, vfig, sizes, int8 or fp32)
+    fig["subreports"] = {"teacher eval": "teacher-eval", "distill eval": "student-eval"}
+
+    from runtime.demo.report import overlay_panels, write_report
+    picks = an.sample_by_outcome(vfig.get("confusion", {}), s.overlays_per_kind)
+    img_of = {fid: img for fid, img in frames}
+    panels = overlay_panels({f: (img_of[f], masks[f]) for f in img_of}, picks, store, maps)
+    fig["wall_s"] = time.perf_counter() - t0
+    index = write_report(out, fig, panels)
+    timings["report"] = round(time.perf_counter() - t_rep, 2)
+    say(f"report written: {index}", end="report")
+
+    total = time.perf_counter() - t0
+    table_rows = {k: {m: v.get(m) for m in (*an.TABLE_METRICS, "f1_at_threshold")} for k, v in sources.items()}
+    summary = {
+        "ok": bool(vfig["edge_verdicts"] == vfig["frames_sent"] and not vfig["unresolved_pending"]),
+        "report": str(index),
+        "wall_s": round(total, 2),
+        "timings_s": timings,
+        "settings": asdict(s),
+        "machine": {"node": platform.node(), "cpus": __import__("os").cpu_count(), "arch": platform.machine()},
+        "frames": {k: v for k, v in vfig.items() if k not in ("latency_samples_ms", "end_to_end_samples_ms",
+                                                              "confusion", "edge", "cascade")},
+        "edge": {k: v for k, v in edge_m.items() if k != "roc"},
+        "cascade": {k: v for k, v in casc_m.items() if k != "roc"},
+        "table": table_rows,
+        "feature_cosine": fig["feature_cosine"],
+        "model_bytes": sizes,
+        "speed": fig["speed"],
+        "student_local": fig.get("student_local", {}),
+        "student_local_note": local_note,
+        "services": {k: info.get(k) for k in ("endpoints", "startup_s", "daemon_exit", "teacher_exit", "killed", "stop_s")},
+        "stream": info.get("stream"),
+        "teacher_eval": j.get("teacher-eval"),
+        "distill_eval": j.get("distill-eval"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    (out / "verdicts.jsonl").write_text("".join(
+        json.dumps(v.to_header(), default=_json_default) + "\n" for f in ids for v in store.verdicts.get(f, [])))
+
+    t = Table(title=f"lineside demo — {total:.0f} s on {summary['machine']['cpus']} CPUs", show_lines=False)
+    for c in ("model", "I-AUROC", "P-AUROC", "AU-PRO", "F1"):
+        t.add_column(c)
+    for k, v in table_rows.items():
+        t.add_row(k, *(_f(v.get(m)) for m in an.TABLE_METRICS))
+    console.print(t)
+    sp = fig["speed"]
+    console.print(f"frames {vfig['frames_sent']} · edge verdicts {vfig['edge_verdicts']} · to the teacher "
+                  f"{vfig['pending']} (fallback {_f(vfig['fallback_rate'])}) · teacher verdicts {vfig['teacher_verdicts']}"
+                  f" · unreachable {vfig['teacher_unreachable']}")
+    console.print(f"student {_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {_mb(sizes.get('teacher'))}"
+                  f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×   report: [bold]{index}[/]")
+    return summary
+
+
+def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval) -> dict:
+    """Teacher vs student per-image latency and size. Prefers distill eval's side-by-side timing (same
+    process, same images); else the stage latencies of the verdicts (teacher server vs edge)."""
+    out: dict = {}
+    student_b = sizes.get("student_int8") or sizes.get("student_fp32")
+    if student_b and sizes.get("teacher"):
+        out["size_ratio"] = sizes["teacher"] / student_b
+    de = j.get("distill-eval")
+    t_ms = an.latency_figure(de, "teacher")
+    s_ms = an.latency_figure(student_eval, "int8") or an.latency_figure(student_eval, "student") \
+        or an.latency_figure(de, "int8") or an.latency_figure(de, "student")
+    src = "distill eval --json"
+    if t_ms is None or s_ms is None:
+        lat = vfig.get("latency_ms", {})
+        t_ms = _stage(lat, "teacher.", ("extract", "model", "infer", "predict", "compute"))
+        s_ms = _stage(lat, "edge.", ("infer", "model", "backend", "student"))
+        src = "verdict stage latencies (teacher server vs edge)"
+    if t_ms and s_ms:
+        out.update(teacher_ms=t_ms, student_ms=s_ms, speedup=t_ms / s_ms, source=src)
+        out["note"] = f"latency per image from {src}"
+    else:
+        out["note"] = "speedup not computed: no teacher and student per-image latency in this run's outputs"
+    return out
+
+
+def _stage(lat: dict, prefix: str, words: tuple[str, ...]) -> float | None:
+    for w in words:
+        for k, v in lat.items():
+            if k.startswith(prefix) and w in k[len(prefix):] and v.get("p50"):
+                return v["p50"]
+    return None
+
+
+def _f(v, d: int = 3) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
+
+
+def _mb(b) -> str:
+    return "—" if not b else f"{b / 1e6:.2f} MB"
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

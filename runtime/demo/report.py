@@ -1,0 +1,153 @@
+"""``DIR/index.html`` of the demo, built with runtime/report.py (the same builder the eval commands use)."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from runtime.demo import analysis as an
+from runtime.report import Report, overlay, plot_bars, plot_curves, plot_histogram
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return "—" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _mb(b: int | None) -> str:
+    return "—" if not b else f"{b / 1e6:.2f} MB"
+
+
+def metric_table(fig: Mapping) -> list[dict]:
+    """Rows teacher / student FP32 / student INT8 / edge (streamed) / cascade for the headline table."""
+    rows = []
+    for name, src in fig["table_sources"].items():
+        row = {"model": name}
+        row.update({k: src.get(k) for k in an.TABLE_METRICS})
+        row["f1_at_threshold"] = src.get("f1_at_threshold")
+        row["source"] = src.get("source", "")
+        rows.append(row)
+    return rows
+
+
+def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str]]) -> Path:
+    rep = Report("lineside demo", out)
+    v = fig["verdicts"]
+    rep.text(f"Run on {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), "
+             f"{fig['settings']['mode']} settings, total {fig['wall_s']:.0f} s. Every figure below is computed "
+             f"from this run: the daemon's published verdicts, the artifact and checkpoints on disk, and the JSON "
+             f"printed by `teacher eval` and `distill eval`.", note=True)
+
+    rep.section("Teacher vs student vs cascade", "test split; F1 = best F1 over thresholds (F1-max), "
+                "'F1 @ thr' = F1 of the decisions actually made at the deployed threshold.")
+    rows = []
+    for r in metric_table(fig):
+        rows.append([r["model"], _fmt(r["image_auroc"]), _fmt(r["pixel_auroc"]), _fmt(r["au_pro"]),
+                     _fmt(r["f1"]), _fmt(r["f1_at_threshold"]), r["source"]])
+    rep.table(rows, header=["model", "I-AUROC", "P-AUROC", "AU-PRO", "F1", "F1 @ thr", "from"])
+    if fig.get("table_notes"):
+        rep.text(" ".join(fig["table_notes"]), note=True)
+
+    rep.section("The line", "frames streamed into `lineside run` by a simulated camera, "
+                f"{fig['settings']['rate_hz']:g} Hz")
+    rep.table([
+        ["frames sent", v["frames_sent"]], ["edge verdicts", v["edge_verdicts"]],
+        ["edge errors", v["edge_errors"]], ["in uncertainty band", v["in_band"]], ["out of distribution", v["ood"]],
+        ["sent to the teacher (pending)", v["pending"]], ["fallback rate", _fmt(v["fallback_rate"])],
+        ["teacher verdicts", v["teacher_verdicts"]], ["teacher unreachable", v["teacher_unreachable"]],
+        ["decisions the teacher changed", v["decisions_changed_by_teacher"]],
+    ], header=["", "value"])
+
+    curves = {}
+    for name in ("edge", "cascade"):
+        m = v.get(name, {})
+        if "roc" in m:
+            curves[f"{name} (AUROC {m['image_auroc']:.3f})"] = m["roc"]
+    if fig.get("student_roc"):
+        curves[f"student local (AUROC {fig['student_local'].get('image_auroc', float('nan')):.3f})"] = fig["student_roc"]
+    rep.section("Curves")
+    if curves:
+        rep.figure(plot_curves(rep.path("roc.png"), curves, xlabel="false positive rate",
+                               ylabel="true positive rate", title="image ROC", xlim=(0, 1), diagonal=True),
+                   "image-level ROC: student on the edge (streamed), cascade, student (local engine)")
+    if fig.get("student_pro"):
+        fpr, pro = fig["student_pro"]
+        au = fig["student_local"].get("au_pro", float("nan"))
+        rep.figure(plot_curves(rep.path("pro.png"), {f"student (AU-PRO {au:.3f})": (fpr, pro)},
+                               xlabel="pixel false positive rate", ylabel="per-region overlap",
+                               title="PRO", xlim=(0, 0.3)), "per-region overlap up to 30 % pixel FPR")
+    if fig.get("student_local_note"):
+        rep.text(fig["student_local_note"], note=True)
+
+    rep.section("Frames", "sampled true/false positives/negatives of the cascade's final decision; heat map: the "
+                "student's anomaly map; magenta: regions of the final verdict; green: ground truth")
+    for name, img, cap in overlays:
+        rep.image(img, cap, name=name)
+
+    cos = fig.get("feature_cosine") or {}
+    rep.section("Student fidelity", "cosine similarity of student and teacher features per level (distill eval)")
+    if cos:
+        rep.table([[k, _fmt(x)] for k, x in cos.items()], header=["level", "cosine"])
+        rep.figure(plot_bars(rep.path("cosine.png"), cos, ylabel="cosine", ylim=(0, 1), title="feature cosine"))
+    else:
+        rep.text("distill eval reported no per-level cosine.", note=True)
+
+    rep.section("Latency", "per stage, from the latencies_ms of every verdict")
+    lat = v["latency_ms"]
+    rep.table([[k, s.get("n"), _fmt(s.get("p50"), 2), _fmt(s.get("p99"), 2), _fmt(s.get("max"), 2)]
+               for k, s in lat.items()] +
+              [[f"end to end ({k})", s.get("n"), _fmt(s.get("p50"), 2), _fmt(s.get("p99"), 2), _fmt(s.get("max"), 2)]
+               for k, s in v["end_to_end_ms"].items()], header=["stage", "n", "p50 ms", "p99 ms", "max ms"])
+    edge_s = {k: x for k, x in v["latency_samples_ms"].items() if k.startswith("edge.")}
+    teach_s = {k: x for k, x in v["latency_samples_ms"].items() if k.startswith("teacher.")}
+    if edge_s:
+        rep.figure(plot_histogram(rep.path("latency_edge.png"), edge_s, title="edge stages"), "edge, per stage")
+    if teach_s:
+        rep.figure(plot_histogram(rep.path("latency_teacher.png"), teach_s, title="teacher stages"),
+                   "teacher server, per stage")
+    e2e = {k: x for k, x in v["end_to_end_samples_ms"].items() if x}
+    if e2e:
+        rep.figure(plot_histogram(rep.path("latency_e2e.png"), e2e, title="frame sent → verdict"),
+                   "end to end, frame timestamp to verdict")
+
+    rep.section("Size and speed")
+    sizes = fig["model_bytes"]
+    sp = fig["speed"]
+    rep.table([[k, _mb(b)] for k, b in sizes.items()] +
+              [["teacher / student size", _fmt(sp.get("size_ratio"), 1) + "×"],
+               ["teacher ms / image", _fmt(sp.get("teacher_ms"), 2)],
+               ["student ms / image", _fmt(sp.get("student_ms"), 2)],
+               ["speedup over the teacher", _fmt(sp.get("speedup"), 1) + "×"]], header=["", "value"])
+    if sp.get("note"):
+        rep.text(sp["note"], note=True)
+
+    rep.section("Steps", "every step is a lineside command run as a subprocess; logs in logs/")
+    rep.table([[k, f"{t:.1f}"] for k, t in fig["timings_s"].items()], header=["step", "wall s"])
+    links = [f'<a href="{p}/index.html">{n}</a>' for n, p in fig.get("subreports", {}).items()
+             if (out / p / "index.html").is_file()]
+    if links:
+        rep.html("<p>Detailed reports: " + " · ".join(links) + "</p>")
+    return rep.write()
+
+
+def overlay_panels(records: Mapping[str, tuple], picks: Mapping[str, list[str]], store, maps: Mapping) -> list:
+    """(file name, RGB overlay, caption) for the sampled frames. records: frame id -> (image, gt_mask)."""
+    out = []
+    for kind, fids in picks.items():
+        for fid in fids:
+            img, gt = records[fid]
+            final = store.final(fid)
+            edge = store.edge(fid)
+            amap = maps.get(fid)
+            cap = (f"{kind} · {fid} · {final.decision} by {final.decided_by} · "
+                   f"edge score {edge.score:.3g}" + (" · in band" if edge.in_band else ""))
+            panel = overlay(img, anomaly_map=amap, regions=final.regions, gt_mask=gt if gt.any() else None)
+            out.append((f"frame_{kind}_{fid}.png", panel, cap))
+    return out

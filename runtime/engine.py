@@ -1,0 +1,112 @@
+"""Engine: one artifact, one backend, frame -> Verdict. The judge of the daemon and of ``lineside bench``.
+
+    image (H, W[, 3]) uint8 RGB -> kernels.dispatch.preprocess (manifest's size, mean, std)
+      -> backend.run -> embedding (1, D, h, w) -> scoring.score_embedding against the bank
+      -> scoring.decide (threshold, band) ; ood from mean_nn_distance > ood_limit
+      -> regions (and mask on request), scaled back to the frame's pixels
+
+Scoring happens at the network input size S x S (``image_hw=(S, S)``): the score, and so the verdict,
+does not depend on the camera's resolution, and distill's calibration scores the same way.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kernels import dispatch
+from runtime.backends import open_backend
+from runtime.manifest import ArtifactManifest, load_manifest
+from runtime.scoring import decide, find_regions, score_embedding
+from runtime.verdict import Region, Verdict
+
+
+class Engine:
+    def __init__(self, artifact_dir: str | Path, backend: str = "auto", threads: int = 1, verify: bool = True,
+                 manifest: ArtifactManifest | None = None, device: str | None = None):
+        self.artifact_dir = Path(artifact_dir).resolve()
+        self.manifest = manifest or load_manifest(self.artifact_dir, verify=verify)
+        m = self.manifest
+        bank_path = self.artifact_dir / m.scoring.bank_file
+        if not bank_path.is_file():
+            from runtime.featurespec import ContractError
+
+            raise ContractError(f"{self.artifact_dir}: bank file {m.scoring.bank_file} is missing")
+        self.bank = np.ascontiguousarray(np.load(bank_path), dtype=np.float32)  # (N, D)
+        self.backend = open_backend(self.artifact_dir, m, backend, threads=threads, device=device)
+        self.size = m.preprocess.size
+        model_rel = next((m.models[r] for r in ("int8", "fp32") if r in m.models), "")
+        self.model_hash = (m.files.get(model_rel) or m.files.get("bank.npy", ""))[:16]
+        cal = m.calibration
+        self.threshold, self.band, self.ood_limit = cal.threshold, tuple(cal.band), cal.ood_limit
+        self.region_level = m.scoring.region_threshold or cal.threshold
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def forward(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Preprocess and run the backend: output name -> array."""
+        p = self.manifest.preprocess
+        x = dispatch.preprocess(image, p.size, p.mean, p.std, input_order="RGB")
+        return self.backend.run(x)
+
+    def judge(self, image: np.ndarray, frame_id: str = "", camera_id: str = "cam0", ts_frame: float = 0.0,
+              want_mask: bool = False) -> Verdict:
+        """The edge verdict of one uint8 RGB (or grey) frame; ``latencies_ms`` has each stage."""
+        m = self.manifest
+        t0 = time.perf_counter()
+        p = m.preprocess
+        x = dispatch.preprocess(image, p.size, p.mean, p.std, input_order="RGB")
+        t1 = time.perf_counter()
+        out = self.backend.run(x)
+        t2 = time.perf_counter()
+        s = m.scoring
+        res = score_embedding(out[s.embedding_output], self.bank, (self.size, self.size), k=s.k,
+                              blur_sigma_px=s.blur_sigma_px, score_topk=s.score_topk)
+        decision, conf, in_band = decide(res.score, self.threshold, self.band)
+        ood = bool(res.mean_nn_distance > self.ood_limit)
+        regions: list[Region] = []
+        mask = None
+        if res.score >= self.region_level and not ood:
+            regions, keep = find_regions(res.anomaly_map, self.region_level, s.min_region_px, "anomaly",
+                                         threshold=self.threshold)
+            regions = _scale_regions(regions, image.shape[:2], self.size)
+            if want_mask:
+                mask = _scale_mask(keep, image.shape[:2])
+        elif want_mask:
+            mask = np.zeros(image.shape[:2], bool)
+        t3 = time.perf_counter()
+        if ood:
+            decision, conf = "unknown", 0.0
+        return Verdict(frame_id=frame_id, camera_id=camera_id, decision=decision, score=float(res.score),
+                       confidence=conf, decided_by="edge", in_band=bool(in_band), ood=ood, regions=regions,
+                       latencies_ms={"preprocess": (t1 - t0) * 1e3, "backend": (t2 - t1) * 1e3,
+                                     "scoring": (t3 - t2) * 1e3},
+                       model_hash=self.model_hash, ts_frame=ts_frame, ts_verdict=time.time(),
+                       anomaly_map=res.anomaly_map, mask=mask)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _scale_regions(regions: list[Region], hw: tuple[int, int], size: int) -> list[Region]:
+    h, w = hw
+    if (h, w) == (size, size):
+        return regions
+    sy, sx = h / size, w / size
+    out = []
+    for r in regions:
+        x0, y0, x1, y1 = r.bbox
+        out.append(Region(bbox=(int(x0 * sx), int(y0 * sy), min(w, int(np.ceil(x1 * sx))), min(h, int(np.ceil(y1 * sy)))),
+                          area=int(round(r.area * sx * sy)), label=r.label, confidence=r.confidence, score=r.score))
+    return out
+
+
+def _scale_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if mask.shape == tuple(hw):
+        return mask
+    import cv2
+
+    return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST) > 0

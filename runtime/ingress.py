@@ -1,0 +1,198 @@
+"""Pushed frames in: a ROUTER socket that answers every request (ack, busy or error) or counts the drop.
+
+A camera driver or PLC gateway connects a DEALER (or REQ: an empty delimiter is echoed back) and sends
+the protocol's "frame" message. Per batch drained from the socket: check every header (and raw
+payload), journal the accepted frames in one transaction, then queue them and send the acks, so an
+acknowledged frame is always in the journal. Bad input gets an error reply naming the field and an
+error verdict on the PUB socket; the loop keeps serving. ZMQ_MAXMSGSIZE makes ZeroMQ drop a peer that
+sends an oversize message before we ever see it; a socket monitor counts those disconnects.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from runtime import protocol
+from runtime.curve import check_bind_policy, make_server
+from runtime.journal import Journal
+from runtime.protocol import ProtocolError
+from runtime.queues import BoundedQueue, FrameJob, Outgoing
+from runtime.verdict import Verdict
+
+log = logging.getLogger("lineside.ingress")
+
+POLL_MS = 100
+BATCH_MAX = 64  # messages drained per journal transaction
+MAX_ID_CHARS = 256
+SENDER_TABLE_MAX = 4096  # token buckets kept; the least recently seen are forgotten
+
+
+class TokenBucket:
+    def __init__(self, rate_hz: float, burst: int):
+        self.rate, self.burst = rate_hz, float(burst)
+        self.tokens, self.t = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def check_frame_header(h: dict) -> tuple[str, str, float, bool]:
+    """(frame_id, camera_id, ts, want_mask) of a "frame" header, or ProtocolError naming the field."""
+    fid = h.get("frame_id")
+    if not isinstance(fid, (str, int)) or isinstance(fid, bool) or str(fid) == "":
+        raise ProtocolError("frame_id", "missing or not a string")
+    cam = h.get("camera_id", "cam0")
+    if not isinstance(cam, str) or not cam or len(cam) > MAX_ID_CHARS:
+        raise ProtocolError("camera_id", f"must be a non-empty string of at most {MAX_ID_CHARS} chars")
+    if len(str(fid)) > MAX_ID_CHARS:
+        raise ProtocolError("frame_id", f"longer than {MAX_ID_CHARS} chars")
+    ts = h.get("ts", 0.0)
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+        raise ProtocolError("ts", "must be a number (s, epoch)")
+    wm = h.get("want_mask", False)
+    if not isinstance(wm, bool):
+        raise ProtocolError("want_mask", "must be true or false")
+    if h.get("encoding", "raw") not in protocol.ENCODINGS:
+        raise ProtocolError("encoding", f"unknown encoding {h.get('encoding')!r}; encodings are {', '.join(protocol.ENCODINGS)}")
+    return str(fid), cam, float(ts), wm
+
+
+class Ingress(threading.Thread):
+    def __init__(self, ctx: zmq.Context, cfg, queue: BoundedQueue, publish_q, telemetry, journal_path: str):
+        super().__init__(name="lineside-ingress", daemon=True)
+        self.cfg, self.queue, self.publish_q, self.tm = cfg, queue, publish_q, telemetry
+        self.journal_path, self.sync = journal_path, cfg.journal.synchronous
+        self.stop_event = threading.Event()
+        sec = cfg.security
+        s = self.sock = ctx.socket(zmq.ROUTER)
+        s.linger = 0
+        s.maxmsgsize = cfg.limits.max_message_bytes
+        s.rcvhwm = s.sndhwm = 10_000
+        if sec.ingress_secret:
+            make_server(s, sec.ingress_secret)
+        check_bind_policy(cfg.sockets.ingress, bool(sec.ingress_secret), sec.insecure, "ingress")
+        s.bind(cfg.sockets.ingress)
+        self.endpoint = s.last_endpoint.decode()
+        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.buckets: dict[bytes, TokenBucket] = {}
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> None:
+        journal = Journal(self.journal_path, self.sync)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        try:
+            while not self.stop_event.is_set():
+                events = dict(poller.poll(POLL_MS))
+                if self.monitor in events:
+                    self._drain_monitor()
+                if self.sock in events:
+                    self._batch(journal)
+        except Exception:
+            log.exception("ingress loop failed")
+            raise
+        finally:
+            journal.close()
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.sock.close(linger=0)
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                ev = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                self.tm.disconnects.inc()
+                log.info("ingress peer disconnected", extra={"fields": {"endpoint": ev["endpoint"].decode(errors="replace")}})
+
+    def _batch(self, journal: Journal) -> None:
+        accepted: list[tuple[list[bytes], FrameJob]] = []
+        for _ in range(BATCH_MAX):
+            try:
+                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            env, frames = (msg[:2], msg[2:]) if len(msg) > 1 and msg[1] == b"" else (msg[:1], msg[1:])
+            job = self._check(env, frames)
+            if job is not None:
+                accepted.append((env, job))
+        if not accepted:
+            return
+        # journal before ack: an acknowledged frame is in the journal even if the process dies now
+        journal.record_received([(j.frame_id, j.camera_id, time.time(), env[0].hex()) for env, j in accepted])
+        for env, job in accepted:
+            ok, evicted = self.queue.put(job)
+            if evicted is not None:
+                self._dropped(evicted, f"queue full ({self.queue.maxsize}): dropped oldest for a newer frame")
+            if ok:
+                self.tm.frames.labels("ingress").inc()
+                self._reply(env, {"kind": "status", "frame_id": job.frame_id,
+                                  "status": {"accepted": True, "queue_depth": len(self.queue)}})
+            else:
+                self._dropped(job, f"queue full ({self.queue.maxsize}): rejected newest")
+                self._reply(env, {"kind": "busy", "frame_id": job.frame_id, "message": "queue full, frame dropped"})
+        self.tm.queue_depth.set(len(self.queue))
+        self.tm.queue_max.set(self.queue.max_seen)
+
+    def _check(self, env: list[bytes], frames: list[bytes]) -> FrameJob | None:
+        fid, cam = None, "cam0"
+        try:
+            h = protocol.decode_header(frames, expect=("frame", "status"))
+            if h["kind"] == "status":
+                self._reply(env, {"kind": "status", "status": {"alive": True, "queue_depth": len(self.queue)}})
+                return None
+            fid, cam = h.get("frame_id"), h.get("camera_id", "cam0")
+            fid, cam, ts, want_mask = check_frame_header(h)
+            if not self._bucket(env[0]).take():
+                raise ProtocolError("rate", f"sender over its limit of {self.cfg.limits.sender_rate_hz:g} frames/s "
+                                            f"(burst {self.cfg.limits.sender_burst}); frame refused")
+            enc = h.get("encoding", "raw")
+            image = None
+            if enc == "raw":
+                image = protocol.decode_image(h, frames)  # size vs shape x dtype, channels, dtype: cheap checks
+            elif len(frames) != 2 or len(frames[1]) == 0:
+                raise ProtocolError("payload", "empty frame" if len(frames) == 2 else f"expected 2 message parts, got {len(frames)}")
+            return FrameJob(frame_id=fid, camera_id=cam, ts_frame=ts, t_recv=time.perf_counter(), header=h,
+                            payload=None if image is not None else frames[1], image=image, want_mask=want_mask)
+        except ProtocolError as e:
+            self.tm.errors.labels(e.field).inc()
+            fid = str(fid) if isinstance(fid, (str, int)) and not isinstance(fid, bool) else ""
+            cam = cam if isinstance(cam, str) and cam else "cam0"
+            self._reply(env, protocol.error_frames(e.field, e.message, fid or None)[0], raw=True)
+            v = Verdict.failure(fid, "error", f"{e.field}: {e.message}", camera_id=cam[:MAX_ID_CHARS], ts_verdict=time.time())
+            self.publish_q.put(Outgoing(v, extra={"field": e.field}))
+            return None
+
+    def _bucket(self, ident: bytes) -> TokenBucket:
+        b = self.buckets.get(ident)
+        if b is None:
+            if len(self.buckets) >= SENDER_TABLE_MAX:
+                self.buckets.pop(next(iter(self.buckets)))
+            b = self.buckets[ident] = TokenBucket(self.cfg.limits.sender_rate_hz, self.cfg.limits.sender_burst)
+        return b
+
+    def _dropped(self, job: FrameJob, why: str) -> None:
+        self.tm.drops.labels("queue_full").inc()
+        v = Verdict.failure(job.frame_id, "dropped", why, camera_id=job.camera_id, ts_frame=job.ts_frame,
+                            ts_verdict=time.time())
+        self.publish_q.put(Outgoing(v, t_recv=job.t_recv))
+
+    def _reply(self, env: list[bytes], header, raw: bool = False) -> None:
+        body = header if raw else protocol.encode(header)[0]
+        try:
+            self.sock.send_multipart(env + [body], zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # peer gone or its pipe full: the verdict still goes out on PUB
+            log.warning("ingress reply not sent: %s", e)

@@ -1,0 +1,159 @@
+"""The verdict journal: SQLite in WAL mode, one row per frame received, per verdict, per pending frame.
+
+Order of writes for one frame (each a committed transaction before the step after it):
+    ingress    frames(received)                    -> then the ack is sent
+    publisher  verdicts(edge) [+ pending row]      -> then the edge verdict is published
+    publisher  verdicts(teacher / unreachable), pending row deleted -> then it is published
+
+Durability: WAL with ``synchronous=NORMAL`` makes every committed transaction survive the death of the
+process (kill -9, OOM, segfault): the commit is in the WAL file in the OS page cache and is replayed on
+the next open. It does not fsync per commit, so a power cut may lose the last few commits (never
+corrupts). ``FULL`` adds an fsync per commit: power-cut safe, but ~1-10 ms per commit on the eMMC/SD
+storage of an edge box, more than the whole inference budget. Writes are grouped (one transaction per
+batch the publisher drains), so FULL costs one fsync per batch, not per frame.
+
+A restart (``recover``) finds frames received but never judged (they get a ``dropped`` verdict saying
+so) and the frames still waiting for the teacher (resumed if their deadline has not passed, else
+resolved ``teacher_unreachable``). Retention deletes by row count and by age.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (
+    seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, ts_recv REAL NOT NULL, sender TEXT);
+CREATE INDEX IF NOT EXISTS frames_id ON frames(frame_id, camera_id);
+CREATE INDEX IF NOT EXISTS frames_ts ON frames(ts_recv);
+CREATE TABLE IF NOT EXISTS verdicts (
+    seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, decided_by TEXT NOT NULL,
+    status TEXT NOT NULL, decision TEXT NOT NULL, pending INTEGER NOT NULL, ts REAL NOT NULL, header TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS verdicts_id ON verdicts(frame_id, camera_id);
+CREATE INDEX IF NOT EXISTS verdicts_ts ON verdicts(ts);
+CREATE TABLE IF NOT EXISTS pending (
+    frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, deadline_ts REAL NOT NULL, request TEXT NOT NULL,
+    payload BLOB, edge TEXT NOT NULL, PRIMARY KEY (frame_id, camera_id));
+"""
+
+
+@dataclass
+class Entry:
+    """One verdict to journal; ``header`` is the exact JSON that will be published."""
+    frame_id: str
+    camera_id: str
+    decided_by: str
+    status: str
+    decision: str
+    pending: bool
+    ts: float
+    header: bytes
+    pending_request: Optional[bytes] = None  # infer header JSON: keep the frame for the teacher
+    pending_payload: Optional[bytes] = None
+    pending_deadline: float = 0.0
+    resolves_pending: bool = False  # a teacher / unreachable verdict: the pending row goes
+
+
+@dataclass
+class PendingRow:
+    frame_id: str
+    camera_id: str
+    deadline_ts: float
+    request: dict
+    payload: Optional[bytes]
+    edge: dict
+
+
+class Journal:
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"journal {self.path}: SQLite refused WAL mode (got {mode}); is it on a network share?")
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"journal.synchronous must be NORMAL or FULL, got {synchronous!r}")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)
+
+    # -- writes -------------------------------------------------------------------------------
+    def record_received(self, rows: list[tuple[str, str, float, str]]) -> None:
+        """(frame_id, camera_id, ts_recv, sender) rows in one transaction; returns once committed."""
+        if not rows:
+            return
+        with self._tx():
+            self._db.executemany("INSERT INTO frames(frame_id, camera_id, ts_recv, sender) VALUES (?,?,?,?)", rows)
+
+    def write(self, entries: list[Entry]) -> None:
+        """Verdicts (and their pending rows) in one transaction; returns once committed."""
+        if not entries:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO verdicts(frame_id, camera_id, decided_by, status, decision, pending, ts, header) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(e.frame_id, e.camera_id, e.decided_by, e.status, e.decision, int(e.pending), e.ts,
+                  e.header.decode()) for e in entries])
+            adds = [(e.frame_id, e.camera_id, e.pending_deadline, e.pending_request.decode(), e.pending_payload,
+                     e.header.decode()) for e in entries if e.pending and e.pending_request is not None]
+            if adds:
+                self._db.executemany("INSERT OR REPLACE INTO pending VALUES (?,?,?,?,?,?)", adds)
+            gone = [(e.frame_id, e.camera_id) for e in entries if e.resolves_pending]
+            if gone:
+                self._db.executemany("DELETE FROM pending WHERE frame_id=? AND camera_id=?", gone)
+
+    def prune(self, max_rows: int, max_age_s: float, now: float | None = None) -> int:
+        cutoff = (now or time.time()) - max_age_s
+        with self._tx():
+            n = 0
+            for table, ts in (("verdicts", "ts"), ("frames", "ts_recv")):
+                n += self._db.execute(f"DELETE FROM {table} WHERE {ts} < ?", (cutoff,)).rowcount
+                n += self._db.execute(f"DELETE FROM {table} WHERE seq <= (SELECT MAX(seq) FROM {table}) - ?",
+                                      (max_rows,)).rowcount
+        return n
+
+    # -- reads --------------------------------------------------------------------------------
+    def unjudged(self, since_ts: float = 0.0) -> list[tuple[str, str]]:
+        """Frames received (and acknowledged) that have no verdict at all: the daemon died with them queued."""
+        return self._db.execute(
+            "SELECT f.frame_id, f.camera_id FROM frames f WHERE f.ts_recv >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM verdicts v WHERE v.frame_id = f.frame_id AND v.camera_id = f.camera_id) ORDER BY f.seq",
+            (since_ts,)).fetchall()
+
+    def pending(self) -> list[PendingRow]:
+        rows = self._db.execute("SELECT frame_id, camera_id, deadline_ts, request, payload, edge FROM pending").fetchall()
+        return [PendingRow(f, c, d, json.loads(r), p, json.loads(e)) for f, c, d, r, p, e in rows]
+
+    def verdicts(self, frame_id: str | None = None) -> list[dict]:
+        q = "SELECT header FROM verdicts" + (" WHERE frame_id = ?" if frame_id is not None else "") + " ORDER BY seq"
+        return [json.loads(h) for (h,) in self._db.execute(q, (frame_id,) if frame_id is not None else ())]
+
+    def received_ids(self) -> list[str]:
+        return [f for (f,) in self._db.execute("SELECT frame_id FROM frames ORDER BY seq")]
+
+    def counts(self) -> dict[str, int]:
+        return {t: self._db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("frames", "verdicts", "pending")}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _tx(self):
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

@@ -1,0 +1,73 @@
+"""`lineside keys OUTDIR --name NAME`: a CURVE key pair for a daemon, a teacher server or a client.
+
+Writes ``OUTDIR/NAME.key`` (public certificate: copy it to the peers, or into a server's allowed-keys
+directory) and ``OUTDIR/NAME.key_secret`` (both keys: keep it on this machine, mode 0600), in the
+format ``zmq.auth.create_certificates`` writes and ``runtime/curve.py`` loads. Existing keys are
+never overwritten unless ``--force`` is given: a replaced server key locks out every client.
+
+    lineside keys /etc/lineside/keys --name teacher
+    lineside keys /etc/lineside/keys --name edge-cam0
+    cp /etc/lineside/keys/edge-cam0.key /etc/lineside/allowed/   # on the teacher server
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class KeysError(ValueError):
+    pass
+
+
+def make_keypair(outdir: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """Create ``NAME.key`` and ``NAME.key_secret`` in ``outdir``; returns (public_file, secret_file)."""
+    import zmq
+    import zmq.auth
+
+    if not NAME_PATTERN.match(name):
+        raise KeysError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, no path separators)")
+    if not zmq.has("curve"):
+        raise KeysError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE support")
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise KeysError(f"{out} exists and is not a directory")
+    public, secret = out / f"{name}.key", out / f"{name}.key_secret"
+    existing = [p for p in (public, secret) if p.exists()]
+    if existing and not force:
+        raise KeysError(f"{', '.join(str(p) for p in existing)} already exist(s); refusing to overwrite "
+                        "(--force replaces them, and every peer holding the old public key is locked out)")
+    out.mkdir(parents=True, exist_ok=True)
+    for p in existing:
+        p.unlink()
+    pub_file, sec_file = zmq.auth.create_certificates(str(out), name)
+    os.chmod(sec_file, 0o600)
+    return Path(pub_file), Path(sec_file)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("outdir", help="directory for the key files (created if missing)")
+    parser.add_argument("--name", required=True, help="key name: NAME.key (public) and NAME.key_secret")
+    parser.add_argument("--force", action="store_true", help="overwrite existing keys of that name")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        public, secret = make_keypair(args.outdir, args.name, force=args.force)
+    except KeysError as e:
+        print(f"lineside keys: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e)}))
+        return 2
+    if args.json:
+        print(json.dumps({"ok": True, "public": str(public), "secret": str(secret)}))
+    else:
+        print(f"public: {public}")
+        print(f"secret: {secret}")
+    return 0

@@ -1,0 +1,30 @@
+"""`lineside status --to ENDPOINT`: a daemon's control socket or a teacher server; prints its status JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", required=True, help="control endpoint of a daemon, or a teacher server's endpoint")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--curve-secret")
+    p.add_argument("--server-key")
+    p.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with other commands)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import zmq
+
+    from runtime.client import LinesideError, request
+
+    curve = (args.curve_secret, args.server_key) if args.curve_secret else None
+    try:
+        h = request(zmq.Context.instance(), args.to, {"kind": "status"}, args.timeout, curve)
+    except (TimeoutError, LinesideError) as e:
+        print(f"lineside status: {args.to}: {e}", file=sys.stderr)
+        print(json.dumps({"alive": False, "endpoint": args.to, "error": str(e)}))
+        return 1
+    print(json.dumps(h.get("status", h)))
+    return 0

@@ -1,0 +1,74 @@
+"""`lineside watch --from tcp://HOST:PORT`: print a daemon's verdicts (one JSON line each), optionally save
+overlays (mask in red, region boxes) drawn on the frame found in --images by frame id, else on black."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, help="the daemon's verdict PUB endpoint")
+    p.add_argument("--camera-id", help="only this camera's verdicts")
+    p.add_argument("--count", type=int, help="stop after this many verdicts")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds without a verdict (0: never)")
+    p.add_argument("--save", help="write an overlay PNG per verdict into this folder")
+    p.add_argument("--images", help="folder of the sent images (file stem = frame id) to draw overlays on")
+    p.add_argument("--curve-secret")
+    p.add_argument("--server-key")
+
+
+def overlay(v, image: np.ndarray | None) -> np.ndarray:
+    import cv2
+
+    if image is None:
+        h, w = v.mask.shape if v.mask is not None else (256, 256)
+        image = np.zeros((h, w, 3), np.uint8)
+    out = cv2.cvtColor(image, cv2.COLOR_RGB2BGR).copy()
+    if v.mask is not None and v.mask.shape == out.shape[:2]:
+        out[v.mask] = (0.5 * out[v.mask] + (0, 0, 127)).astype(np.uint8)
+    colour = (0, 0, 255) if v.decision == "defect" else (0, 200, 0)
+    for r in v.regions:
+        x0, y0, x1, y1 = r.bbox
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, 1)
+    label = f"{v.decision} {v.score:.2f} {v.decided_by}{' pending' if v.pending else ''}"
+    cv2.putText(out, label, (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+
+    from runtime.client import LinesideClient
+
+    client = LinesideClient(verdicts=args.source, camera_id=args.camera_id, curve_secret=args.curve_secret,
+                            server_public=args.server_key)
+    save = Path(args.save) if args.save else None
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+    images = Path(args.images) if args.images else None
+    timeout = args.timeout if args.timeout > 0 else 3600.0 * 24 * 365
+    n = 0
+    try:
+        for v in client.verdicts(timeout, args.count):
+            print(json.dumps(v.to_header()), flush=True)
+            n += 1
+            if save:
+                img = None
+                if images:
+                    hits = sorted(images.glob(f"{v.frame_id}.*"))
+                    if hits:
+                        bgr = cv2.imread(str(hits[0]), cv2.IMREAD_COLOR)
+                        img = None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                tag = v.decided_by + ("-pending" if v.pending else "")
+                cv2.imwrite(str(save / f"{v.frame_id}.{tag}.png"), overlay(v, img))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+    print(f"{n} verdicts", file=sys.stderr)
+    return 0

@@ -1,0 +1,262 @@
+"""Good-images-only mode: a PatchCore memory bank of teacher features (`teacher bank`).
+
+    teacher bank --checkpoint CKPT --data D/manifest.jsonl [--budget 16384] [--json]
+
+writes CKPT/bank/: ``bank.npy`` (float16 (N, D), the same format as a student artifact's bank) and
+``bank.json`` (embedding recipe, scoring parameters, calibrated threshold and band, figures).
+
+Embedding (``patch_embedding``, mirrored by distill for the student): levels s8 and s16 of the t=50
+features, each locally averaged over 3×3 (stride 1, PatchCore's neighbourhood aggregation), s16
+upsampled bilinearly to the s8 grid, each level L2-normalised over channels, concatenated:
+D = C_s8 + C_s16 (sd15: 960, tiny: 96), every vector of norm √2. No random projection, so the
+embedding is a fixed function of the features. The coreset search alone uses a seeded Gaussian
+projection to ``CORESET_PROJ_DIM`` dims for speed (PatchCore §3.2); the bank keeps full vectors.
+
+Scoring is runtime.scoring.score_embedding (nearest-bank distance, bilinear to the teacher input size
+S×S, Gaussian blur, image score = max), identical to the edge, which scores at its input size too.
+Threshold: with defect images in the val split, the F1-max threshold on val image scores; with only good ones, the ``GOOD_PERCENTILE`` percentile of good
+val scores times ``GOOD_MARGIN``; with no val split, the same from the train good images' scores
+(leave-image-out: an image's own patches excluded). ``bank.json`` names which was used.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BANK_LEVELS = ("s8", "s16")
+CORESET_PROJ_DIM = 128
+DEFAULT_BUDGET = 16384  # bank vectors kept
+DEFAULT_BLUR_SIGMA_PX = 4.0
+GOOD_PERCENTILE = 99.0
+GOOD_MARGIN = 1.05
+BANK_FILE = "bank.npy"
+BANK_META = "bank.json"
+
+
+def patch_embedding(features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """level -> (B, C, h, w) features -> (B, C_s8 + C_s16, h_s8, w_s8) float32 patch embedding (see module doc)."""
+    ref = features[BANK_LEVELS[0]]
+    hw = ref.shape[-2:]
+    parts = []
+    for name in BANK_LEVELS:
+        f = F.avg_pool2d(features[name].float(), kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        if f.shape[-2:] != hw:
+            f = F.interpolate(f, size=hw, mode="bilinear", align_corners=False)
+        parts.append(F.normalize(f, dim=1))
+    return torch.cat(parts, dim=1)
+
+
+def greedy_coreset(features: torch.Tensor | np.ndarray, budget: int, seed: int = 0, *,
+                   proj_dim: int | None = CORESET_PROJ_DIM, start: int | None = None,
+                   device: str | torch.device | None = None) -> np.ndarray:
+    """Greedy k-centre (farthest-point) coreset, PatchCore Alg. 1: start from one point (``start`` or a
+    seeded random one), then repeatedly add the point farthest from everything chosen so far.
+    features (N, D) -> int64 indices (min(budget, N),) in selection order. Vectors longer than
+    ``proj_dim`` are compared after a seeded Gaussian random projection (Johnson–Lindenstrauss).
+    ``device`` runs the search there (a GPU makes large banks fast); results do not depend on it
+    beyond float rounding."""
+    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features).float()
+    if device is not None:
+        x = x.to(device)
+    n = x.shape[0]
+    budget = int(min(budget, n))
+    if budget <= 0:
+        return np.zeros(0, np.int64)
+    g = torch.Generator().manual_seed(int(seed))
+    if proj_dim is not None and x.shape[1] > proj_dim:
+        p = torch.randn(x.shape[1], proj_dim, generator=g) / proj_dim ** 0.5
+        x = x @ p.to(x.device)
+    first = int(torch.randint(n, (1,), generator=g)) if start is None else int(start)
+    chosen = [first]
+    mind = torch.linalg.vector_norm(x - x[first], dim=1)
+    for _ in range(budget - 1):
+        i = torch.argmax(mind)
+        chosen.append(i)
+        mind = torch.minimum(mind, torch.linalg.vector_norm(x - x[i], dim=1))
+    return np.asarray([int(c) for c in chosen], np.int64)
+
+
+@dataclass
+class MemoryBank:
+    bank: np.ndarray  # float32 (N, D)
+    threshold: float
+    band: tuple[float, float]
+    k: int = 1
+    blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX
+    score_topk: int = 1
+    min_region_px: int = 16
+    info: dict = field(default_factory=dict)
+
+    def score(self, embedding: np.ndarray, image_hw: tuple[int, int]):
+        """embedding (1, D, h, w) -> runtime.scoring.ScoreResult with a map of ``image_hw``. Callers pass
+        the teacher's input size (S, S), as the edge scores at its network input size, so the two
+        scores are on one scale; the pipeline then resizes the map to the frame."""
+        from runtime.scoring import score_embedding
+
+        return score_embedding(embedding, self.bank, image_hw, k=self.k, blur_sigma_px=self.blur_sigma_px,
+                               score_topk=self.score_topk)
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / BANK_FILE, self.bank.astype(np.float16))
+        meta = {k: v for k, v in asdict(self).items() if k != "bank"}
+        meta.update(bank_file=BANK_FILE, shape=list(self.bank.shape), embedding=embedding_recipe())
+        (out / BANK_META).write_text(json.dumps(meta, indent=2))
+        return out
+
+    @classmethod
+    def load(cls, bank_dir: str | Path) -> "MemoryBank":
+        d = Path(bank_dir)
+        for f in (BANK_FILE, BANK_META):
+            if not (d / f).is_file():
+                raise FileNotFoundError(f"{d}: memory bank is incomplete, {f} is missing (run `teacher bank`)")
+        meta = json.loads((d / BANK_META).read_text())
+        bank = np.load(d / BANK_FILE).astype(np.float32)
+        return cls(bank=bank, threshold=float(meta["threshold"]), band=tuple(meta["band"]), k=int(meta["k"]),
+                   blur_sigma_px=float(meta["blur_sigma_px"]), score_topk=int(meta["score_topk"]),
+                   min_region_px=int(meta["min_region_px"]), info=meta.get("info", {}))
+
+
+def embedding_recipe() -> dict:
+    return {"levels": list(BANK_LEVELS), "local_pool": "avg 3x3 stride 1 (count_include_pad=False)",
+            "resample": "bilinear to the s8 grid (align_corners=False)", "normalise": "L2 per level over channels",
+            "concat": "s8 then s16"}
+
+
+@torch.no_grad()
+def embed_images(teacher, images: list[np.ndarray], batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """uint8 RGB images (any size) -> list of (1, D, h, w) float32 patch embeddings."""
+    from teacher.pipeline import to_teacher_batch
+
+    out = []
+    size = teacher.feature_spec.image_size
+    for s in range(0, len(images), batch_size):
+        x = to_teacher_batch(images[s:s + batch_size], size)
+        emb = patch_embedding(teacher.extract_features(x, seed=seed)).cpu().numpy()
+        out += [emb[i:i + 1] for i in range(emb.shape[0])]
+    return out
+
+
+def _flat(emb: np.ndarray) -> np.ndarray:
+    return emb[0].reshape(emb.shape[1], -1).T  # (h*w, D)
+
+
+def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | None) -> tuple[float, tuple[float, float], str]:
+    """-> (threshold, band, method). F1-max when defects are present, else a percentile of good scores.
+    Band: ± half the gap between the good p95 and the threshold (at least 5 % of the threshold)."""
+    good = np.asarray(good_scores, float)
+    if defect_scores is not None and len(defect_scores) and len(good):
+        from runtime.metrics import f1_max
+
+        labels = np.r_[np.zeros(len(good)), np.ones(len(defect_scores))]
+        _, thr = f1_max(labels, np.r_[good, defect_scores])
+        method = "f1-max on val"
+    else:
+        thr = float(np.percentile(good, GOOD_PERCENTILE)) * GOOD_MARGIN
+        method = f"p{GOOD_PERCENTILE:g} of good scores x {GOOD_MARGIN}"
+    half = max(0.05 * abs(thr), 0.5 * abs(thr - float(np.percentile(good, 95))) if len(good) else 0.0)
+    return float(thr), (float(thr - half), float(thr + half)), method
+
+
+def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray] | None = None,
+             val_defect: list[np.ndarray] | None = None, *, budget: int = DEFAULT_BUDGET, seed: int = 0,
+             k: int = 1, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, min_region_px: int = 16,
+             batch_size: int = 8, log=None) -> MemoryBank:
+    """Build and calibrate a bank from good training images; val images (good / defect) calibrate."""
+    t0 = time.time()
+    size = teacher.feature_spec.image_size
+    embs = embed_images(teacher, train_images, batch_size)
+    allv = np.concatenate([_flat(e) for e in embs], 0)
+    idx = greedy_coreset(allv, budget, seed, device=teacher.device)
+    bank = MemoryBank(bank=allv[idx].astype(np.float32), threshold=0.0, band=(0.0, 0.0), k=k,
+                      blur_sigma_px=blur_sigma_px, min_region_px=min_region_px)
+    if log:
+        log(f"bank: {len(allv)} patch vectors from {len(train_images)} images -> coreset {len(idx)} "
+            f"({time.time() - t0:.1f}s)")
+
+    def scores(imgs):
+        return np.asarray([bank.score(e, (size, size)).score for e in embed_images(teacher, imgs, batch_size)])
+
+    if val_good:
+        good = scores(val_good)
+        defect = scores(val_defect) if val_defect else None
+        source = "val"
+    else:  # leave-image-out scores of the train images against a bank without their own patches
+        good, defect, source = [], None, "train (leave-image-out)"
+        n_per = [(_flat(e)).shape[0] for e in embs]
+        owner = np.repeat(np.arange(len(embs)), n_per)[idx]
+        for i, e in enumerate(embs):
+            keep = owner != i
+            if keep.sum() == 0:
+                continue
+            sub = MemoryBank(bank=bank.bank[keep], threshold=0, band=(0, 0), k=k, blur_sigma_px=blur_sigma_px)
+            good.append(sub.score(e, (size, size)).score)
+        good = np.asarray(good if good else [bank.score(embs[0], (size, size)).score])
+    thr, band, method = calibrate_threshold(good, defect)
+    bank.threshold, bank.band = thr, band
+    bank.info = {"calibration": method, "calibration_source": source, "n_train_images": len(train_images),
+                 "n_patch_vectors": int(len(allv)), "budget": int(budget), "seed": int(seed),
+                 "good_score_mean": float(np.mean(good)), "good_score_max": float(np.max(good)),
+                 "defect_score_mean": float(np.mean(defect)) if defect is not None else None,
+                 "n_val_good": len(val_good or []), "n_val_defect": len(val_defect or [])}
+    return bank
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def configure(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
+    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
+    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="coreset size (bank vectors)")
+    p.add_argument("--k", type=int, default=1, help="mean distance to the k nearest bank vectors")
+    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="anomaly-map blur, px at image size")
+    p.add_argument("--max-images", type=int, default=0, help="use at most this many train good images (0 = all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--out", default=None, help="bank directory (default CKPT/bank)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+
+
+def run(args) -> int:
+    from runtime.dataset import load_dataset
+    from teacher.checkpoint import load_teacher
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ds = load_dataset(args.data)
+    train = [r for r in ds.split("train") if not r.is_defect]
+    if args.max_images:
+        train = train[: args.max_images]
+    if not train:
+        log(f"error: {args.data} has no good images in the train split; the bank is built from them")
+        return 2
+    val = ds.split("val")
+    teacher = load_teacher(args.checkpoint, device=device)
+    t0 = time.time()
+    bank = fit_bank(teacher, [ds.read_image(r) for r in train],
+                    [ds.read_image(r) for r in val if not r.is_defect],
+                    [ds.read_image(r) for r in val if r.is_defect],
+                    budget=args.budget, seed=args.seed, k=args.k, blur_sigma_px=args.blur_sigma,
+                    batch_size=args.batch_size, log=log)
+    bank.info.update(teacher_hash=teacher.checkpoint_hash, dataset_hash=ds.content_hash(),
+                     feature_spec=teacher.feature_spec.to_dict())
+    out = bank.save(args.out or Path(args.checkpoint) / "bank")
+    summary = {"bank_dir": str(out), "n_vectors": int(bank.bank.shape[0]), "dim": int(bank.bank.shape[1]),
+               "threshold": bank.threshold, "band": list(bank.band), "calibration": bank.info["calibration"],
+               "seconds": round(time.time() - t0, 2)}
+    log(f"bank: wrote {out} ({summary['n_vectors']}x{summary['dim']}), threshold {bank.threshold:.4f} "
+        f"({bank.info['calibration']})")
+    if args.json:
+        print(json.dumps(summary))
+    return 0

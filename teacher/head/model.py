@@ -1,0 +1,160 @@
+"""MaskHead: Mask2Former-style mask generator on the frozen t=50 features (§4.6, Table 9), open-vocabulary.
+
+Saved with ``save_pretrained(CKPT/head)`` (config.json + diffusion_pytorch_model.safetensors) plus
+``vocab.json`` (category names, the text embeddings they were classified against, the calibrated
+decision threshold): see ``save_head`` / ``load_head``. At test time any vocabulary can be set: class
+scores are cosine similarities of query embeddings with text embeddings of the names over τ (Eq. 12).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from teacher.head.pixel_decoder import FPNPixelDecoder
+from teacher.head.query_decoder import QueryDecoder
+
+VOCAB_FILE = "vocab.json"
+TEXT_EMB_FILE = "text_embeddings.safetensors"
+
+# Table 9 sizes for the full model; "tiny" keeps the structure at CPU-test scale.
+HEAD_PRESETS = {
+    "sd15": dict(hidden_dim=256, mask_dim=256, num_queries=100, num_layers=9, nheads=8, ffn_dim=2048),
+    "tiny": dict(hidden_dim=64, mask_dim=64, num_queries=16, num_layers=3, nheads=4, ffn_dim=128),
+}
+
+
+def head_preset(name: str) -> dict:
+    return dict(HEAD_PRESETS.get(name, HEAD_PRESETS["sd15"]))
+
+
+class MaskHead(ModelMixin, ConfigMixin):
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, level_names: tuple = ("s8", "s16", "s32", "s64"), in_channels: tuple = (320, 640, 1280, 1280),
+                 embed_dim: int = 768, hidden_dim: int = 256, mask_dim: int = 256, num_queries: int = 100,
+                 num_layers: int = 9, nheads: int = 8, ffn_dim: int = 2048, temperature: float = 0.07,
+                 image_size: int = 512, feature_spec: dict | None = None):
+        super().__init__()
+        self.level_names = list(level_names)
+        self.pixel_decoder = FPNPixelDecoder(list(in_channels), hidden_dim, mask_dim)
+        self.query_decoder = QueryDecoder(hidden_dim, mask_dim, embed_dim, num_queries, num_layers, nheads, ffn_dim,
+                                          num_levels=max(1, len(in_channels) - 1))
+        # Learnable "no object" embedding, scored like one more category (Mask2Former's ∅ class).
+        self.no_object = nn.Parameter(torch.randn(embed_dim) * 0.02)
+        self.tau = temperature
+
+    def forward(self, features: dict[str, torch.Tensor], text_emb: torch.Tensor | None = None) -> list[dict]:
+        """features level -> (B, C, h, w) -> list of {"masks": (B, N, h0, w0) logits, "embeds": (B, N, D)}
+        (+ "logits" (B, N, K+1) when ``text_emb`` (K, D) is given); the last entry is the output, the
+        others auxiliary (deep supervision)."""
+        feats = [features[n].to(self.dtype) for n in self.level_names]
+        mask_features, multi = self.pixel_decoder(feats)
+        outs = self.query_decoder(multi, mask_features)
+        if text_emb is not None:  # inside forward, so DDP sees the no-object embedding used
+            for o in outs:
+                o["logits"] = self.class_logits(o["embeds"], text_emb)
+        return outs
+
+    def class_logits(self, embeds: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Eq. (12): z_i·Tᵀ/τ with L2-normalised z and T, plus the no-object column -> (B, N, K+1)."""
+        z = F.normalize(embeds.float(), dim=-1)
+        t = F.normalize(torch.cat([text_emb.float().to(z.device), self.no_object.float()[None]], 0), dim=-1)
+        return z @ t.T / self.tau
+
+
+@dataclass
+class HeadState:
+    """A loaded head with its vocabulary."""
+    head: MaskHead
+    vocabulary: list[str]
+    text_emb: torch.Tensor  # (K, D) embeddings of the vocabulary
+    threshold: float = 0.5  # image score (max pixel defect probability) above which -> defect
+    mask_threshold: float = 0.5  # σ(mask logit) above which a pixel is in a query's mask
+    min_region_px: int = 16
+    info: dict | None = None
+
+
+def save_head(out_dir: str | Path, state: HeadState) -> Path:
+    out = Path(out_dir)
+    state.head.save_pretrained(out)
+    save_file({"text_emb": state.text_emb.detach().float().cpu().contiguous()}, str(out / TEXT_EMB_FILE))
+    (out / VOCAB_FILE).write_text(json.dumps({
+        "vocabulary": state.vocabulary, "threshold": state.threshold, "mask_threshold": state.mask_threshold,
+        "min_region_px": state.min_region_px, "info": state.info or {}}, indent=2))
+    return out
+
+
+def load_head(head_dir: str | Path, device: str | torch.device = "cpu") -> HeadState:
+    d = Path(head_dir)
+    for f in ("config.json", VOCAB_FILE, TEXT_EMB_FILE):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"{d}: mask head is incomplete, {f} is missing (run `teacher finetune`)")
+    head = MaskHead.from_pretrained(str(d), low_cpu_mem_usage=False).to(device).eval()
+    meta = json.loads((d / VOCAB_FILE).read_text())
+    text_emb = load_file(str(d / TEXT_EMB_FILE))["text_emb"].to(device)
+    return HeadState(head=head, vocabulary=list(meta["vocabulary"]), text_emb=text_emb,
+                     threshold=float(meta.get("threshold", 0.5)), mask_threshold=float(meta.get("mask_threshold", 0.5)),
+                     min_region_px=int(meta.get("min_region_px", 16)), info=meta.get("info", {}))
+
+
+@torch.no_grad()
+def head_outputs(state: HeadState, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (class probabilities (B, N, K+1), mask probabilities (B, N, h0, w0)) from the final layer."""
+    out = state.head(features)[-1]
+    probs = state.head.class_logits(out["embeds"], state.text_emb).softmax(-1)
+    return probs, out["masks"].float().sigmoid()
+
+
+def defect_probability_map(probs: torch.Tensor, mask_probs: torch.Tensor) -> torch.Tensor:
+    """Per-pixel defect probability max_i (1 − p_i(∅)) · σ(m_i) -> (B, h0, w0): the head's anomaly map."""
+    s = 1.0 - probs[..., -1]  # (B, N)
+    return (s[..., None, None] * mask_probs).amax(1)
+
+
+def regions_from_queries(probs: np.ndarray, mask_probs: np.ndarray, vocabulary: list[str], image_hw: tuple[int, int],
+                         score_threshold: float, mask_threshold: float = 0.5, min_region_px: int = 16):
+    """One image: probs (N, K+1), mask_probs (N, h0, w0) -> list of (mask bool (H, W), label, confidence, score).
+
+    Mask2Former instance inference: a query's label is its best non-∅ category and its confidence is
+    that class probability times the mean mask probability inside its binary mask; queries below
+    ``score_threshold`` are dropped, overlapping masks are resolved by confidence (each pixel to the
+    most confident query), and masks under ``min_region_px`` pixels dropped."""
+    import cv2
+
+    h, w = image_hw
+    if not vocabulary:
+        return []
+    cls = probs[:, :-1]
+    labels = cls.argmax(1)
+    cls_p = cls.max(1)
+    cand = []
+    for i in np.argsort(-cls_p):
+        if cls_p[i] < score_threshold * 0.5:
+            break
+        mp = cv2.resize(mask_probs[i].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        m = mp >= mask_threshold
+        if m.sum() < min_region_px:
+            continue
+        conf = float(cls_p[i] * mp[m].mean())
+        if conf >= score_threshold:
+            cand.append((conf, m, vocabulary[labels[i]], float(mp.max())))
+    cand.sort(key=lambda c: -c[0])
+    taken = np.zeros((h, w), bool)
+    out = []
+    for conf, m, label, peak in cand:
+        m = m & ~taken
+        if m.sum() < min_region_px:
+            continue
+        taken |= m
+        out.append((m, label, conf, peak))
+    return out

@@ -1,0 +1,198 @@
+"""TeacherPipeline: images in, verdicts out, the full teacher (what `teacher serve` and `teacher eval` run).
+
+    pipe = TeacherPipeline.load(CKPT, device="cuda")      # uses CKPT/head and/or CKPT/bank
+    verdicts = pipe.predict([rgb_uint8, ...])              # any sizes; batched internally (max_batch)
+
+Per image: resize to the teacher's S×S (kernels.dispatch.preprocess, bilinear, [0, 1]), t=50 features
+(seed 0, deterministic), then
+
+* bank (good-images-only lines): patch embedding -> runtime.scoring.score_embedding at S×S (as the
+  edge scores at its input size) -> score, and the map resized to the frame; decision at the bank's calibrated threshold (runtime.scoring.decide).
+* head (labelled lines): per-pixel defect probability max_i (1 − p_i(∅))·σ(m_i) as anomaly map, its max
+  as score, decision at the head's calibrated threshold; regions are the query masks labelled with the
+  vocabulary (Mask2Former instance inference, ``teacher.head.model.regions_from_queries``).
+* both: the bank decides (anomaly map, score, threshold are the bank's, as on the edge); regions are
+  the head's labelled masks, or, when the head finds none, the bank's map regions labelled "anomaly".
+
+Regions are reported only for a "defect" decision; ``Verdict.mask`` is their union. ``latencies_ms``
+holds the wall time of each stage for the batch the image was in (preprocess, features, bank, head,
+postprocess, total). ``model_hash`` covers the teacher checkpoint, the head and the bank.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.verdict import Region, Verdict
+from teacher.bank import MemoryBank, patch_embedding
+from teacher.head.model import HeadState, defect_probability_map, head_outputs, load_head, regions_from_queries
+
+DEFAULT_MAX_BATCH = 8
+FEATURE_SEED = 0
+
+
+def to_teacher_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) images of any size -> (B, 3, size, size) float32 in [0, 1] (bilinear, the
+    edge's preprocessing with mean 0, std 1)."""
+    from kernels import dispatch
+
+    out = []
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"image {i}: expected uint8 RGB (H, W, 3), got "
+                             f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
+        out.append(dispatch.preprocess(im, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    return torch.from_numpy(np.concatenate(out, 0))
+
+
+def _hash_tensors(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+class TeacherPipeline:
+    def __init__(self, teacher, head: HeadState | None = None, bank: MemoryBank | None = None, *,
+                 max_batch: int = DEFAULT_MAX_BATCH, head_hash: str | None = None, bank_hash: str | None = None):
+        if head is None and bank is None:
+            raise ValueError("TeacherPipeline needs a mask head (teacher finetune) or a memory bank (teacher bank)")
+        self.teacher = teacher
+        self.head = head
+        self.bank = bank
+        self.max_batch = max_batch
+        self.device = teacher.device
+        parts = [str(teacher.checkpoint_hash)]
+        if head is not None:
+            parts.append(head_hash or _hash_tensors(*[p.detach().float().cpu().numpy() for p in head.head.parameters()],
+                                                     head.text_emb.float().cpu().numpy()))
+        if bank is not None:
+            parts.append(bank_hash or _hash_tensors(bank.bank, np.float64([bank.threshold, *bank.band])))
+        self.model_hash = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    @classmethod
+    def load(cls, ckpt_dir: str | Path, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH) -> "TeacherPipeline":
+        from teacher.checkpoint import load_teacher
+
+        d = Path(ckpt_dir)
+        teacher = load_teacher(d, device=device)
+        head = bank = None
+        head_hash = bank_hash = None
+        if (d / "head").is_dir():
+            head = load_head(d / "head", device=device)
+            head_hash = _hash_files(d / "head")
+        if (d / "bank").is_dir():
+            bank = MemoryBank.load(d / "bank")
+            bank_hash = _hash_files(d / "bank")
+        if head is None and bank is None:
+            raise FileNotFoundError(f"{d}: neither head/ nor bank/ found; run `teacher finetune` or `teacher bank` first")
+        return cls(teacher, head, bank, max_batch=max_batch, head_hash=head_hash, bank_hash=bank_hash)
+
+    # -- vocabulary (open vocabulary: categories may be new at test time) ----------------------------
+    @property
+    def vocabulary(self) -> list[str]:
+        return list(self.head.vocabulary) if self.head is not None else []
+
+    def set_vocabulary(self, names: list[str]) -> None:
+        """Classify against ``names`` from now on (their text embeddings from the teacher's text encoder)."""
+        if self.head is None:
+            raise ValueError("no mask head: the vocabulary only applies to the head")
+        with torch.no_grad():
+            self.head.text_emb = self.teacher.embed_texts(list(names)).float().to(self.device)
+        self.head.vocabulary = list(names)
+
+    @property
+    def mode(self) -> str:
+        return "both" if (self.head and self.bank) else ("head" if self.head else "bank")
+
+    # -- inference -----------------------------------------------------------------------------------
+    def predict(self, images: list[np.ndarray], frame_ids: list[str] | None = None) -> list[Verdict]:
+        ids = frame_ids or [str(i) for i in range(len(images))]
+        if len(ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(ids)} frame_ids")
+        out: list[Verdict] = []
+        for s in range(0, len(images), self.max_batch):
+            out += self._predict_batch(images[s:s + self.max_batch], ids[s:s + self.max_batch])
+        return out
+
+    @torch.no_grad()
+    def _predict_batch(self, images: list[np.ndarray], ids: list[str]) -> list[Verdict]:
+        from runtime.scoring import decide, find_regions
+
+        lat: dict[str, float] = {}
+        t_start = t = time.perf_counter()
+
+        def lap(name):
+            nonlocal t
+            now = time.perf_counter()
+            lat[name] = (now - t) * 1e3
+            t = now
+
+        x = to_teacher_batch(images, self.teacher.feature_spec.image_size)
+        lap("preprocess")
+        feats = self.teacher.extract_features(x.to(self.device), seed=FEATURE_SEED)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        lap("features")
+        bank_res = []
+        if self.bank is not None:
+            emb = patch_embedding(feats).cpu().numpy()
+            size = self.teacher.feature_spec.image_size
+            bank_res = [self.bank.score(emb[i:i + 1], (size, size)) for i in range(len(images))]
+            lap("bank")
+        probs = mprobs = hmap = None
+        if self.head is not None:
+            probs, mprobs = head_outputs(self.head, feats)
+            hmap = defect_probability_map(probs, mprobs).cpu().numpy()
+            probs, mprobs = probs.cpu().numpy(), mprobs.cpu().numpy()
+            lap("head")
+        import cv2
+
+        verdicts = []
+        for i, im in enumerate(images):
+            hw = im.shape[:2]
+            if self.bank is not None:
+                r = bank_res[i]  # scored at S×S like the edge; the map is then resized to the frame
+                amap = cv2.resize(r.anomaly_map, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+                score, thr, band = r.score, self.bank.threshold, self.bank.band
+            else:
+                amap = cv2.resize(hmap[i], (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+                score, thr = float(amap.max()), self.head.threshold
+                band = (max(0.0, thr - 0.1), min(1.0, thr + 0.1))
+            decision, conf, in_band = decide(score, thr, band)
+            regions: list[Region] = []
+            mask = np.zeros(hw, bool)
+            if decision == "defect":
+                if self.head is not None:
+                    for m, label, c, peak in regions_from_queries(
+                            probs[i], mprobs[i], self.head.vocabulary, hw, score_threshold=self.head.threshold * 0.5,
+                            mask_threshold=self.head.mask_threshold, min_region_px=self.head.min_region_px):
+                        ys, xs = np.nonzero(m)
+                        regions.append(Region(bbox=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
+                                              area=int(m.sum()), label=label, confidence=float(c),
+                                              score=float(amap[m].max())))
+                        mask |= m
+                if not regions and self.bank is not None:
+                    regions, mask = find_regions(amap, level=thr, min_area_px=self.bank.min_region_px,
+                                                 label="anomaly", threshold=thr)
+            verdicts.append(Verdict(frame_id=ids[i], decision=decision, score=float(score), confidence=conf,
+                                    decided_by="teacher", in_band=in_band, regions=regions, model_hash=self.model_hash,
+                                    anomaly_map=amap.astype(np.float32), mask=mask, ts_verdict=time.time()))
+        lap("postprocess")
+        lat["total"] = (time.perf_counter() - t_start) * 1e3
+        for v in verdicts:
+            v.latencies_ms = dict(lat)
+        return verdicts
+
+
+def _hash_files(d: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(d.iterdir()):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

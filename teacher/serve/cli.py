@@ -1,0 +1,109 @@
+"""`teacher serve`: the GPU fallback server for line-side daemons (see teacher/serve/server.py).
+
+    teacher serve --checkpoint CKPT --bind tcp://127.0.0.1:5560
+    teacher serve --checkpoint CKPT --bind tcp://*:5560 --workers 4 \\
+        --curve-secret keys/teacher.key_secret --allowed-keys keys/allowed --metrics-port 9560
+    teacher serve --bench --json [--checkpoint CKPT]     # throughput / latency at 1, 4, 16 clients
+
+SIGTERM or Ctrl-C: the running batches finish and are answered, then the server exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from runtime.curve import CurveError
+
+MAIN_LOOP_S = 0.5  # signal / health / watchdog check period
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="teacher checkpoint directory, or 'fake[:delay_ms=..,per_image_ms=..]' "
+                                        "(a stand-in model for tests and benchmarks)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:5560", help="frontend endpoint (tcp://127.0.0.1:* picks a port)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch a worker runs")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a request waits for a batch to fill")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests per worker; beyond: reply busy")
+    p.add_argument("--workers", type=int, default=1, help="model workers (one model each; one per GPU)")
+    p.add_argument("--worker-mode", choices=("auto", "thread", "process"), default="auto",
+                   help="auto: a thread for one worker, processes for several")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--curve-secret", help="this server's CURVE secret key file (lineside keys)")
+    p.add_argument("--allowed-keys", help="directory of client public keys admitted")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint listens on")
+    p.add_argument("--max-message-mb", type=float, default=16.0,
+                   help="ZMQ_MAXMSGSIZE: a peer sending a bigger message part is disconnected")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest frame (H*W) answered")
+    p.add_argument("--cache-size", type=int, default=256, help="recent replies kept per worker for retries")
+    p.add_argument("--bench", action="store_true", help="benchmark a server in this process and exit")
+    p.add_argument("--bench-clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--bench-requests", type=int, default=50, help="requests per client")
+    p.add_argument("--bench-size", type=int, default=128, help="image side (px)")
+    p.add_argument("--json", action="store_true", help="one JSON object as the last stdout line")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    from teacher.serve.models import ModelSpecError
+    from teacher.serve.server import ServeConfig, ServeError, TeacherServer
+
+    if args.bench:
+        from teacher.serve.bench import run_server_bench
+
+        result = run_server_bench(args.checkpoint, clients=tuple(args.bench_clients),
+                                  requests_per_client=args.bench_requests, image_size=args.bench_size,
+                                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, workers=args.workers,
+                                  worker_mode=args.worker_mode, device=args.device, queue_size=args.queue_size)
+        if not args.json:
+            for r in result["results"]:
+                print(f"{r['clients']:>3} clients: {r['throughput_rps']} req/s, latency ms p50 {r['latency_ms']['p50']}"
+                      f" p90 {r['latency_ms']['p90']} p99 {r['latency_ms']['p99']}, mean batch {r['mean_batch_size']}",
+                      file=sys.stderr)
+        print(json.dumps(result))
+        return 0
+    if not args.checkpoint:
+        print("teacher serve: --checkpoint is required (or --bench)", file=sys.stderr)
+        return 2
+    cfg = ServeConfig(model=args.checkpoint, bind=args.bind, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                      queue_size=args.queue_size, workers=args.workers, worker_mode=args.worker_mode,
+                      device=args.device, curve_secret=args.curve_secret, allowed_keys=args.allowed_keys,
+                      insecure=args.insecure, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                      max_message_mb=args.max_message_mb, max_pixels=args.max_pixels, cache_size=args.cache_size)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        server = TeacherServer(cfg).start()
+    except (ServeError, CurveError, ModelSpecError) as e:
+        print(f"teacher serve: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e)}))
+        return 2
+    from runtime.sdnotify import Notifier  # systemd Type=notify + WatchdogSec; no-op elsewhere
+
+    notifier = Notifier.from_env()
+    print(f"teacher serve: listening on {server.endpoint}", file=sys.stderr, flush=True)
+    notifier.ready(status=f"serving {server.endpoint}, model {server.status()['model_hash']}")
+    warned = False
+    while not stop.wait(MAIN_LOOP_S):
+        problem = server.health_problem()
+        if problem is None:
+            notifier.watchdog()  # no pings while unhealthy: systemd restarts the service
+            warned = False
+        elif not warned:
+            print(f"teacher serve: unhealthy: {problem}", file=sys.stderr, flush=True)
+            warned = True
+    notifier.stopping()
+    print("teacher serve: stopping (draining running batches)", file=sys.stderr, flush=True)
+    final = server.status()
+    server.stop()
+    final_after = server.status()
+    if args.json:
+        print(json.dumps({"ok": True, "endpoint": server.endpoint, "status": final_after or final}))
+    return 0

@@ -1,0 +1,125 @@
+"""`teacher train`: stage 1, the text-conditioned diffusion U-Net from random init (paper §4.3-4.4, Table 8).
+
+One process (CPU or one GPU):
+    teacher train --preset tiny --data D/manifest.jsonl --out CKPT --steps 200 [--vae VAE]
+Several GPUs / nodes (DDP is detected from RANK; NCCL on GPU, gloo on CPU):
+    torchrun --nproc-per-node 8 -m teacher train --preset sd15 --data D/manifest.jsonl --out CKPT --steps 484500 \
+        --vae SD_VAE --text-encoder CLIP_TEXT --image-encoder CLIP_VISION --gradient-checkpointing
+Resume: the same line plus --resume; weights, EMA, optimiser, LR schedule, step, RNG and sampler
+position continue exactly. Only rank 0 logs and saves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from runtime.dataset import DatasetError, load_dataset
+from runtime.featurespec import ContractError
+from teacher import train_loop
+from teacher.presets import PRESETS, get_preset
+from teacher.trainset import caption_for, manifest_path
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)}")
+    p.add_argument("--data", required=True, help="dataset manifest.jsonl (its train split is used)")
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--steps", type=int, required=True, help="total optimiser steps of the run")
+    p.add_argument("--vae", help="pretrained diffusers AutoencoderKL directory (frozen); else random-init, see train-vae")
+    p.add_argument("--text-encoder", help="transformers CLIP text model directory (frozen, with its tokenizer)")
+    p.add_argument("--image-encoder", help="transformers CLIPVisionModelWithProjection directory (frozen)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, help="per process (default: the preset's)")
+    p.add_argument("--image-size", type=int, help="training resolution (default: the preset's)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                   help="auto: bf16 on a GPU that has it, else fp16 with a scaler; fp32 on CPU")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
+    p.add_argument("--stop-after", type=int, default=0, help="save and stop after this step (a planned interruption)")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
+
+
+def _dist_setup(device_arg: str | None):
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if ddp:
+        import torch.distributed as dist
+
+        use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+        return rank, world, device
+    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return 0, 1, device
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        preset = get_preset(args.preset)
+    except KeyError as e:
+        print(f"teacher train: {e.args[0]}", file=sys.stderr)
+        return 2
+    rank, world, device = _dist_setup(args.device)
+    out = Path(args.out)
+    try:
+        ds = load_dataset(manifest_path(args.data))
+        records = ds.split("train")
+        if not records:
+            raise DatasetError(f"{ds.manifest}: no records with split 'train'")
+        sources = {"vae": str(Path(args.vae).resolve()) if args.vae else None,
+                   "text_encoder": str(Path(args.text_encoder).resolve()) if args.text_encoder else None,
+                   "image_encoder": str(Path(args.image_encoder).resolve()) if args.image_encoder else None}
+        expect = {"preset": preset.name, "dataset_hash": ds.content_hash(),
+                  "image_size": args.image_size or preset.image_size, "sources": sources}
+        if args.resume:
+            from teacher.train_state import check_resume
+
+            check_resume(out, expect)
+        elif (out / "config.json").exists() and not args.overwrite:
+            raise ContractError(f"{out} already holds a checkpoint; pass --resume to continue it or --overwrite")
+        if rank == 0 and not args.resume and args.overwrite and out.exists():
+            shutil.rmtree(out)
+    except (DatasetError, ContractError) as e:
+        print(f"teacher train: {e}", file=sys.stderr)
+        _dist_teardown(world)
+        return 2
+    texts = [caption_for(r) for r in ds.records] + [r.product for r in ds.records] + \
+        [r.defect_type.replace("_", " ") for r in ds.records]
+    t0 = time.time()
+    summary = train_loop.train(args, preset, ds, records, texts, rank=rank, world=world, device=device)
+    _dist_teardown(world)
+    if rank == 0:
+        summary["seconds"] = round(time.time() - t0, 2)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"teacher train: step {summary['step']} loss {summary['loss']:.4f} -> {summary['checkpoint']}",
+                  file=sys.stderr)
+    return 0
+
+
+def _dist_teardown(world: int) -> None:
+    if int(os.environ.get("RANK", -1)) != -1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

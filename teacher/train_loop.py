@@ -1,0 +1,180 @@
+"""The stage-1 loop behind `teacher train` (argument handling and DDP setup live in teacher/train.py)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from teacher.augment import augment
+from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
+from teacher.ema import EMA
+from teacher.modules import WordTokenizer
+from teacher.stage1 import Stage1Loss, StepNoise
+from teacher.train_state import load_state, lr_lambda, restore_rng, save_state
+from teacher.trainset import BatchOrder, ImageCaptionSet, collate
+
+
+def _precision(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "no":
+        return None  # fp32 on CPU
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+
+
+def _hparams(args, preset) -> dict:
+    d = preset.train
+    return dict(lr=args.lr or d.lr, min_lr=d.min_lr, weight_decay=d.weight_decay, betas=list(d.betas),
+                warmup_steps=args.warmup_steps if args.warmup_steps is not None else d.warmup_steps,
+                grad_clip=args.grad_clip or d.grad_clip, ema_decay=args.ema_decay or d.ema_decay,
+                batch_size=args.batch_size or d.batch_size, imp_loss_weight=d.imp_loss_weight,
+                text_prob=d.text_prob, null_prob=d.null_prob, augment=not args.no_augment,
+                mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+                seed=args.seed, total_steps=args.steps)
+
+
+def _batches(order: BatchOrder, data: ImageCaptionSet, epoch: int, batch: int, workers: int):
+    """(epoch, batch_index, images uint8, captions) from the saved position on, optionally prefetched."""
+    if workers <= 0:
+        for e, b, idx in order.batches_from(epoch, batch):
+            yield (e, b) + collate([data[i] for i in idx])
+        return
+    while True:
+        remaining = order.epoch_batches(epoch)[batch:]
+        loader = torch.utils.data.DataLoader(data, batch_sampler=remaining, num_workers=workers,
+                                             collate_fn=collate, pin_memory=torch.cuda.is_available())
+        for k, (imgs, caps) in enumerate(loader):
+            yield epoch, batch + k, imgs, caps
+        epoch, batch = epoch + 1, 0
+
+
+def train(args, preset, ds, records, texts, *, rank: int, world: int, device: torch.device) -> dict:
+    hp = _hparams(args, preset)
+    out = Path(args.out)
+    image_size = args.image_size or preset.image_size
+    if args.resume:
+        model = load_teacher(out, use_ema=False)
+        state = load_state(out)
+    else:
+        tok = WordTokenizer.from_texts(texts, max_length=preset.text_max_length)
+        model = build_random_teacher(preset, image_size=image_size, seed=args.seed, vae_dir=args.vae,
+                                     text_encoder_dir=args.text_encoder, image_encoder_dir=args.image_encoder,
+                                     tokenizer=tok)
+        state = None
+        if rank == 0 and model.info["sources"]["vae"] == "random-init":
+            print("teacher train: WARNING no --vae given: the frozen VAE is random-init (run `teacher train-vae` "
+                  "first for a useful latent space)", file=sys.stderr)
+    model.to(device)
+    if args.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    mods = model.trainable_modules()
+    params = [p for m in mods.values() for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(hp["lr"], hp["min_lr"], hp["warmup_steps"], hp["total_steps"]))
+    amp = _precision(hp["mixed_precision"], device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    ema = EMA(mods, hp["ema_decay"])
+    step, epoch, batch = 0, 0, 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        ema.load_from(load_teacher(out, use_ema=True).trainable_modules(), state["ema_updates"])
+        step, epoch, batch = state["step"], state["sampler"]["epoch"], state["sampler"]["batch"]
+        restore_rng(state)
+    loss_fn = Stage1Loss(model, hp["imp_loss_weight"])
+    net = loss_fn
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    data = ImageCaptionSet(ds, records, image_size)
+    order = BatchOrder(len(data), hp["batch_size"], world, rank, args.seed)
+    latent = (model.vae.config.latent_channels, image_size // 8, image_size // 8)
+    T = model.scheduler.config.num_train_timesteps
+    stop = min(args.steps, args.stop_after) if args.stop_after else args.steps
+    run_cfg = {"train": hp, "world_size": world, "global_batch_size": hp["batch_size"] * world,
+               "dataset": {"manifest": str(Path(ds.manifest).resolve()), "hash": ds.content_hash(),
+                           "n_train": len(records)}}
+    metrics_f = None
+    bar = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_f = open(out / "metrics.jsonl", "a")
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, initial=step, file=sys.stderr, desc="teacher train", dynamic_ncols=True)
+    model.train()
+    model.vae.eval()
+    last = {"loss": float("nan"), "l_diff": float("nan"), "l_imp": float("nan")}
+    it = _batches(order, data, epoch, batch, args.num_workers)
+    t_start = time.time()
+    while step < stop:
+        e, b, imgs, caps = next(it)
+        t0 = time.time()
+        g = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 4099 + rank)
+        x = imgs.to(device, non_blocking=True).float() / 255.0
+        if hp["augment"]:
+            x = augment(x, g)
+        noise = StepNoise.draw(g, x.shape[0], latent, T, hp["text_prob"], hp["null_prob"]).to(device)
+        ctx = torch.autocast(device_type="cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
+            loss, l_diff, l_imp = net(x, caps, noise)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"])
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        ema.update(mods)
+        step += 1
+        epoch, batch = (e, b + 1)
+        vals = torch.stack([loss.detach().float(), l_diff.float(), l_imp.float()])
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(vals)
+            vals /= world
+        if rank == 0:
+            dt = time.time() - t0
+            ips = x.shape[0] * world / max(dt, 1e-9)
+            last = {"loss": vals[0].item(), "l_diff": vals[1].item(), "l_imp": vals[2].item()}
+            metrics_f.write(json.dumps({"step": step, **last, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
+                                        "images_per_s": round(ips, 2), "epoch": e, "time": round(time.time(), 3)}) + "\n")
+            metrics_f.flush()
+            bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
+            bar.update(1)
+        if (args.save_every and step % args.save_every == 0) or step == stop:
+            if rank == 0:
+                _save(model, ema, out, run_cfg, step, epoch, batch, opt, sched, scaler)
+    summary = {"checkpoint": str(out.resolve()), "step": step, "steps": args.steps, **last,
+               "images_per_s": round(hp["batch_size"] * world * step / max(1e-9, time.time() - t_start), 2)
+               if step else 0.0, "preset": preset.name, "feature_spec": model.feature_spec.to_dict()}
+    if rank == 0:
+        bar.close()
+        metrics_f.close()
+        from teacher.plots import loss_curve
+
+        summary["loss_curve"] = loss_curve(out / "metrics.jsonl", out / "loss.png")
+        summary["checkpoint_hash"] = json.loads((out / "config.json").read_text())["checkpoint_hash"]
+    return summary
+
+
+def _save(model, ema, out: Path, run_cfg: dict, step, epoch, batch, opt, sched, scaler) -> None:
+    cfg = dict(run_cfg, step=step)
+    save_teacher(model, out, cfg, ema=ema)
+    save_state(out, optimizer=opt, scheduler=sched, scaler=scaler, step=step, epoch=epoch, batch=batch,
+               ema_updates=ema.num_updates)

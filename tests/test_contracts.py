@@ -1,0 +1,132 @@
+"""The versioned contracts of DESIGN.md: FeatureSpec, artifact manifest, wire protocol, verdict."""
+import json
+
+import numpy as np
+import pytest
+
+from runtime import protocol
+from runtime.featurespec import ContractError, FeatureSpec, LevelSpec, sd15_feature_spec
+from runtime.manifest import (ArtifactManifest, Calibration, Preprocess, load_manifest, write_manifest)
+from runtime.protocol import ProtocolError
+from runtime.verdict import Region, Verdict, decode_mask_png, encode_mask_png
+
+
+def test_sd15_spec_strides_and_channels():
+    spec = sd15_feature_spec(256)
+    assert [(lv.stride, lv.channels) for lv in spec.levels] == [(8, 320), (16, 640), (32, 1280), (64, 1280)]
+    assert [spec.grid(lv) for lv in spec.levels] == [32, 16, 8, 4]
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_spec_unknown_version_refused():
+    d = sd15_feature_spec().to_dict()
+    d["version"] = 99
+    with pytest.raises(ContractError, match="version 99"):
+        FeatureSpec.from_dict(d)
+
+
+def test_spec_mismatch_names_level():
+    a = sd15_feature_spec(256)
+    b = FeatureSpec(256, (LevelSpec("s8", 8, 320), LevelSpec("s16", 16, 640),
+                          LevelSpec("s32", 32, 1280), LevelSpec("s64", 64, 640)))
+    with pytest.raises(ContractError, match="s64"):
+        a.check_compatible(b)
+
+
+def _artifact(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"not really onnx")
+    (tmp_path / "bank.npy").write_bytes(b"bank")
+    m = ArtifactManifest(format_version=1, feature_spec=sd15_feature_spec(256).to_dict(),
+                         preprocess=Preprocess(size=256), outputs=["embedding"],
+                         calibration=Calibration(threshold=1.0, band=(0.8, 1.2), ood_limit=3.0),
+                         models={"fp32": "model.onnx"})
+    write_manifest(tmp_path, m)
+    return tmp_path
+
+
+def test_manifest_roundtrip_and_checksums(tmp_path):
+    d = _artifact(tmp_path)
+    m = load_manifest(d)
+    assert set(m.files) == {"model.onnx", "bank.npy"}
+    assert m.spec.image_size == 256
+
+
+def test_manifest_tampered_file_refused(tmp_path):
+    d = _artifact(tmp_path)
+    (d / "bank.npy").write_bytes(b"evil")
+    with pytest.raises(ContractError, match="bank.npy fails its checksum"):
+        load_manifest(d)
+
+
+def test_manifest_unknown_version_refused(tmp_path):
+    d = _artifact(tmp_path)
+    raw = json.loads((d / "manifest.json").read_text())
+    raw["format_version"] = 7
+    (d / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ContractError, match="format_version 7"):
+        load_manifest(d)
+
+
+def test_protocol_raw_roundtrip():
+    img = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    frames = protocol.image_frames("frame", img, frame_id="f1", camera_id="c")
+    h = protocol.decode_header(frames, expect=("frame",))
+    assert h["frame_id"] == "f1" and h["shape"] == [5, 7, 3]
+    np.testing.assert_array_equal(protocol.decode_image(h, frames), img)
+
+
+@pytest.mark.parametrize("encoding", ["png", "jpeg"])
+def test_protocol_compressed_roundtrip(encoding):
+    yy, xx = np.mgrid[0:32, 0:40]
+    img = np.stack([yy * 4, xx * 3, 128 + 0 * xx], -1).astype(np.uint8)  # smooth: JPEG keeps it close
+    frames = protocol.image_frames("frame", img, encoding=encoding, frame_id="f")
+    out = protocol.decode_image(protocol.decode_header(frames), frames)
+    assert out.shape == img.shape
+    assert np.abs(out.astype(int) - img).max() <= (0 if encoding == "png" else 12)
+
+
+@pytest.mark.parametrize("frames,field", [
+    ([b"{not json"], "header"),
+    ([b"[1, 2]"], "header"),
+    ([b'{"kind": "frame"}'], "v"),
+    ([b'{"v": 2, "kind": "frame"}'], "v"),
+    ([b'{"v": 1, "kind": "pizza"}'], "kind"),
+])
+def test_protocol_bad_headers_name_field(frames, field):
+    with pytest.raises(ProtocolError) as e:
+        protocol.decode_header(frames)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("header,payload,field", [
+    ({"encoding": "raw", "shape": [4, 4, 3], "dtype": "uint8"}, b"\0" * 47, "payload"),
+    ({"encoding": "raw", "shape": [4, 4, 3], "dtype": "complex"}, b"\0" * 48, "dtype"),
+    ({"encoding": "raw", "shape": "4x4", "dtype": "uint8"}, b"\0" * 48, "shape"),
+    ({"encoding": "raw", "shape": [0, 4, 3], "dtype": "uint8"}, b"", "payload"),
+    ({"encoding": "raw", "shape": [4, 4, 2], "dtype": "uint8"}, b"\0" * 32, "shape"),
+    ({"encoding": "jpeg"}, b"\xff\xd8garbage", "payload"),
+    ({"encoding": "webp"}, b"abc", "encoding"),
+    ({"encoding": "raw", "shape": [4, 4], "dtype": "float32"}, b"\0" * 64, "dtype"),
+])
+def test_protocol_bad_payloads_name_field(header, payload, field):
+    h = {"v": 1, "kind": "frame", **header}
+    with pytest.raises(ProtocolError) as e:
+        protocol.decode_image(h, [json.dumps(h).encode(), payload])
+    assert e.value.field == field
+
+
+def test_verdict_header_roundtrip():
+    v = Verdict(frame_id="7", score=1.5, decision="defect", regions=[Region((1, 2, 5, 9), 20, "scratch", 0.8, 2.0)],
+                latencies_ms={"backend": 3.2}, anomaly_map=np.zeros((4, 4), np.float32))
+    h = json.loads(json.dumps(v.to_header()))
+    assert "anomaly_map" not in h
+    back = Verdict.from_header(h)
+    assert back.regions[0].bbox == (1, 2, 5, 9) and back.score == 1.5 and back.latencies_ms == {"backend": 3.2}
+    nan = Verdict.from_header(json.loads(json.dumps(Verdict(frame_id="x").to_header())))
+    assert np.isnan(nan.score)
+
+
+def test_mask_png_roundtrip():
+    m = np.zeros((9, 11), bool)
+    m[2:5, 3:8] = True
+    np.testing.assert_array_equal(decode_mask_png(encode_mask_png(m)), m)

@@ -1,0 +1,271 @@
+"""The demo's and bench's own machinery, without the heavy commands: step runner, process
+supervision, verdict collection over a real PUB socket, figures from synthetic verdicts, the report,
+and bench's target table. tests/test_demo.py runs the real thing end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from runtime import protocol
+from runtime.demo import analysis as an
+from runtime.demo import stream as st
+from runtime.demo import steps
+from runtime.verdict import Region, Verdict
+
+
+def test_demo_and_bench_import_no_torch():
+    code = ("import sys, runtime.demo, runtime.demo.pipeline, runtime.demo.stream, runtime.demo.report, runtime.bench;"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers', 'teacher', 'distill')];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('progress\n{"a": 1}\n', {"a": 1}),
+    ('{"a": 1}\n\n  \n', {"a": 1}),
+    ('{"a": 1}\nnot json\n', {}),
+    ('[1, 2]\n', {}),
+    ("", {}),
+])
+def test_last_json_line(text, expected):
+    assert steps.last_json_line(text) == expected
+
+
+def _fake_tool(monkeypatch, script: str):
+    monkeypatch.setattr(steps, "command", lambda tool: [sys.executable, "-c", textwrap.dedent(script)])
+
+
+def test_step_runner_reads_last_line_and_logs(tmp_path, monkeypatch):
+    _fake_tool(monkeypatch, """
+        import sys, json
+        print("working", file=sys.stderr)
+        print("noise")
+        print(json.dumps({"args": sys.argv[1:]}))
+    """)
+    r = steps.StepRunner(tmp_path, steps.child_env(1)).run("x", "teacher", ["a", 2])
+    assert r.result == {"args": ["a", "2"]}
+    log = (tmp_path / "x.log").read_text()
+    assert "working" in log and "noise" in log
+    assert r.wall_s > 0
+
+
+def test_step_runner_failure_names_command_and_tail(tmp_path, monkeypatch):
+    _fake_tool(monkeypatch, """
+        import sys
+        print("the reason it broke", file=sys.stderr)
+        sys.exit(3)
+    """)
+    with pytest.raises(steps.StepError, match=r"(?s)status 3.*the reason it broke"):
+        steps.StepRunner(tmp_path, steps.child_env(1)).run("bad", "teacher", [])
+
+
+def test_step_runner_requires_json_when_asked(tmp_path, monkeypatch):
+    _fake_tool(monkeypatch, 'print("done")')
+    runner = steps.StepRunner(tmp_path, steps.child_env(1))
+    with pytest.raises(steps.StepError, match="no JSON"):
+        runner.run("j", "teacher", [])
+    assert runner.run("nj", "teacher", [], want_json=False).result == {}
+
+
+def test_free_ports_distinct():
+    ports = st.free_ports(6)
+    assert len(set(ports)) == 6 and all(1024 < p < 65536 for p in ports)
+
+
+@pytest.mark.parametrize("ignore_term", [False, True])
+def test_service_stop_term_then_kill(tmp_path, monkeypatch, ignore_term):
+    code = ("import signal, time, sys\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else
+               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n")
+            + "print('up', flush=True)\ntime.sleep(60)\n")
+    monkeypatch.setattr(st, "command", lambda tool: [sys.executable, "-c", code])
+    s = st.Service("svc", "lineside", [], tmp_path / "svc.log", steps.child_env(1)).start()
+    deadline = time.monotonic() + 10
+    while "up" not in (tmp_path / "svc.log").read_text().splitlines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s.alive()
+    rc = s.stop(timeout_s=1.0)
+    assert not s.alive()
+    assert s.killed is ignore_term
+    assert rc == (-9 if ignore_term else 0)
+
+
+def test_service_death_is_reported_with_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(st, "command", lambda tool: [sys.executable, "-c", "import sys; print('bad flag'); sys.exit(2)"])
+    s = st.Service("svc", "lineside", [], tmp_path / "svc.log", steps.child_env(1)).start()
+    s.proc.wait(timeout=10)
+    with pytest.raises(steps.StepError, match=r"(?s)status 2.*bad flag"):
+        s.check_alive()
+
+
+def test_request_status_silence_returns_none():
+    ctx = zmq.Context()
+    try:
+        port, = st.free_ports(1)
+        assert st.request_status(ctx, f"tcp://127.0.0.1:{port}", {"kind": "status"}, timeout_ms=100) is None
+    finally:
+        ctx.term()
+
+
+def _v(fid, **kw) -> Verdict:
+    return Verdict(frame_id=fid, **kw)
+
+
+def test_collector_receives_and_settles():
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    store = st.Collected()
+    col = st.VerdictCollector(ctx, f"tcp://127.0.0.1:{port}", store)
+    col.start()
+    try:
+        # slow joiner: publish a probe until the subscriber sees it
+        deadline = time.monotonic() + 10
+        while "probe" not in store.verdicts and time.monotonic() < deadline:
+            pub.send_multipart(protocol.encode({"kind": "verdict", **_v("probe").to_header()}))
+            time.sleep(0.05)
+        assert "probe" in store.verdicts
+        pub.send_multipart([b"cam0"] + protocol.encode({"kind": "verdict", **_v(
+            "a", score=0.9, decision="defect", pending=True, in_band=True).to_header()}))
+        pub.send_multipart([b"not json"])
+        deadline = time.monotonic() + 10
+        while "a" not in store.verdicts and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not store.settled(["a"]), "pending edge verdict without its teacher verdict"
+        pub.send_multipart(protocol.encode({"kind": "verdict", **_v(
+            "a", decided_by="teacher", decision="good", score=0.1, supersedes="edge").to_header()}))
+        deadline = time.monotonic() + 10
+        while not store.settled(["a"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert store.settled(["a"])
+        assert store.final("a").decided_by == "teacher"
+        assert store.edge("a").pending
+        assert store.bad_messages >= 1
+    finally:
+        col.stop()
+        pub.close(linger=0)
+        ctx.term()
+
+
+def _store(rows):
+    """rows: (fid, label, edge score, pending, teacher decision or None or 'unreachable')."""
+    s = st.Collected()
+    for i, (fid, _, score, pending, teacher) in enumerate(rows):
+        s.add(_v(fid, score=score, decision="defect" if score >= 0.5 else "good", pending=pending, in_band=pending,
+                 latencies_ms={"preprocess": 1.0 + i, "backend": 3.0}, ts_frame=100.0, ts_verdict=100.01), 0.0)
+        if teacher == "unreachable":
+            s.add(_v(fid, status="teacher_unreachable", score=score, decision="defect" if score >= 0.5 else "good"), 0.0)
+        elif teacher:
+            s.add(_v(fid, decided_by="teacher", decision=teacher, confidence=0.8, score=0.0,
+                     latencies_ms={"model": 40.0}, ts_frame=100.0, ts_verdict=100.2), 0.0)
+    return s
+
+
+def test_verdict_figures():
+    rows = [("g1", 0, 0.1, False, None), ("g2", 0, 0.45, True, "good"), ("g3", 0, 0.55, True, "unreachable"),
+            ("d1", 1, 0.9, False, None), ("d2", 1, 0.48, True, "defect"), ("d3", 1, 0.3, False, None)]
+    store = _store(rows)
+    labels = {r[0]: r[1] for r in rows}
+    fig = an.verdict_figures([r[0] for r in rows] + ["lost"], labels | {"lost": 0}, store, (0.4, 0.6), 0.5)
+    assert fig["frames_sent"] == 7 and fig["edge_verdicts"] == 6
+    assert fig["missing_edge_verdicts"] == ["lost"]
+    assert fig["pending"] == 3 and fig["teacher_verdicts"] == 2 and fig["teacher_unreachable"] == 1
+    assert fig["fallback_rate"] == pytest.approx(0.5)
+    assert fig["decisions_changed_by_teacher"] == 1  # d2: edge good (0.48) -> teacher defect
+    # edge: scores rank d3 (0.3) below two goods -> AUROC 6/9
+    assert fig["edge"]["image_auroc"] == pytest.approx(6 / 9)
+    # cascade: g2 -> good beyond lo, d2 -> defect beyond hi; only d3 misranked (below g1? no: 0.3 > 0.1) ...
+    assert fig["cascade"]["image_auroc"] > fig["edge"]["image_auroc"]
+    # decisions at threshold: edge TP d1, FN d2 d3, FP g3; cascade fixes d2
+    assert fig["edge"]["f1_at_threshold"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 2))
+    assert fig["cascade"]["f1_at_threshold"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert fig["confusion"]["d3"] == "FN" and fig["confusion"]["g3"] == "FP"
+    assert fig["latency_ms"]["edge.backend"]["p50"] == pytest.approx(3.0)
+    assert fig["latency_ms"]["teacher.model"]["n"] == 2
+    assert fig["end_to_end_ms"]["teacher"]["p50"] == pytest.approx(200.0, rel=1e-3)
+
+
+def test_cascade_score_places_teacher_decisions_outside_band():
+    e = _v("a", score=0.5)
+    assert an.cascade_score(e, None, (0.4, 0.6)) == 0.5
+    assert an.cascade_score(e, _v("a", decided_by="teacher", decision="defect", confidence=0.0), (0.4, 0.6)) > 0.6
+    assert an.cascade_score(e, _v("a", decided_by="teacher", decision="good", confidence=1.0), (0.4, 0.6)) < 0.4
+    assert an.cascade_score(e, _v("a", status="teacher_unreachable"), (0.4, 0.6)) == 0.5
+
+
+def test_reading_eval_json():
+    teacher = {"split": "test", "metrics": {"image_auroc": 0.91, "pixel_auroc": 0.88, "au_pro": 0.7,
+                                            "image_f1_max": 0.8}}
+    assert an.metric_row(teacher) == {"image_auroc": 0.91, "pixel_auroc": 0.88, "au_pro": 0.7, "f1": 0.8}
+    de = {"variants": {"fp32": {"image_auroc": 0.9}, "int8": {"image_auroc": 0.89, "latency_ms": {"p50": 2.0}}},
+          "fidelity": {"cosine": {"s8": 0.95, "s16": 0.93}}, "teacher_latency_ms": 120.0}
+    v = an.student_variants(de)
+    assert an.find_metric(an.pick_variant(v, "int8"), "image_auroc") == 0.89
+    assert an.feature_cosine(de) == {"s8": 0.95, "s16": 0.93}
+    assert an.latency_figure(de, "teacher") == 120.0
+    assert an.latency_figure(an.pick_variant(v, "int8"), "latency") == 2.0
+    assert an.metric_row(None) == {m: None for m in an.TABLE_METRICS}
+
+
+def test_report_written_from_figures(tmp_path):
+    from runtime.demo.report import overlay_panels, write_report
+
+    rows = [("g1", 0, 0.1, False, None), ("d1", 1, 0.9, False, None), ("g2", 0, 0.45, True, "good"),
+            ("d2", 1, 0.48, True, "defect")]
+    store = _store(rows)
+    labels = {r[0]: r[1] for r in rows}
+    ids = [r[0] for r in rows]
+    vfig = an.verdict_figures(ids, labels, store, (0.4, 0.6), 0.5)
+    rng = np.random.default_rng(0)
+    imgs = {f: (rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), np.zeros((32, 32), bool)) for f in ids}
+    imgs["d1"][1][4:9, 4:9] = True
+    store.final("d1").regions = [Region(bbox=(3, 3, 10, 10), area=40, label="scratch", confidence=0.9)]
+    fig = {"settings": {"mode": "quick", "rate_hz": 10.0}, "verdicts": vfig, "wall_s": 12.0,
+           "timings_s": {"synth": 1.0}, "table_notes": ["note"],
+           "table_sources": {"teacher": {"image_auroc": 0.9, "source": "teacher eval"},
+                             "cascade": {"image_auroc": vfig["cascade"]["image_auroc"], "source": "verdicts"}},
+           "feature_cosine": {"s8": 0.9}, "model_bytes": {"teacher": 10_000_000, "student_int8": 100_000},
+           "speed": {"size_ratio": 100.0, "teacher_ms": 100.0, "student_ms": 1.0, "speedup": 100.0},
+           "student_roc": ([0, 0, 1], [0, 1, 1]), "student_local": {"image_auroc": 1.0, "au_pro": 0.5},
+           "student_pro": ([0, 0.1, 0.3], [0, 0.5, 0.9])}
+    picks = an.sample_by_outcome(vfig["confusion"], 1)
+    panels = overlay_panels(imgs, picks, store, {f: rng.random((32, 32)).astype(np.float32) for f in ids})
+    index = write_report(tmp_path, fig, panels)
+    html = index.read_text()
+    for s in ("Teacher vs student vs cascade", "The line", "Curves", "Frames", "Latency", "Size and speed", "Steps",
+              "roc.png", "pro.png", "latency_edge.png", "frame_TP_d1.png"):
+        assert s in html, s
+    assert (tmp_path / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "frame_TP_d1.png").is_file()
+
+
+def test_bench_targets_from_report():
+    from runtime.bench import targets
+
+    rep = {
+        "teacher": {"sd15": {"latency_ms": {"256": 400.0}}, "tiny": {"latency_ms": 5.0}},
+        "student": {"results": {"onnxruntime": {"fp32": {"status": "ok", "p50_ms": 2.0, "backend": "ort"},
+                                                "int8": {"status": "ok", "p50_ms": 1.0, "backend": "ort"}},
+                                "openvino": {"status": "skipped", "reason": "x"}}},
+        "daemon": {"overhead_ms": {"p50": 0.8}, "sustained_fraction": 0.95},
+        "kernels": {"knn": {"gflops": 10}, "knn_vs_matmul": 0.4},
+    }
+    t = {r["target"]: r for r in targets(rep)}
+    assert t["int8_vs_sd15_teacher_256"]["measured"] == pytest.approx(400.0) and t["int8_vs_sd15_teacher_256"]["pass"]
+    assert t["int8_vs_fp32"]["measured"] == pytest.approx(2.0) and t["int8_vs_fp32"]["pass"]
+    assert t["daemon_overhead_p50_ms"]["pass"] is True
+    assert t["daemon_sustained_fraction"]["pass"] is True
+    assert t["knn_vs_matmul"]["pass"] is False
+    t = {r["target"]: r for r in targets({"daemon": {"status": "skipped", "reason": "no daemon"}})}
+    assert t["int8_vs_sd15_teacher_256"]["pass"] is None and "--full" in t["int8_vs_sd15_teacher_256"]["why"]
+    assert t["daemon_overhead_p50_ms"]["why"] == "no daemon"

@@ -1,0 +1,60 @@
+"""runtime/report.py: HTML builder, figure helpers, overlays."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from runtime import report
+from runtime.verdict import Region
+
+
+def test_report_writes_html_with_tables_and_figures(tmp_path):
+    rep = report.Report("eval <x>", tmp_path / "rep")
+    rep.section("Metrics", "some text & more")
+    rep.metrics({"image_auroc": 0.9, "nested": {"a": 1, "b": float("nan")}})
+    rep.table([{"image": "a.png", "score": 0.123456}, {"image": "b.png", "label": "scratch"}], caption="worst")
+    fpr = np.linspace(0, 1, 11)
+    roc = report.plot_roc(rep.path("roc.png"), fpr, fpr ** 0.5, auc=0.8)
+    pro = report.plot_pro(rep.path("pro.png"), fpr * 0.3, fpr, au_pro=0.5)
+    hist = report.plot_histogram(rep.path("lat.png"), {"features": [1.0, 2.0, 2.5], "head": [0.5]},
+                                 vlines={"p99": 2.4})
+    bars = report.plot_bars(rep.path("bars.png"), {"s": 0.9, "m": 0.95}, ylim=(0, 1))
+    for p in (roc, pro, hist, bars):
+        rep.figure(p, caption=p.stem)
+        assert p.stat().st_size > 1000
+    img = np.full((40, 60, 3), 128, np.uint8)
+    rep.image(img, "grey", name="grey.png")
+    index = rep.write()
+    page = index.read_text()
+    assert "eval &lt;x&gt;" in page and "some text &amp; more" in page
+    assert "nested.a" in page and "n/a" in page and "0.1235" in page and "scratch" in page
+    for name in ("roc.png", "pro.png", "lat.png", "bars.png", "grey.png"):
+        assert f'src="{name}"' in page
+        assert (tmp_path / "rep" / name).is_file()
+
+
+def test_overlay_draws_map_regions_and_contours():
+    img = np.zeros((64, 80, 3), np.uint8)
+    amap = np.zeros((32, 40), np.float32)
+    amap[10:20, 10:20] = 1.0
+    gt = np.zeros((64, 80), bool)
+    gt[30:50, 30:50] = True
+    out = report.overlay(img, anomaly_map=amap, regions=[Region((5, 5, 30, 30), 100, "scratch", 0.9)],
+                         gt_mask=gt, pred_mask=gt, min_side=0)
+    assert out.shape == (64, 80, 3) and out.dtype == np.uint8
+    assert (out[40, 30] == report.PRED_COLOR_RGB).all() or (out[40, 30] == report.GT_COLOR_RGB).all()
+    assert (out[5, 15] == report.BOX_COLOR_RGB).all()  # top edge of the box
+    hot = out[25, 25].astype(int)  # map upsampled ×2: hot square at 20..40
+    cold = out[60, 5].astype(int)
+    assert hot[0] > cold[0]  # jet: hot is red, cold is blue
+    big = report.overlay(img, regions=[Region((5, 5, 30, 30), 100, "scratch", 0.9)])  # min_side 256 -> x4
+    assert big.shape == (256, 320, 3) and (big[20, 60] == report.BOX_COLOR_RGB).all()
+
+
+def test_report_import_does_not_pull_matplotlib_or_torch():
+    code = ("import sys, runtime.report; bad=[m for m in ('matplotlib','torch') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,155 @@
+"""Engine, backends, config, journal and queue of the line-side runtime (no sockets here)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from runtime_fixtures import TinyArtifact, build_tiny_artifact
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> TinyArtifact:
+    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def engine(art):
+    from runtime.engine import Engine
+
+    return Engine(art.dir, backend="onnxruntime")
+
+
+def test_engine_classes(engine, art):
+    good = engine.judge(TinyArtifact.good(1), "g")
+    assert (good.decision, good.in_band, good.ood, good.status) == ("good", False, False, "ok")
+    band = engine.judge(TinyArtifact.in_band(1), "b")
+    assert band.in_band and not band.ood
+    bad = engine.judge(TinyArtifact.defect(1), "d", want_mask=True)
+    assert bad.decision == "defect" and not bad.in_band and bad.regions
+    assert bad.mask is not None and bad.mask.shape == (64, 64) and bad.mask.any()
+    x0, y0, x1, y1 = bad.regions[0].bbox
+    assert x0 <= 32 <= x1 and y0 <= 32 <= y1  # the planted patch is centred
+    ood = engine.judge(TinyArtifact.ood(), "o")
+    assert ood.ood and ood.decision == "unknown"
+    assert set(good.latencies_ms) >= {"preprocess", "backend", "scoring"}
+    assert good.model_hash and good.decided_by == "edge"
+
+
+def test_engine_scales_regions_to_the_frame(engine):
+    import cv2
+
+    big = cv2.resize(TinyArtifact.defect(2), (128, 96), interpolation=cv2.INTER_LINEAR)
+    v = engine.judge(big, "big", want_mask=True)
+    assert v.decision == "defect" and v.mask.shape == (96, 128)
+    x0, y0, x1, y1 = v.regions[0].bbox
+    assert x1 <= 128 and y1 <= 96 and x1 - x0 > 14  # scaled by 2 horizontally
+
+
+def test_engine_grey_frame(engine):
+    grey = TinyArtifact.good(3)[..., 0]
+    assert engine.judge(grey, "grey").status == "ok"
+
+
+@pytest.mark.parametrize("backend", ["openvino"])
+def test_backends_agree_within_manifest_tolerance(art, engine, backend):
+    from runtime.engine import Engine
+
+    other = Engine(art.dir, backend=backend)
+    assert other.backend_name.startswith(backend)
+    tol = other.manifest.tolerance[backend]
+    for img in [TinyArtifact.good(4), TinyArtifact.in_band(4), TinyArtifact.defect(4), TinyArtifact.ood()]:
+        a, b = engine.judge(img), other.judge(img)
+        assert abs(a.score - b.score) <= tol, (a.score, b.score)
+        assert (a.decision, a.in_band, a.ood) == (b.decision, b.in_band, b.ood)
+
+
+def test_open_backend_errors_name_the_backend(art):
+    from runtime.backends import BackendError, available_backends, open_backend
+    from runtime.manifest import load_manifest
+
+    m = load_manifest(art.dir)
+    with pytest.raises(BackendError, match="tensorrt_plan"):
+        open_backend(art.dir, m, "tensorrt")
+    with pytest.raises(BackendError, match="unknown backend"):
+        open_backend(art.dir, m, "tflite")
+    m2 = m.model_copy(update={"models": {**m.models, "tensorrt_plan": "model.onnx"}})
+    if available_backends()["tensorrt"] != "ok":
+        with pytest.raises(BackendError, match="tensorrt"):
+            open_backend(art.dir, m2, "tensorrt")
+        b = open_backend(art.dir, m2, "auto")  # auto says why it skipped TensorRT and takes the next one
+        assert b.name.startswith("onnxruntime")
+    out = open_backend(art.dir, m, "onnxruntime").run(np.zeros((1, 3, 64, 64), np.float32))
+    assert out["embedding"].shape == (1, 16, 8, 8) and out["s16"].shape == (1, 16, 4, 4)
+
+
+def test_engine_refuses_tampered_artifact(art, tmp_path):
+    from runtime.engine import Engine
+    from runtime.featurespec import ContractError
+
+    d = tmp_path / "bad"
+    shutil.copytree(art.dir, d)
+    np.save(d / "bank.npy", np.zeros((4, 16), np.float16))
+    with pytest.raises(ContractError, match="bank.npy fails its checksum"):
+        Engine(d)
+
+
+def test_config_defaults_file_overrides_and_errors(tmp_path):
+    from runtime.config import ConfigError, load_config
+
+    c = load_config()
+    assert c.sockets.ingress.startswith("tcp://127.0.0.1") and c.queue.overload == "drop_oldest"
+    f = tmp_path / "lineside.toml"
+    f.write_text('[queue]\nsize = 3\noverload = "reject_newest"\n[teacher]\naddress = "tcp://10.0.0.5:5560"\n')
+    c = load_config(f, {"queue.size": 5, "backend.threads": None})
+    assert (c.queue.size, c.queue.overload, c.teacher.address) == (5, "reject_newest", "tcp://10.0.0.5:5560")
+    for over, field in [({"queue.overload": "drop_all"}, "queue.overload"), ({"backend.threads": 0}, "backend.threads"),
+                        ({"sockets.verdicts": "localhost:5"}, "sockets.verdicts"), ({"journal.bogus": 1}, "journal.bogus"),
+                        ({"teacher.deadline_ms": -1}, "teacher.deadline_ms")]:
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            load_config(overrides=over)
+    f.write_text("[queue\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(f)
+
+
+def test_daemon_cli_refuses_invalid_config_naming_the_field(art, capsys):
+    from runtime.cli import main
+
+    assert main(["run", "--artifact", str(art.dir), "--queue-size", "0"]) == 2
+    assert "queue.size" in capsys.readouterr().err
+
+
+def test_journal_roundtrip_recovery_and_retention(tmp_path):
+    from runtime.journal import Entry, Journal
+
+    j = Journal(tmp_path / "j.sqlite3")
+    j.record_received([("a", "c", 1.0, "x"), ("b", "c", 2.0, "x"), ("p", "c", 2.0, "x")])
+    h = lambda fid, **kw: json.dumps({"frame_id": fid, **kw}).encode()  # noqa: E731
+    j.write([Entry("a", "c", "edge", "ok", "good", False, 3.0, h("a")),
+             Entry("p", "c", "edge", "ok", "good", True, 3.0, h("p"), b'{"kind":"infer"}', b"px", 99.0)])
+    assert j.unjudged() == [("b", "c")]
+    (row,) = j.pending()
+    assert (row.frame_id, row.payload, row.deadline_ts, row.edge["frame_id"]) == ("p", b"px", 99.0, "p")
+    j.write([Entry("p", "c", "teacher", "ok", "defect", False, 4.0, h("p", decided_by="teacher"), resolves_pending=True)])
+    assert j.pending() == [] and [v["frame_id"] for v in j.verdicts()] == ["a", "p", "p"]
+    j2 = Journal(tmp_path / "j.sqlite3")  # a second connection (another thread) sees committed rows
+    assert j2.counts() == {"frames": 3, "verdicts": 3, "pending": 0}
+    assert j2._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    j.write([Entry(f"n{i}", "c", "edge", "ok", "good", False, 1e10, h(f"n{i}")) for i in range(200)])
+    j.prune(max_rows=100, max_age_s=1e9, now=1e10)
+    assert j.counts()["verdicts"] == 100
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "reject_newest"])
+def test_bounded_queue_policies(policy):
+    from runtime.queues import BoundedQueue
+
+    q = BoundedQueue(2, policy)
+    assert q.put(1) == (True, None) and q.put(2) == (True, None)
+    ok, ev = q.put(3)
+    if policy == "drop_oldest":
+        assert (ok, ev) == (True, 1) and [q.get(0), q.get(0)] == [2, 3]
+    else:
+        assert (ok, ev) == (False, None) and [q.get(0), q.get(0)] == [1, 2]
+    assert q.max_seen == 2 and q.get(0.01) is None

@@ -1,0 +1,29 @@
+"""runtime/scoring.py: the one scoring path shared by teacher bank mode, distill calibration and the edge."""
+import numpy as np
+
+from runtime.scoring import decide, find_regions, score_embedding
+
+
+def test_planted_outlier_is_the_peak():
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(200, 8)).astype(np.float32)
+    emb = bank[rng.integers(0, 200, 7 * 9)].T.reshape(1, 8, 7, 9).copy()
+    emb[0, :, 5, 2] += 10.0  # one location far from every bank vector
+    r = score_embedding(emb, bank, (70, 90), blur_sigma_px=2.0)
+    assert r.anomaly_map.shape == (70, 90)
+    y, x = np.unravel_index(np.argmax(r.anomaly_map), r.anomaly_map.shape)
+    assert abs(y - 55) <= 6 and abs(x - 25) <= 6
+    # every other location is an exact bank member: distance 0 far from the outlier
+    assert r.anomaly_map[:20, 60:].max() < 1e-3
+    regions, mask = find_regions(r.anomaly_map, r.score * 0.5, min_area_px=4)
+    assert len(regions) == 1 and mask[y, x]
+    x0, y0, x1, y1 = regions[0].bbox
+    assert x0 <= x < x1 and y0 <= y < y1
+
+
+def test_decide_band_and_confidence():
+    assert decide(2.0, 1.0, (0.8, 1.2)) == ("defect", 1.0, False)
+    d, c, inb = decide(1.1, 1.0, (0.8, 1.2))
+    assert d == "defect" and inb and abs(c - 0.5) < 1e-6
+    d, c, inb = decide(0.9, 1.0, (0.8, 1.2))
+    assert d == "good" and inb and abs(c - 0.5) < 1e-6

@@ -1,0 +1,83 @@
+"""`teacher finetune`, `teacher bank`, `teacher eval` end to end on a tiny random teacher and a fixture
+dataset: head and bank written, TeacherPipeline.load, metrics JSON with every key, HTML report."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from teacher.cli import main
+from teacher.evaluate import METRIC_KEYS
+
+torch.set_num_threads(1)
+
+
+def _last_json(capsys) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from teacher.checkpoint import build_random_teacher, save_teacher
+    from teacher_fixtures import make_dataset
+
+    root = tmp_path_factory.mktemp("eval")
+    data = make_dataset(root / "data")
+    ck = root / "ckpt"
+    save_teacher(build_random_teacher("tiny"), ck, {"note": "random tiny teacher for tests"})
+    return ck, data
+
+
+def test_finetune_bank_eval_cli(ckpt, capsys, tmp_path):
+    ck, data = ckpt
+    assert main(["finetune", "--checkpoint", str(ck), "--data", str(data), "--steps", "30", "--json"]) == 0
+    ft = _last_json(capsys)
+    assert (ck / "head" / "config.json").is_file() and (ck / "head" / "vocab.json").is_file()
+    assert ft["vocabulary"] == ["scratch", "stain"]
+    assert ft["mask_loss_after"] < ft["mask_loss_before"]
+    assert main(["bank", "--checkpoint", str(ck), "--data", str(data), "--budget", "300", "--json"]) == 0
+    bk = _last_json(capsys)
+    assert bk["n_vectors"] == 300 and bk["dim"] == 96 and (ck / "bank" / "bank.npy").is_file()
+
+    rep = tmp_path / "report"
+    assert main(["eval", "--checkpoint", str(ck), "--data", str(data), "--json", "--report", str(rep)]) == 0
+    res = _last_json(capsys)
+    assert res["mode"] == "both" and res["n_images"] == 6 and res["split"] == "test"
+    m = res["metrics"]
+    assert set(METRIC_KEYS) <= set(m)
+    for k in METRIC_KEYS:  # the test split has both classes and masks: every metric is a number
+        assert isinstance(m[k], float) and 0.0 <= m[k] <= 1.0 or k == "f1_threshold", (k, m[k])
+    assert (rep / "index.html").is_file()
+    for png in ("roc_image.png", "roc_pixel.png", "pro.png", "scores.png", "latency.png", "worst_0.png", "best_0.png"):
+        assert (rep / png).stat().st_size > 500, png
+        assert png in (rep / "index.html").read_text()
+
+
+def test_pipeline_load_and_new_vocabulary(ckpt):
+    from teacher.pipeline import TeacherPipeline
+
+    ck, data = ckpt
+    if not (ck / "head").is_dir():
+        pytest.skip("needs the head written by test_finetune_bank_eval_cli")
+    pipe = TeacherPipeline.load(ck)
+    img = np.full((100, 150, 3), 120, np.uint8)
+    v = pipe.predict([img])[0]
+    assert v.anomaly_map.shape == (100, 150) and v.model_hash == pipe.model_hash and len(pipe.model_hash) == 16
+    pipe.set_vocabulary(["rust", "dent"])
+    assert pipe.vocabulary == ["rust", "dent"]
+    assert all(r.label in ("rust", "dent", "anomaly") for r in pipe.predict([img])[0].regions)
+
+
+def test_eval_refuses_checkpoint_without_head_or_bank(tmp_path, ckpt):
+    import shutil
+
+    from teacher.pipeline import TeacherPipeline
+
+    ck, _ = ckpt
+    bare = tmp_path / "bare"
+    shutil.copytree(ck, bare, ignore=shutil.ignore_patterns("head", "bank"))
+    with pytest.raises(FileNotFoundError, match="teacher finetune"):
+        TeacherPipeline.load(bare)
