@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, score_e
 from distill.calibrate import calibrate
 from distill.data import ImageSet, load_images
 from distill.embedding import fit_pca, reference_embedding, teacher_recipe
+from distill.head_targets import KINDS as HEAD_KINDS
+from distill.head_targets import head_targets, load_teacher_head
 from distill.run import save_run
 from distill.students import create_student, list_students
 from distill.targets import cache_key, cached_targets, compute_targets, read_shards
@@ -98,7 +101,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     both = ImageSet(train.records + val.records, np.concatenate([train.images, val.images]),
                     np.r_[train.labels, val.labels], np.concatenate([train.masks, val.masks]))
     if features:
-        targets = read_shards(features, both.records, spec.names)
+        targets = read_shards(features, both.records, spec.names, teacher.checkpoint_hash)
         log(f"targets read from {features}")
     else:
         key = cache_key(teacher.checkpoint_hash, both.images, noise_draws, seed)
@@ -123,8 +126,19 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     basis, mean, share = fit_pca(temb, dim)
     del temb
 
+    # teacher head (CKPT/head): distil its outputs too
+    head_state = load_teacher_head(teacher_ckpt)
+    head_specs: tuple = ()
+    tr_h: dict = {}
+    labels = ds.labels()
+    if head_state is not None:
+        ht, head_specs = head_targets(head_state, targets, size)
+        tr_h = {k: v[:ntr] for k, v in ht.items()}
+        labels = list(head_state.vocabulary)
+        log(f"teacher head: distilling {', '.join(f'{h.name} {tuple(ht[h.name].shape[1:])}' for h in head_specs)}")
+
     torch.manual_seed(seed)
-    model = create_student(student, spec=spec, embedding=recipe)
+    model = create_student(student, spec=spec, embedding=recipe, head_outputs=head_specs)
     model.set_embedding_basis(basis, mean)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"student {student}: {n_params / 1e6:.2f}M parameters; embedding {full_dim} -> {dim} "
@@ -134,7 +148,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     rows = fit_student(model, torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous(), tr_t,
                        mean=pre.mean, std=pre.std, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                        augment=augment, jitter=jitter, mse_weight=mse_weight, metrics_path=metrics_path,
-                       progress=progress)
+                       head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress)
     plot_curves(rows, out / "curves.png")
 
     model.eval()
@@ -166,11 +180,12 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         pass
     config = {
         "student": student, "feature_spec": spec.to_dict(), "preprocess": pre.model_dump(),
-        "embedding": recipe.to_dict(), "embedding_pca_variance": share, "heads": [], "ranks": {},
+        "embedding": recipe.to_dict(), "embedding_pca_variance": share,
+        "heads": [asdict(h) for h in head_specs], "ranks": {},
         "teacher": {"checkpoint": str(Path(teacher_ckpt).resolve()) if teacher_ckpt else "",
                     "hash": teacher.checkpoint_hash, "preset": getattr(teacher, "preset", "")},
         "dataset": {"manifest": str(Path(ds.manifest).resolve()), "hash": ds.content_hash(),
-                    "labels": ds.labels()},
+                    "labels": labels},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly"},

@@ -7,21 +7,44 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# OpenCV's INTER_LINEAR on uint8 uses 11-bit fixed-point weights: a pixel can differ by one grey level
-# from exact float rounding, i.e. at most 1/255/std after normalisation.
+# OpenCV's INTER_LINEAR on uint8 is fixed point: 11-bit weights (INTER_RESIZE_COEF_BITS), integer
+# horizontal sums, and its SIMD vertical pass ((S>>4)*w >> 16, summed, +2 >> 2). resize_uint8 replays
+# that arithmetic, which makes downscaling bit-exact; upscaling can still differ by one grey level on a
+# few pixels (cv2's border handling), i.e. at most 1/255/std after normalisation.
 PARITY_ATOL = 1.0 / 255.0 / 0.224 + 1e-5
+_COEF_SCALE = 2048
+
+
+def _axis(src: int, dst: int):
+    """cv2's source indices and 11-bit weights along one axis (half-pixel centres, clamped borders)."""
+    scale = float(src) / dst
+    f = ((torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5).to(torch.float32)
+    i0 = torch.floor(f).to(torch.int64)
+    f = f - i0.to(torch.float32)
+    low = i0 < 0
+    f[low], i0[low] = 0.0, 0
+    high = i0 >= src - 1
+    f[high], i0[high] = 0.0, src - 1
+    w1 = torch.round(f * _COEF_SCALE).to(torch.int64)
+    w0 = torch.round((1 - f) * _COEF_SCALE).to(torch.int64)
+    return i0, (i0 + 1).clamp_max(src - 1), w0, w1
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> (B, 3, size, size) uint8, bilinear, half-pixel centres, no antialias (cv2)."""
+    """(B, 3, H, W) uint8 -> (B, 3, size, size) uint8, cv2.resize INTER_LINEAR's integer arithmetic."""
     if images.dtype != torch.uint8:
         raise TypeError(f"resize_uint8: dtype {images.dtype}, expected uint8")
     if images.shape[-2:] == (size, size):
         return images
-    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    return x.round().clamp(0, 255).to(torch.uint8)
+    x = images.to(torch.int64)
+    a0, a1, u0, u1 = _axis(x.shape[-1], size)
+    hx = x[..., a0] * u0 + x[..., a1] * u1  # (B, 3, H, size)
+    b0, b1, v0, v1 = _axis(x.shape[-2], size)
+    s0 = hx[..., b0, :] >> 4
+    s1 = hx[..., b1, :] >> 4
+    y = ((s0 * v0[:, None]) >> 16) + ((s1 * v1[:, None]) >> 16)
+    return ((y + 2) >> 2).clamp(0, 255).to(torch.uint8)
 
 
 def normalize(images_u8: torch.Tensor, mean, std) -> torch.Tensor:

@@ -10,7 +10,9 @@ Methods, both on the FP32 ONNX export (BN folded) and a calibration split (train
 
 Guard: each INT8 model runs in its own runtime on the val split and is scored with the run's bank exactly
 as the edge scores; image AUROC and AU-PRO (runtime.metrics) must not drop by more than ``--max-drop``
-points against the FP32 model, and decisions must agree on at least ``--min-agreement`` of the images.
+points against the FP32 model, decisions must agree on at least ``--min-agreement`` of the images, and
+every output must keep a per-location cosine of ``--min-cosine`` to FP32 (a sabotaged calibration shows
+there even when a small val split hides it in AUROC).
 A failing model is not written (unless ``--force``); the message names the metric and the outputs with
 the largest relative error. Before giving up, mixed precision is tried: the first conv, the projection
 heads and the embedding stay FP32 (``mixed``), then also the last stage (``mixed+``).
@@ -33,6 +35,8 @@ from distill.runners import OrtRunner, OvRunner, run_all
 
 DEFAULT_MAX_DROP = 0.5  # points of image AUROC / AU-PRO
 DEFAULT_MIN_AGREEMENT = 0.9  # share of val images where INT8 and FP32 decide alike
+DEFAULT_MIN_COSINE = 0.95  # per-location cosine INT8 vs FP32, every output (catches a broken calibration
+# that a small or weak validation split would not show in AUROC)
 DEFAULT_CALIB_SIZE = 64
 QUANT_DIR = "quantize"
 REPORT = "report.json"
@@ -61,7 +65,15 @@ def evaluate(runner, inputs, labels: np.ndarray, masks: np.ndarray, bank: np.nda
     return res
 
 
-def guard(fp32: dict, int8: dict, max_drop: float, min_agreement: float) -> tuple[bool, list[str], dict]:
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over locations of the cosine over channels (dim 1)."""
+    num = (a * b).sum(1)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1)) + 1e-12
+    return float((num / den).mean())
+
+
+def guard(fp32: dict, int8: dict, max_drop: float, min_agreement: float,
+          min_cosine: float = DEFAULT_MIN_COSINE) -> tuple[bool, list[str], dict]:
     """-> (passed, failure messages, figures). Drops in points (100 × AUROC)."""
     figures: dict = {}
     fails: list[str] = []
@@ -77,11 +89,18 @@ def guard(fp32: dict, int8: dict, max_drop: float, min_agreement: float) -> tupl
     figures["decision_agreement"] = agree
     if agree < min_agreement:
         fails.append(f"decision agreement {agree:.3f} < {min_agreement}")
-    rel = {}
+    rel, cos = {}, {}
     for a, b in zip(int8["outputs"], fp32["outputs"]):
         for k, v in max_rel_error(a, b).items():
             rel[k] = max(rel.get(k, 0.0), v)
+            cos.setdefault(k, []).append(_cosine(a[k].astype(np.float64), b[k].astype(np.float64)))
+    cos = {k: float(np.mean(v)) for k, v in cos.items()}
     figures["output_rel_error"] = rel
+    figures["output_cosine"] = cos
+    low = {k: v for k, v in cos.items() if v < min_cosine}
+    if low:
+        fails.append("outputs drift from FP32: " + ", ".join(f"{k} cosine {v:.3f}" for k, v in low.items()) +
+                     f" < {min_cosine}")
     figures["score_max_abs_diff"] = float(np.abs(int8["scores"] - fp32["scores"]).max())
     if fails:
         worst = sorted(rel.items(), key=lambda kv: -kv[1])[:3]
@@ -129,8 +148,12 @@ def quantize_ort(fp32: Path, out: Path, calib: np.ndarray, exclude: list[str]) -
 
 
 def quantize_nncf(fp32: Path, out_xml: Path, calib: np.ndarray, exclude: list[str]) -> Path:
+    import logging
+
     import nncf
     import openvino as ov
+
+    nncf.set_log_level(logging.ERROR)  # its per-op INFO lines would drown the guard's messages
 
     model = ov.convert_model(str(fp32))
     ds = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
@@ -147,7 +170,8 @@ def _runner(method: str, path: Path, threads: int):
 
 
 def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max_drop: float = DEFAULT_MAX_DROP,
-                 min_agreement: float = DEFAULT_MIN_AGREEMENT, force: bool = False,
+                 min_agreement: float = DEFAULT_MIN_AGREEMENT, min_cosine: float = DEFAULT_MIN_COSINE,
+                 force: bool = False,
                  calib_size: int = DEFAULT_CALIB_SIZE, calib_override: np.ndarray | None = None,
                  threads: int = 1) -> dict:
     """Quantize a run with each method; keep the models that pass the guard. Returns the report.
@@ -178,7 +202,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
     ref = ev(OrtRunner(fp32, threads))
     log(f"FP32 (onnxruntime) on {len(val)} val images: image AUROC {ref['image_auroc']}, AU-PRO {ref['au_pro']}")
     report = {"run": str(run.dir), "fp32": str(fp32.relative_to(run.dir)), "max_drop_pt": max_drop,
-              "min_agreement": min_agreement, "force": force, "calibration_images": int(len(calib)),
+              "min_agreement": min_agreement, "min_cosine": min_cosine, "force": force, "calibration_images": int(len(calib)),
               "validation_images": int(len(val)),
               "fp32_metrics": {"image_auroc": ref["image_auroc"], "au_pro": ref["au_pro"]}, "methods": {}}
     for method in methods:
@@ -197,7 +221,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
                     tried.append({"plan": plan, "excluded": exclude, "error": f"{type(e).__name__}: {e}"})
                     log(f"{method}/{plan}: failed: {e}")
                     continue
-                ok, fails, figs = guard(ref, res, max_drop, min_agreement)
+                ok, fails, figs = guard(ref, res, max_drop, min_agreement, min_cosine)
                 tried.append({"plan": plan, "excluded": exclude, "passed": ok, "failures": fails, **figs})
                 log(f"{method}/{plan} (FP32 kept: {len(exclude)} convs): " + ("passes the guard" if ok else "; ".join(fails)))
                 if ok or best is None or _worst_drop(figs) < _worst_drop(best[1]):
@@ -253,6 +277,8 @@ def configure(p) -> None:
     p.add_argument("--method", choices=("nncf", "ort", "both"), default="both")
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="points of image AUROC / AU-PRO")
     p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT)
+    p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
+                   help="per-location cosine INT8 vs FP32 required of every output")
     p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE)
     p.add_argument("--force", action="store_true", help="write the best INT8 model even if it fails the guard")
     p.add_argument("--threads", type=int, default=1)
@@ -262,7 +288,7 @@ def configure(p) -> None:
 def run(args) -> int:
     methods = ("nncf", "ort") if args.method == "both" else (args.method,)
     report = quantize_run(args.run, args.data, methods=methods, max_drop=args.max_drop,
-                          min_agreement=args.min_agreement, force=args.force, calib_size=args.calib_size,
+                          min_agreement=args.min_agreement, min_cosine=args.min_cosine, force=args.force, calib_size=args.calib_size,
                           threads=args.threads)
     refused = [e["refused"] for e in report["methods"].values() if e.get("refused")]
     if args.json:

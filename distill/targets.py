@@ -50,42 +50,24 @@ def cached_targets(cache_dir: Path, key: str, compute) -> tuple[dict[str, torch.
     return t, False
 
 
-def read_shards(features_dir: str | Path, records, levels: list[str]) -> dict[str, torch.Tensor]:
-    """Targets from ``teacher extract`` output: safetensors shards holding, per image, ``<image>/<level>``
-    tensors (C, h, w) or per-shard stacked ``<level>`` tensors with an ``images`` index in the metadata."""
-    from safetensors import safe_open
+def read_shards(features_dir: str | Path, records, levels: list[str], teacher_hash: str | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Targets from ``teacher extract`` output (teacher.features_io: index.json + sha256-checked float16
+    shards), in the order of ``records``; refuses features of another teacher checkpoint."""
+    from runtime.featurespec import ContractError
+    from teacher.features_io import load_features
 
-    d = Path(features_dir)
-    shards = sorted(d.rglob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{d}: no .safetensors feature shards (run `teacher extract`)")
-    by_image: dict[str, dict[str, torch.Tensor]] = {}
-    for sh in shards:
-        with safe_open(str(sh), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
-            if "images" in meta:  # stacked: <level> (n, C, h, w), metadata images = json list
-                import json
-
-                names = json.loads(meta["images"])
-                for lv in levels:
-                    t = f.get_tensor(lv)
-                    for i, name in enumerate(names):
-                        by_image.setdefault(name, {})[lv] = t[i]
-            else:
-                for k in keys:
-                    name, _, lv = k.rpartition("/")
-                    if lv in levels:
-                        by_image.setdefault(name, {})[lv] = f.get_tensor(k)
-    out: dict[str, list[torch.Tensor]] = {lv: [] for lv in levels}
-    for r in records:
-        got = by_image.get(r.image)
-        if got is None or any(lv not in got for lv in levels):
-            raise KeyError(f"{d}: no features for image {r.image} (levels {levels}); were they extracted "
-                           "from this dataset?")
-        for lv in levels:
-            out[lv].append(got[lv].float())
-    return {lv: torch.stack(v) for lv, v in out.items()}
+    idx, feats = load_features(features_dir, levels)
+    if teacher_hash and idx.get("checkpoint_hash") not in (None, teacher_hash):
+        raise ContractError(f"{features_dir}: features of teacher {str(idx.get('checkpoint_hash'))[:16]}, "
+                            f"not of the teacher given ({teacher_hash[:16]})")
+    row = {r["image"]: i for i, r in enumerate(idx["records"])}
+    missing = [r.image for r in records if r.image not in row]
+    if missing:
+        raise KeyError(f"{features_dir}: no features for {len(missing)} image(s), e.g. {missing[0]}; were they "
+                       "extracted from this dataset (all splits)?")
+    take = torch.as_tensor([row[r.image] for r in records])
+    return {lv: feats[lv][take] for lv in levels}
 
 
 class _NoBar:

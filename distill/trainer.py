@@ -21,8 +21,8 @@ from distill.preprocess import normalize
 
 def _flip(t: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Flip the samples selected by bool masks h (last dim) and v (second-last) of a (B, ..., H, W) tensor."""
-    if t.ndim < 3:
-        return t  # global logits: flips do not change them
+    if t.ndim != 4:
+        return t  # global logits (B, K) / (B, Q, K): flips do not change them
     t = torch.where(h.view(-1, *[1] * (t.ndim - 1)), t.flip(-1), t)
     return torch.where(v.view(-1, *[1] * (t.ndim - 1)), t.flip(-2), t)
 
@@ -35,7 +35,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 metrics_path: Path | None = None, progress: bool = True) -> list[dict]:
     """images_u8 (N, 3, S, S) uint8 resized frames; targets level -> (N, C, h, w). Returns the log rows.
 
-    head_kinds: output name -> "softmax" (class logits over dim 1) or "sigmoid" (mask logits)."""
+    head_kinds: output name -> "softmax" (class logits over the last dim) or "sigmoid" (mask logits)."""
     n = images_u8.shape[0]
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -77,7 +77,8 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
             loss, logs = feature_loss({k: out[k] for k in levels}, tgt, mse_weight=mse_weight)
             for name, t in htgt.items():
                 kind = (head_kinds or {}).get(name, "softmax")
-                kd = (binary_kl_distill if kind == "sigmoid" else kl_distill)(out[name], t, kd_temperature)
+                kd = binary_kl_distill(out[name], t, kd_temperature) if kind == "sigmoid" else \
+                    kl_distill(out[name], t, kd_temperature, dim=-1)
                 loss = loss + kd_weight * kd
                 logs[f"kd_{name}"] = float(kd.detach())
             opt.zero_grad(set_to_none=True)

@@ -36,7 +36,7 @@ FATBIN_NAME = "lineside_kernels.fatbin"
 SHIPPED_FATBIN = HERE / "cuda" / FATBIN_NAME
 KERNEL_NAMES = {  # extern "C" entry points each source must export (cuda_runtime launches these)
     "preprocess.cu": ("lineside_preprocess_f32", "lineside_preprocess_f16"),
-    "knn_score.cu": ("lineside_knn_k1", "lineside_knn_k16"),
+    "knn_score.cu": ("lineside_knn_k1", "lineside_knn_k16", "lineside_knn_merge"),
     "anomaly_map.cu": ("lineside_upsample_hblur", "lineside_vblur_topk"),
 }
 NVCC_TIMEOUT_S = 300

@@ -24,11 +24,13 @@ import numpy as np
 from kernels import build
 from kernels.anomaly_map import MAX_TOPK, _topk_mean, gaussian_weights
 from kernels.knn_score import _check as _knn_check
-from kernels.preprocess import _channels_and_order, _norm_coeffs
+from kernels.preprocess import _channels_and_order, _norm_coeffs, _out_size
 
 PRE_BLOCK = (32, 8, 1)
 AMAP_THREADS = 256  # LINESIDE_AMAP_THREADS in anomaly_map.cu
 KNN_BM = 64  # KNN_BM in knn_score.cu
+KNN_BN = 64  # KNN_BN in knn_score.cu
+KNN_MERGE_THREADS = 128
 KNN_THREADS = (16, 16, 1)
 KNN_KMAX = 16  # lineside_knn_k16 handles 1 < k <= 16
 
@@ -49,6 +51,7 @@ def _init():
         dev = cuda.Device(0)
         ctx = dev.retain_primary_context()
         major, minor = dev.compute_capability()
+        sms = dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
         arch = f"sm_{major}{minor}"
         ctx.push()
         try:
@@ -72,7 +75,7 @@ def _init():
         finally:
             ctx.pop()
         _state.update(cuda=cuda, ctx=ctx, module=module, funcs=funcs, origin=origin, arch=arch,
-                      device=dev.name())
+                      device=dev.name(), sms=sms)
         return _state
 
 
@@ -170,7 +173,7 @@ def preprocess(frame, size, mean, std, input_order: str = "RGB", out_dtype=np.fl
     h, w = shape[:2]
     if h < 1 or w < 1:
         raise ValueError(f"preprocess: empty frame {shape}")
-    oh, ow = (size, size) if np.isscalar(size) else size
+    oh, ow = _out_size(size)
     out_dtype = np.dtype(out_dtype)
     if out_dtype not in (np.float32, np.float16):
         raise TypeError(f"preprocess: out_dtype {out_dtype}, expected float32 or float16")
@@ -197,9 +200,11 @@ def preprocess(frame, size, mean, std, input_order: str = "RGB", out_dtype=np.fl
         return out.get(st, (1, 3, oh, ow), out_dtype)
 
 
-def knn_score(queries, bank, k: int = 1, cache=None):
+def knn_score(queries, bank, k: int = 1, cache=None, splits: int | None = None):
     """See kernels.dispatch.knn_score. ``cache(what, build)`` memoises the uploaded bank per bank
-    object (the dispatcher passes its cache); without it the bank is uploaded on every call."""
+    object (the dispatcher passes its cache); without it a host bank is uploaded on every call.
+    ``splits`` slices the bank over grid axis y when there are too few query blocks to fill the GPU
+    (default: ~4 blocks per SM); lineside_knn_merge then merges the slices' partial lists."""
     _knn_check(queries, bank, k)
     if k > KNN_KMAX:
         raise ValueError(f"knn_score: the CUDA kernel averages at most k={KNN_KMAX} neighbours, got {k}")
@@ -208,7 +213,13 @@ def knn_score(queries, bank, k: int = 1, cache=None):
     n = bank.shape[0]
     with _context() as st:
         def upload(b):
-            b16 = np.ascontiguousarray(_host(b), dtype=np.float16)
+            if _kind(b) == "torch":  # already on the device: convert there, no host round trip
+                b16 = b.detach().half().contiguous()
+                return _Borrowed(b16), _Borrowed(b16.float().pow(2).sum(1).contiguous())
+            if _kind(b) == "cupy":
+                b16 = b.astype("float16", order="C")
+                return _Borrowed(b16), _Borrowed((b16.astype("float32") ** 2).sum(1))
+            b16 = np.ascontiguousarray(b, dtype=np.float16)
             bsq = np.einsum("nd,nd->n", b16.astype(np.float32), b16.astype(np.float32)).astype(np.float32)
             return _Dev(st, host=b16), _Dev(st, host=bsq)
 
@@ -220,9 +231,21 @@ def knn_score(queries, bank, k: int = 1, cache=None):
             q = _Borrowed(q16)
         out = _Dev(st, nbytes=4 * m, like=queries, shape=(m,), dtype=np.float32)
         if m:
+            m_blocks, n_blocks = _grid(m, KNN_BM), _grid(n, KNN_BN)
+            if splits is None:
+                splits = max(1, (4 * st["sms"]) // m_blocks)
+            splits = max(1, min(int(splits), n_blocks))
+            per = _grid(n_blocks, splits) * KNN_BN
+            splits = _grid(n, per)
             fn = st["funcs"]["lineside_knn_k1" if k == 1 else "lineside_knn_k16"]
-            fn(np.uintp(q.ptr), np.uintp(bdev.ptr), np.uintp(bsq.ptr), np.uintp(out.ptr), np.int32(m), np.int32(n),
-               np.int32(d), np.int32(d), np.int32(d), np.int32(k), block=KNN_THREADS, grid=(_grid(m, KNN_BM), 1, 1))
+            i32 = np.int32
+            target = out if splits == 1 else _Dev(st, nbytes=4 * splits * m * k)
+            fn(np.uintp(q.ptr), np.uintp(bdev.ptr), np.uintp(bsq.ptr), np.uintp(target.ptr), i32(m), i32(n), i32(d),
+               i32(d), i32(d), i32(k), i32(per), i32(splits > 1), block=KNN_THREADS, grid=(m_blocks, splits, 1))
+            if splits > 1:
+                st["funcs"]["lineside_knn_merge"](np.uintp(target.ptr), np.uintp(out.ptr), i32(m), i32(splits), i32(k),
+                                                  block=(KNN_MERGE_THREADS, 1, 1),
+                                                  grid=(_grid(m, KNN_MERGE_THREADS), 1, 1))
         if out.obj is not None:
             return out.obj
         return out.get(st, (m,), np.float32)
@@ -265,11 +288,3 @@ def anomaly_map(grid, out_hw, sigma: float, topk: int = 1):
             return out.obj, score
         return out.get(st, (H, W), np.float32), score
 
-
-def _host(x) -> np.ndarray:
-    kind = _kind(x)
-    if kind == "torch":
-        return x.detach().cpu().numpy()
-    if kind == "cupy":
-        return x.get()
-    return np.asarray(x)

@@ -45,6 +45,7 @@ OPS = ("preprocess", "knn_score", "anomaly_map")
 CPU_IMPL = {"preprocess": "cpu-opencv", "knn_score": "cpu-blas", "anomaly_map": "cpu-opencv"}
 GPU_PREFERENCE = {"preprocess": ("cuda", "triton"), "knn_score": ("triton", "cuda"), "anomaly_map": ("cuda", "triton")}
 BANK_CACHE_ENTRIES = 4
+_CUDA_KNN_KMAX = 16  # kernels.cuda_runtime.KNN_KMAX (not imported here: the module stays numpy-only)
 
 _choice: dict[str, str] | None = None
 _notes: dict[str, str] = {}
@@ -251,6 +252,10 @@ def knn_score(queries, bank, k: int = 1, *, bank_sqnorm=None):
     nearest). ``bank_sqnorm`` (N,) may be given when the caller already has ‖b‖²."""
     impl = _select()["knn_score"]
     kind = _kind(queries)
+    if impl == "cuda" and k > _CUDA_KNN_KMAX and kind == "numpy":
+        log.warning("knn_score: the CUDA kernel averages at most %d neighbours; k=%d runs on the CPU",
+                    _CUDA_KNN_KMAX, k)
+        impl = "cpu-blas"
     if impl == "cpu-blas" or kind == "torch-cpu":
         b = _host(bank)
         prepared = _cached(bank, "cpu-aug", lambda x: prepare_bank(b, bank_sqnorm))

@@ -1,6 +1,7 @@
 // knn_score: for M float16 queries and N float16 bank rows (dimension D), the distance to the nearest
 // bank row (or the mean over the k nearest), as ||q||^2 - 2 q.b + ||b||^2 with float32 accumulation,
-// tile by tile with a running k-smallest set: the M x N matrix is never stored.
+// tile by tile with a running k-smallest set: the M x N matrix is never stored. Grid: (cdiv(M, 64),
+// splits); with splits > 1 each blockIdx.y covers one slice of the bank and lineside_knn_merge finishes.
 // SIMT version (float32 FMA; no tensor cores): the dispatcher prefers the Triton kernel for this op,
 // which uses tensor cores through tl.dot. One block: 64 queries x 64-row bank tiles, 16 x 16 threads,
 // each thread 4 x 4 dot products (rows ty + 16 i, columns tx + 16 j: conflict-free shared reads).
@@ -31,8 +32,10 @@ __device__ void knn_body(
     const __half* __restrict__ q,    // (M, D) queries, rows ldq elements apart
     const __half* __restrict__ b,    // (N, D) bank, rows ldb elements apart
     const float* __restrict__ bsq,   // (N,) ||b||^2
-    float* __restrict__ out,         // (M,) result
-    int M, int N, int D, int ldq, int ldb, int k)
+    float* __restrict__ out,         // (M,) result, or when part: (gridDim.y, M, k) partial d^2, ascending
+    int M, int N, int D, int ldq, int ldb, int k,
+    int n_per_split,                 // bank rows per blockIdx.y slice (a multiple of KNN_BN)
+    int part)                        // 1: write this slice's k smallest d^2 (merged by lineside_knn_merge)
 {
     __shared__ float Qs[KNN_BD][KNN_BM];
     __shared__ float Bs[KNN_BD][KNN_BN];
@@ -40,6 +43,8 @@ __device__ void knn_body(
     __shared__ float merge[KNN_T][KNN_T][KMAX];  // one row group (16 rows) x 16 threads x k
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * KNN_T + tx;
     const int m0 = blockIdx.x * KNN_BM;
+    const int n_lo = blockIdx.y * n_per_split;
+    const int n_hi = min(N, n_lo + n_per_split);
 
     if (tid < KNN_BM) {  // ||q||^2: added at the end, it does not change which row is nearest
         float s = 0.f;
@@ -55,7 +60,7 @@ __device__ void knn_body(
 #pragma unroll
         for (int j = 0; j < KMAX; ++j) best[i][j] = CUDART_INF_F;
 
-    for (int n0 = 0; n0 < N; n0 += KNN_BN) {
+    for (int n0 = n_lo; n0 < n_hi; n0 += KNN_BN) {
         float acc[4][4] = {};
         for (int d0 = 0; d0 < D; d0 += KNN_BD) {
             __syncthreads();
@@ -66,7 +71,7 @@ __device__ void knn_body(
                 const int d = d0 + col;
                 const int m = m0 + row, n = n0 + row;
                 Qs[col][row] = (m < M && d < D) ? __half2float(q[(long long)m * ldq + d]) : 0.f;
-                Bs[col][row] = (n < N && d < D) ? __half2float(b[(long long)n * ldb + d]) : 0.f;
+                Bs[col][row] = (n < n_hi && d < D) ? __half2float(b[(long long)n * ldb + d]) : 0.f;
             }
             __syncthreads();
 #pragma unroll
@@ -83,7 +88,7 @@ __device__ void knn_body(
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int n = n0 + tx + KNN_T * j;
-            if (n >= N) continue;
+            if (n >= n_hi) continue;
             const float bn = bsq[n];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -115,21 +120,48 @@ __device__ void knn_body(
                     if (v < bv) { bv = v; bt = t; }
                 }
                 head[bt] += 1;
+                if (part && m < M) out[((long long)blockIdx.y * M + m) * k + j] = bv + qq[row];
                 sum += sqrtf(fmaxf(bv + qq[row], 0.f));
             }
-            if (m < M) out[m] = sum / (float)k;
+            if (!part && m < M) out[m] = sum / (float)k;
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(KNN_T * KNN_T) lineside_knn_k1(
-    const __half* q, const __half* b, const float* bsq, float* out, int M, int N, int D, int ldq, int ldb, int k)
+    const __half* q, const __half* b, const float* bsq, float* out, int M, int N, int D, int ldq, int ldb, int k,
+    int n_per_split, int part)
 {
-    knn_body<1>(q, b, bsq, out, M, N, D, ldq, ldb, 1);
+    knn_body<1>(q, b, bsq, out, M, N, D, ldq, ldb, 1, n_per_split, part);
 }
 
 extern "C" __global__ void __launch_bounds__(KNN_T * KNN_T) lineside_knn_k16(
-    const __half* q, const __half* b, const float* bsq, float* out, int M, int N, int D, int ldq, int ldb, int k)
+    const __half* q, const __half* b, const float* bsq, float* out, int M, int N, int D, int ldq, int ldb, int k,
+    int n_per_split, int part)
 {
-    knn_body<16>(q, b, bsq, out, M, N, D, ldq, ldb, k);  // 1 <= k <= 16
+    knn_body<16>(q, b, bsq, out, M, N, D, ldq, ldb, k, n_per_split, part);  // 1 <= k <= 16
+}
+
+// Few query blocks leave SMs idle (an edge frame is ~800 queries = 13 blocks): the bank is then split
+// over blockIdx.y and this kernel merges the slices' partial lists: one thread per query.
+extern "C" __global__ void lineside_knn_merge(
+    const float* __restrict__ part,  // (splits, M, k) partial d^2, each list ascending
+    float* __restrict__ out,         // (M,) distance to the nearest / mean over the k nearest
+    int M, int splits, int k)        // 1 <= k <= 16
+{
+    const int m = blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= M) return;
+    float best[16];
+    for (int j = 0; j < 16; ++j) best[j] = CUDART_INF_F;
+    for (int s = 0; s < splits; ++s)
+        for (int j = 0; j < k; ++j) {
+            const float v = part[((long long)s * M + m) * k + j];
+            if (v >= best[k - 1]) break;  // lists are ascending: the rest of this one cannot enter
+            int i = k - 1;
+            while (i > 0 && best[i - 1] > v) { best[i] = best[i - 1]; --i; }
+            best[i] = v;
+        }
+    float sum = 0.f;
+    for (int j = 0; j < k; ++j) sum += sqrtf(fmaxf(best[j], 0.f));
+    out[m] = sum / (float)k;
 }

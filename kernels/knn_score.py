@@ -98,16 +98,21 @@ def _build_triton_kernel():
         q_ptr,  # (M, D) float16 queries; rows stride_qm apart, columns contiguous
         b_ptr,  # (N, D) float16 bank; rows stride_bn apart, columns contiguous
         bsq_ptr,  # (N,) float32 ‖b‖² per bank row (cached by the caller)
-        out_ptr,  # (M,) float32 result: distance to the nearest, or mean over the K nearest
+        out_ptr,  # FINAL: (M,) float32 distance to the nearest / mean over the K nearest;
+        #           else (SPLITS, M, KP) float32 partial k smallest ‖b‖² − 2q·b of this program's bank slice
         M, N, D,  # number of queries, bank rows, feature dimension
         stride_qm, stride_bn,  # row strides in elements
+        n_per_split,  # bank rows per program along grid axis 1 (a multiple of BLOCK_N)
         K: tl.constexpr,  # neighbours averaged (1 = plain running minimum)
         KP: tl.constexpr,  # K rounded up to a power of two: width of the running k-smallest tile
         BLOCK_M: tl.constexpr,  # queries per program
         BLOCK_N: tl.constexpr,  # bank rows per inner step
         BLOCK_D: tl.constexpr,  # feature columns per dot step (>= 16 for tensor cores)
+        FINAL: tl.constexpr,  # one program covers the whole bank: write distances, not partials
     ):
         pid = tl.program_id(0)
+        n_lo = tl.program_id(1) * n_per_split
+        n_hi = tl.minimum(N, n_lo + n_per_split)
         rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         rd = tl.arange(0, BLOCK_D)
         cn = tl.arange(0, BLOCK_N)
@@ -125,9 +130,9 @@ def _build_triton_kernel():
         else:
             # (BLOCK_M, KP) running k smallest; padding columns hold -inf so they are never "worst"
             best = tl.where(kc[None, :] < K, float("inf"), float("-inf")) + tl.zeros((BLOCK_M, KP), tl.float32)
-        for n0 in range(0, N, BLOCK_N):
+        for n0 in range(n_lo, n_hi, BLOCK_N):
             rn = n0 + cn
-            n_ok = rn < N
+            n_ok = rn < n_hi
             acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + rd
@@ -150,12 +155,20 @@ def _build_triton_kernel():
                     take = cmin < worst
                     best = tl.where((kc[None, :] == widx[:, None]) & take[:, None], cmin[:, None], best)
                     part = tl.where(cn[None, :] == cidx[:, None], float("inf"), part)
-        if K == 1:
-            res = tl.sqrt(tl.maximum(best + qq, 0.0))
+        if FINAL:
+            if K == 1:
+                res = tl.sqrt(tl.maximum(best + qq, 0.0))
+            else:
+                dist = tl.sqrt(tl.maximum(best + qq[:, None], 0.0))
+                res = tl.sum(tl.where(kc[None, :] < K, dist, 0.0), axis=1) / K
+            tl.store(out_ptr + rm, res, mask=m_ok)
         else:
-            dist = tl.sqrt(tl.maximum(best + qq[:, None], 0.0))
-            res = tl.sum(tl.where(kc[None, :] < K, dist, 0.0), axis=1) / K
-        tl.store(out_ptr + rm, res, mask=m_ok)
+            part = out_ptr + tl.program_id(1) * M * KP + rm[:, None] * KP
+            if K == 1:
+                tl.store(part + kc[None, :], best[:, None] + tl.zeros((BLOCK_M, KP), tl.float32),
+                         mask=m_ok[:, None] & (kc[None, :] < 1))
+            else:
+                tl.store(part + kc[None, :], best, mask=m_ok[:, None] & (kc[None, :] < K))
 
     return _knn_score_kernel
 
@@ -175,10 +188,15 @@ def _interpreting() -> bool:
 
 
 def knn_score(queries, bank, k: int = 1, bank_sqnorm=None, *, block_m: int = 64, block_n: int = 64,
-              block_d: int = 32):
+              block_d: int = 32, splits: int | None = None):
     """Triton launcher. queries (M, D), bank (N, D): float16 torch tensors on one CUDA device (CPU
     tensors under TRITON_INTERPRET=1), rows contiguous; bank_sqnorm (N,) float32 or None (computed).
-    Returns (M,) float32 on the same device."""
+    Returns (M,) float32 on the same device.
+
+    ``splits`` slices the bank across grid axis 1 when there are too few query blocks to fill the GPU
+    (an edge frame has M ≈ 800 queries: 13 programs of 64 rows for 100+ SMs); each slice writes its k
+    smallest partials and one torch reduction finishes. Default: enough slices for ~4 programs per SM.
+    """
     import torch
 
     _check(queries, bank, k)
@@ -203,8 +221,29 @@ def knn_score(queries, bank, k: int = 1, bank_sqnorm=None, *, block_m: int = 64,
     out = torch.empty(m, dtype=torch.float32, device=queries.device)
     if m == 0:
         return out
-    kp = 1 << max(0, (k - 1).bit_length())
-    grid = ((m + block_m - 1) // block_m,)
-    _kernel()[grid](queries, bank, bank_sqnorm, out, m, n, d, queries.stride(0), bank.stride(0),
-                    K=k, KP=max(kp, 2), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    kp = max(2, 1 << max(0, (k - 1).bit_length()))
+    m_blocks = (m + block_m - 1) // block_m
+    n_blocks = (n + block_n - 1) // block_n
+    if splits is None:
+        sms = torch.cuda.get_device_properties(queries.device).multi_processor_count if queries.is_cuda else 1
+        splits = max(1, (4 * sms) // m_blocks)
+    # each slice must hold at least k rows' worth of blocks; whole blocks per slice
+    splits = max(1, min(int(splits), n_blocks, n // k))
+    per = ((n_blocks + splits - 1) // splits) * block_n
+    splits = (n + per - 1) // per
+    meta = dict(K=k, KP=kp, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d)
+    if splits == 1:
+        _kernel()[(m_blocks, 1)](queries, bank, bank_sqnorm, out, m, n, d, queries.stride(0), bank.stride(0), n,
+                                 FINAL=True, **meta)
+        return out
+    part = torch.empty((splits, m, kp), dtype=torch.float32, device=queries.device)
+    _kernel()[(m_blocks, splits)](queries, bank, bank_sqnorm, part, m, n, d, queries.stride(0), bank.stride(0), per,
+                                  FINAL=False, **meta)
+    qq = queries.float().pow(2).sum(1)
+    cand = part[:, :, :k].permute(1, 0, 2).reshape(m, splits * k)  # (M, splits·k) partial ‖b‖² − 2q·b
+    if k == 1:
+        best = cand.min(1).values
+        return torch.sqrt(torch.clamp_min(best + qq, 0.0), out=out)
+    best = torch.topk(cand, k, dim=1, largest=False).values
+    torch.mean(torch.sqrt(torch.clamp_min(best + qq[:, None], 0.0)), dim=1, out=out)
     return out

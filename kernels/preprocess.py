@@ -33,6 +33,14 @@ def _channels_and_order(frame_shape: tuple[int, ...], input_order: str) -> tuple
     raise ValueError(f"preprocess: frame shape {frame_shape}, expected (H, W), (H, W, 1) or (H, W, 3)")
 
 
+def _out_size(size) -> tuple[int, int]:
+    """S or (out_h, out_w) -> (out_h, out_w), both >= 1."""
+    oh, ow = (int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if oh < 1 or ow < 1:
+        raise ValueError(f"preprocess: output size {size} must be positive")
+    return oh, ow
+
+
 def _norm_coeffs(mean, std) -> tuple[np.ndarray, np.ndarray]:
     """(x/255 − mean)/std = x·scale + bias, per RGB channel."""
     mean = np.broadcast_to(np.asarray(mean, np.float64), (3,))
@@ -55,7 +63,7 @@ def preprocess_reference(frame: np.ndarray, size: int | tuple[int, int], mean, s
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
         raise TypeError(f"preprocess: frame dtype {getattr(frame, 'dtype', type(frame))}, expected uint8")
     channels, bgr = _channels_and_order(frame.shape, input_order)
-    oh, ow = (size, size) if np.isscalar(size) else size
+    oh, ow = _out_size(size)
     scale, bias = _norm_coeffs(mean, std)
     resized = cv2.resize(frame, (ow, oh), interpolation=cv2.INTER_LINEAR)  # (oh, ow[, 3]) uint8
     out = np.empty((1, 3, oh, ow), out_dtype)
@@ -168,7 +176,7 @@ def preprocess(frame, size: int | tuple[int, int], mean, std, input_order: str =
         raise ValueError(f"preprocess: empty frame {tuple(frame.shape)}")
     if frame.ndim == 3 and frame.stride(2) != 1 or frame.stride(1) != channels:
         raise ValueError(f"preprocess: frame pixels must be packed HWC (strides {frame.stride()})")
-    oh, ow = (size, size) if isinstance(size, int) else size
+    oh, ow = _out_size(size)
     out_dtype = out_dtype or torch.float32
     if out is None:
         out = torch.empty((1, 3, oh, ow), dtype=out_dtype, device=frame.device)

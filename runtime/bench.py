@@ -59,6 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached artifact")
     p.add_argument("--runs", type=int, default=STUDENT_RUNS, help="timed student runs per model and backend")
     p.add_argument("--threads", type=int, default=1, help="threads per backend / child BLAS threads")
+    p.add_argument("--quick", action="store_true", help="small shapes and few runs (seconds; for tests)")
 
 
 def _say(msg: str) -> None:
@@ -101,13 +102,17 @@ def ensure_artifact(args, env: dict) -> tuple[Path, Path | None, dict]:
     if (art / "manifest.json").is_file() and not args.rebuild:
         return art, ckpt if ckpt.is_dir() else None, {"artifact": f"cached in {work}"}
     from runtime.demo import QUICK
-    from runtime.demo.pipeline import build
+    from runtime.demo import pipeline
     from runtime.demo.steps import StepRunner
 
+    if work.exists():  # a stale or half-built one: the commands refuse to overwrite, so start clean
+        import shutil
+
+        shutil.rmtree(work)
     _say(f"no --artifact: building a small one with the demo's quick pipeline in {work} (reused next time)")
     runner = StepRunner(work / "logs", env)
     t0 = time.perf_counter()
-    build(work, QUICK, runner, lambda msg, start=None, end=None: _say(msg.replace("[bold]", "").replace("[/]", "")
+    pipeline.build(work, QUICK, runner, lambda msg, start=None, end=None: _say(msg.replace("[bold]", "").replace("[/]", "")
                                                                         .replace("[green]", "")),
           evaluate=False)
     return art, ckpt, {"artifact": f"built in {work}", "build_s": round(time.perf_counter() - t0, 1)}
@@ -115,10 +120,11 @@ def ensure_artifact(args, env: dict) -> tuple[Path, Path | None, dict]:
 
 # ------------------------------------------------------------------------------------------- sections
 
-def bench_teacher(full: bool, ckpt: Path | None, env: dict) -> dict:
+def bench_teacher(full: bool, env: dict) -> dict:
+    """Feature extraction (t=50, all levels) per image: the tiny preset at its size, and with ``full``
+    the sd15 preset (random-init weights: latency does not depend on them) at 256 px."""
     out: dict = {"status": "ok"}
-    args = ["bench", "--preset", "tiny", "--json"]
-    out["tiny"] = run_json_command("teacher", args, env)
+    out["tiny"] = run_json_command("teacher", ["bench", "--preset", "tiny", "--json"], env)
     if full:
         out["sd15"] = run_json_command("teacher", ["bench", "--preset", "sd15", "--json", "--sizes", "256"], env)
     return out
@@ -176,55 +182,38 @@ def bench_student(art: Path, runs: int, threads: int) -> dict:
     return out
 
 
-def bench_kernels() -> dict:
+def bench_kernels(quick: bool) -> dict:
     try:
         from kernels import bench as kb
     except ImportError as e:
         return _skipped(f"kernels.bench not available ({e})")
-    r = kb.run(json=True)
+    r = kb.run(json=True, quick=quick)
     return {"status": "ok", **r} if isinstance(r, dict) else {"status": "ok", "result": r}
 
 
-def bench_daemon(art: Path, threads: int) -> dict:
+def bench_daemon(art: Path, threads: int, quick: bool) -> dict:
     try:
         from runtime.bench_daemon import run_daemon_bench
     except ImportError as e:
         return _skipped(f"runtime.bench_daemon not available ({e})")
-    r = run_daemon_bench(art, threads=threads)
+    r = run_daemon_bench(art, threads=threads, **({"n_frames": 40, "warmup": 5} if quick else {}))
     return {"status": "ok", **r}
 
 
-def bench_server(ckpt: Path | None, env: dict) -> dict:
-    args = ["serve", "--bench", "--json", "--bench-requests", "20", "--bench-clients", "1", "4"]
+def bench_server(ckpt: Path | None, env: dict, quick: bool) -> dict:
+    """`teacher serve --bench`: a server in that process, 1/4/16 concurrent clients; the built (or
+    --checkpoint) teacher when there is one, else the server's fake model (8 ms + 1 ms/image)."""
+    args = ["serve", "--bench", "--json"] + (["--bench-requests", "10", "--bench-clients", "1", "4"] if quick else [])
     if ckpt is not None:
         args += ["--checkpoint", ckpt]
     r = run_json_command("teacher", args, env)
-    return {"status": "ok", "model": str(ckpt) if ckpt else "fake", **r}
+    return {"status": "ok", **r, "checkpoint": str(ckpt) if ckpt else None}
 
 
 # ------------------------------------------------------------------------------------------- targets
 
-def _dig(d, *keys):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def _first_number(d, preds) -> float | None:
-    """First numeric value, depth first, whose key path (lowercase, '.'-joined) satisfies all preds."""
-    def walk(x, path):
-        if isinstance(x, dict):
-            for k, v in x.items():
-                r = walk(v, f"{path}.{k}".lower())
-                if r is not None:
-                    return r
-        elif isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x):
-            if all(p(path) for p in preds):
-                return float(x)
-        return None
-    return walk(d, "")
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
 
 
 def student_best(student: dict, role: str) -> tuple[float | None, str | None]:
@@ -238,15 +227,16 @@ def student_best(student: dict, role: str) -> tuple[float | None, str | None]:
 
 
 def teacher_ms(teacher: dict, preset: str, size: int | None = None) -> float | None:
+    """ms per image of `teacher bench --json` for a preset (at ``size`` px if given):
+    ``results[i].latency_s_per_image`` (best of its runs)."""
     t = teacher.get(preset)
     if not isinstance(t, dict):
         return None
-    preds = [lambda p: "ms" in p, lambda p: "mem" not in p]
-    if size is not None:
-        hit = _first_number(t, preds + [lambda p, s=str(size): s in p])
-        if hit is not None:
-            return hit
-    return _first_number(t, preds)
+    for r in t.get("results") or []:
+        if size is None or r.get("size") == size:
+            v = _num(r.get("latency_s_per_image"))
+            return None if v is None else v * 1e3
+    return None
 
 
 def targets(report: dict) -> list[dict]:
@@ -264,7 +254,7 @@ def targets(report: dict) -> list[dict]:
     f32, _ = student_best(st, "fp32")
     sd15 = teacher_ms(report.get("teacher") or {}, "sd15", 256)
     add("int8_vs_sd15_teacher_256", sd15 / i8 if (sd15 and i8) else None,
-        "needs --full (sd15 teacher at 256 px) and an INT8 model" if not sd15 else "no INT8 student timing")
+        "needs --full (sd15 teacher at 256 px)" if not sd15 else "no INT8 student timing")
     # same backend for the INT8/FP32 ratio
     ratio = None
     for name, per in (st.get("results") or {}).items():
@@ -274,15 +264,14 @@ def targets(report: dict) -> list[dict]:
             ratio = r if ratio is None else max(ratio, r)
     add("int8_vs_fp32", ratio, "needs both FP32 and INT8 timings on one backend")
     d = report.get("daemon") or {}
-    add("daemon_overhead_p50_ms",
-        _first_number(d, [lambda p: "overhead" in p, lambda p: "p50" in p or p.endswith("overhead_ms")]),
-        d.get("reason", "daemon bench reported no overhead p50"))
-    add("daemon_sustained_fraction",
-        _first_number(d, [lambda p: "sustain" in p, lambda p: "frac" in p or "ratio" in p or "pct" in p]),
-        d.get("reason", "daemon bench reported no sustained fraction"))
+    # runtime.bench_daemon.run_daemon_bench: overhead_p50_ms, sustained_ratio
+    add("daemon_overhead_p50_ms", _num(d.get("overhead_p50_ms")),
+        d.get("reason") or d.get("error") or "daemon bench reported no overhead_p50_ms")
+    add("daemon_sustained_fraction", _num(d.get("sustained_ratio")),
+        d.get("reason") or d.get("error") or "daemon bench reported no sustained_ratio")
     k = report.get("kernels") or {}
-    add("knn_vs_matmul", _first_number(k, [lambda p: "knn" in p, lambda p: "matmul" in p]),
-        k.get("reason", "kernels bench reported no knn/matmul ratio"))
+    add("knn_vs_matmul", _num(k.get("knn_vs_matmul")),
+        k.get("reason") or k.get("error") or "kernels bench reported no knn_vs_matmul")
     return rows
 
 
@@ -294,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
                                 "python": platform.python_version()}, "part": args.part}
     t0 = time.perf_counter()
     want = set(PARTS[1:]) if args.part == "all" else {args.part}
+    runs = min(args.runs, 10) if args.quick else args.runs
     art = ckpt = None
     if want & {"student", "daemon", "server"}:
         try:
@@ -302,11 +292,11 @@ def run(args: argparse.Namespace) -> int:
         except (StepError, OSError) as e:
             report["artifact"] = _error(e)
     sections = {
-        "teacher": lambda: bench_teacher(args.full, ckpt, env),
-        "student": lambda: bench_student(art, args.runs, args.threads) if art else _skipped("no artifact"),
-        "kernels": bench_kernels,
-        "daemon": lambda: bench_daemon(art, args.threads) if art else _skipped("no artifact"),
-        "server": lambda: bench_server(ckpt, env),
+        "teacher": lambda: bench_teacher(args.full, env),
+        "student": lambda: bench_student(art, runs, args.threads) if art else _skipped("no artifact"),
+        "kernels": lambda: bench_kernels(args.quick),
+        "daemon": lambda: bench_daemon(art, args.threads, args.quick) if art else _skipped("no artifact"),
+        "server": lambda: bench_server(ckpt, env, args.quick),
     }
     for name in PARTS[1:]:
         if name not in want:

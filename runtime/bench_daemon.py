@@ -112,6 +112,12 @@ def run_daemon_bench(artifact_dir, backend: str = "auto", n_frames: int = 200, *
             c.close()
         finally:
             rc = stop_daemon(proc)
+    # raw again after the daemon: on a shared machine load drifts; the better of the two runs is the baseline
+    # (conservative: it makes the daemon's overhead look larger, never smaller)
+    raw2 = raw_bench(artifact_dir, backend, n_frames, warmup, threads, image)
+    runs = [raw, raw2]
+    raw = {**min(runs, key=lambda r: r["p50_ms"]), "rate_hz": max(r["rate_hz"] for r in runs),
+           "runs_p50_ms": [r["p50_ms"] for r in runs]}
     e2e50, e2e99 = _pct(lat, 50), _pct(lat, 99)
     overhead = e2e50 - raw["p50_ms"]
     ratio = rate / raw["rate_hz"] if raw["rate_hz"] else float("nan")

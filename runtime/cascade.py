@@ -66,11 +66,16 @@ class Cascade(threading.Thread):
         self.waiting: deque[Pending] = deque()
         self.parked: deque[Pending] = deque()
         self.inflight: dict[tuple[str, str], Pending] = {}
-        self.state, self.failures, self.opened_at = "closed", 0, 0.0
+        self.state, self.failures, self.opened_at, self.last_failure = "closed", 0, 0.0, 0.0
         self.probe: Optional[tuple[str, str]] = None
         self.sock: Optional[zmq.Socket] = None
         self.reopens = 0
         self.tm.circuit.set(0)
+        self._open()  # here, not in run(): bad keys or a bad address fail the daemon's start
+
+    @property
+    def pending_count(self) -> int:
+        return self._count
 
     # -- called from other threads ----------------------------------------------------------------
     def reserve(self, force: bool = False) -> bool:
@@ -93,7 +98,6 @@ class Cascade(threading.Thread):
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
-        self._open()
         try:
             while not self.stop_event.is_set():
                 now = time.monotonic()
@@ -165,6 +169,7 @@ class Cascade(threading.Thread):
 
     def _failure(self, now: float) -> None:
         self.failures += 1
+        self.last_failure = now
         if self.state == "half_open" or (self.state == "closed" and self.failures >= self.cfg.breaker_failures):
             if self.state == "closed":
                 log.warning("teacher circuit OPEN after %d failures: edge-only; pending frames resolve as "
@@ -190,6 +195,10 @@ class Cascade(threading.Thread):
     def _advance_breaker(self, now: float) -> None:
         if self.state == "open" and now - self.opened_at >= self.cfg.breaker_reset_s:
             self._set_state("half_open")
+            self.probe = None
+        elif (self.state == "closed" and self.parked and not self.inflight and not self.waiting
+              and now - self.last_failure >= self.cfg.breaker_reset_s):
+            self._set_state("half_open")  # parked frames but nothing left to send: probe with one of them
             self.probe = None
 
     def _send(self, now: float) -> None:

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
 
@@ -48,6 +48,13 @@ class Security(_Section):
     control_secret: Optional[str] = None
     allowed_keys: Optional[str] = None  # directory of client public certificates
     insecure: bool = False  # allow binding a network address without CURVE (trusted networks only)
+
+    @model_validator(mode="after")
+    def _auth_needs_keys(self):
+        if (self.ingress_secret or self.verdicts_secret or self.control_secret) and not self.allowed_keys:
+            raise ValueError("allowed_keys: a CURVE server key is set but no allowed-keys directory; without it any "
+                             "client key would be admitted")
+        return self
 
 
 class BackendCfg(_Section):
@@ -87,6 +94,12 @@ class Teacher(_Section):
     replay_on_recovery: int = Field(64, ge=0)  # parked frames resent when the teacher answers again
     _check = field_validator("address")(_endpoint)
 
+    @model_validator(mode="after")
+    def _keys_in_pairs(self):
+        if bool(self.secret_file) != bool(self.server_public_file):
+            raise ValueError("secret_file and server_public_file: give both for CURVE, or neither")
+        return self
+
 
 class Journal(_Section):
     path: str = "lineside-journal.sqlite3"
@@ -114,7 +127,8 @@ class Config(_Section):
     teacher: Teacher = Field(default_factory=Teacher)
     journal: Journal = Field(default_factory=Journal)
     limits: Limits = Field(default_factory=Limits)
-    metrics_port: Optional[int] = Field(None, ge=0, le=65535)  # Prometheus /metrics; None: off
+    metrics_port: Optional[int] = Field(None, ge=0, le=65535)  # Prometheus /metrics; None: off, 0: any free port
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container so the scraper can reach it (read-only data)
     artifacts_dir: Optional[str] = None  # reload accepts only artifacts under it (default: the artifact's parent)
     heartbeat_interval_s: float = Field(0.25, gt=0)  # PUB heartbeat (topic b"hb"): subscribers know they are live
     drain_timeout_s: float = Field(3.0, ge=0)

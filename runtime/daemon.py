@@ -63,7 +63,9 @@ class Daemon:
         self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
                            "artifact": str(self.artifact_dir)})
         self.queue = BoundedQueue(c.queue.size, c.queue.overload)
-        self.publish_q: queue.Queue = queue.Queue(maxsize=0)  # bounded in practice by the frame queue + backlog
+        # bounded too: a stuck publisher (journal disk full) back-pressures the judge and ingress, then ZeroMQ's
+        # high-water marks push back on the senders, instead of memory growing
+        self.publish_q: queue.Queue = queue.Queue(maxsize=c.queue.publish_size)
         self.ctx = zmq.Context()
         self.auth = start_authenticator(self.ctx, c.security.allowed_keys) if c.security.allowed_keys else None
         try:
@@ -83,7 +85,8 @@ class Daemon:
         self.endpoints = {"ingress": self.ingress.endpoint, "verdicts": self.publisher.endpoint,
                           "control": self.control.endpoint}
         if c.metrics_port is not None:
-            self.endpoints["metrics"] = f"http://127.0.0.1:{self.tm.serve_http(c.metrics_port)}/metrics"
+            port = self.tm.serve_http(c.metrics_port, c.metrics_host)
+            self.endpoints["metrics"] = f"http://{c.metrics_host}:{port}/metrics"
         self._recover()
         self.threads = [t for t in (self.publisher, self.cascade, self.judge, self.ingress, self.control, self.camera)
                         if t is not None]
@@ -145,6 +148,13 @@ class Daemon:
                 break
             self.publish_q.put(Outgoing(Verdict.failure(job.frame_id, "dropped", "daemon shut down before judging",
                                                         camera_id=job.camera_id, ts_verdict=time.time())))
+        if self.cascade is not None and drain:  # answers already on their way still supersede in this run
+            deadline = time.monotonic() + self.cfg.drain_timeout_s
+            while self.cascade.pending_count and time.monotonic() < deadline and self.cascade.is_alive():
+                time.sleep(0.02)
+            if self.cascade.pending_count:
+                log.warning("%d frames still wait for the teacher: kept in the journal, resumed at the next start",
+                            self.cascade.pending_count)
         for t in (self.cascade, self.control, self.publisher):
             if t is not None:
                 t.stop_event.set()

@@ -26,7 +26,7 @@ OVERRIDES = {
     "teacher_timeout_ms": "teacher.request_timeout_ms", "teacher_deadline_ms": "teacher.deadline_ms",
     "journal": "journal.path", "synchronous": "journal.synchronous",
     "camera": "camera.source", "camera_id": "camera.camera_id", "trigger": "camera.trigger", "rate": "camera.rate_hz",
-    "metrics_port": "metrics_port", "artifacts_dir": "artifacts_dir", "allowed_keys": "security.allowed_keys",
+    "metrics_port": "metrics_port", "metrics_host": "metrics_host", "artifacts_dir": "artifacts_dir", "allowed_keys": "security.allowed_keys",
     "ingress_secret": "security.ingress_secret", "verdicts_secret": "security.verdicts_secret",
     "control_secret": "security.control_secret", "max_message_bytes": "limits.max_message_bytes",
     "sender_rate_hz": "limits.sender_rate_hz", "log_level": "log_level",
@@ -40,7 +40,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ingress", help="ROUTER bind endpoint for pushed frames (default tcp://127.0.0.1:5555)")
     g.add_argument("--verdicts", help="PUB bind endpoint for verdicts (default tcp://127.0.0.1:5556)")
     g.add_argument("--control", help="control ROUTER bind endpoint (default tcp://127.0.0.1:5557)")
-    g.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1:PORT")
+    g.add_argument("--metrics-port", type=int, help="Prometheus /metrics on --metrics-host:PORT (0: any free port)")
+    g.add_argument("--metrics-host", help="address the metrics endpoint listens on (default 127.0.0.1)")
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
     g.add_argument("--threads", type=int)

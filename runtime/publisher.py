@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
+from dataclasses import asdict
 
 import zmq
 
@@ -22,7 +24,7 @@ from runtime import protocol
 from runtime.curve import check_bind_policy, make_server
 from runtime.journal import Entry, Journal
 from runtime.queues import Outgoing
-from runtime.verdict import encode_mask_png
+from runtime.verdict import Verdict, encode_mask_png
 
 log = logging.getLogger("lineside.publisher")
 
@@ -31,12 +33,25 @@ TOPIC_PREFIX = b"verdict."
 HEARTBEAT_TOPIC = b"hb"
 
 
+_HEADER_FIELDS = tuple(f for f in Verdict.__dataclass_fields__ if f not in ("anomaly_map", "mask"))
+
+
+def to_header_fast(v: Verdict) -> dict:
+    """``Verdict.to_header()`` without dataclasses.asdict's deep copy (a third of the publisher's time per
+    verdict); tests check that both give the same dict."""
+    h = {f: getattr(v, f) for f in _HEADER_FIELDS}  # same key order as to_header: the JSON bytes agree
+    h["regions"] = [asdict(r) for r in v.regions]
+    h["latencies_ms"] = dict(v.latencies_ms)
+    h["score"] = float(v.score) if math.isfinite(v.score) else None
+    return h
+
+
 def verdict_header(out: Outgoing) -> tuple[dict, bytes | None]:
     v = out.verdict
     mask_png = out.mask_png
     if mask_png is None and out.want_mask and v.mask is not None:
         mask_png = encode_mask_png(v.mask)
-    h = {"v": protocol.PROTOCOL_VERSION, "kind": "verdict", **v.to_header(), "has_mask": mask_png is not None,
+    h = {"v": protocol.PROTOCOL_VERSION, "kind": "verdict", **to_header_fast(v), "has_mask": mask_png is not None,
          **out.extra}
     return h, mask_png
 
@@ -58,6 +73,7 @@ class Publisher(threading.Thread):
         self.endpoint = s.last_endpoint.decode()
         self.published = 0
         self.last_error: str | None = None
+        self._stage: dict = {}  # stage -> Histogram child (labels() lookups cost per call)
 
     def run(self) -> None:
         journal = Journal(self.journal_path, self.cfg.journal.synchronous)
@@ -117,15 +133,21 @@ class Publisher(threading.Thread):
         for parts in wire:
             self.sock.send_multipart(parts, copy=False)
         now = time.perf_counter()
-        self.tm.stage_ms.labels("journal").observe((t1 - t0) * 1e3)
+        self._observe("journal", (t1 - t0) * 1e3)
         for out in batch:
             v = out.verdict
             self.tm.verdicts.labels(v.decision, v.decided_by, v.status).inc()
             for stage, ms in v.latencies_ms.items():
-                self.tm.stage_ms.labels(stage).observe(ms)
+                self._observe(stage, ms)
             if out.t_recv is not None and v.decided_by == "edge" and not out.resolves_pending:
-                self.tm.stage_ms.labels("end_to_end").observe((now - out.t_recv) * 1e3)
+                self._observe("end_to_end", (now - out.t_recv) * 1e3)
         self.published += len(batch)
+
+    def _observe(self, stage: str, ms: float) -> None:
+        h = self._stage.get(stage)
+        if h is None:
+            h = self._stage[stage] = self.tm.stage_ms.labels(stage)
+        h.observe(ms)
 
     def _heartbeat(self) -> None:
         h = protocol.encode({"kind": "status", "status": {"alive": True, "published": self.published}})[0]

@@ -35,10 +35,10 @@ class Telemetry:
         self.started = time.time()
         self._http = None
 
-    def serve_http(self, port: int) -> int:
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
         from prometheus_client import start_http_server
 
-        server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         return server.server_port
 

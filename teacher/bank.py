@@ -1,6 +1,6 @@
 """Good-images-only mode: a PatchCore memory bank of teacher features (`teacher bank`).
 
-    teacher bank --checkpoint CKPT --data D/manifest.jsonl [--budget 16384] [--json]
+    teacher bank --checkpoint CKPT --data D/manifest.jsonl [--budget N] [--json]
 
 writes CKPT/bank/: ``bank.npy`` (float16 (N, D), the same format as a student artifact's bank) and
 ``bank.json`` (embedding recipe, scoring parameters, calibrated threshold and band, figures).
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 BANK_LEVELS = ("s8", "s16")
 CORESET_PROJ_DIM = 128
-DEFAULT_BUDGET = 16384  # bank vectors kept
+BUDGET_FRACTION = 0.1  # PatchCore keeps 1-10 % of the patch vectors
+BUDGET_MIN, BUDGET_MAX = 1024, 16384  # default budget = clip(10 % of N, 1024, 16384)
 DEFAULT_BLUR_SIGMA_PX = 4.0
 GOOD_PERCENTILE = 99.0
 GOOD_MARGIN = 1.05
@@ -69,6 +70,8 @@ def greedy_coreset(features: torch.Tensor | np.ndarray, budget: int, seed: int =
     budget = int(min(budget, n))
     if budget <= 0:
         return np.zeros(0, np.int64)
+    if budget == n:  # everything is kept: no search needed
+        return np.arange(n, dtype=np.int64)
     g = torch.Generator().manual_seed(int(seed))
     if proj_dim is not None and x.shape[1] > proj_dim:
         p = torch.randn(x.shape[1], proj_dim, generator=g) / proj_dim ** 0.5
@@ -125,6 +128,10 @@ class MemoryBank:
                    min_region_px=int(meta["min_region_px"]), info=meta.get("info", {}))
 
 
+def default_budget(n_vectors: int) -> int:
+    return int(min(n_vectors, np.clip(int(np.ceil(BUDGET_FRACTION * n_vectors)), BUDGET_MIN, BUDGET_MAX)))
+
+
 def embedding_recipe() -> dict:
     return {"levels": list(BANK_LEVELS), "local_pool": "avg 3x3 stride 1 (count_include_pad=False)",
             "resample": "bilinear to the s8 grid (align_corners=False)", "normalise": "L2 per level over channels",
@@ -167,7 +174,7 @@ def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | Non
 
 
 def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray] | None = None,
-             val_defect: list[np.ndarray] | None = None, *, budget: int = DEFAULT_BUDGET, seed: int = 0,
+             val_defect: list[np.ndarray] | None = None, *, budget: int | None = None, seed: int = 0,
              k: int = 1, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, min_region_px: int = 16,
              batch_size: int = 8, log=None) -> MemoryBank:
     """Build and calibrate a bank from good training images; val images (good / defect) calibrate."""
@@ -175,6 +182,7 @@ def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray]
     size = teacher.feature_spec.image_size
     embs = embed_images(teacher, train_images, batch_size)
     allv = np.concatenate([_flat(e) for e in embs], 0)
+    budget = default_budget(len(allv)) if budget is None else int(budget)
     idx = greedy_coreset(allv, budget, seed, device=teacher.device)
     bank = MemoryBank(bank=allv[idx].astype(np.float32), threshold=0.0, band=(0.0, 0.0), k=k,
                       blur_sigma_px=blur_sigma_px, min_region_px=min_region_px)
@@ -215,7 +223,9 @@ def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray]
 def configure(p) -> None:
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
     p.add_argument("--data", required=True, help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
-    p.add_argument("--budget", type=int, default=DEFAULT_BUDGET, help="coreset size (bank vectors)")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"coreset size (bank vectors); default {BUDGET_FRACTION:.0%} of the patch vectors, "
+                        f"clipped to [{BUDGET_MIN}, {BUDGET_MAX}]")
     p.add_argument("--k", type=int, default=1, help="mean distance to the k nearest bank vectors")
     p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="anomaly-map blur, px at image size")
     p.add_argument("--max-images", type=int, default=0, help="use at most this many train good images (0 = all)")

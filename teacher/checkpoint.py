@@ -21,7 +21,7 @@ import torch
 from runtime.featurespec import ContractError, FeatureSpec
 from teacher.encoders import load_image_encoder, load_text_encoder, own_image_encoder, own_text_encoder
 from teacher.model import TeacherModel
-from teacher.modules import ImplicitCaptioner, WordTokenizer
+from teacher.modules import ImplicitCaptioner, WordTokenizer, paper_init_
 from teacher.presets import Preset, get_preset
 
 FORMAT = "lineside-teacher"
@@ -32,9 +32,11 @@ PARTS = ("unet", "vae", "text_encoder", "image_encoder", "captioner")
 def build_random_teacher(preset: str | Preset, image_size: int | None = None, seed: int = 0,
                          vae_dir: str | None = None, text_encoder_dir: str | None = None,
                          image_encoder_dir: str | None = None, tokenizer: WordTokenizer | None = None,
-                         meta: bool = False) -> TeacherModel:
+                         meta: bool = False, init: str = "default") -> TeacherModel:
     """An untrained teacher (random init, seeded). Pretrained parts come from local directories when
-    given; otherwise the own encoders are built. ``meta=True`` allocates no weights (``teacher info``)."""
+    given; otherwise the own encoders are built. ``meta=True`` allocates no weights (``teacher info``).
+    ``init="paper"``: He init for the U-Net's convolutions, Xavier for its linear layers (§11.3);
+    "default": the PyTorch/diffusers default init."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     p = get_preset(preset) if isinstance(preset, str) else preset
@@ -42,6 +44,10 @@ def build_random_teacher(preset: str | Preset, image_size: int | None = None, se
         torch.manual_seed(seed)
         with torch.device("meta" if meta else "cpu"):
             unet = UNet2DConditionModel(**p.unet)
+        if init == "paper" and not meta:
+            paper_init_(unet)
+        elif init not in ("paper", "default"):
+            raise ValueError(f"init must be 'paper' or 'default', got {init!r}")
         if vae_dir:
             vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False)
         else:
@@ -60,7 +66,7 @@ def build_random_teacher(preset: str | Preset, image_size: int | None = None, se
     sources = {"vae": str(Path(vae_dir).resolve()) if vae_dir else "random-init",
                "text_encoder": text.source, "image_encoder": image.source}
     return TeacherModel(p, unet, vae, text, image, captioner, image_size=image_size,
-                        checkpoint_hash=f"random:{p.name}:{seed}", info={"sources": sources, "step": 0})
+                        checkpoint_hash=f"random:{p.name}:{seed}", info={"sources": sources, "step": 0, "init": init})
 
 
 def file_sha256(path: Path) -> str:
@@ -121,9 +127,10 @@ def read_config(ckpt: str | Path) -> dict:
 
 
 def load_teacher(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
-                 verify: bool = True) -> TeacherModel:
-    """Load a checkpoint for inference: EMA weights of the trained parts (``use_ema``), every weight
-    file checked against the sha256 recorded at save time (``verify``), parts checked to agree."""
+                 verify: bool = True, for_training: bool = False) -> TeacherModel:
+    """Load a checkpoint: EMA weights of the trained parts (``use_ema``), every weight file checked
+    against the sha256 recorded at save time (``verify``), parts checked to agree. For inference
+    (default) every parameter is frozen and the model is in eval mode."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     root = Path(ckpt_dir)
@@ -156,4 +163,6 @@ def load_teacher(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_e
                          info={"sources": cfg.get("sources", {}), "step": cfg.get("step", 0), "config": cfg})
     spec = FeatureSpec.from_dict(cfg["feature_spec"])
     model.feature_spec.check_compatible(spec, what="checkpoint config.json")
+    if not for_training:
+        model.requires_grad_(False)
     return model.to(device).eval()

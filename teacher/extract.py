@@ -81,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     def flush():
         nonlocal pending, n_pending
         if n_pending:
-            shards.append(write_shard(out, len(shards), {k: torch.cat(v) for k, v in pending.items()}))
+            names = [r["image"] for r in rows if r["shard"] == len(shards)]
+            shards.append(write_shard(out, len(shards), {k: torch.cat(v) for k, v in pending.items()}, names,
+                                      model.checkpoint_hash))
             pending, n_pending = {}, 0
 
     for i in range(0, len(records), args.batch_size):

@@ -3,7 +3,8 @@
     FEATS/index.json                  format, version, checkpoint_hash, feature_spec, noise_draws, seed,
                                       noise_space, dataset {manifest, hash}, shards [{file, n, sha256}],
                                       records [{image, split, label, defect_type, shard, row}]
-    FEATS/features-00000.safetensors  one float16 tensor per level, (n, C, S/stride, S/stride)
+    FEATS/features-00000.safetensors  one float16 tensor per level, (n, C, S/stride, S/stride); metadata
+                                      "images": JSON list of the n image paths (manifest-relative)
 """
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ def shard_name(i: int) -> str:
     return f"features-{i:05d}.safetensors"
 
 
-def write_shard(out: Path, i: int, feats: dict[str, torch.Tensor]) -> dict:
+def write_shard(out: Path, i: int, feats: dict[str, torch.Tensor], images: list[str], checkpoint_hash: str) -> dict:
+    """One shard; its safetensors metadata also names the images of its rows (``images``, a JSON list),
+    so a shard can be read without the index."""
     from safetensors.torch import save_file
 
     from teacher.checkpoint import file_sha256
 
     name = shard_name(i)
-    save_file({k: v.to(torch.float16).contiguous() for k, v in feats.items()}, str(out / name))
+    save_file({k: v.to(torch.float16).contiguous() for k, v in feats.items()}, str(out / name),
+              metadata={"images": json.dumps(images), "checkpoint_hash": checkpoint_hash, "format": FORMAT})
     n = next(iter(feats.values())).shape[0]
     return {"file": name, "n": int(n), "sha256": file_sha256(out / name)}
 

@@ -332,7 +332,14 @@ def run(args) -> int:
         log("WARNING: some category names have near-identical text embeddings (unknown words to the text "
             "encoder?); classification among them is not learnable")
     loss_size = loss_size_for(teacher.feature_spec.image_size)
-    samples = build_samples(ds, train, vocab, teacher, loss_size, log)
+    try:
+        samples = build_samples(ds, train, vocab, teacher, loss_size, log)
+    except ValueError as e:
+        log(f"error: {e}")
+        return 2
+    if not samples:
+        log(f"error: no usable train records in {args.data}")
+        return 2
     bs = args.batch_size or (8 if teacher.preset == "tiny" else 16)
     lr = args.lr or LR.get(teacher.preset, LR["sd15"])
     head = new_head(teacher, text_emb.shape[1]).to(device)

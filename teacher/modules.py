@@ -17,6 +17,22 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 
+@torch.no_grad()
+def paper_init_(module: nn.Module) -> nn.Module:
+    """Paper §11.3: 'U-Net trained from random initialization (He for conv, Xavier for linear)'.
+    Norm layers keep their (1, 0) init; biases start at zero."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+        else:
+            continue
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return module
+
+
 class ImplicitCaptioner(ModelMixin, ConfigMixin):
     """t_imp = W2 · GELU(W1 · V(I) + b1) + b2 (paper Eq. 6), plus the learned null embedding that
     classifier-free guidance conditions on when the condition is dropped."""

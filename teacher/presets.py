@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
                           projection_dim=64),
         image_encoder=dict(widths=(16, 32, 64, 64), embed_dim=64),
         captioner_hidden=64,
-        text_max_length=24,
+        text_max_length=48,  # the IMDD caption template runs to ~35 words
         train=TrainDefaults(lr=1e-3, min_lr=1e-5, warmup_steps=20, ema_decay=0.99, batch_size=8,
                             vae_lr=2e-3, vae_batch_size=8),
     ),

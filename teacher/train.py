@@ -46,6 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto: bf16 on a GPU that has it, else fp16 with a scaler; fp32 on CPU")
+    p.add_argument("--init", choices=["paper", "default"], default="default",
+                   help="U-Net init of a fresh run: paper = He (conv) / Xavier (linear), §11.3; default = diffusers'")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
@@ -87,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         sources = {"vae": str(Path(args.vae).resolve()) if args.vae else None,
                    "text_encoder": str(Path(args.text_encoder).resolve()) if args.text_encoder else None,
                    "image_encoder": str(Path(args.image_encoder).resolve()) if args.image_encoder else None}
+        size = args.image_size or preset.image_size
+        if size % 64:
+            raise ContractError(f"--image-size {size} must be a multiple of 64 (the coarsest feature stride)")
         expect = {"preset": preset.name, "dataset_hash": ds.content_hash(),
                   "image_size": args.image_size or preset.image_size, "sources": sources}
         if args.resume:
@@ -104,7 +109,12 @@ def run(args: argparse.Namespace) -> int:
     texts = [caption_for(r) for r in ds.records] + [r.product for r in ds.records] + \
         [r.defect_type.replace("_", " ") for r in ds.records]
     t0 = time.time()
-    summary = train_loop.train(args, preset, ds, records, texts, rank=rank, world=world, device=device)
+    try:
+        summary = train_loop.train(args, preset, ds, records, texts, rank=rank, world=world, device=device)
+    except ContractError as e:  # parts that do not fit (e.g. a --vae with other latent channels)
+        print(f"teacher train: {e}", file=sys.stderr)
+        _dist_teardown(world)
+        return 2
     _dist_teardown(world)
     if rank == 0:
         summary["seconds"] = round(time.time() - t0, 2)

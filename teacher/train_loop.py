@@ -34,7 +34,7 @@ def _hparams(args, preset) -> dict:
                 batch_size=args.batch_size or d.batch_size, imp_loss_weight=d.imp_loss_weight,
                 text_prob=d.text_prob, null_prob=d.null_prob, augment=not args.no_augment,
                 mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                seed=args.seed, total_steps=args.steps)
+                seed=args.seed, total_steps=args.steps, init=args.init)
 
 
 def _batches(order: BatchOrder, data: ImageCaptionSet, epoch: int, batch: int, workers: int):
@@ -57,13 +57,13 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     out = Path(args.out)
     image_size = args.image_size or preset.image_size
     if args.resume:
-        model = load_teacher(out, use_ema=False)
+        model = load_teacher(out, use_ema=False, for_training=True)
         state = load_state(out)
     else:
         tok = WordTokenizer.from_texts(texts, max_length=preset.text_max_length)
         model = build_random_teacher(preset, image_size=image_size, seed=args.seed, vae_dir=args.vae,
                                      text_encoder_dir=args.text_encoder, image_encoder_dir=args.image_encoder,
-                                     tokenizer=tok)
+                                     tokenizer=tok, init=args.init)
         state = None
         if rank == 0 and model.info["sources"]["vae"] == "random-init":
             print("teacher train: WARNING no --vae given: the frozen VAE is random-init (run `teacher train-vae` "

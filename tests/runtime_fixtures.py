@@ -120,8 +120,9 @@ def _score(sess, bank, img, blur, size=SIZE):
     return r.score, r.mean_nn_distance
 
 
-def build_tiny_artifact(directory: str | Path, n_good: int = 6, seed: int = 0) -> TinyArtifact:
-    """Write model.onnx, bank.npy and manifest.json into ``directory``; returns what the tests need."""
+def build_tiny_artifact(directory: str | Path, n_good: int = 6, seed: int = 0, size: int = SIZE) -> TinyArtifact:
+    """Write model.onnx, bank.npy and manifest.json into ``directory``; returns what the tests need.
+    ``size`` > 64 makes the network input (and the cost per frame) larger; the test images stay 64 px."""
     import onnxruntime as ort
 
     from runtime.featurespec import FeatureSpec, LevelSpec
@@ -130,23 +131,23 @@ def build_tiny_artifact(directory: str | Path, n_good: int = 6, seed: int = 0) -
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    build_model(d / "model.onnx", SIZE, seed)
+    build_model(d / "model.onnx", size, seed)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(d / "model.onnx"), so, providers=["CPUExecutionProvider"])
     embs = []
     for i in range(n_good):
-        x = preprocess(good_image(i), SIZE, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        x = preprocess(good_image(i), size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         e = sess.run(["embedding"], {"image": x})[0][0]  # (D, h, w)
         embs.append(e.reshape(EMB_DIM, -1).T)
     bank = np.concatenate(embs).astype(np.float16)
     np.save(d / "bank.npy", bank)
     bank32 = bank.astype(np.float32)
     blur = 2.0
-    sc = {name: [_score(sess, bank32, fn(i), blur) for i in range(N_PROBE)]
+    sc = {name: [_score(sess, bank32, fn(i), blur, size) for i in range(N_PROBE)]
           for name, fn in [("good", TinyArtifact.good), ("in_band", TinyArtifact.in_band),
                            ("defect", TinyArtifact.defect)]}
-    sc["ood"] = [_score(sess, bank32, ood_image(), blur)]
+    sc["ood"] = [_score(sess, bank32, ood_image(), blur, size)]
     g_hi = max(s for s, _ in sc["good"])
     m_lo, m_hi = min(s for s, _ in sc["in_band"]), max(s for s, _ in sc["in_band"])
     d_lo = min(s for s, _ in sc["defect"])
@@ -158,11 +159,11 @@ def build_tiny_artifact(directory: str | Path, n_good: int = 6, seed: int = 0) -
     ood_nn = sc["ood"][0][1]
     assert ood_nn > nn_max * 1.2, f"ood image not separable: {ood_nn} vs {nn_max}"
     ood_limit = (nn_max + ood_nn) / 2
-    spec = FeatureSpec(image_size=SIZE, levels=(LevelSpec("s8", 8, EMB_DIM), LevelSpec("s16", 16, EMB_DIM)),
+    spec = FeatureSpec(image_size=size, levels=(LevelSpec("s8", 8, EMB_DIM), LevelSpec("s16", 16, EMB_DIM)),
                        source="tiny test model")
     m = ArtifactManifest(
         format_version=1, name="tiny", student="tiny", feature_spec=spec.to_dict(),
-        preprocess=Preprocess(size=SIZE), outputs=["embedding", "s8", "s16"],
+        preprocess=Preprocess(size=size), outputs=["embedding", "s8", "s16"],
         scoring=Scoring(k=1, blur_sigma_px=blur, score_topk=1, min_region_px=4),
         calibration=Calibration(threshold=threshold, band=(lo, hi), ood_limit=ood_limit),
         models={"fp32": "model.onnx"}, tolerance={"onnxruntime": 1e-3, "openvino": 1e-3})

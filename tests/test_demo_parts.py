@@ -207,13 +207,20 @@ def test_reading_eval_json():
     teacher = {"split": "test", "metrics": {"image_auroc": 0.91, "pixel_auroc": 0.88, "au_pro": 0.7,
                                             "image_f1_max": 0.8}}
     assert an.metric_row(teacher) == {"image_auroc": 0.91, "pixel_auroc": 0.88, "au_pro": 0.7, "f1": 0.8}
-    de = {"variants": {"fp32": {"image_auroc": 0.9}, "int8": {"image_auroc": 0.89, "latency_ms": {"p50": 2.0}}},
-          "fidelity": {"cosine": {"s8": 0.95, "s16": 0.93}}, "teacher_latency_ms": 120.0}
+    # the shape `distill eval --json` prints
+    de = {"student": {"fp32": {"image_auroc": 0.9}, "int8": {"image_auroc": 0.89},
+                      "int8_openvino": {"image_auroc": 0.88}},
+          "fidelity_cosine": {"s8": 0.95, "s16": 0.93}, "teacher_latency": {"median_ms": 120.0},
+          "latency": {"backends": {"torch": {"error": "x"}, "onnxruntime-int8": {"median_ms": 2.0},
+                                   "openvino-int8": {"median_ms": 1.5}, "onnxruntime-fp32": {"median_ms": 4.0}}}}
     v = an.student_variants(de)
     assert an.find_metric(an.pick_variant(v, "int8"), "image_auroc") == 0.89
     assert an.feature_cosine(de) == {"s8": 0.95, "s16": 0.93}
-    assert an.latency_figure(de, "teacher") == 120.0
-    assert an.latency_figure(an.pick_variant(v, "int8"), "latency") == 2.0
+    assert an.student_latency(de, "int8") == (1.5, "openvino-int8")
+    assert an.student_latency(de, "fp32") == (4.0, "onnxruntime-fp32")
+    from runtime.demo.pipeline import speed_figures
+    sp = speed_figures({"distill-eval": de}, {}, {"teacher": 1000, "student_int8": 10})
+    assert sp["speedup"] == pytest.approx(80.0) and sp["size_ratio"] == 100 and sp["int8_vs_fp32"] == pytest.approx(4 / 1.5)
     assert an.metric_row(None) == {m: None for m in an.TABLE_METRICS}
 
 
@@ -253,11 +260,12 @@ def test_bench_targets_from_report():
     from runtime.bench import targets
 
     rep = {
-        "teacher": {"sd15": {"latency_ms": {"256": 400.0}}, "tiny": {"latency_ms": 5.0}},
+        "teacher": {"sd15": {"results": [{"size": 256, "latency_s_per_image": 0.4}]},
+                    "tiny": {"results": [{"size": 128, "latency_s_per_image": 0.005}]}},
         "student": {"results": {"onnxruntime": {"fp32": {"status": "ok", "p50_ms": 2.0, "backend": "ort"},
                                                 "int8": {"status": "ok", "p50_ms": 1.0, "backend": "ort"}},
                                 "openvino": {"status": "skipped", "reason": "x"}}},
-        "daemon": {"overhead_ms": {"p50": 0.8}, "sustained_fraction": 0.95},
+        "daemon": {"overhead_p50_ms": 0.8, "sustained_ratio": 0.95, "raw": {"p50_ms": 1.0}},
         "kernels": {"knn": {"gflops": 10}, "knn_vs_matmul": 0.4},
     }
     t = {r["target"]: r for r in targets(rep)}

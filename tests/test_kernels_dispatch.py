@@ -151,6 +151,13 @@ def test_simulated_gpu_routes_to_cuda_runtime(machine, monkeypatch):
     assert dispatch.knn_score(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32)) == "knn"
     assert dispatch.anomaly_map(np.zeros((2, 2), np.float32), (4, 4), 1.0) == ("map", 1.0)
     assert calls == ["preprocess", "knn", "amap"]
+    rng = np.random.default_rng(4)  # k beyond the CUDA kernel's limit: the CPU answers, with a warning
+    q = rng.standard_normal((3, 4)).astype(np.float32)
+    bank = rng.standard_normal((40, 4)).astype(np.float32)
+    np.testing.assert_allclose(dispatch.knn_score(q, bank, k=cuda_runtime.KNN_KMAX + 1),
+                               dispatch.knn_score_reference(q, bank, cuda_runtime.KNN_KMAX + 1), rtol=1e-6)
+    assert calls == ["preprocess", "knn", "amap"]
+    assert dispatch._CUDA_KNN_KMAX == cuda_runtime.KNN_KMAX
 
 
 def test_cuda_runtime_probe_without_pycuda_says_so():

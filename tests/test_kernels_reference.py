@@ -72,6 +72,8 @@ def test_preprocess_reference_refuses_what_it_cannot_read():
         pp.preprocess_reference(np.zeros((4, 4, 3), np.uint8), 4, 0, 1, "GRAY")
     with pytest.raises(ValueError, match="std"):
         pp.preprocess_reference(np.zeros((4, 4, 3), np.uint8), 4, 0, 0)
+    with pytest.raises(ValueError, match="output size"):
+        pp.preprocess_reference(np.zeros((4, 4, 3), np.uint8), (0, 4), 0, 1)
 
 
 def test_gaussian_weights_match_opencv():

@@ -52,6 +52,17 @@ def test_knn_triton_matches_reference(m, n, d, k):
     np.testing.assert_allclose(ref, exact, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("m,n,d,k,splits", [(5, 7, 3, 1, 4), (37, 170, 33, 3, 3), (20, 100, 16, 1, 100), (3, 5, 5, 5, 2)])
+def test_knn_triton_bank_split_across_programs(m, n, d, k, splits):
+    """Few query blocks: the bank is sliced over grid axis 1 and partial k-smallest sets are merged."""
+    rng = np.random.default_rng(m + n + splits)
+    q = rng.standard_normal((m, d)).astype(np.float16)
+    b = rng.standard_normal((n, d)).astype(np.float16)
+    got = ks.knn_score(torch.from_numpy(q), torch.from_numpy(b), k, block_m=16, block_n=16, block_d=16,
+                       splits=splits).numpy()
+    np.testing.assert_allclose(got, _brute_knn(q.astype(np.float32), b.astype(np.float32), k), rtol=1e-4, atol=1e-4)
+
+
 def test_knn_triton_default_blocks_and_bank_sqnorm():
     rng = np.random.default_rng(1)
     q = rng.standard_normal((65, 40)).astype(np.float16)

@@ -137,10 +137,10 @@ def test_teacher_down_then_up_backlog_replayed(run_daemon, teacher, tmp_path):
     (edge,) = c.collect(["waiting"], timeout_s=3.0)["waiting"]
     assert edge.pending
     for _ in range(60):  # let the circuit open
-        if c.status()["teacher"]["circuit"] != "closed":
+        if c.status()["teacher"]["reopens"] >= 1:
             break
         time.sleep(0.05)
-    assert c.status()["teacher"]["circuit"] != "closed"
+    assert c.status()["teacher"]["reopens"] >= 1  # silence seen: Lazy Pirate reopened the socket
     t.start()  # the teacher comes back on the same endpoint
     vs = finals(c, ["waiting"], timeout_s=8.0)["waiting"]
     assert vs[-1].decided_by == "teacher" and vs[-1].supersedes == "edge"
@@ -192,17 +192,46 @@ def _teacher_serve_ready() -> bool:
     from pathlib import Path
 
     ready = Path("/work/plan/ready.md")
-    return ready.is_file() and "teacher serve" in ready.read_text() and shutil.which("teacher") is not None
+    return ready.is_file() and "teacher serve --checkpoint CKPT|fake" in ready.read_text()
 
 
-@pytest.mark.skipif(not _teacher_serve_ready(), reason="`teacher serve` not announced in /work/plan/ready.md yet")
-def test_against_real_teacher_serve(run_daemon, tmp_path):
+@pytest.mark.skipif(not _teacher_serve_ready(), reason="`teacher serve` (fake model) not announced in /work/plan/ready.md")
+def test_against_real_teacher_serve(run_daemon):
+    """The real `teacher serve` (its fake model, no checkpoint) as the fallback server of a daemon."""
+    import os
     import subprocess
     import sys
+    import threading
 
-    pytest.importorskip("torch")
-    ckpt = tmp_path / "ckpt"
-    r = subprocess.run([sys.executable, "-m", "teacher", "train", "--preset", "tiny", "--help"], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip("teacher CLI not usable here")
-    pytest.skip("needs a teacher checkpoint; see test_runtime_teacher_serve in the integration suite")  # pragma: no cover
+    proc = subprocess.Popen([sys.executable, "-m", "teacher", "serve", "--checkpoint", "fake", "--bind",
+                             "tcp://127.0.0.1:*"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    found = {}
+
+    def read():
+        for line in proc.stderr:
+            if "listening on" in line:
+                found["ep"] = line.strip().rsplit(" ", 1)[-1]
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(60)
+    try:
+        if "ep" not in found:
+            pytest.fail("teacher serve did not report its endpoint within 60 s")
+        d, c = run_daemon(found["ep"], **{"teacher.request_timeout_ms": 5000, "teacher.deadline_ms": 20000})
+        c.send(T.in_band(7), frame_id="real", want_mask=True)
+        c.send(T.good(7), frame_id="plain")
+        got = finals(c, ["real", "plain"], timeout_s=20.0)
+        edge, final = got["real"]
+        assert edge.pending and final.decided_by == "teacher" and final.supersedes == "edge"
+        assert final.status == "ok" and final.frame_id == "real" and final.decision in ("good", "defect")
+        assert [v.decided_by for v in got["plain"]] == ["edge"]
+        assert c.status()["teacher"]["circuit"] == "closed"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

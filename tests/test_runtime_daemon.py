@@ -159,7 +159,7 @@ def test_oversize_message_disconnects_peer_daemon_keeps_serving(run_daemon):
 def test_flood_from_one_sender_is_limited_others_served(run_daemon):
     from runtime.client import LinesideClient, LinesideError
 
-    d, c = run_daemon(**{"limits.sender_rate_hz": 2.0, "limits.sender_burst": 3})
+    d, c = run_daemon(**{"limits.sender_rate_hz": 0.1, "limits.sender_burst": 3})
     flood = LinesideClient(d.endpoints["ingress"], context=c.ctx)
     refused = 0
     for i in range(10):
@@ -325,6 +325,18 @@ def test_camera_on_trigger(run_daemon, tmp_path):
     finally:
         plc.close()
         ctx.destroy(linger=0)
+
+
+def test_prometheus_endpoint(run_daemon):
+    import urllib.request
+
+    d, c = run_daemon(metrics_port=0)
+    c.send(T.defect(), frame_id="m1")
+    c.collect(["m1"], timeout_s=5.0)
+    time.sleep(0.1)
+    body = urllib.request.urlopen(d.endpoints["metrics"], timeout=5).read().decode()
+    assert 'lineside_verdicts_total{decided_by="edge",decision="defect",status="ok"} 1.0' in body
+    assert 'lineside_stage_latency_ms_count{stage="backend"}' in body and "lineside_backend_info" in body
 
 
 def test_shutdown_over_control(run_daemon):

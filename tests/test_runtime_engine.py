@@ -105,7 +105,9 @@ def test_config_defaults_file_overrides_and_errors(tmp_path):
     assert (c.queue.size, c.queue.overload, c.teacher.address) == (5, "reject_newest", "tcp://10.0.0.5:5560")
     for over, field in [({"queue.overload": "drop_all"}, "queue.overload"), ({"backend.threads": 0}, "backend.threads"),
                         ({"sockets.verdicts": "localhost:5"}, "sockets.verdicts"), ({"journal.bogus": 1}, "journal.bogus"),
-                        ({"teacher.deadline_ms": -1}, "teacher.deadline_ms")]:
+                        ({"teacher.deadline_ms": -1}, "teacher.deadline_ms"),
+                        ({"security.ingress_secret": "k"}, "allowed_keys"),
+                        ({"teacher.secret_file": "k"}, "server_public_file")]:
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config(overrides=over)
     f.write_text("[queue\n")
@@ -153,3 +155,13 @@ def test_bounded_queue_policies(policy):
     else:
         assert (ok, ev) == (False, None) and [q.get(0), q.get(0)] == [1, 2]
     assert q.max_seen == 2 and q.get(0.01) is None
+
+
+def test_publisher_fast_header_equals_to_header(engine):
+    from runtime.publisher import to_header_fast
+    from runtime.verdict import Verdict
+
+    for v in [engine.judge(TinyArtifact.defect(5), "d", want_mask=True), engine.judge(TinyArtifact.good(5), "g"),
+              Verdict.failure("x", "error", "payload: corrupt")]:
+        assert to_header_fast(v) == v.to_header()
+        assert json.dumps(to_header_fast(v)) == json.dumps(v.to_header())

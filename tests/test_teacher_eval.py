@@ -81,3 +81,40 @@ def test_eval_refuses_checkpoint_without_head_or_bank(tmp_path, ckpt):
     shutil.copytree(ck, bare, ignore=shutil.ignore_patterns("head", "bank"))
     with pytest.raises(FileNotFoundError, match="teacher finetune"):
         TeacherPipeline.load(bare)
+
+
+def test_eval_good_only_split_reports_nulls(ckpt, capsys, tmp_path):
+    ck, data = ckpt
+    if not (ck / "bank").is_dir():
+        pytest.skip("needs the bank written by test_finetune_bank_eval_cli")
+    # the first 3 test records of the fixture are good: metrics needing both classes are null, not faked
+    assert main(["eval", "--checkpoint", str(ck), "--data", str(data), "--json", "--max-images", "3",
+                 "--report", str(tmp_path / "r")]) == 0
+    m = _last_json(capsys)["metrics"]
+    assert m["n_defect"] == 0 and m["image_auroc"] is None and m["au_pro"] is None and m["box_map@0.5"] is None
+    assert m["accuracy"] is not None and (tmp_path / "r" / "index.html").is_file()
+
+
+def test_compute_metrics_by_hand():
+    from runtime.dataset import Record
+    from runtime.verdict import Region, Verdict
+    from teacher.evaluate import compute_metrics
+
+    recs = [Record(image="a.png", label="good", product="p", split="test"),
+            Record(image="b.png", mask="b_m.png", label="defect", defect_type="stain", product="p", split="test")]
+    gt = [np.zeros((10, 10), bool), np.zeros((10, 10), bool)]
+    gt[1][2:6, 2:6] = True
+    m0 = np.zeros((10, 10), bool)
+    m1 = np.zeros((10, 10), bool)
+    m1[2:6, 2:4] = True  # half of the GT square
+    a0, a1 = np.zeros((10, 10), np.float32), gt[1].astype(np.float32)
+    vs = [Verdict("a", decision="good", score=0.1, anomaly_map=a0, mask=m0),
+          Verdict("b", decision="defect", score=0.9, anomaly_map=a1, mask=m1,
+                  regions=[Region((2, 2, 6, 6), 8, "stain", 0.8)])]
+    m = compute_metrics(vs, recs, gt, threshold=0.5, labelled=True)
+    assert m["image_auroc"] == 1.0 and m["pixel_auroc"] == 1.0 and m["accuracy"] == 1.0
+    assert m["iou"] == pytest.approx(0.5) and m["dice"] == pytest.approx(2 * 8 / (8 + 16))
+    assert m["classification_accuracy"] == 1.0 and m["box_map@0.5"] == pytest.approx(1.0)
+    vs[1].regions[0].label = "scratch"  # right box, wrong class -> no true positive for "stain"
+    m = compute_metrics(vs, recs, gt, threshold=0.5, labelled=True)
+    assert m["classification_accuracy"] == 0.5 and m["box_map@0.5"] == 0.0

@@ -126,15 +126,17 @@ def test_head_shapes_and_save_load_roundtrip(tmp_path):
 
 
 def test_regions_from_queries_labels_and_resolves_overlap():
-    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]])  # K=2 + ∅
+    probs = np.array([[0.45, 0.05, 0.5], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]])  # K=2 + ∅
     mp = np.zeros((3, 8, 8), np.float32)
     mp[0, :4, :4] = 0.9
     mp[1, 2:6, 2:6] = 0.9  # overlaps query 0
     mp[2, 6:, 6:] = 0.9  # ∅ query
-    regs = regions_from_queries(probs, mp, ["stain", "scratch"], (32, 32), score_threshold=0.5, min_region_px=4)
-    assert [r[1] for r in regs] == ["stain", "scratch"]
-    assert not (regs[0][0] & regs[1][0]).any()
-    assert 0.7 < regs[0][2] <= 0.9 * 0.9 + 1e-6  # class prob × mean mask prob (edges blurred by the upsampling)
+    regs = regions_from_queries(probs, mp, ["stain", "scratch"], (32, 32), score_threshold=0.3, min_region_px=4)
+    assert [r[1] for r in regs] == ["scratch", "stain"]  # by confidence (1 − p∅)·mean mask prob
+    assert not (regs[0][0] & regs[1][0]).any()  # the overlap went to the more confident query
+    assert 0.7 < regs[0][2] <= 0.9 * 0.9 + 1e-6  # edges blurred by the upsampling lower the mean
+    assert 0.35 < regs[1][2] <= 0.5 * 0.9 + 1e-6
+    assert len(regions_from_queries(probs, mp, ["stain", "scratch"], (32, 32), score_threshold=0.6)) == 1
 
 
 def test_finetune_lowers_mask_loss(tmp_path):

@@ -183,9 +183,10 @@ def test_encoded_dims_read_without_decoding(enc, shape):
 
 def test_error_reply_names_the_frame_when_it_can(ctx):
     with serving() as srv, ServeClient(srv.endpoint, ctx, timeout_ms=TIMEOUT_MS) as c:
-        h, _ = c.request(encode({"kind": "infer", "frame_id": "f-77", "encoding": "raw", "shape": [4, 4, 3],
-                                 "dtype": "uint8"}, b"\x00" * 5))
+        h, _ = c.request(encode({"kind": "infer", "frame_id": "f-77", "camera_id": "line2", "encoding": "raw",
+                                 "shape": [4, 4, 3], "dtype": "uint8"}, b"\x00" * 5))
         assert h["kind"] == "error" and h["field"] == "payload" and h["frame_id"] == "f-77"
+        assert h["camera_id"] == "line2"  # the edge matches replies by (camera_id, frame_id)
 
 
 def test_req_socket_client_is_answered(ctx):
@@ -222,11 +223,12 @@ def test_busy_when_queue_full(ctx):
     with serving("fake:delay_ms=300", max_batch=1, max_wait_ms=0, queue_size=2) as srv, \
             ServeClient(srv.endpoint, ctx, timeout_ms=TIMEOUT_MS) as c:
         for i in range(8):
-            c.send(image_frames("infer", image(i, 8), "raw", frame_id=f"b{i}"))
+            c.send(image_frames("infer", image(i, 8), "raw", frame_id=f"b{i}", camera_id="camB"))
         replies = {}
         for _ in range(8):
             r = c.recv()
             assert r is not None, f"only {len(replies)} of 8 requests answered"
+            assert r[0]["camera_id"] == "camB"
             replies[r[0]["frame_id"]] = r[0]["kind"]
         st = wait_status(c, lambda s: s["counts"]["served"] + s["counts"]["busy"] == 8)
     assert sorted(replies) == [f"b{i}" for i in range(8)]
@@ -262,7 +264,7 @@ def test_request_that_cannot_meet_its_deadline_gets_busy_at_once(ctx):
         c.send(image_frames("infer", image(2, 8), "raw", frame_id="running"))
         time.sleep(0.05)
         # refused at admission ("busy"), not queued and expired later (that would be an "expired" error)
-        h, _ = c.infer(image(3, 8), "hopeless", deadline_ts=time.time() + 0.2)
+        h, _ = c.infer(image(3, 8), "hopeless", deadline_ts=time.time() + 0.3)
         assert h["kind"] == "busy" and h["frame_id"] == "hopeless" and "deadline" in h["reason"], h
         h, _ = c.recv()
         assert h["kind"] == "verdict" and h["frame_id"] == "running"
@@ -334,6 +336,16 @@ def test_two_thread_workers(ctx):
             for c in clients:
                 c.close()
     assert len(st["workers"]) == 2 and all(w["alive"] for w in st["workers"])
+
+
+def test_port_in_use_is_a_clear_error_not_a_hang(ctx):
+    from teacher.serve import ServeError
+
+    with serving() as srv:
+        with pytest.raises(ServeError, match="cannot serve on"):
+            TeacherServer(ServeConfig(model="fake", bind=srv.endpoint)).start()
+        with ServeClient(srv.endpoint, ctx, timeout_ms=TIMEOUT_MS) as c:  # the first one is unharmed
+            assert c.infer(image(1, 8), "still")[0]["kind"] == "verdict"
 
 
 def test_config_is_checked():

@@ -62,3 +62,35 @@ def test_real_tiny_pipeline_is_served_batched(tiny_checkpoint):
         assert v.decision in ("good", "defect")
     assert st["model_hash"] == expected_hash
     assert max(int(k) for k in st["batch_size_histogram"]) > 1
+
+
+def test_a_worker_that_cannot_load_its_model_fails_start_with_the_reason(tmp_path):
+    from teacher.serve import ServeError
+
+    (tmp_path / "not-a-checkpoint").mkdir()
+    cfg = ServeConfig(model=str(tmp_path / "not-a-checkpoint"), bind="tcp://127.0.0.1:*", start_timeout_s=120)
+    with pytest.raises(ServeError, match="worker 0: .*not-a-checkpoint"):
+        TeacherServer(cfg).start()
+
+
+def test_device_plan_one_gpu_per_worker_process(tmp_path, monkeypatch):
+    import torch
+
+    from teacher.serve.server import plan_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cfg = ServeConfig(model=str(tmp_path), workers=3)
+    assert plan_devices(cfg) == [("cuda:0", "0"), ("cuda:0", "1"), ("cuda:0", "0")]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert [cvd for _, cvd in plan_devices(cfg)] == ["4", "5", "4"]
+    cfg_threads = ServeConfig(model=str(tmp_path), workers=3, worker_mode="thread")
+    assert plan_devices(cfg_threads) == [("cuda:0", None), ("cuda:1", None), ("cuda:0", None)]
+    assert plan_devices(ServeConfig(model=str(tmp_path), workers=2, device="cpu")) == [("cpu", None)] * 2
+    assert plan_devices(ServeConfig(model="fake", workers=2)) == [("cpu", None)] * 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert plan_devices(ServeConfig(model=str(tmp_path), workers=1)) == [("cpu", None)]
+    from teacher.serve import ServeError
+
+    with pytest.raises(ServeError, match="no CUDA GPU"):
+        plan_devices(ServeConfig(model=str(tmp_path), workers=1, device="cuda"))

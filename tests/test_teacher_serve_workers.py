@@ -80,7 +80,7 @@ def test_crashed_worker_process_is_restarted(ctx):
     with TeacherServer(cfg) as srv, ServeClient(srv.endpoint, ctx, timeout_ms=TIMEOUT_MS) as c:
         assert c.infer(image(9), "crash", timeout_ms=SILENCE_MS) is None  # the worker died with it
         st = wait_status(c, lambda s: sum(w["restarts"] for w in s["workers"]) == 1
-                         and all(w["alive"] for w in s["workers"]))
+                         and all(w["alive"] for w in s["workers"]), tries=400)  # a process start, under load
         for i in range(4):  # both workers answer again
             r = c.infer(image(i), f"after-{i}")
             assert r is not None and r[0]["kind"] == "verdict"
@@ -192,3 +192,31 @@ def test_bench_function_and_cli_json():
     assert out.returncode == 0, out.stderr
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["bench"] == "teacher_serve" and last["results"][0]["requests"] == 6
+
+
+def test_edge_cascade_gets_superseding_verdicts_from_the_server(ctx):
+    """The contract with the edge: runtime/cascade.py (Lazy Pirate DEALER, [b"", header, payload])."""
+    import queue
+
+    cascade = pytest.importorskip("runtime.cascade")
+    from runtime.config import Teacher
+    from runtime.telemetry import Telemetry
+    from runtime.verdict import Verdict
+
+    with TeacherServer(ServeConfig(model="fake:delay_ms=20", bind="tcp://127.0.0.1:*")) as srv:
+        out: queue.Queue = queue.Queue()
+        c = cascade.Cascade(ctx, Teacher(address=srv.endpoint), out, Telemetry())
+        c.start()
+        try:
+            for i in range(3):
+                frames = image_frames("infer", image(220), "raw", frame_id=f"e{i}", camera_id="cam1",
+                                      deadline_ts=time.time() + 30, want_mask=True)
+                assert c.reserve()
+                c.submit(f"e{i}", "cam1", frames[0], frames[1], time.time() + 30,
+                         Verdict(frame_id=f"e{i}", camera_id="cam1", pending=True))
+            got = [out.get(timeout=20).verdict for _ in range(3)]
+        finally:
+            c.stop_event.set()
+            c.join(timeout=10)
+    assert sorted(v.frame_id for v in got) == ["e0", "e1", "e2"]
+    assert all(v.decided_by == "teacher" and v.status == "ok" and v.decision == "defect" for v in got)

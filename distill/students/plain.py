@@ -28,10 +28,12 @@ class PlainConfig:
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """A distilled copy of one teacher head output: spatial logits (stride > 0) or global logits (stride 0)."""
+    """A distilled copy of one teacher head output: spatial logits (B, channels, S/stride, S/stride) when
+    stride > 0, else global logits (B, channels), or (B, queries, channels) when queries > 0."""
     name: str  # ONNX output name, e.g. "mask_logits", "class_logits"
     channels: int
     stride: int
+    queries: int = 0
 
 
 class ConvBNReLU(nn.Sequential):
@@ -107,7 +109,7 @@ class PlainStudent(nn.Module):
         self.heads = nn.ModuleDict()
         for h in self.head_specs:
             src = self._head_source(h)
-            self.heads[h.name] = nn.Conv2d(cfg.widths[src], h.channels, 1)
+            self.heads[h.name] = nn.Conv2d(cfg.widths[src], h.channels * max(1, h.queries), 1)
         full = sum(spec.level(n).channels for n in self.recipe.levels)
         d = self.recipe.dim or full
         # fixed PCA basis of the embedding (identity until fit sets one): embedding = basis (x − mean)
@@ -140,7 +142,9 @@ class PlainStudent(nn.Module):
         for h in self.head_specs:
             f = self.heads[h.name](feats[self._head_source(h)])
             if h.stride == 0:
-                f = f.mean(dim=(2, 3))  # (B, K)
+                f = f.mean(dim=(2, 3))  # (B, K) or (B, Q*K)
+                if h.queries:
+                    f = f.reshape(f.shape[0], h.queries, h.channels)
             elif h.stride < 8:
                 f = F.interpolate(f, scale_factor=8 // h.stride, mode="bilinear", align_corners=False)
             heads[h.name] = f

@@ -71,7 +71,7 @@ def student_variants(distill_eval: Mapping | None) -> dict[str, Mapping]:
     """distill eval's per-model results: {"fp32": {...}, "int8": {...}} (whatever keys it used)."""
     if not isinstance(distill_eval, Mapping):
         return {}
-    for key in ("variants", "models", "students", "backends", "results"):
+    for key in ("student", "variants", "models", "students", "results"):
         v = distill_eval.get(key)
         if isinstance(v, Mapping) and v and all(isinstance(x, Mapping) for x in v.values()):
             return dict(v)
@@ -83,10 +83,27 @@ def student_variants(distill_eval: Mapping | None) -> dict[str, Mapping]:
 
 
 def pick_variant(variants: Mapping[str, Mapping], want: str) -> Mapping | None:
+    """The variant named exactly ``want`` (e.g. "int8"), else the first whose name contains it."""
+    if want in variants:
+        return variants[want]
     for k, v in variants.items():
         if want in str(k).lower():
             return v
     return None
+
+
+def student_latency(distill_eval: Mapping | None, role: str) -> tuple[float | None, str | None]:
+    """Fastest median per-image latency (ms) of the student ``role`` (fp32/int8) over the backends
+    distill eval timed: ``latency.backends["<backend>-<role>"].median_ms``."""
+    backends = ((distill_eval or {}).get("latency") or {}).get("backends") or {}
+    best, where = None, None
+    for name, r in backends.items():
+        if not isinstance(r, Mapping) or not str(name).endswith(f"-{role}"):
+            continue
+        v = _num(r.get("median_ms"))
+        if v is not None and (best is None or v < best):
+            best, where = v, str(name)
+    return best, where
 
 
 def feature_cosine(distill_eval: Mapping | None) -> dict[str, float]:
@@ -230,15 +247,50 @@ def dir_bytes(path: Path, suffixes: tuple[str, ...] = (".safetensors", ".bin", "
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in suffixes)
 
 
+def safetensors_params(path: Path) -> int:
+    """Parameter count of a .safetensors file from its JSON header (no torch needed)."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return int(sum(int(np.prod(t["shape"])) for k, t in header.items() if k != "__metadata__"))
+
+
+def teacher_inference_files(ckpt: Path) -> list[Path]:
+    """The weight files `teacher serve` loads: EMA copies where the checkpoint has them (load_teacher's
+    default), the VAE, the mask head and the bank; not the training state or the raw (non-EMA) copies."""
+    ckpt = Path(ckpt)
+    ema = ckpt / "ema"
+    files = []
+    for f in sorted(ckpt.rglob("*")):
+        if not f.is_file() or f.suffix not in (".safetensors", ".npy"):
+            continue
+        rel = f.relative_to(ckpt)
+        top = rel.parts[0]
+        if top != "ema" and ema.is_dir() and (ema / top).is_dir():
+            continue  # superseded by its EMA copy
+        files.append(f)
+    return files
+
+
 def model_sizes(teacher_ckpt: Path, artifact: Path, manifest) -> dict[str, int]:
-    """Bytes on disk: the teacher checkpoint's weights (diffusion model, VAE, head, bank) and each
-    student model file named in the artifact manifest."""
-    out = {"teacher": dir_bytes(teacher_ckpt)}
+    """Bytes on disk of what each side runs: the teacher's inference weights (EMA U-Net and encoders,
+    VAE, head, bank) and each student model file of the artifact (an OpenVINO IR with its .bin)."""
+    out = {"teacher": sum(f.stat().st_size for f in teacher_inference_files(teacher_ckpt))}
     for role, rel in (manifest.models or {}).items():
         f = Path(artifact) / rel
         if f.is_file():
-            out[f"student_{role}"] = f.stat().st_size
+            size = f.stat().st_size
+            if f.suffix == ".xml" and f.with_suffix(".bin").is_file():
+                size += f.with_suffix(".bin").stat().st_size
+            out[f"student_{role}"] = size
     return out
+
+
+def teacher_params(teacher_ckpt: Path) -> int:
+    return sum(safetensors_params(f) for f in teacher_inference_files(teacher_ckpt) if f.suffix == ".safetensors")
 
 
 def latency_figure(obj: Mapping | None, *words: str) -> float | None:

@@ -23,7 +23,8 @@ class DemoError(RuntimeError):
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    c = Console(stderr=True, highlight=False)
+    return c if c.is_terminal else Console(stderr=True, highlight=False, width=120)  # logs, CI: no 80-col wrap
 
 
 def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[str, dict]:
@@ -99,7 +100,8 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
                          ["serve", "--checkpoint", ckpt, "--bind", ep(p_teacher), "--max-batch", 4], logs / "teacher-serve.log", env)
     daemon = st.Service("lineside-run", "lineside",
                         ["run", "--artifact", art, "--teacher", ep(p_teacher), "--ingress", ep(p_ingress),
-                         "--verdicts", ep(p_verdicts), "--control", ep(p_control)], logs / "lineside-run.log", env)
+                         "--verdicts", ep(p_verdicts), "--control", ep(p_control), "--journal", out / "journal.sqlite"],
+                        logs / "lineside-run.log", env)
     store = st.Collected()
     ctx = zmq.Context()
     collector = None
@@ -116,7 +118,9 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
         say(f"services up in {info['startup_s']:.1f} s ({ep(p_ingress)} → daemon → {ep(p_teacher)})", end="services")
         collector = st.VerdictCollector(ctx, ep(p_verdicts), store)
         collector.start()
-        time.sleep(st.SUBSCRIBE_SETTLE_S)
+        if not collector.heard.wait(st.SUBSCRIBE_TIMEOUT_S):
+            raise StepError(f"no heartbeat on the daemon's verdict socket {ep(p_verdicts)} within "
+                            f"{st.SUBSCRIBE_TIMEOUT_S:.0f} s (log: {daemon.log})")
         say(f"stream {len(frames)} test frames at {s.rate_hz:g} Hz …", start="stream")
         res = st.stream_frames(ep(p_ingress), frames, s.rate_hz, store, [teacher, daemon], on_frame=progress_cb)
         info["stream"] = asdict(res)
@@ -202,10 +206,17 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
     def on_frame(k):
         n_done[0] = k
 
+    # the production teacher's size, for scale (a config look-up, no weights), beside the line phase
+    bg = runner.start("info-sd15", "teacher", ["info", "--preset", "sd15", "--json"])
     try:
         store, info = run_line(out, s, env, ckpt, art, frames, say, on_frame)
+        sd15 = runner.finish(bg).result
     except StepError as e:
         raise DemoError(str(e)) from None
+    finally:
+        if bg.proc.poll() is None:
+            bg.proc.kill()
+            bg.proc.wait()
     timings = runner.timings()
     timings["line (serve + run + stream)"] = round(time.perf_counter() - t_line, 2)
 
@@ -258,7 +269,10 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
     fig["feature_cosine"] = an.feature_cosine(j.get("distill-eval"))
     sizes = an.model_sizes(ckpt, art, manifest)
     fig["model_bytes"] = sizes
-    fig["speed"] = speed_figures(j, vfig, sizes, int8 or fp32)
+    fig["speed"] = speed_figures(j, vfig, sizes)
+    fig["params"] = params = {"teacher (tiny, this run)": an.teacher_params(ckpt),
+                              f"student {s.student}": (j.get("fit") or {}).get("n_params"),
+                              "teacher (sd15, production)": ((sd15.get("params") or {}).get("total"))}
     fig["subreports"] = {"teacher eval": "teacher-eval", "distill eval": "student-eval"}
 
     from runtime.demo.report import overlay_panels, write_report
@@ -286,6 +300,7 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
         "table": table_rows,
         "feature_cosine": fig["feature_cosine"],
         "model_bytes": sizes,
+        "params": params,
         "speed": fig["speed"],
         "student_local": fig.get("student_local", {}),
         "student_local_note": local_note,
@@ -308,31 +323,41 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
     console.print(f"frames {vfig['frames_sent']} · edge verdicts {vfig['edge_verdicts']} · to the teacher "
                   f"{vfig['pending']} (fallback {_f(vfig['fallback_rate'])}) · teacher verdicts {vfig['teacher_verdicts']}"
                   f" · unreachable {vfig['teacher_unreachable']}")
+    pv = list(params.values())
+    if pv[1]:
+        console.print(f"student {pv[1] / 1e6:.2f} M parameters: " + " · ".join(
+            f"{v / pv[1]:.0f}× fewer than the {k}" for k, v in params.items() if v and not k.startswith("student")))
     console.print(f"student {_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {_mb(sizes.get('teacher'))}"
                   f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×   report: [bold]{index}[/]")
     return summary
 
 
-def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval) -> dict:
-    """Teacher vs student per-image latency and size. Prefers distill eval's side-by-side timing (same
-    process, same images); else the stage latencies of the verdicts (teacher server vs edge)."""
+def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval=None) -> dict:
+    """Teacher vs student per-image latency and size. From distill eval's side-by-side timing (same
+    process, same input size: ``teacher_latency.median_ms`` vs the fastest INT8 backend's median);
+    else from the verdicts' stage latencies (teacher server's feature stage vs the edge backend)."""
     out: dict = {}
     student_b = sizes.get("student_int8") or sizes.get("student_fp32")
     if student_b and sizes.get("teacher"):
         out["size_ratio"] = sizes["teacher"] / student_b
-    de = j.get("distill-eval")
-    t_ms = an.latency_figure(de, "teacher")
-    s_ms = an.latency_figure(student_eval, "int8") or an.latency_figure(student_eval, "student") \
-        or an.latency_figure(de, "int8") or an.latency_figure(de, "student")
-    src = "distill eval --json"
+    de = j.get("distill-eval") or {}
+    t_ms = an._num((de.get("teacher_latency") or {}).get("median_ms"))
+    s_ms, where = an.student_latency(de, "int8")
+    if s_ms is None:
+        s_ms, where = an.student_latency(de, "fp32")
+    src = f"distill eval --json (teacher vs student {where}, one image, {(de.get('latency') or {}).get('threads', '?')} thread)"
     if t_ms is None or s_ms is None:
         lat = vfig.get("latency_ms", {})
-        t_ms = _stage(lat, "teacher.", ("extract", "model", "infer", "predict", "compute"))
-        s_ms = _stage(lat, "edge.", ("infer", "model", "backend", "student"))
-        src = "verdict stage latencies (teacher server vs edge)"
+        t_ms = _stage(lat, "teacher.", ("features", "extract", "model"))
+        s_ms = _stage(lat, "edge.", ("backend", "infer", "model"))
+        src = "verdict stage latencies (teacher server features vs edge backend)"
+    f32, _ = an.student_latency(de, "fp32")
+    i8, _ = an.student_latency(de, "int8")
+    if f32 and i8:
+        out["int8_vs_fp32"] = f32 / i8
     if t_ms and s_ms:
         out.update(teacher_ms=t_ms, student_ms=s_ms, speedup=t_ms / s_ms, source=src)
-        out["note"] = f"latency per image from {src}"
+        out["note"] = f"per-image latency from {src}; the teacher here is the tiny preset at the demo's image size"
     else:
         out["note"] = "speedup not computed: no teacher and student per-image latency in this run's outputs"
     return out

@@ -120,6 +120,11 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     rep.section("Size and speed")
     sizes = fig["model_bytes"]
     sp = fig["speed"]
+    params = {k: v for k, v in (fig.get("params") or {}).items() if v}
+    if params:
+        student = next((v for k, v in params.items() if k.startswith("student")), None)
+        rep.table([[k, f"{v / 1e6:.3f} M", (f"{v / student:.0f}×" if student else "—")] for k, v in params.items()],
+                  header=["parameters", "count", "× student"])
     rep.table([[k, _mb(b)] for k, b in sizes.items()] +
               [["teacher / student size", _fmt(sp.get("size_ratio"), 1) + "×"],
                ["teacher ms / image", _fmt(sp.get("teacher_ms"), 2)],

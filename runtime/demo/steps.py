@@ -78,6 +78,16 @@ def tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
+@dataclass
+class Background:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen
+    stdout: Path
+    log: Path
+    t0: float
+
+
 class StepRunner:
     """Runs the demo's steps in order, logging each, timing each, keeping their JSON."""
 
@@ -114,6 +124,40 @@ class StepRunner:
                             f"(log: {log})")
         r = StepResult(name, argv, wall, result, log)
         self.results[name] = r
+        return r
+
+    def start(self, name: str, tool: str, args: list[str]) -> "Background":
+        """Start a step that runs beside the next ones (e.g. a look-up while the line streams)."""
+        argv = command(tool) + [str(a) for a in args]
+        log = self.log_dir / f"{name}.log"
+        out = self.log_dir / f"{name}.stdout"
+        logf, outf = open(log, "w"), open(out, "w")
+        logf.write("$ " + shlex.join(argv) + "\n")
+        logf.flush()
+        try:
+            proc = subprocess.Popen(argv, stdout=outf, stderr=logf, env=self.env, start_new_session=True)
+        finally:
+            logf.close()
+            outf.close()
+        return Background(name, argv, proc, out, log, time.perf_counter())
+
+    def finish(self, bg: "Background", timeout_s: float | None = None) -> StepResult:
+        """Wait for a background step; its JSON like ``run``'s. Killed (and StepError) on timeout."""
+        try:
+            bg.proc.wait(timeout=self.timeout_s if timeout_s is None else timeout_s)
+        except subprocess.TimeoutExpired:
+            bg.proc.kill()
+            bg.proc.wait()
+            raise StepError(f"step {bg.name}: `{shlex.join(bg.argv)}` did not finish in time (log: {bg.log})") from None
+        wall = time.perf_counter() - bg.t0
+        if bg.proc.returncode != 0:
+            raise StepError(f"step {bg.name}: `{shlex.join(bg.argv)}` exited with status {bg.proc.returncode}\n"
+                            f"--- last lines of {bg.log} ---\n{tail(bg.log)}")
+        result = last_json_line(bg.stdout.read_text())
+        if not result:
+            raise StepError(f"step {bg.name}: `{shlex.join(bg.argv)}` printed no JSON object on its last stdout line")
+        r = StepResult(bg.name, bg.argv, wall, result, bg.log)
+        self.results[bg.name] = r
         return r
 
     def timings(self) -> dict[str, float]:

@@ -28,7 +28,7 @@ from runtime.verdict import Verdict
 STOP_TIMEOUT_S = 10.0  # SIGTERM -> exit; then SIGKILL
 READY_TIMEOUT_S = 120.0  # a service answers its first status request within this
 STATUS_POLL_MS = 500  # Lazy Pirate: wait this long for a status reply, then reopen the socket
-SUBSCRIBE_SETTLE_S = 0.5  # PUB/SUB slow joiner: let the subscription reach the publisher
+SUBSCRIBE_TIMEOUT_S = 15.0  # PUB/SUB slow joiner: wait for the daemon's first heartbeat before streaming
 VERDICT_POLL_MS = 100
 TEACHER_GRACE_S = 60.0
 HEARTBEAT_TOPIC = b"hb"  # the daemon's PUB heartbeats (runtime/publisher.py); verdicts come as "verdict.<camera>"  # after the last frame, wait this long for teacher verdicts of pending frames
@@ -190,6 +190,7 @@ class VerdictCollector(threading.Thread):
         self.sock.connect(endpoint)
         self.store = store
         self._stop_evt = threading.Event()
+        self.heard = threading.Event()  # set by the first message (a heartbeat): the subscription is live
 
     def run(self) -> None:
         try:
@@ -197,6 +198,7 @@ class VerdictCollector(threading.Thread):
                 if not self.sock.poll(VERDICT_POLL_MS, zmq.POLLIN):
                     continue
                 frames = self.sock.recv_multipart()
+                self.heard.set()
                 if frames and frames[0] == HEARTBEAT_TOPIC:
                     continue
                 frames = _strip_topic(frames)

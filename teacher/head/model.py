@@ -125,27 +125,27 @@ def regions_from_queries(probs: np.ndarray, mask_probs: np.ndarray, vocabulary: 
                          score_threshold: float, mask_threshold: float = 0.5, min_region_px: int = 16):
     """One image: probs (N, K+1), mask_probs (N, h0, w0) -> list of (mask bool (H, W), label, confidence, score).
 
-    Mask2Former instance inference: a query's label is its best non-∅ category and its confidence is
-    that class probability times the mean mask probability inside its binary mask; queries below
-    ``score_threshold`` are dropped, overlapping masks are resolved by confidence (each pixel to the
-    most confident query), and masks under ``min_region_px`` pixels dropped."""
+    Mask2Former instance inference, with objectness: a query's label is its best non-∅ category; its
+    confidence is (1 − p(∅)) times the mean mask probability inside its binary mask (the same product
+    as the head's anomaly map, so a "defect" image has a region; using the top class probability
+    instead would split the mass among similar category names). Queries below ``score_threshold``
+    are dropped, overlaps go to the more confident query, masks under ``min_region_px`` are dropped."""
     import cv2
 
     h, w = image_hw
     if not vocabulary:
         return []
-    cls = probs[:, :-1]
-    labels = cls.argmax(1)
-    cls_p = cls.max(1)
+    labels = probs[:, :-1].argmax(1)
+    obj = 1.0 - probs[:, -1]
     cand = []
-    for i in np.argsort(-cls_p):
-        if cls_p[i] < score_threshold * 0.5:
-            break
+    for i in np.argsort(-obj):
+        if obj[i] < score_threshold:
+            break  # conf <= obj for every later query
         mp = cv2.resize(mask_probs[i].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         m = mp >= mask_threshold
         if m.sum() < min_region_px:
             continue
-        conf = float(cls_p[i] * mp[m].mean())
+        conf = float(obj[i] * mp[m].mean())
         if conf >= score_threshold:
             cand.append((conf, m, vocabulary[labels[i]], float(mp.max())))
     cand.sort(key=lambda c: -c[0])

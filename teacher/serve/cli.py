@@ -101,9 +101,7 @@ def run(args: argparse.Namespace) -> int:
             warned = True
     notifier.stopping()
     print("teacher serve: stopping (draining running batches)", file=sys.stderr, flush=True)
-    final = server.status()
     server.stop()
-    final_after = server.status()
-    if args.json:
-        print(json.dumps({"ok": True, "endpoint": server.endpoint, "status": final_after or final}))
+    if args.json:  # the counters as the workers reported them when they stopped
+        print(json.dumps({"ok": True, "endpoint": server.endpoint, "status": server.status()}))
     return 0

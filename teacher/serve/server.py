@@ -174,6 +174,7 @@ class TeacherServer:
     def start(self) -> "TeacherServer":
         cfg = self.cfg
         mode = cfg.mode
+        devices = plan_devices(cfg)
         self._ctx = ctx = zmq.Context()
         tag = uuid.uuid4().hex[:10]
         if mode == "thread":
@@ -204,12 +205,19 @@ class TeacherServer:
             stats.linger = 0
             stats.bind(stats_ep)
         except (zmq.ZMQError, OSError, ValueError) as e:
-            self._teardown_ctx()
-            raise ServeError(f"teacher serve: cannot bind {cfg.bind}: {e}") from e
+            if self._auth is not None:
+                self._auth.stop()
+                self._auth = None
+            ctx.destroy(linger=0)  # no thread uses these sockets yet
+            self._ctx = None
+            if self._tmpdir:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                self._tmpdir = None
+            raise ServeError(f"cannot serve on {cfg.bind}: {e}") from e
         # sockets move to their threads here; a thread start is the full barrier ZeroMQ asks for
         self._spawn_thread(self._proxy_main, "serve-proxy", frontend, backend, control_in)
         self._spawn_thread(self._stats_main, "serve-stats", stats)
-        for i, (device, cvd) in enumerate(plan_devices(cfg)):
+        for i, (device, cvd) in enumerate(devices):
             self._worker_cfgs[i] = WorkerConfig(
                 worker_id=i, model_spec=cfg.model, backend=backend_ep, stats=stats_ep, device=device,
                 cuda_visible_devices=cvd, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
@@ -224,13 +232,13 @@ class TeacherServer:
                 failed, ready = dict(self._failed), len(self._ready)
             if failed:
                 self.stop()
-                raise ServeError("teacher serve: worker(s) failed to start: "
+                raise ServeError("worker(s) failed to start: "
                                  + "; ".join(f"worker {k}: {v}" for k, v in sorted(failed.items())))
             if ready == cfg.workers:
                 break
             if time.monotonic() > t_end:
                 self.stop()
-                raise ServeError(f"teacher serve: {cfg.workers - ready} worker(s) not ready after {cfg.start_timeout_s} s")
+                raise ServeError(f"{cfg.workers - ready} worker(s) not ready after {cfg.start_timeout_s} s")
             time.sleep(0.02)
         if cfg.metrics_port:
             self._metrics = start_metrics_server(cfg.metrics_port, self.status, host=cfg.metrics_host)

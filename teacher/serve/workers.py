@@ -87,14 +87,18 @@ def _plain(x):
     return x
 
 
-def _frame_id_of(raw: bytes) -> Optional[str]:
-    """Best effort frame_id of a request that failed validation, so its error reply can name it."""
+def _ids_of(raw: bytes) -> dict:
+    """Best effort frame_id / camera_id of a request that failed validation, for its error reply."""
     try:
         h = json.loads(bytes(raw).decode("utf-8"))
-        fid = h.get("frame_id") if isinstance(h, dict) else None
-        return fid if isinstance(fid, str) and len(fid) <= MAX_ID_CHARS else None
     except Exception:
-        return None
+        return {"frame_id": None}
+    ids = {}
+    for key in ("frame_id", "camera_id"):
+        val = h.get(key) if isinstance(h, dict) else None
+        if isinstance(val, str) and len(val) <= MAX_ID_CHARS:
+            ids[key] = val
+    return {"frame_id": ids.pop("frame_id", None), **ids}
 
 
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -260,7 +264,7 @@ class Worker:
             for envelope, _, _ in self.inflight.pop(r.key, []):
                 self.stats.count("busy")
                 sock.send_multipart(envelope + encode({"kind": "busy", "frame_id": r.frame_id,
-                                                       "reason": "server shutting down"}))
+                                                       "camera_id": r.camera_id, "reason": "server shutting down"}))
 
     def _estimated_wait_s(self) -> Optional[float]:
         """Time until a request queued now has its reply, from the mean batch time; None before any batch."""
@@ -284,8 +288,8 @@ class Worker:
 
         def refuse(field: str, message: str, **extra) -> None:
             self.stats.count("errors")
-            fid = _frame_id_of(body[0]) if body else None
-            sock.send_multipart(envelope + error_frames(field, message, fid, **extra))
+            ids = _ids_of(body[0]) if body else {"frame_id": None}
+            sock.send_multipart(envelope + error_frames(field, message, **ids, **extra))
 
         try:
             h = decode_header(body, expect=("infer", "status"))
@@ -330,12 +334,12 @@ class Worker:
             self.stats.count("expired")
             sock.send_multipart(envelope + error_frames(
                 "deadline_ts", f"expired: deadline passed {1e3 * (time.time() - deadline):.1f} ms before arrival",
-                frame_id, reason="expired"))
+                frame_id, camera_id=camera_id, reason="expired"))
             return None
         if self._stopping or self.queue.full():
             self.stats.count("busy")
             sock.send_multipart(envelope + encode({
-                "kind": "busy", "frame_id": frame_id, "queue_depth": len(self.queue),
+                "kind": "busy", "frame_id": frame_id, "camera_id": camera_id, "queue_depth": len(self.queue),
                 "reason": "server shutting down" if self._stopping else "queue full"}))
             return None
         wait_s = self._estimated_wait_s()
@@ -343,7 +347,7 @@ class Worker:
             # it would expire in the queue: say so now, while the client can still act on it
             self.stats.count("busy")
             sock.send_multipart(envelope + encode({
-                "kind": "busy", "frame_id": frame_id, "queue_depth": len(self.queue),
+                "kind": "busy", "frame_id": frame_id, "camera_id": camera_id, "queue_depth": len(self.queue),
                 "reason": f"deadline cannot be met (estimated wait {wait_s * 1e3:.0f} ms)"}))
             return None
         # size check before decoding: a small JPEG / PNG can claim gigapixels
@@ -371,7 +375,8 @@ class Worker:
                       deadline_ts=None if deadline is None else float(deadline), t_arrival=t_arrival)
         if not self.queue.put(req):  # only this thread puts, so this is the race-free fallback
             self.stats.count("busy")
-            sock.send_multipart(envelope + encode({"kind": "busy", "frame_id": frame_id, "reason": "queue full"}))
+            sock.send_multipart(envelope + encode({"kind": "busy", "frame_id": frame_id, "camera_id": camera_id,
+                                                   "reason": "queue full"}))
             return None
         self.inflight[key] = [(envelope, want_mask, t_arrival)]
         return None
@@ -400,11 +405,11 @@ class Worker:
                     self.stats.count("expired")
                     sock.send_multipart(envelope + error_frames(
                         "deadline_ts", f"expired: deadline passed {payload:.1f} ms before its batch started",
-                        req.frame_id, reason="expired"))
+                        req.frame_id, camera_id=req.camera_id, reason="expired"))
             else:  # model error: not cached, a retry recomputes
                 for envelope, _, _ in waiters:
                     self.stats.count("model_errors")
-                    sock.send_multipart(envelope + error_frames("model", payload, req.frame_id))
+                    sock.send_multipart(envelope + error_frames("model", payload, req.frame_id, camera_id=req.camera_id))
 
     def _send_verdict(self, sock: zmq.Socket, envelope: list[bytes], entry: _Cached, want_mask: bool,
                       t_arrival: float, from_cache: bool = False) -> None:

@@ -1,0 +1,42 @@
+"""Targets for the distilled copy of the teacher's mask head (``teacher finetune`` -> CKPT/head).
+
+The head's final-layer outputs on the cached teacher features: class probabilities (B, N, K+1) and mask
+probabilities (B, N, h0, w0), turned back into logits (log p; logit σ) for KL at a temperature. The
+student gets two outputs, "class_logits" (B, N, K+1) and "mask_logits" (B, N, h0, w0).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distill.students import HeadSpec
+
+KINDS = {"class_logits": "softmax", "mask_logits": "sigmoid"}
+
+
+def load_teacher_head(ckpt: str | Path | None):
+    if not ckpt or not (Path(ckpt) / "head").is_dir():
+        return None
+    from teacher.head.model import load_head
+
+    return load_head(Path(ckpt) / "head")
+
+
+@torch.no_grad()
+def head_targets(state, feats: dict[str, torch.Tensor], image_size: int, batch_size: int = 8
+                 ) -> tuple[dict[str, torch.Tensor], tuple[HeadSpec, ...]]:
+    from teacher.head.model import head_outputs
+
+    cls, masks = [], []
+    n = next(iter(feats.values())).shape[0]
+    for s in range(0, n, batch_size):
+        p, m = head_outputs(state, {k: v[s:s + batch_size] for k, v in feats.items()})
+        cls.append(p.float().clamp_min(1e-8).log())
+        masks.append(torch.logit(m.float().clamp(1e-6, 1 - 1e-6)))
+    cls_t, mask_t = torch.cat(cls), torch.cat(masks)
+    q, k1 = cls_t.shape[1:]
+    stride = image_size // mask_t.shape[-1]
+    specs = (HeadSpec("mask_logits", channels=int(mask_t.shape[1]), stride=int(stride)),
+             HeadSpec("class_logits", channels=int(k1), stride=0, queries=int(q)))
+    return {"mask_logits": mask_t, "class_logits": cls_t}, specs

@@ -1,0 +1,209 @@
+"""fit → quantize → export → eval on synthetic data with the tiny teacher, through the CLI, and the
+artifact as the edge sees it (runtime.engine / runtime.manifest)."""
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from distill.cli import main as distill_main
+from runtime.featurespec import ContractError
+from runtime.manifest import load_manifest
+
+
+def _cli(*argv) -> tuple[int, dict | None]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = distill_main([str(a) for a in argv])
+    lines = out.getvalue().strip().splitlines()
+    return rc, (json.loads(lines[-1]) if lines else None)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from teacher.bank import fit_bank
+    from teacher.checkpoint import build_random_teacher, save_teacher
+    from teacher.data.synth import synthesize
+    from runtime.dataset import load_dataset
+
+    root = tmp_path_factory.mktemp("distill")
+    synthesize(root / "data", n_good=24, n_defect=12, size=128, seed=0)
+    data = root / "data" / "manifest.jsonl"
+    teacher = build_random_teacher("tiny")
+    ckpt = root / "ckpt"
+    save_teacher(teacher, ckpt, {})
+    ds = load_dataset(data)
+    imgs = lambda split, defect: [ds.read_image(r) for r in ds.split(split) if r.is_defect == defect]  # noqa: E731
+    fit_bank(teacher, imgs("train", False), imgs("val", False), imgs("val", True), budget=200).save(ckpt / "bank")
+    # an (untrained) finetuned head: the student distils its outputs too
+    import torch
+    from teacher.head.model import HeadState, MaskHead, head_preset, save_head
+
+    torch.manual_seed(0)
+    head = MaskHead(in_channels=(32, 64, 64, 64), embed_dim=24, image_size=128, **head_preset("tiny")).eval()
+    save_head(ckpt / "head", HeadState(head=head, vocabulary=["crack", "scratch", "stain"], text_emb=torch.randn(3, 24)))
+
+    run = root / "run"
+    rc, fit = _cli("fit", "--teacher", ckpt, "--data", data, "--student", "tiny", "--out", run, "--steps", "30",
+                   "--noise-draws", "2", "--embed-dim", "32", "--json")
+    assert rc == 0
+    rc, quant = _cli("quantize", run, "--data", data, "--method", "both", "--force", "--json")
+    assert rc == 0
+    art = root / "artifact"
+    rc, exp = _cli("export", run, "--out", art, "--json")
+    assert rc == 0
+    return dict(root=root, data=data, ckpt=ckpt, run=run, art=art, fit=fit, quant=quant, exp=exp)
+
+
+def test_fit_writes_a_calibrated_run(pipeline):
+    fit = pipeline["fit"]
+    run = pipeline["run"]
+    for f in ("config.json", "student.pt", "bank.npy", "metrics.jsonl", "curves.png"):
+        assert (run / f).is_file(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == 29 and "cos_s8" in rows[-1]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    cal = fit["calibration"]
+    lo, hi = cal["band"]
+    assert lo <= cal["threshold"] <= hi and cal["ood_limit"] > 0
+    assert cal["reference"] == "teacher (both)"  # the checkpoint has a bank and a head: the teacher decides
+    assert rows[-1]["kd_mask_logits"] >= 0 and rows[-1]["kd_class_logits"] >= 0
+    assert cal["val_agreement_outside_band"] >= cal["target_agreement"]
+    assert set(fit["val_cosine"]) == {"s8", "s16", "s32", "s64"}
+    bank = np.load(run / "bank.npy")
+    assert bank.dtype == np.float16 and bank.shape[1] == 32
+
+
+def test_targets_are_cached_once_per_run(pipeline):
+    assert len(list((pipeline["run"] / "cache").glob("targets-*.safetensors"))) == 1
+
+
+def test_artifact_layout_and_manifest(pipeline):
+    art = pipeline["art"]
+    m = load_manifest(art)
+    assert m.format_version == 1 and m.student == "tiny"
+    assert m.outputs == ["embedding", "s8", "s16", "s32", "s64", "mask_logits", "class_logits"]
+    assert m.labels == ["crack", "scratch", "stain"]  # the head's vocabulary
+    assert m.models["fp32"] == "model.onnx"
+    assert "openvino_xml" in m.models
+    for rel in m.models.values():
+        assert rel in m.files
+    assert np.load(art / "bank.npy").dtype == np.float16
+    assert m.calibration.band[0] <= m.calibration.threshold <= m.calibration.band[1]
+    assert m.tolerance["onnxruntime-fp32"] > 0 and m.tolerance["openvino-fp32"] > 0
+    check = m.metrics["export_check"]
+    for backend, c in check.items():
+        assert c["score_max_abs_diff"] <= m.tolerance[backend]
+    assert m.teacher_hash and m.quantization.startswith("int8")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_artifact_runs_on_the_edge_and_matches_torch(pipeline, backend):
+    """runtime.engine loads the artifact; its FP32 outputs match the torch student within tolerance."""
+    import torch
+
+    from distill.run import load_run
+    from runtime.dataset import load_dataset
+    from runtime.engine import Engine
+    from runtime.manifest import load_manifest
+
+    art = pipeline["art"]
+    m = load_manifest(art)
+    ds = load_dataset(pipeline["data"])
+    img = ds.read_image(ds.split("test")[0])
+    eng = Engine(art, backend=backend)
+    v = eng.judge(img)
+    assert v.status == "ok" and v.decision in ("good", "defect", "unknown")
+    # FP32 parity through the edge's own preprocessing
+    from kernels import dispatch
+    from distill.runners import OrtRunner, OvRunner
+
+    x = dispatch.preprocess(img, m.preprocess.size, m.preprocess.mean, m.preprocess.std)
+    run = load_run(pipeline["run"])
+    with torch.no_grad():
+        ref = run.model.fused()(torch.from_numpy(x))._asdict()
+    r = OrtRunner(art / "model.onnx") if backend == "onnxruntime" else OvRunner(art / "model.onnx")
+    out = r.run(x)
+    for k in m.outputs:
+        err = np.abs(out[k] - ref[k].numpy()).max() / (np.abs(ref[k].numpy()).max() + 1e-12)
+        assert err < 1e-3, (k, err)
+
+
+def test_tampered_artifact_is_refused(pipeline, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(pipeline["art"], art)
+    b = np.load(art / "bank.npy")
+    b[0, 0] += 1
+    np.save(art / "bank.npy", b)
+    with pytest.raises(ContractError, match="bank.npy fails its checksum"):
+        load_manifest(art)
+
+
+def test_unknown_manifest_version_is_refused(pipeline, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(pipeline["art"], art)
+    raw = json.loads((art / "manifest.json").read_text())
+    raw["format_version"] = 99
+    (art / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ContractError, match="format_version 99 is not supported"):
+        load_manifest(art)
+
+
+def test_guard_refuses_an_int8_model_beyond_max_drop(pipeline, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run, ignore=shutil.ignore_patterns("quantize"))
+    rc, rep = _cli("quantize", run, "--data", pipeline["data"], "--method", "ort", "--max-drop", "-1", "--json")
+    assert rc == 2
+    e = rep["methods"]["ort"]
+    assert e["file"] is None and not (run / "quantize" / "model.int8.onnx").exists()
+    assert "refused" in e["refused"] and "drops" in e["refused"] and "max drop -1" in e["refused"]
+    assert [a["plan"] for a in e["attempts"]] == ["int8", "mixed", "mixed+"]  # mixed precision tried first
+    assert "largest relative output errors" in e["refused"]
+
+
+def test_guard_refuses_a_sabotaged_calibration(pipeline, tmp_path):
+    from distill.quantize import quantize_run
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run, ignore=shutil.ignore_patterns("quantize"))
+    # calibration on near-constant images: activation ranges collapse, real images saturate
+    bad = np.full((4, 3, 128, 128), 1e-3, np.float32)
+    rep = quantize_run(run, str(pipeline["data"]), methods=("ort",), calib_override=bad)
+    e = rep["methods"]["ort"]
+    assert not e["passed"] and e["file"] is None and rep["chosen"] is None
+    assert not (run / "quantize" / "model.int8.onnx").exists()
+    assert "outputs drift from FP32" in e["refused"]
+
+
+def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
+    rc, res = _cli("eval", pipeline["art"], "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--json",
+                   "--report", tmp_path / "report", "--runs", "3", "--teacher-runs", "1",
+                   "--backends", "onnxruntime-fp32", "onnxruntime-int8", "openvino-int8")
+    assert rc == 0
+    assert set(res["fidelity_cosine"]) == {"s8", "s16", "s32", "s64"}
+    assert all(-1 <= v <= 1 for v in res["fidelity_cosine"].values())
+    assert res["teacher"]["mode"] == "both" and "image_auroc" in res["teacher"]
+    assert {"fp32", "int8_openvino"} <= set(res["student"])
+    c = res["cascade"]
+    assert c["fallback_source"] == "teacher" and 0 <= c["fallback_rate"] <= 1
+    assert "accuracy" in c and "agreement_with_teacher" in c
+    lat = res["latency"]["backends"]
+    assert lat["onnxruntime-fp32"]["median_ms"] > 0 and lat["onnxruntime-fp32"]["peak_rss_mb"] > 0
+    assert res["speedup"]["onnxruntime-fp32"] > 0
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_student_only_latency(pipeline):
+    from distill.bench import student_latency
+
+    r = student_latency(pipeline["art"], ["onnxruntime-fp32", "openvino-fp32"], runs=3)
+    assert r["size"] == 128 and not r["timing_only_models"]
+    assert all(v["median_ms"] > 0 for v in r["backends"].values())
+    with pytest.raises(ValueError, match="unknown backends"):
+        student_latency(pipeline["art"], ["tensorflow"])
+    rc, res = _cli("eval", pipeline["art"], "--student-only", "--json", "--runs", "2", "--backends", "onnxruntime-int8",
+                   "--size", "64")
+    assert rc == 0 and res["latency"]["timing_only_models"] and res["latency"]["size"] == 64
+    assert "teacher" not in res

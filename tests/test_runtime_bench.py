@@ -1,0 +1,19 @@
+"""runtime.bench_daemon: the figures `lineside bench` reports (no timing asserts: the machine is shared)."""
+import math
+
+from runtime_fixtures import build_tiny_artifact
+
+
+def test_run_daemon_bench_reports_raw_and_end_to_end(tmp_path):
+    from runtime.bench_daemon import run_daemon_bench
+
+    art = build_tiny_artifact(tmp_path / "tiny")
+    r = run_daemon_bench(art.dir, backend="onnxruntime", n_frames=30, warmup=5)
+    assert r["backend"].startswith("onnxruntime")
+    for k in ("p50_ms", "p99_ms", "rate_hz"):
+        assert math.isfinite(r["raw"][k]) and r["raw"][k] > 0
+    d = r["daemon"]
+    assert d["lost"] == 0 and d["drops"] == 0 and d["exit_code"] == 0
+    assert d["e2e_p50_ms"] > 0 and d["e2e_p99_ms"] >= d["e2e_p50_ms"] and d["sustained_rate_hz"] > 0
+    assert math.isclose(r["overhead_p50_ms"], d["e2e_p50_ms"] - r["raw"]["p50_ms"])
+    assert set(r["targets"]) == {"overhead_p50_ms_max", "sustained_ratio_min", "overhead_met", "sustained_met"}

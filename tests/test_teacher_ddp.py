@@ -1,0 +1,47 @@
+"""Two-process DDP training on the CPU (gloo) through torchrun, as a cluster runs it: both ranks
+train, rank 0 alone logs and saves, and the saved checkpoint loads."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.dataset import Record, write_manifest
+
+
+def make_dataset(root: Path, n: int = 8, size: int = 128) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(n):
+        img = cv2.resize(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(root / f"images/{i}.png"), img)
+        recs.append(Record(image=f"images/{i}.png", label="good", product="tile", split="train"))
+    return write_manifest(root, recs)
+
+
+def test_two_process_gloo_ddp_trains_and_saves_once(tmp_path):
+    data = make_dataset(tmp_path / "d")
+    out = tmp_path / "ck"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "teacher", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+           "--steps", "3", "--batch-size", "2", "--device", "cpu", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summaries = [json.loads(s) for s in p.stdout.splitlines() if s.startswith("{")]
+    assert len(summaries) == 1  # only rank 0 reports
+    assert summaries[0]["step"] == 3
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3  # only rank 0 logs
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["global_batch_size"] == 4 and cfg["step"] == 3
+    from teacher.checkpoint import load_teacher
+
+    assert load_teacher(out).checkpoint_hash == cfg["checkpoint_hash"]
