@@ -44,6 +44,7 @@ def configure(p) -> None:
                    help="time a random-init teacher of this preset (e.g. sd15) instead of the checkpoint")
     p.add_argument("--teacher-runs", type=int, default=3)
     p.add_argument("--student-only", action="store_true", help="latency of the student only; no teacher, no data")
+    p.add_argument("--noise-draws", type=int, default=4, help="teacher draws averaged for the fidelity targets")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
 
@@ -70,7 +71,8 @@ def _decision_metrics(decisions: np.ndarray, labels: np.ndarray, teacher: np.nda
     return out
 
 
-def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str = "test", threads: int = 1) -> dict:
+def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str = "test", threads: int = 1,
+             noise_draws: int = 4) -> dict:
     import torch
 
     from distill.data import load_images
@@ -107,7 +109,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     with torch.no_grad():
         tfeat: dict[str, list] = {}
         for s in range(0, len(test), 8):
-            f = teacher.extract_features(test.teacher_inputs()[s:s + 8], seed=0)
+            f = teacher.extract_features(test.teacher_inputs()[s:s + 8], noise_draws=noise_draws, seed=0)
             for k, v in f.items():
                 tfeat.setdefault(k, []).append(v)
         tfeat = {k: torch.cat(v) for k, v in tfeat.items()}
@@ -144,6 +146,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
         curves[key] = (sc, outs)
         if key == "fp32":
             res["fidelity_cosine"] = _cosines(outs, tfeat, man.spec.names)
+            res["fidelity_noise_draws"] = noise_draws
     res["student"] = student
     log("cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in res["fidelity_cosine"].items()))
 
@@ -233,7 +236,8 @@ def run(args) -> int:
         if not args.teacher or not args.data:
             print("distill eval: --teacher and --data are required (or --student-only)", file=sys.stderr)
             return 2
-        res = evaluate(args.artifact, args.teacher, args.data, split=args.split, threads=args.threads)
+        res = evaluate(args.artifact, args.teacher, args.data, split=args.split, threads=args.threads,
+                       noise_draws=args.noise_draws)
     lat = student_latency(args.artifact, args.backends, size=args.size, runs=args.runs, threads=args.threads)
     res["latency"] = lat
     res.setdefault("artifact", lat["artifact"])

@@ -45,6 +45,8 @@ def configure(p) -> None:
     p.add_argument("--noise-draws", type=int, default=4, help="teacher noise draws averaged per target")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embed-dim", type=int, default=DEFAULT_EMBED_DIM, help="PCA components of the embedding")
+    p.add_argument("--proj-rank", type=int, default=None,
+                   help="project each level through a frozen rank-R PCA basis of the teacher's features")
     p.add_argument("--bank-budget", type=int, default=DEFAULT_BANK_BUDGET)
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--blur-sigma", type=float, default=4.0)
@@ -77,7 +79,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         features: str | None = None, batch_size: int = 8, lr: float = 2e-3, noise_draws: int = 4, seed: int = 0,
         embed_dim: int | None = DEFAULT_EMBED_DIM, bank_budget: int = DEFAULT_BANK_BUDGET,
         scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
-        jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto") -> dict:
+        jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
+        proj_rank: int | None = None) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
     the checkpoint has a head or bank) or "labels"."""
     from runtime.dataset import load_dataset
@@ -137,9 +140,25 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         labels = list(head_state.vocabulary)
         log(f"teacher head: distilling {', '.join(f'{h.name} {tuple(ht[h.name].shape[1:])}' for h in head_specs)}")
 
+    # optional reduced basis per level: the projection emits ``proj_rank`` PCA coefficients of the
+    # teacher's features, a frozen 1×1 conv maps them back to the teacher's channels
+    ranks, rank_share = {}, {}
+    if proj_rank:
+        for lv in spec.levels:
+            if lv.channels > proj_rank:
+                ranks[lv.name] = int(proj_rank)
     torch.manual_seed(seed)
-    model = create_student(student, spec=spec, embedding=recipe, head_outputs=head_specs)
+    model = create_student(student, spec=spec, embedding=recipe, head_outputs=head_specs, ranks=ranks)
     model.set_embedding_basis(basis, mean)
+    for name, r in ranks.items():
+        comps, mu, rank_share[name] = fit_pca(tr_t[name], r)
+        model.set_basis(name, comps, mu)
+    with torch.no_grad():  # full projections start at the teacher's channel means (its features are far from 0)
+        for lv in spec.levels:
+            if lv.name not in ranks:
+                model.proj[lv.name].proj.bias.copy_(tr_t[lv.name].mean(dim=(0, 2, 3)))
+    if ranks:
+        log("reduced bases: " + ", ".join(f"{k} rank {ranks[k]} keeps {v:.3f}" for k, v in rank_share.items()))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"student {student}: {n_params / 1e6:.2f}M parameters; embedding {full_dim} -> {dim} "
         f"(PCA keeps {share:.3f} of the variance)")
@@ -154,7 +173,11 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     model.eval()
     x_val = val.student_inputs(pre.mean, pre.std)
     fidelity = level_cosine(model, x_val, va_t)
-    log("val cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in fidelity.items()))
+    # baseline: a constant predictor at the train channel means; the student must beat it
+    baseline = {k: float(torch.nn.functional.cosine_similarity(
+        tr_t[k].mean(dim=(0, 2, 3)).view(1, -1, 1, 1).expand_as(v), v, dim=1).mean()) for k, v in va_t.items()}
+    log("val cosine per level: " + ", ".join(f"{k} {v:.3f} (mean predictor {baseline[k]:.3f})"
+                                             for k, v in fidelity.items()))
 
     fused = model.fused()
     with torch.no_grad():
@@ -181,7 +204,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     config = {
         "student": student, "feature_spec": spec.to_dict(), "preprocess": pre.model_dump(),
         "embedding": recipe.to_dict(), "embedding_pca_variance": share,
-        "heads": [asdict(h) for h in head_specs], "ranks": {},
+        "heads": [asdict(h) for h in head_specs], "ranks": ranks,
+        "rank_variance": rank_share,
         "teacher": {"checkpoint": str(Path(teacher_ckpt).resolve()) if teacher_ckpt else "",
                     "hash": teacher.checkpoint_hash, "preset": getattr(teacher, "preset", "")},
         "dataset": {"manifest": str(Path(ds.manifest).resolve()), "hash": ds.content_hash(),
@@ -190,11 +214,13 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly"},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
-        "fidelity": {"val_cosine": fidelity}, "val_metrics": val_metrics, "n_params": n_params,
+        "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline}, "val_metrics": val_metrics, "n_params": n_params,
     }
     save_run(out, config, model, bank)
-    summary = {"run": str(out), "student": student, "n_params": n_params, "steps": steps,
+    summary = {"run": str(out), "student": student, "n_params": n_params, "steps": steps, "ranks": ranks,
+               "rank_variance": rank_share,
                "final_loss": rows[-1]["loss"] if rows else None, "val_cosine": fidelity,
+               "val_cosine_mean_predictor": baseline,
                "calibration": cal, "bank": bank_info, "val_metrics": val_metrics,
                "seconds": round(time.time() - t0, 2)}
     log(f"wrote {out} in {summary['seconds']}s")
@@ -213,7 +239,8 @@ def run(args) -> int:
                   bank_budget=args.bank_budget,
                   scoring=ScoringParams(k=args.k, blur_sigma_px=args.blur_sigma),
                   target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
-                  augment=not args.no_augment, progress=not args.json or sys.stderr.isatty())
+                  augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
+                  proj_rank=args.proj_rank)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0

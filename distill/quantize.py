@@ -165,6 +165,32 @@ def quantize_nncf(fp32: Path, out_xml: Path, calib: np.ndarray, exclude: list[st
     return out_xml
 
 
+def layer_errors(fp32: Path, int8: Path, x: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
+    """The conv layers whose outputs drift most under INT8 (ONNX models): every Conv output is exposed
+    as a graph output in both models and compared on ``x`` (max |Δ| / max |FP32|)."""
+    import onnx
+
+    def with_outputs(path: Path, names: list[str], out: Path) -> None:
+        m = onnx.load(str(path))
+        have = {o for n in m.graph.node for o in n.output}
+        known = {o.name for o in m.graph.output}
+        for n in names:
+            if n in have and n not in known:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+        onnx.save(m, str(out))
+
+    g = onnx.load(str(fp32)).graph
+    convs = {n.output[0]: n.name for n in g.node if n.op_type == "Conv"}
+    with tempfile.TemporaryDirectory() as td:
+        a, b = Path(td) / "a.onnx", Path(td) / "b.onnx"
+        with_outputs(fp32, list(convs), a)
+        with_outputs(int8, list(convs), b)
+        ra, rb = OrtRunner(a).run(x), OrtRunner(b).run(x)
+    errs = [(convs[t], float(np.abs(rb[t] - ra[t]).max() / (np.abs(ra[t]).max() + 1e-12)))
+            for t in convs if t in ra and t in rb]
+    return sorted(errs, key=lambda e: -e[1])[:top]
+
+
 def _runner(method: str, path: Path, threads: int):
     return OrtRunner(path, threads) if method == "ort" else OvRunner(path, threads)
 
@@ -222,6 +248,10 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
                     log(f"{method}/{plan}: failed: {e}")
                     continue
                 ok, fails, figs = guard(ref, res, max_drop, min_agreement, min_cosine)
+                if not ok and method == "ort":  # name the layers, not only the outputs
+                    worst = layer_errors(fp32, tmp, x_val[:1])
+                    figs["layer_rel_error"] = dict(worst)
+                    fails.append("most affected layers: " + ", ".join(f"{n} {e:.3f}" for n, e in worst[:3]))
                 tried.append({"plan": plan, "excluded": exclude, "passed": ok, "failures": fails, **figs})
                 log(f"{method}/{plan} (FP32 kept: {len(exclude)} convs): " + ("passes the guard" if ok else "; ".join(fails)))
                 if ok or best is None or _worst_drop(figs) < _worst_drop(best[1]):

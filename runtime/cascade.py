@@ -69,6 +69,7 @@ class Cascade(threading.Thread):
         self.state, self.failures, self.opened_at, self.last_failure = "closed", 0, 0.0, 0.0
         self.probe: Optional[tuple[str, str]] = None
         self.sock: Optional[zmq.Socket] = None
+        self.blocked_since = 0.0
         self.reopens = 0
         self.tm.circuit.set(0)
         self._open()  # here, not in run(): bad keys or a bad address fail the daemon's start
@@ -222,9 +223,16 @@ class Cascade(threading.Thread):
             parts = [b"", p.request] + ([p.payload] if p.payload is not None else [])
             try:
                 self.sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            except zmq.Again:  # no usable connection (server down before we ever connected, CURVE refused)
                 skipped.append(p)
+                self.blocked_since = self.blocked_since or now
+                if now - self.blocked_since > self.cfg.request_timeout_ms / 1e3:
+                    log.warning("teacher not connected for %.0f ms: reopening", self.cfg.request_timeout_ms)
+                    self._failure(now)
+                    self._open()
+                    self.blocked_since = 0.0
                 break
+            self.blocked_since = 0.0
             p.attempts += 1
             p.sent_at = now
             self.inflight[p.key] = p

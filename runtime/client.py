@@ -61,6 +61,7 @@ class LinesideClient:
     def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
         s = self.ctx.socket(kind)
         s.linger = 0
+        s.sndtimeo = int(self.timeout_s * 1000)
         if self._curve:
             make_client(s, *self._curve)
         s.connect(endpoint)
@@ -79,15 +80,23 @@ class LinesideClient:
             frames = protocol.encode({"kind": "frame", "ts": time.time(), "encoding": encoding, **h}, bytes(image))
         else:
             frames = protocol.image_frames("frame", image, encoding, **h)
-        self.ingress.send_multipart(frames, copy=False)
+        self._send(frames)
         if not wait:
             return fid
         return self.ack(fid, timeout_s)
 
     def send_raw(self, frames: list[bytes], timeout_s: Optional[float] = None) -> dict:
         """Send arbitrary message parts (tests of bad input) and return the next reply header."""
-        self.ingress.send_multipart(frames)
+        self._send(frames)
         return self._recv_reply(timeout_s)
+
+    def _send(self, frames: list[bytes]) -> None:
+        # a DEALER with no usable connection (daemon down, CURVE refused) blocks on send: never forever
+        try:
+            self.ingress.send_multipart(frames, copy=False)
+        except zmq.Again:
+            raise TimeoutError(f"cannot send to the daemon within {self.timeout_s:.1f} s (not connected, or its "
+                               "CURVE key refused ours)") from None
 
     def ack(self, frame_id: str, timeout_s: Optional[float] = None) -> dict:
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
@@ -206,7 +215,11 @@ def request(ctx: zmq.Context, endpoint: str, header: dict, timeout_s: float, cur
         if curve:
             make_client(s, *curve)
         s.connect(endpoint)
-        s.send_multipart([b""] + protocol.encode(header))
+        s.sndtimeo = int(timeout_s * 1000)
+        try:
+            s.send_multipart([b""] + protocol.encode(header))
+        except zmq.Again:
+            raise TimeoutError(f"cannot send to {endpoint} within {timeout_s:.1f} s") from None
         if not s.poll(int(timeout_s * 1000), zmq.POLLIN):
             raise TimeoutError(f"no reply from {endpoint} within {timeout_s:.1f} s")
         msg = s.recv_multipart()

@@ -165,3 +165,22 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         return Config(**raw)
     except ValidationError as e:
         raise ConfigError(_describe(e)) from None
+
+
+def to_toml(cfg: Config) -> str:
+    """The effective configuration as a TOML file an operator can start from (unset options commented)."""
+    def val(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    top, sections = [], []
+    for name, v in cfg.model_dump().items():
+        if isinstance(v, dict):
+            lines = [f"[{name}]"] + [f"# {k} =" if x is None else f"{k} = {val(x)}" for k, x in v.items()]
+            sections.append("\n".join(lines))
+        else:
+            top.append(f"# {name} =" if v is None else f"{name} = {val(v)}")
+    return "\n".join(top) + "\n\n" + "\n\n".join(sections) + "\n"

@@ -165,7 +165,7 @@ class Daemon:
 
     def _close_context(self) -> None:
         if getattr(self, "auth", None) is not None:
-            self.auth.stop()
+            stop_authenticator(self.auth)
             self.auth = None
         if self.ctx is not None:
             self.ctx.destroy(linger=0)
@@ -209,3 +209,13 @@ def _json(s: dict) -> bytes:
     import json
 
     return json.dumps(s, separators=(",", ":")).encode()
+
+
+def stop_authenticator(auth, timeout_s: float = 2.0) -> None:
+    """ThreadAuthenticator.stop() joins its thread with no timeout; never let shutdown hang on it (the
+    context's destroy closes its sockets afterwards either way)."""
+    t = threading.Thread(target=auth.stop, name="lineside-auth-stop", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        log.warning("CURVE authenticator did not stop within %.1f s; closing its sockets", timeout_s)

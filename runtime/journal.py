@@ -12,6 +12,11 @@ corrupts). ``FULL`` adds an fsync per commit: power-cut safe, but ~1-10 ms per c
 storage of an edge box, more than the whole inference budget. Writes are grouped (one transaction per
 batch the publisher drains), so FULL costs one fsync per batch, not per frame.
 
+Two SQLite files, so the two writer threads never wait on each other's lock (SQLite's busy handler
+sleeps in steps of >= 1 ms): ``PATH`` holds verdicts and pending frames (written by the publisher),
+``PATH.frames`` (``journal.frames.sqlite3`` beside ``journal.sqlite3``) the received frames (written by
+ingress); each connection attaches both for reads.
+
 A restart (``recover``) finds frames received but never judged (they get a ``dropped`` verdict saying
 so) and the frames still waiting for the teacher (resumed if their deadline has not passed, else
 resolved ``teacher_unreachable``). Retention deletes by row count and by age.
@@ -26,10 +31,10 @@ from pathlib import Path
 from typing import Optional
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
+CREATE TABLE IF NOT EXISTS fr.frames (
     seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, ts_recv REAL NOT NULL, sender TEXT);
-CREATE INDEX IF NOT EXISTS frames_id ON frames(frame_id, camera_id);
-CREATE INDEX IF NOT EXISTS frames_ts ON frames(ts_recv);
+CREATE INDEX IF NOT EXISTS fr.frames_id ON frames(frame_id, camera_id);
+CREATE INDEX IF NOT EXISTS fr.frames_ts ON frames(ts_recv);
 CREATE TABLE IF NOT EXISTS verdicts (
     seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, decided_by TEXT NOT NULL,
     status TEXT NOT NULL, decision TEXT NOT NULL, pending INTEGER NOT NULL, ts REAL NOT NULL, header TEXT NOT NULL);
@@ -68,18 +73,25 @@ class PendingRow:
     edge: dict
 
 
+def frames_path(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_name(f"{p.stem}.frames{p.suffix or '.sqlite3'}")
+
+
 class Journal:
     def __init__(self, path: str | Path, synchronous: str = "NORMAL"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"journal {self.path}: SQLite refused WAL mode (got {mode}); is it on a network share?")
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"journal.synchronous must be NORMAL or FULL, got {synchronous!r}")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0)
         self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute("ATTACH DATABASE ? AS fr", (str(frames_path(self.path)),))
+        for schema in ("main", "fr"):
+            mode = self._db.execute(f"PRAGMA {schema}.journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"journal {self.path}: SQLite refused WAL mode (got {mode}); on a network share?")
+            self._db.execute(f"PRAGMA {schema}.synchronous={synchronous}")
         self._db.executescript(SCHEMA)
 
     # -- writes -------------------------------------------------------------------------------
@@ -88,7 +100,7 @@ class Journal:
         if not rows:
             return
         with self._tx():
-            self._db.executemany("INSERT INTO frames(frame_id, camera_id, ts_recv, sender) VALUES (?,?,?,?)", rows)
+            self._db.executemany("INSERT INTO fr.frames(frame_id, camera_id, ts_recv, sender) VALUES (?,?,?,?)", rows)
 
     def write(self, entries: list[Entry]) -> None:
         """Verdicts (and their pending rows) in one transaction; returns once committed."""
@@ -112,7 +124,7 @@ class Journal:
         cutoff = (now or time.time()) - max_age_s
         with self._tx():
             n = 0
-            for table, ts in (("verdicts", "ts"), ("frames", "ts_recv")):
+            for table, ts in (("main.verdicts", "ts"), ("fr.frames", "ts_recv")):
                 n += self._db.execute(f"DELETE FROM {table} WHERE {ts} < ?", (cutoff,)).rowcount
                 n += self._db.execute(f"DELETE FROM {table} WHERE seq <= (SELECT MAX(seq) FROM {table}) - ?",
                                       (max_rows,)).rowcount
@@ -152,7 +164,9 @@ class _Tx:
         self.db = db
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        # DEFERRED: the write lock is taken on the first write, on that database file only (IMMEDIATE would
+        # lock every attached file, and the two writer threads would wait on each other)
+        self.db.execute("BEGIN")
 
     def __exit__(self, exc_type, *_):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -14,9 +14,10 @@ projection to ``CORESET_PROJ_DIM`` dims for speed (PatchCore §3.2); the bank ke
 
 Scoring is runtime.scoring.score_embedding (nearest-bank distance, bilinear to the teacher input size
 S×S, Gaussian blur, image score = max), identical to the edge, which scores at its input size too.
-Threshold: with defect images in the val split, the F1-max threshold on val image scores; with only good ones, the ``GOOD_PERCENTILE`` percentile of good
-val scores times ``GOOD_MARGIN``; with no val split, the same from the train good images' scores
-(leave-image-out: an image's own patches excluded). ``bank.json`` names which was used.
+Threshold: with defect images in the val split, the F1-max threshold on val image scores; with only
+good ones, the ``GOOD_PERCENTILE`` percentile of good val scores times ``GOOD_MARGIN``; with no val
+split, the same from the train good images' scores (leave-image-out: an image's own patches excluded).
+``bank.json`` names which was used.
 """
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ def _flat(emb: np.ndarray) -> np.ndarray:
     return emb[0].reshape(emb.shape[1], -1).T  # (h*w, D)
 
 
-def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | None) -> tuple[float, tuple[float, float], str]:
+def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | None
+                        ) -> tuple[float, tuple[float, float], str]:
     """-> (threshold, band, method). F1-max when defects are present, else a percentile of good scores.
     Band: ± half the gap between the good p95 and the threshold (at least 5 % of the threshold)."""
     good = np.asarray(good_scores, float)
@@ -222,7 +224,8 @@ def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray]
 
 def configure(p) -> None:
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
+    p.add_argument("--data", required=True,
+                   help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
     p.add_argument("--budget", type=int, default=None,
                    help=f"coreset size (bank vectors); default {BUDGET_FRACTION:.0%} of the patch vectors, "
                         f"clipped to [{BUDGET_MIN}, {BUDGET_MAX}]")

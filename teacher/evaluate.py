@@ -128,7 +128,8 @@ def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, 
         truth = r.defect_type if r.is_defect else "good"
         img = R.overlay(images[i], anomaly_map=v.anomaly_map, regions=v.regions, gt_mask=gt_masks[i],
                         pred_mask=v.mask, map_range=(lo, hi))
-        rep.image(img, f"{Path(r.image).name}: truth {truth}, {v.decision} score {v.score:.4g}", name=f"{prefix}_{k}.png")
+        rep.image(img, f"{Path(r.image).name}: truth {truth}, {v.decision} score {v.score:.4g}",
+                  name=f"{prefix}_{k}.png")
 
     rep.section("Worst cases", "largest margin on the wrong side of the threshold (green: ground truth, "
                                "yellow: predicted mask, magenta: regions)")

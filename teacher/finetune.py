@@ -359,7 +359,7 @@ def run(args) -> int:
     after = evaluate_loss(head, feats, text_emb, samples, loss_size)
     thr, how = 0.5, "default 0.5 (no val split)"
     if val:
-        vs = build_samples(ds, val, vocab, teacher, loss_size, log)
+        vs = [Sample(image=ds.read_image(r), is_defect=r.is_defect) for r in val]  # only images and labels
         thr, how = calibrate_head(head, FeatureSource(teacher, vs, bs), text_emb, [int(s.is_defect) for s in vs])
     info = {"teacher_hash": teacher.checkpoint_hash, "dataset_hash": ds.content_hash(), "steps": args.steps,
             "lr": lr, "batch_size": bs, "train_loss_before": before, "train_loss_after": after,
@@ -370,7 +370,8 @@ def run(args) -> int:
                "mask_loss_before": before.get("mask"), "mask_loss_after": after.get("mask"),
                "cls_loss_before": before.get("cls"), "cls_loss_after": after.get("cls"),
                "seconds": round(time.time() - t0, 2)}
-    log(f"finetune: wrote {out}; train mask loss {before.get('mask', math.nan):.4f} -> {after.get('mask', math.nan):.4f}")
+    log(f"finetune: wrote {out}; train mask loss {before.get('mask', math.nan):.4f} -> "
+        f"{after.get('mask', math.nan):.4f}")
     if args.json:
         print(json.dumps(summary))
     if world > 1:

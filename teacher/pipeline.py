@@ -10,12 +10,13 @@ Per image: resize to the teacher's S×S (kernels.dispatch.preprocess, bilinear, 
   edge scores at its input size) -> score, and the map resized to the frame; decision at the bank's
   calibrated threshold (runtime.scoring.decide).
 * head (labelled lines): per-pixel defect probability max_i (1 − p_i(∅))·σ(m_i) as anomaly map, its max
-  as score, decision at the head's calibrated threshold; regions are the query masks labelled with the
-  vocabulary (Mask2Former instance inference, ``teacher.head.model.regions_from_queries``).
-  Region confidence is (1 − p(∅))·mean mask probability; queries under half the threshold are dropped;
-  if no query qualifies, the map's regions at the threshold, labelled by the most confident query.
+  as score, decision at the head's calibrated threshold.
+  Regions, like the ground truth: connected components of the map at the threshold, each labelled
+  with the category of the queries owning most of its map mass, confidence = mean map value
+  (``teacher.head.model.regions_from_queries``).
 * both: the bank decides (anomaly map, score, threshold are the bank's, as on the edge); regions are
-  the head's labelled masks, or, when the head finds none, the bank's map regions labelled "anomaly".
+  the head's labelled regions at the head's threshold, or, when the head finds none, the bank's map
+  regions at the bank threshold labelled "anomaly".
 
 Regions are reported only for a "defect" decision; ``Verdict.mask`` is their union. ``latencies_ms``
 holds the wall time of each stage for the batch the image was in (preprocess, features, bank, head,
@@ -92,7 +93,8 @@ class TeacherPipeline:
             bank = MemoryBank.load(d / "bank")
             bank_hash = _hash_files(d / "bank")
         if head is None and bank is None:
-            raise FileNotFoundError(f"{d}: neither head/ nor bank/ found; run `teacher finetune` or `teacher bank` first")
+            raise FileNotFoundError(
+                f"{d}: neither head/ nor bank/ found; run `teacher finetune` or `teacher bank` first")
         return cls(teacher, head, bank, max_batch=max_batch, head_hash=head_hash, bank_hash=bank_hash)
 
     # -- vocabulary (open vocabulary: categories may be new at test time) ----------------------------
@@ -171,23 +173,17 @@ class TeacherPipeline:
             mask = np.zeros(hw, bool)
             if decision == "defect":
                 if self.head is not None:
-                    for m, label, c, peak in regions_from_queries(
-                            probs[i], mprobs[i], self.head.vocabulary, hw, score_threshold=0.5 * thr if self.bank is None
-                            else 0.5 * self.head.threshold,
-                            mask_threshold=self.head.mask_threshold, min_region_px=self.head.min_region_px):
+                    head_thr = thr if self.bank is None else self.head.threshold
+                    for m, label, c, peak in regions_from_queries(probs[i], mprobs[i], self.head.vocabulary, hw,
+                                                                  head_thr, self.head.min_region_px):
                         ys, xs = np.nonzero(m)
                         regions.append(Region(bbox=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
-                                              area=int(m.sum()), label=label, confidence=float(c),
+                                              area=int(m.sum()), label=label, confidence=c,
                                               score=float(amap[m].max())))
                         mask |= m
                 if not regions and self.bank is not None:
                     regions, mask = find_regions(amap, level=thr, min_area_px=self.bank.min_region_px,
                                                  label="anomaly", threshold=thr)
-                elif not regions:  # head only: the map's regions, labelled by the most confident query
-                    top = int(np.argmax(1.0 - probs[i][:, -1]))
-                    label = self.head.vocabulary[int(probs[i][top, :-1].argmax())] if self.head.vocabulary else "defect"
-                    regions, mask = find_regions(amap, level=thr, min_area_px=self.head.min_region_px,
-                                                 label=label, threshold=thr)
             verdicts.append(Verdict(frame_id=ids[i], decision=decision, score=float(score), confidence=conf,
                                     decided_by="teacher", in_band=in_band, regions=regions, model_hash=self.model_hash,
                                     anomaly_map=amap.astype(np.float32), mask=mask, ts_verdict=time.time()))

@@ -228,7 +228,9 @@ class FakeTeacher:
         if not self._stop.is_set():
             self.stop()
         if self.auth:
-            self.auth.stop()
+            from runtime.daemon import stop_authenticator
+
+            stop_authenticator(self.auth)
         self.ctx.destroy(linger=0)
 
     def _loop(self) -> None:

@@ -77,7 +77,13 @@ def test_every_streamed_frame_got_its_verdicts(demo):
             assert follow, f"in-band frame {fid} got no teacher verdict nor teacher_unreachable"
             if follow[0]["decided_by"] == "teacher" and follow[0]["status"] == "ok":
                 assert follow[0]["supersedes"] == "edge"
+    # the foreign frame (colour bars) exercised the teacher path on every run
+    fo = s["foreign_frame"]
+    assert fo["frame_id"] in sent
+    assert fo["edge"]["ood"] and fo["edge"]["pending"] and fo["edge"]["decision"] == "unknown"
+    assert fo["resolution"] is not None
     f = s["frames"]
+    assert f["teacher_verdicts"] >= 1, "no frame reached the teacher server"
     assert f["frames_sent"] == len(sent) == f["edge_verdicts"]
     assert f["pending"] == n_pending
     assert f["fallback_rate"] == pytest.approx(n_pending / len(sent))

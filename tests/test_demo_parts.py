@@ -243,7 +243,7 @@ def test_report_written_from_figures(tmp_path):
                              "cascade": {"image_auroc": vfig["cascade"]["image_auroc"], "source": "verdicts"}},
            "feature_cosine": {"s8": 0.9}, "model_bytes": {"teacher": 10_000_000, "student_int8": 100_000},
            "speed": {"size_ratio": 100.0, "teacher_ms": 100.0, "student_ms": 1.0, "speedup": 100.0},
-           "student_roc": ([0, 0, 1], [0, 1, 1]), "student_local": {"image_auroc": 1.0, "au_pro": 0.5},
+           "student_local": {"image_auroc": 1.0, "au_pro": 0.5},
            "student_pro": ([0, 0.1, 0.3], [0, 0.5, 0.9])}
     picks = an.sample_by_outcome(vfig["confusion"], 1)
     panels = overlay_panels(imgs, picks, store, {f: rng.random((32, 32)).astype(np.float32) for f in ids})

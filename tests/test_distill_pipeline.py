@@ -161,6 +161,7 @@ def test_guard_refuses_an_int8_model_beyond_max_drop(pipeline, tmp_path):
     assert "refused" in e["refused"] and "drops" in e["refused"] and "max drop -1" in e["refused"]
     assert [a["plan"] for a in e["attempts"]] == ["int8", "mixed", "mixed+"]  # mixed precision tried first
     assert "largest relative output errors" in e["refused"]
+    assert "most affected layers: /" in e["refused"]  # the conv layers are named too
 
 
 def test_guard_refuses_a_sabotaged_calibration(pipeline, tmp_path):
@@ -207,3 +208,33 @@ def test_student_only_latency(pipeline):
                    "--size", "64")
     assert rc == 0 and res["latency"]["timing_only_models"] and res["latency"]["size"] == 64
     assert "teacher" not in res
+
+
+def test_fit_from_teacher_extract_shards(pipeline, tmp_path):
+    from teacher.cli import main as teacher_main
+
+    feats = tmp_path / "feats"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert teacher_main(["extract", "--checkpoint", str(pipeline["ckpt"]), "--data", str(pipeline["data"]),
+                             "--out", str(feats), "--noise-draws", "2"]) == 0
+    rc, fit = _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
+                   "--out", tmp_path / "run", "--steps", "3", "--features", feats, "--json")
+    assert rc == 0 and set(fit["val_cosine"]) == {"s8", "s16", "s32", "s64"}
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["targets"].startswith("shards:")
+    assert not (tmp_path / "run" / "cache").exists()  # nothing computed on the fly
+
+
+def test_shards_of_another_teacher_are_refused(pipeline, tmp_path):
+    from distill.targets import read_shards
+    from runtime.dataset import load_dataset
+    from teacher.cli import main as teacher_main
+
+    feats = tmp_path / "feats"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert teacher_main(["extract", "--checkpoint", str(pipeline["ckpt"]), "--data", str(pipeline["data"]),
+                             "--out", str(feats)]) == 0
+    recs = load_dataset(pipeline["data"]).records
+    assert read_shards(feats, recs[:3], ["s8"])["s8"].shape[0] == 3
+    with pytest.raises(ContractError, match="not of the teacher given"):
+        read_shards(feats, recs, ["s8"], teacher_hash="0" * 64)

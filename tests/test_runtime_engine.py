@@ -165,3 +165,12 @@ def test_publisher_fast_header_equals_to_header(engine):
               Verdict.failure("x", "error", "payload: corrupt")]:
         assert to_header_fast(v) == v.to_header()
         assert json.dumps(to_header_fast(v)) == json.dumps(v.to_header())
+
+
+def test_print_config_round_trips(tmp_path):
+    from runtime.config import load_config, to_toml
+
+    c = load_config(overrides={"queue.size": 3, "teacher.address": "tcp://10.1.2.3:5560", "journal.path": 'a "b".db'})
+    f = tmp_path / "c.toml"
+    f.write_text(to_toml(c))
+    assert load_config(f) == c

@@ -150,3 +150,15 @@ def test_pipeline_head_and_both_modes(tiny):
     vb = both.predict(imgs)
     ref = TeacherPipeline(teacher, bank=bank).predict(imgs)
     assert [v.score for v in vb] == pytest.approx([v.score for v in ref])  # the bank decides
+
+
+def test_fit_bank_without_val_calibrates_leave_image_out(tiny):
+    from teacher.bank import fit_bank
+
+    ds, teacher = tiny
+    train = [ds.read_image(r) for r in ds.split("train") if not r.is_defect]
+    bank = fit_bank(teacher, train, budget=None)
+    assert bank.info["calibration_source"] == "train (leave-image-out)" and "p99" in bank.info["calibration"]
+    assert bank.bank.shape[0] == 1024  # default budget: 10 % of 1536 vectors, at least 1024
+    # each train image scored against the others' patches: the threshold sits above those scores
+    assert bank.threshold >= bank.info["good_score_max"] and bank.info["good_score_max"] > 0

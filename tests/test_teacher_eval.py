@@ -118,3 +118,51 @@ def test_compute_metrics_by_hand():
     vs[1].regions[0].label = "scratch"  # right box, wrong class -> no true positive for "stain"
     m = compute_metrics(vs, recs, gt, threshold=0.5, labelled=True)
     assert m["classification_accuracy"] == 0.5 and m["box_map@0.5"] == 0.0
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_two_ranks(ckpt, tmp_path):
+    """DDP path (gloo on CPU): two ranks train on their shards, rank 0 writes the head."""
+    import os
+    import subprocess
+    import sys
+
+    ck, data = ckpt
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "teacher",
+                        "finetune", "--checkpoint", str(ck), "--data", str(data), "--steps", "6", "--json",
+                        "--out", str(tmp_path / "head")], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 6 and (tmp_path / "head" / "vocab.json").is_file()
+
+
+@pytest.mark.gpu
+def test_finetune_and_pipeline_on_gpu_with_amp(tmp_path):
+    """Mixed precision (bf16/fp16 autocast) training and GPU inference on the tiny preset."""
+    from runtime.dataset import load_dataset
+    from teacher.checkpoint import build_random_teacher
+    from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
+    from teacher.head.model import HeadState
+    from teacher.pipeline import TeacherPipeline
+    from teacher_fixtures import make_dataset
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ds = load_dataset(make_dataset(tmp_path / "d"))
+    teacher = build_random_teacher("tiny").to("cuda")
+    vocab = ds.labels()
+    with torch.no_grad():
+        text = teacher.embed_texts(vocab).float()
+    ls = loss_size_for(128)
+    samples = build_samples(ds, ds.split("train"), vocab, teacher, ls)
+    torch.manual_seed(0)
+    head = new_head(teacher, text.shape[1]).cuda()
+    feats = FeatureSource(teacher, samples, batch_size=8)
+    before = evaluate_loss(head, feats, text, samples, ls)
+    finetune_head(head, feats, text, samples, steps=60, batch_size=6, lr=1e-3)
+    after = evaluate_loss(head, feats, text, samples, ls)
+    assert after["mask"] < before["mask"]
+    pipe = TeacherPipeline(teacher, head=HeadState(head=head, vocabulary=vocab, text_emb=text, threshold=0.3))
+    v = pipe.predict([ds.read_image(r) for r in ds.split("test")])
+    assert all(x.anomaly_map.shape == (128, 128) for x in v)

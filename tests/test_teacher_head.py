@@ -11,7 +11,7 @@ import torch
 from teacher.head import MaskHead, head_preset, load_head, save_head
 from teacher.head.losses import classification_loss, dice_loss, grounding_loss, grounding_similarity, mask_bce_loss
 from teacher.head.matcher import HungarianMatcher, assign, pairwise_bce_cost, pairwise_dice_cost
-from teacher.head.model import HeadState, regions_from_queries
+from teacher.head.model import HeadState, defect_probability_map, regions_from_queries
 from teacher.head.targets import caption_nouns, downsample_masks, regions_from_mask
 
 torch.set_num_threads(1)
@@ -125,18 +125,24 @@ def test_head_shapes_and_save_load_roundtrip(tmp_path):
     assert st.head.class_logits(again["embeds"], torch.randn(7, 24)).shape == (2, 16, 8)
 
 
-def test_regions_from_queries_labels_and_resolves_overlap():
-    probs = np.array([[0.45, 0.05, 0.5], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]])  # K=2 + ∅
-    mp = np.zeros((3, 8, 8), np.float32)
-    mp[0, :4, :4] = 0.9
-    mp[1, 2:6, 2:6] = 0.9  # overlaps query 0
-    mp[2, 6:, 6:] = 0.9  # ∅ query
-    regs = regions_from_queries(probs, mp, ["stain", "scratch"], (32, 32), score_threshold=0.3, min_region_px=4)
-    assert [r[1] for r in regs] == ["scratch", "stain"]  # by confidence (1 − p∅)·mean mask prob
-    assert not (regs[0][0] & regs[1][0]).any()  # the overlap went to the more confident query
-    assert 0.7 < regs[0][2] <= 0.9 * 0.9 + 1e-6  # edges blurred by the upsampling lower the mean
-    assert 0.35 < regs[1][2] <= 0.5 * 0.9 + 1e-6
-    assert len(regions_from_queries(probs, mp, ["stain", "scratch"], (32, 32), score_threshold=0.6)) == 1
+def test_regions_from_queries_are_components_of_the_thresholded_map():
+    probs = np.array([[0.45, 0.05, 0.5], [0.1, 0.8, 0.1], [0.6, 0.0, 0.4], [0.0, 0.0, 1.0]])  # K=2 + ∅
+    mp = np.zeros((4, 10, 10), np.float32)
+    mp[0, :4, :4] = 0.9  # "stain" query, map value 0.45
+    mp[1, 2:6, 2:6] = 0.9  # "scratch" query, map value 0.81, overlapping query 0: one blob
+    mp[2, 8:, 8:] = 1.0  # a separate "stain" blob, map value 0.6
+    mp[3, 6:, :3] = 0.9  # the ∅ query contributes nothing
+    regs = regions_from_queries(probs, mp, ["stain", "scratch"], (10, 10), threshold=0.3, min_region_px=1)
+    assert [r[1] for r in regs] == ["scratch", "stain"]  # by confidence
+    big, small = regs
+    assert big[0].sum() == 28 and small[0].sum() == 4  # the two queries' blob is one region
+    assert big[2] == pytest.approx((16 * 0.81 + 12 * 0.45) / 28, rel=1e-5) and big[3] == pytest.approx(0.81)
+    assert small[2] == pytest.approx(0.6, rel=1e-5)  # the label with the most map mass wins: 12.96 > 5.4
+    amap = defect_probability_map(torch.tensor(probs)[None], torch.tensor(mp)[None])[0].numpy()
+    np.testing.assert_array_equal(big[0] | small[0], amap >= 0.3)  # the regions are the thresholded map
+    assert [r[1] for r in regions_from_queries(probs, mp, ["stain", "scratch"], (10, 10), threshold=0.7,
+                                               min_region_px=1)] == ["scratch"]
+    assert len(regions_from_queries(probs, mp, ["stain", "scratch"], (10, 10), threshold=0.3, min_region_px=5)) == 1
 
 
 def test_finetune_lowers_mask_loss(tmp_path):

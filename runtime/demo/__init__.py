@@ -54,7 +54,7 @@ FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_s
                     finetune_steps=100, distill_steps=200, student="s", max_frames=None, rate_hz=5.0,
                     overlays_per_kind=3, quantize_method="ort")
 QUICK = DemoSettings(mode="quick", n_good=24, n_defect=12, size=128, seed=0, vae_steps=10, train_steps=10,
-                     finetune_steps=5, distill_steps=10, student="s", max_frames=12, rate_hz=10.0,
+                     finetune_steps=5, distill_steps=30, student="s", max_frames=12, rate_hz=10.0,
                      overlays_per_kind=1, quantize_method="ort")
 
 

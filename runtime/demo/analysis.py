@@ -182,7 +182,8 @@ def verdict_figures(frame_ids: list[str], labels: Mapping[str, int], store, band
         "decisions_changed_by_teacher": sum(1 for f in teacher if edge[f] is not None
                                             and res[f].decision != edge[f].decision),
     }
-    ok = [f for f in have_edge if edge[f].status == "ok" and math.isfinite(edge[f].score)]
+    # detection metrics over the labelled frames only (not the foreign test-pattern frame)
+    ok = [f for f in have_edge if f in labels and edge[f].status == "ok" and math.isfinite(edge[f].score)]
     y = np.array([labels[f] for f in ok], int)
     if ok:
         s_edge = np.array([edge[f].score for f in ok], float)

@@ -87,6 +87,20 @@ def frame_id_of(rec, i: int) -> str:
     return f"{i:04d}-{Path(rec.image).stem}"
 
 
+FOREIGN_FRAME_ID = "foreign-test-pattern"
+
+
+def test_pattern(h: int, w: int) -> np.ndarray:
+    """Colour bars: the frame a camera sends when its feed is switched or glitches. Nothing like the
+    product, so the student calls it out of distribution and the cascade hands it to the teacher;
+    the demo streams one to show that path on every run (it has no label and stays out of the metrics)."""
+    colours = [(192, 192, 192), (192, 192, 0), (0, 192, 192), (0, 192, 0), (192, 0, 192), (192, 0, 0), (0, 0, 192)]
+    img = np.zeros((h, w, 3), np.uint8)
+    for i, c in enumerate(colours):
+        img[:, i * w // len(colours):(i + 1) * w // len(colours)] = c
+    return img
+
+
 def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[str, np.ndarray]], say, progress_cb):
     """Step 4-5: teacher serve + lineside run as processes, stream, collect, stop (always)."""
     import zmq
@@ -145,27 +159,28 @@ def student_local(art: Path, frames, masks) -> tuple[dict, str]:
     try:
         from runtime.engine import Engine
     except ImportError as e:
-        return {}, f"no local anomaly maps: runtime.engine is not available ({e})"
+        return {}, {}, f"no local anomaly maps: runtime.engine is not available ({e})"
     try:
         import cv2
 
         eng = Engine(art)
-        maps = {}
+        maps, scores = {}, {}
         for fid, img in frames:
             v = eng.judge(img, frame_id=fid)
             if v.anomaly_map is None:
-                return {}, "no local anomaly maps: runtime.engine.Engine.judge returned no anomaly_map"
+                return {}, {}, "no local anomaly maps: runtime.engine.Engine.judge returned no anomaly_map"
             m = np.asarray(v.anomaly_map, np.float32)
             h, w = masks[fid].shape
             if m.shape != (h, w):  # the engine maps at the network input size
                 m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
             maps[fid] = m
+            scores[fid] = float(v.score)
         close = getattr(eng, "close", None)
         if close:
             close()
-        return maps, f"local anomaly maps: runtime.engine on {eng.backend_name}"
+        return maps, scores, f"local anomaly maps: runtime.engine on {eng.backend_name}"
     except Exception as e:  # report it; the rest of the report still stands
-        return {}, f"no local anomaly maps: {type(e).__name__}: {e}"
+        return {}, {}, f"no local anomaly maps: {type(e).__name__}: {e}"
 
 
 def run_demo(out: Path, s, threads: int | None = None) -> dict:
@@ -199,6 +214,8 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
     frames = [(frame_id_of(r, i), ds.read_image(r)) for i, r in enumerate(recs)]
     labels = {fid: int(r.is_defect) for (fid, _), r in zip(frames, recs)}
     masks = {fid: ds.read_mask(r, img.shape[:2]) for (fid, img), r in zip(frames, recs)}
+    labelled = list(frames)
+    frames.insert(len(frames) // 2, (FOREIGN_FRAME_ID, test_pattern(*frames[0][1].shape[:2])))
 
     t_line = time.perf_counter()
     n_done = [0]
@@ -218,18 +235,23 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
             bg.proc.kill()
             bg.proc.wait()
     timings = runner.timings()
+    timings["info-sd15 (beside the line)"] = timings.pop("info-sd15")
     timings["line (serve + run + stream)"] = round(time.perf_counter() - t_line, 2)
 
     say("compute figures and write the report …", start="report")
     t_rep = time.perf_counter()
     cal = manifest.calibration
     vfig = an.verdict_figures([f for f, _ in frames], labels, store, tuple(cal.band), cal.threshold)
-    maps, local_note = student_local(art, frames, masks)
-    fig: dict = {"settings": asdict(s), "verdicts": vfig, "timings_s": timings, "table_notes": []}
-    ids = [f for f, _ in frames]
+    maps, local_scores, local_note = student_local(art, labelled, masks)
+    fe, fr = store.edge(FOREIGN_FRAME_ID), store.resolution(FOREIGN_FRAME_ID)
+    foreign = {"frame_id": FOREIGN_FRAME_ID,
+               "edge": None if fe is None else {k: getattr(fe, k) for k in ("decision", "ood", "in_band", "pending", "score")},
+               "resolution": None if fr is None else {k: getattr(fr, k) for k in ("decided_by", "status", "decision")}}
+    fig: dict = {"settings": asdict(s), "verdicts": vfig, "timings_s": timings, "table_notes": [], "foreign": foreign}
+    ids = [f for f, _ in labelled]
     if maps:
         y = np.array([labels[f] for f in ids])
-        sc = np.array([float(maps[f].max()) for f in ids])
+        sc = np.array([local_scores[f] for f in ids])
         local = {"n": len(ids)}
         if 0 < y.sum() < y.size:
             mlist, alist = [masks[f] for f in ids], [maps[f] for f in ids]
@@ -237,9 +259,7 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
             local["image_auroc"] = metrics.image_auroc(y, sc)
             local["pixel_auroc"] = metrics.pixel_auroc(mlist, alist)
             local["au_pro"] = metrics.au_pro(mlist, alist)
-            fpr, tpr, _ = metrics.roc_curve(y, sc)
             pf, pro, _ = metrics.pro_curve(mlist, alist, max_points=2000)
-            fig["student_roc"] = (fpr.tolist(), tpr.tolist())
             fig["student_pro"] = (pf.tolist(), pro.tolist())
         fig["student_local"] = local
     fig["student_local_note"] = local_note
@@ -277,7 +297,7 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
 
     from runtime.demo.report import overlay_panels, write_report
     picks = an.sample_by_outcome(vfig.get("confusion", {}), s.overlays_per_kind)
-    img_of = {fid: img for fid, img in frames}
+    img_of = {fid: img for fid, img in labelled}
     panels = overlay_panels({f: (img_of[f], masks[f]) for f in img_of}, picks, store, maps)
     fig["wall_s"] = time.perf_counter() - t0
     index = write_report(out, fig, panels)
@@ -306,12 +326,13 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
         "student_local_note": local_note,
         "services": {k: info.get(k) for k in ("endpoints", "startup_s", "daemon_exit", "teacher_exit", "killed", "stop_s")},
         "stream": info.get("stream"),
+        "foreign_frame": foreign,
         "teacher_eval": j.get("teacher-eval"),
         "distill_eval": j.get("distill-eval"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     (out / "verdicts.jsonl").write_text("".join(
-        json.dumps(v.to_header(), default=_json_default) + "\n" for f in ids for v in store.verdicts.get(f, [])))
+        json.dumps(v.to_header(), default=_json_default) + "\n" for f, _ in frames for v in store.verdicts.get(f, [])))
 
     t = Table(title=f"lineside demo — {total:.0f} s on {summary['machine']['cpus']} CPUs", show_lines=False)
     for c in ("model", "I-AUROC", "P-AUROC", "AU-PRO", "F1"):

@@ -64,19 +64,25 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
         ["teacher verdicts", v["teacher_verdicts"]], ["teacher unreachable", v["teacher_unreachable"]],
         ["decisions the teacher changed", v["decisions_changed_by_teacher"]],
     ], header=["", "value"])
+    fo = fig.get("foreign") or {}
+    if fo.get("edge"):
+        e, r = fo["edge"], fo.get("resolution") or {}
+        rep.text(f"One foreign frame (colour bars, as from a switched or glitching camera feed) was streamed among the "
+                 f"test frames: the edge said {e['decision']}" + (" (out of distribution)" if e["ood"] else "")
+                 + (f", sent it to the teacher, which answered {r.get('decision')} ({r.get('status')})" if r else
+                    (", and it was not sent to the teacher" if not e["pending"] else ", and no answer came"))
+                 + ". It is not part of the detection metrics.", note=True)
 
     curves = {}
     for name in ("edge", "cascade"):
         m = v.get(name, {})
         if "roc" in m:
             curves[f"{name} (AUROC {m['image_auroc']:.3f})"] = m["roc"]
-    if fig.get("student_roc"):
-        curves[f"student local (AUROC {fig['student_local'].get('image_auroc', float('nan')):.3f})"] = fig["student_roc"]
     rep.section("Curves")
     if curves:
         rep.figure(plot_curves(rep.path("roc.png"), curves, xlabel="false positive rate",
                                ylabel="true positive rate", title="image ROC", xlim=(0, 1), diagonal=True),
-                   "image-level ROC: student on the edge (streamed), cascade, student (local engine)")
+                   "image-level ROC of the streamed frames: the student on the edge, and the cascade")
     if fig.get("student_pro"):
         fpr, pro = fig["student_pro"]
         au = fig["student_local"].get("au_pro", float("nan"))
@@ -153,6 +159,9 @@ def overlay_panels(records: Mapping[str, tuple], picks: Mapping[str, list[str]],
             amap = maps.get(fid)
             cap = (f"{kind} · {fid} · {final.decision} by {final.decided_by} · "
                    f"edge score {edge.score:.3g}" + (" · in band" if edge.in_band else ""))
-            panel = overlay(img, anomaly_map=amap, regions=final.regions, gt_mask=gt if gt.any() else None)
+            gt_or_none = gt if gt.any() else None
+            left = overlay(img, gt_mask=gt_or_none)  # the frame with its ground truth
+            right = overlay(img, anomaly_map=amap, regions=final.regions, gt_mask=gt_or_none)
+            panel = np.concatenate([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right], axis=1)
             out.append((f"frame_{kind}_{fid}.png", panel, cap))
     return out

@@ -78,8 +78,7 @@ class HeadState:
     head: MaskHead
     vocabulary: list[str]
     text_emb: torch.Tensor  # (K, D) embeddings of the vocabulary
-    threshold: float = 0.5  # image score (max pixel defect probability) above which -> defect
-    mask_threshold: float = 0.5  # σ(mask logit) above which a pixel is in a query's mask
+    threshold: float = 0.5  # head anomaly-map level for defect decisions and regions (calibrated on val)
     min_region_px: int = 16
     info: dict | None = None
 
@@ -89,7 +88,7 @@ def save_head(out_dir: str | Path, state: HeadState) -> Path:
     state.head.save_pretrained(out)
     save_file({"text_emb": state.text_emb.detach().float().cpu().contiguous()}, str(out / TEXT_EMB_FILE))
     (out / VOCAB_FILE).write_text(json.dumps({
-        "vocabulary": state.vocabulary, "threshold": state.threshold, "mask_threshold": state.mask_threshold,
+        "vocabulary": state.vocabulary, "threshold": state.threshold,
         "min_region_px": state.min_region_px, "info": state.info or {}}, indent=2))
     return out
 
@@ -103,7 +102,7 @@ def load_head(head_dir: str | Path, device: str | torch.device = "cpu") -> HeadS
     meta = json.loads((d / VOCAB_FILE).read_text())
     text_emb = load_file(str(d / TEXT_EMB_FILE))["text_emb"].to(device)
     return HeadState(head=head, vocabulary=list(meta["vocabulary"]), text_emb=text_emb,
-                     threshold=float(meta.get("threshold", 0.5)), mask_threshold=float(meta.get("mask_threshold", 0.5)),
+                     threshold=float(meta.get("threshold", 0.5)),
                      min_region_px=int(meta.get("min_region_px", 16)), info=meta.get("info", {}))
 
 
@@ -122,39 +121,31 @@ def defect_probability_map(probs: torch.Tensor, mask_probs: torch.Tensor) -> tor
 
 
 def regions_from_queries(probs: np.ndarray, mask_probs: np.ndarray, vocabulary: list[str], image_hw: tuple[int, int],
-                         score_threshold: float, mask_threshold: float = 0.5, min_region_px: int = 16):
-    """One image: probs (N, K+1), mask_probs (N, h0, w0) -> list of (mask bool (H, W), label, confidence, score).
+                         threshold: float, min_region_px: int = 16):
+    """One image: probs (N, K+1), mask_probs (N, h0, w0) -> list of (mask bool (H, W), label, confidence, peak).
 
-    Mask2Former instance inference, with objectness: a query's label is its best non-∅ category; its
-    confidence is (1 − p(∅)) times the mean mask probability inside its binary mask (the same product
-    as the head's anomaly map, so a "defect" image has a region; using the top class probability
-    instead would split the mass among similar category names). Queries below ``score_threshold``
-    are dropped, overlaps go to the more confident query, masks under ``min_region_px`` are dropped."""
+    Regions are defined as the ground truth is: the 8-connected components of the head's anomaly map
+    (``defect_probability_map``, upsampled bilinearly to the image) at ``threshold``. Each pixel is owned
+    by the query with the largest (1 − p_i(∅))·σ(m_i) there; a component takes the category that owns
+    most of its map mass (each owner voting for its best non-∅ category). Confidence = mean map value
+    over the component, peak = its maximum. Components under ``min_region_px`` pixels are dropped."""
     import cv2
 
     h, w = image_hw
     if not vocabulary:
         return []
-    labels = probs[:, :-1].argmax(1)
-    obj = 1.0 - probs[:, -1]
-    cand = []
-    for i in np.argsort(-obj):
-        if obj[i] < score_threshold:
-            break  # conf <= obj for every later query
-        mp = cv2.resize(mask_probs[i].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        m = mp >= mask_threshold
-        if m.sum() < min_region_px:
-            continue
-        conf = float(obj[i] * mp[m].mean())
-        if conf >= score_threshold:
-            cand.append((conf, m, vocabulary[labels[i]], float(mp.max())))
-    cand.sort(key=lambda c: -c[0])
-    taken = np.zeros((h, w), bool)
+    obj = 1.0 - probs[:, -1]  # (N,)
+    per = obj[:, None, None] * mask_probs  # (N, h0, w0)
+    amap = cv2.resize(per.max(0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    owner = cv2.resize(per.argmax(0).astype(np.uint16), (w, h), interpolation=cv2.INTER_NEAREST)
+    cat = probs[:, :-1].argmax(1)[owner]  # (H, W) category of each pixel's owner
+    n, lab = cv2.connectedComponents((amap >= threshold).astype(np.uint8), connectivity=8)
     out = []
-    for conf, m, label, peak in cand:
-        m = m & ~taken
+    for c in range(1, n):
+        m = lab == c
         if m.sum() < min_region_px:
             continue
-        taken |= m
-        out.append((m, label, conf, peak))
+        votes = np.bincount(cat[m], weights=amap[m], minlength=len(vocabulary))
+        out.append((m, vocabulary[int(votes.argmax())], float(amap[m].mean()), float(amap[m].max())))
+    out.sort(key=lambda r: -r[2])
     return out
