@@ -10,8 +10,9 @@ Exported form (``MergedEmbedding``): average pooling and bilinear resizing are c
 projection head is an affine 1×1 map y = W a + b, so they commute: pool(proj(f)) = proj(pool(f)). With
 W = QR, ‖W a + b‖² = ‖R a + Qᵀb‖² + ‖b − QQᵀb‖², so each level's norm is taken in the backbone's few
 channels and PCA(concat(y_l/‖y_l‖)) = Σ_l (B_l W_l a_l + B_l b_l)/‖y_l‖ − B μ. The graph pools the
-backbone levels (48 + 128 channels for ``s``) instead of 960 projected ones: identical numbers (tested
-against teacher.bank.patch_embedding), a fraction of the memory traffic, plain ops only.
+backbone levels (48 + 128 channels for ``s``) instead of 960 projected ones, and applies the 1×1 convs
+before pooling (they commute too), so they read the quantized backbone output directly: identical
+numbers (tested against teacher.bank.patch_embedding), a fraction of the memory traffic, plain ops only.
 """
 from __future__ import annotations
 
@@ -128,10 +129,12 @@ class MergedEmbedding(nn.Module):
         hw = _grid(feats[0])
         out = None
         for i, f in enumerate(feats):
-            a = _pool_resize(f, r.pool, hw)
-            v = self.value[i](a)
+            # 1×1 convs first, on the backbone level itself (pooling/resizing commute with them): the
+            # convs then read the quantized ReLU output directly (INT8 kernels, no requantization), and
+            # pooling/resizing run on their float outputs
+            v = _pool_resize(self.value[i](f), r.pool, hw)
             if r.normalize:
-                z = self.normz[i](a)
+                z = _pool_resize(self.normz[i](f), r.pool, hw)
                 n = (z.pow(2).sum(1, keepdim=True) + self.norm_const[i]).sqrt().clamp_min(NORM_EPS)
                 v = v / n
             out = v if out is None else out + v

@@ -49,11 +49,15 @@ def configure(p) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _cosines(student_outs: list[dict], teacher_feats: dict, names: list[str]) -> dict[str, float]:
+def _cosines(student_outs: list[dict], teacher_feats: dict, names: list[str], centred: bool = False) -> dict[str, float]:
+    """Mean per-location cosine per level; ``centred``: both minus the teacher's channel mean over the split."""
     out = {}
     for n in names:
         s = np.concatenate([o[n] for o in student_outs]).astype(np.float64)  # (N, C, h, w)
         t = teacher_feats[n].numpy().astype(np.float64)
+        if centred:
+            m = t.mean(axis=(0, 2, 3), keepdims=True)
+            s, t = s - m, t - m
         num = (s * t).sum(1)
         den = np.sqrt((s * s).sum(1) * (t * t).sum(1)) + 1e-12
         out[n] = float((num / den).mean())
@@ -146,6 +150,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
         curves[key] = (sc, outs)
         if key == "fp32":
             res["fidelity_cosine"] = _cosines(outs, tfeat, man.spec.names)
+            res["fidelity_cosine_centred"] = _cosines(outs, tfeat, man.spec.names, centred=True)
             res["fidelity_noise_draws"] = noise_draws
     res["student"] = student
     log("cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in res["fidelity_cosine"].items()))

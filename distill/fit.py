@@ -54,6 +54,8 @@ def configure(p) -> None:
     p.add_argument("--mse-weight", type=float, default=1.0)
     p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="keep the last weights instead of those with the best held-out (val) cosine")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--json", action="store_true")
 
@@ -80,7 +82,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         embed_dim: int | None = DEFAULT_EMBED_DIM, bank_budget: int = DEFAULT_BANK_BUDGET,
         scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
-        proj_rank: int | None = None) -> dict:
+        proj_rank: int | None = None, early_stop: bool = True) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
     the checkpoint has a head or bank) or "labels"."""
     from runtime.dataset import load_dataset
@@ -111,6 +113,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         targets, hit = cached_targets(out / "cache", key, lambda: compute_targets(
             teacher, both.teacher_inputs(), noise_draws=noise_draws, seed=seed, progress=progress))
         log(f"targets {'from cache' if hit else 'computed'} ({noise_draws} noise draws, {time.time() - t0:.1f}s)")
+    targets = {n: targets[n] for n in spec.names}  # FeatureSpec order (the cache file sorts keys)
     for lv in spec.levels:
         want = (len(both), lv.channels, spec.grid(lv), spec.grid(lv))
         if tuple(targets[lv.name].shape) != want:
@@ -167,17 +170,24 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     rows = fit_student(model, torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous(), tr_t,
                        mean=pre.mean, std=pre.std, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                        augment=augment, jitter=jitter, mse_weight=mse_weight, metrics_path=metrics_path,
-                       head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress)
+                       head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress,
+                       val=(val.student_inputs(pre.mean, pre.std), va_t) if early_stop else None)
+    best_step = rows[-1].get("best_step", steps - 1) if rows else None
+    if early_stop:
+        log(f"kept the weights of step {best_step} (best mean val cosine)")
     plot_curves(rows, out / "curves.png")
 
     model.eval()
     x_val = val.student_inputs(pre.mean, pre.std)
     fidelity = level_cosine(model, x_val, va_t)
-    # baseline: a constant predictor at the train channel means; the student must beat it
+    # baseline: a constant predictor at the train channel means; the student must beat it. Centred
+    # cosine (both sides minus that mean) measures what it predicts beyond the mean
+    tr_mean = {k: v.mean(dim=(0, 2, 3)).view(1, -1, 1, 1) for k, v in tr_t.items()}
     baseline = {k: float(torch.nn.functional.cosine_similarity(
-        tr_t[k].mean(dim=(0, 2, 3)).view(1, -1, 1, 1).expand_as(v), v, dim=1).mean()) for k, v in va_t.items()}
-    log("val cosine per level: " + ", ".join(f"{k} {v:.3f} (mean predictor {baseline[k]:.3f})"
-                                             for k, v in fidelity.items()))
+        tr_mean[k].expand_as(v), v, dim=1).mean()) for k, v in va_t.items()}
+    centred = level_cosine(model, x_val, va_t, center=tr_mean)
+    log("val cosine per level: " + ", ".join(f"{k} {v:.3f} (mean predictor {baseline[k]:.3f}, centred "
+                                             f"{centred[k]:.3f})" for k, v in fidelity.items()))
 
     fused = model.fused()
     with torch.no_grad():
@@ -212,15 +222,18 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                     "labels": labels},
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
-                  "targets": "shards:" + str(features) if features else "on the fly"},
+                  "targets": "shards:" + str(features) if features else "on the fly",
+                  "early_stop": early_stop, "best_step": best_step},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
-        "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline}, "val_metrics": val_metrics, "n_params": n_params,
+        "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline,
+                                                       "val_cosine_centred": centred}, "val_metrics": val_metrics, "n_params": n_params,
     }
     save_run(out, config, model, bank)
-    summary = {"run": str(out), "student": student, "n_params": n_params, "steps": steps, "ranks": ranks,
+    summary = {"run": str(out), "student": student, "n_params": n_params, "steps": steps, "best_step": best_step,
+               "ranks": ranks,
                "rank_variance": rank_share,
                "final_loss": rows[-1]["loss"] if rows else None, "val_cosine": fidelity,
-               "val_cosine_mean_predictor": baseline,
+               "val_cosine_mean_predictor": baseline, "val_cosine_centred": centred,
                "calibration": cal, "bank": bank_info, "val_metrics": val_metrics,
                "seconds": round(time.time() - t0, 2)}
     log(f"wrote {out} in {summary['seconds']}s")
@@ -240,7 +253,7 @@ def run(args) -> int:
                   scoring=ScoringParams(k=args.k, blur_sigma_px=args.blur_sigma),
                   target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
-                  proj_rank=args.proj_rank)
+                  proj_rank=args.proj_rank, early_stop=not args.no_early_stop)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0

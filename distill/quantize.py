@@ -15,7 +15,9 @@ every output must keep a per-location cosine of ``--min-cosine`` to FP32 (a sabo
 there even when a small val split hides it in AUROC).
 A failing model is not written (unless ``--force``); the message names the metric and the outputs with
 the largest relative error. Before giving up, mixed precision is tried: the first conv, the projection
-heads and the embedding stay FP32 (``mixed``), then also the last stage (``mixed+``).
+heads and the embedding stay FP32 (``mixed``), then also the last stage (``mixed+``); for NNCF finally its
+accuracy-aware search (``nncf.quantize_with_accuracy_control`` on the guarded metric), which reports the
+layers it had to keep in FP32.
 """
 from __future__ import annotations
 
@@ -159,10 +161,38 @@ def quantize_nncf(fp32: Path, out_xml: Path, calib: np.ndarray, exclude: list[st
     ds = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
     scope = nncf.IgnoredScope(patterns=[re.escape(n) + "(/.*)?$" for n in exclude], validate=False)
     q = nncf.quantize(model, ds, subset_size=len(calib), ignored_scope=scope,
-                      preset=nncf.QuantizationPreset.PERFORMANCE)
+                      preset=nncf.QuantizationPreset.MIXED)  # asymmetric activations: ReLU outputs are one-sided
     out_xml.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(q, str(out_xml), compress_to_fp16=False)
     return out_xml
+
+
+def quantize_nncf_accuracy_aware(fp32: Path, out_xml: Path, calib: np.ndarray, exclude: list[str],
+                                 val_inputs: np.ndarray, metric, max_drop_pt: float) -> tuple[Path, list[str]]:
+    """NNCF's accuracy-aware PTQ: layers are reverted to FP32, most harmful first, until ``metric``
+    (compiled OpenVINO model -> float in [0, 1]) is within ``max_drop_pt`` points of FP32.
+    Returns the IR and the convolutions it left in FP32 (the "ignored scopes" it found)."""
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.ERROR)
+    model = ov.convert_model(str(fp32))
+    cal = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    val = nncf.Dataset([val_inputs[i:i + 1] for i in range(len(val_inputs))])
+    scope = nncf.IgnoredScope(patterns=[re.escape(n) + "(/.*)?$" for n in exclude], validate=False)
+    q = nncf.quantize_with_accuracy_control(
+        model, cal, val, validation_fn=lambda compiled, data: (float(metric(compiled)), None),
+        max_drop=max(0.0, max_drop_pt) / 100.0, drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib),
+        ignored_scope=scope, advanced_quantization_parameters=None,
+        preset=nncf.QuantizationPreset.MIXED)
+    fp32_convs = [op.get_friendly_name().removesuffix("/WithoutBiases") for op in q.get_ordered_ops()
+                  if op.get_type_name() == "Convolution" and
+                  op.input_value(0).get_node().get_type_name() != "FakeQuantize"]
+    out_xml.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(q, str(out_xml), compress_to_fp16=False)
+    return out_xml, fp32_convs
 
 
 def layer_errors(fp32: Path, int8: Path, x: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
@@ -189,6 +219,18 @@ def layer_errors(fp32: Path, int8: Path, x: np.ndarray, top: int = 5) -> list[tu
     errs = [(convs[t], float(np.abs(rb[t] - ra[t]).max() / (np.abs(ra[t]).max() + 1e-12)))
             for t in convs if t in ra and t in rb]
     return sorted(errs, key=lambda e: -e[1])[:top]
+
+
+class _CompiledRunner:
+    """An already compiled OpenVINO model (what NNCF's validation_fn receives) behind the runner interface."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.compiled(np.ascontiguousarray(x, np.float32))
+        return {n: np.asarray(res[o]) for n, o in zip(self.names, self.compiled.outputs)}
 
 
 def _runner(method: str, path: Path, threads: int):
@@ -259,6 +301,31 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
                     _keep(tmp, final)
                 if ok:
                     break
+        if method == "nncf" and not (best and best[2]):
+            # last resort: NNCF's accuracy-aware search picks which layers stay FP32
+            with tempfile.TemporaryDirectory(dir=qdir) as td:
+                tmp = Path(td) / "model.int8.xml"
+                try:
+                    guard_metric = "au_pro" if ref["au_pro"] is not None else "image_auroc"
+
+                    def metric(compiled) -> float:
+                        r = ev(_CompiledRunner(compiled))
+                        return r[guard_metric] if r[guard_metric] is not None else float(r["decisions"].mean())
+
+                    _, kept = quantize_nncf_accuracy_aware(fp32, tmp, calib, attempts(fp32)[0][1], x_val, metric,
+                                                           max_drop)
+                    res = ev(_runner(method, tmp, threads))
+                    ok, fails, figs = guard(ref, res, max_drop, min_agreement, min_cosine)
+                    figs["fp32_layers"] = kept
+                    tried.append({"plan": "accuracy-aware", "excluded": kept, "passed": ok, "failures": fails, **figs})
+                    log(f"nncf/accuracy-aware ({guard_metric}; FP32 kept: {len(kept)} convs: {', '.join(kept[:4])}"
+                        f"{' …' if len(kept) > 4 else ''}): " + ("passes the guard" if ok else "; ".join(fails)))
+                    if ok or best is None or _worst_drop(figs) < _worst_drop(best[1]):
+                        best = ("accuracy-aware", figs, ok)
+                        _keep(tmp, final)
+                except Exception as e:
+                    tried.append({"plan": "accuracy-aware", "error": f"{type(e).__name__}: {e}"})
+                    log(f"nncf/accuracy-aware: failed: {e}")
         entry = {"attempts": tried, "file": None, "passed": False}
         if best is not None and (best[2] or force):
             entry.update(file=INT8_FILES[method], plan=best[0], passed=best[2], forced=not best[2], **best[1])

@@ -32,8 +32,13 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 seed: int = 0, augment: bool = True, jitter: float = 0.0, mse_weight: float = 1.0,
                 head_targets: dict[str, torch.Tensor] | None = None, head_kinds: dict[str, str] | None = None,
                 kd_temperature: float = 2.0, kd_weight: float = 1.0, log_every: int = 10,
-                metrics_path: Path | None = None, progress: bool = True) -> list[dict]:
+                metrics_path: Path | None = None, progress: bool = True,
+                val: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None, eval_every: int = 50) -> list[dict]:
     """images_u8 (N, 3, S, S) uint8 resized frames; targets level -> (N, C, h, w). Returns the log rows.
+
+    val: (preprocessed inputs, targets) of held-out images: every ``eval_every`` steps the mean per-level
+    cosine is logged (``val_cos_<level>``) and the best state is kept (early stopping: with a few dozen
+    training images the coarse levels, 2×2 to 4×4 maps, overfit long before the fine ones converge).
 
     head_kinds: output name -> "softmax" (class logits over the last dim) or "sigmoid" (mask logits)."""
     n = images_u8.shape[0]
@@ -55,6 +60,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
         bar = tqdm(total=steps, desc="distill", file=sys.stderr, leave=False)
     student.train()
     t0 = time.time()
+    best = (-2.0, None, -1)  # (mean val cosine, state, step)
     try:
         for step in range(steps):
             idx = torch.randint(n, (min(batch_size, n),), generator=g)
@@ -92,6 +98,13 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
             if step % log_every == 0 or step == steps - 1:
                 row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
                        "elapsed_s": round(time.time() - t0, 3), **logs}
+                if val is not None and (step % eval_every == 0 or step == steps - 1) and step > 0:
+                    vc = level_cosine(student, val[0], val[1])
+                    student.train()
+                    row.update({f"val_cos_{k}": v for k, v in vc.items()})
+                    score = float(np.mean(list(vc.values())))
+                    if score > best[0]:
+                        best = (score, {k: v.detach().clone() for k, v in student.state_dict().items()}, step)
                 rows.append(row)
                 if f:
                     f.write(json.dumps(row) + "\n")
@@ -101,21 +114,29 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
             bar.close()
         if f:
             f.close()
+    if best[1] is not None:
+        student.load_state_dict(best[1])
+        if rows:
+            rows[-1]["best_step"] = best[2]
     student.eval()
     return rows
 
 
 @torch.no_grad()
 def level_cosine(student: torch.nn.Module, inputs: torch.Tensor, targets: dict[str, torch.Tensor],
-                 batch_size: int = 16) -> dict[str, float]:
-    """Mean per-location cosine student vs teacher, per level, on (held-out) inputs."""
+                 batch_size: int = 16, center: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Mean per-location cosine student vs teacher, per level, on (held-out) inputs; with ``center``
+    (level -> (1, C, 1, 1)) both sides are centred first."""
     student.eval()
     sums = {k: 0.0 for k in targets}
     count = 0
     for s in range(0, inputs.shape[0], batch_size):
         out = student(inputs[s:s + batch_size])._asdict()
         for k, t in targets.items():
-            c = torch.nn.functional.cosine_similarity(out[k], t[s:s + batch_size], dim=1, eps=1e-6)
+            a, b = out[k], t[s:s + batch_size]
+            if center is not None:
+                a, b = a - center[k], b - center[k]
+            c = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-6)
             sums[k] += float(c.mean(dim=(1, 2)).sum())
         count += min(batch_size, inputs.shape[0] - s)
     return {k: v / max(count, 1) for k, v in sums.items()}
@@ -131,7 +152,8 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
         return None
     steps = np.asarray([r["step"] for r in rows], float)
     series = {"loss": (steps, np.asarray([r["loss"] for r in rows]))}
-    for k in rows[0]:
-        if k.startswith("cos_"):
-            series[k] = (steps, np.asarray([r[k] for r in rows]))
+    keys = sorted({k for r in rows for k in r if k.startswith(("cos_", "val_cos_"))})
+    for k in keys:
+        have = [r for r in rows if k in r]
+        series[k] = (np.asarray([r["step"] for r in have], float), np.asarray([r[k] for r in have]))
     return _plot(path, series, xlabel="step", ylabel="loss / cosine", title="distillation", ylim=None)

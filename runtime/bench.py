@@ -38,6 +38,7 @@ PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
 STUDENT_WARMUP = 5
 STUDENT_RUNS = 50
 SUBPROCESS_TIMEOUT_S = 900
+FULL_TEACHER_SIZE = 256  # px: the sd15 comparison of the distill issue
 TARGETS = {
     # name: (what, comparison, limit, unit)
     "int8_vs_sd15_teacher_256": ("student INT8 vs sd15 teacher feature extraction at 256 px", ">=", 300.0, "x faster"),
@@ -126,7 +127,8 @@ def bench_teacher(full: bool, env: dict) -> dict:
     out: dict = {"status": "ok"}
     out["tiny"] = run_json_command("teacher", ["bench", "--preset", "tiny", "--json"], env)
     if full:
-        out["sd15"] = run_json_command("teacher", ["bench", "--preset", "sd15", "--json", "--sizes", "256"], env)
+        out["sd15"] = run_json_command("teacher", ["bench", "--preset", "sd15", "--json", "--sizes", FULL_TEACHER_SIZE],
+                                       env)
     return out
 
 
@@ -179,6 +181,28 @@ def bench_student(art: Path, runs: int, threads: int) -> dict:
                 if close:
                     close()
         out["results"][name] = per
+    return out
+
+
+def bench_student_at(art: Path, size: int, runs: int, env: dict) -> dict:
+    """The student timed at another input size (`distill eval --student-only --size`, a subprocess:
+    it rebuilds timing-only ONNX models from the artifact's torch weights): for the sd15 comparison
+    at 256 px when the artifact was made for a smaller image."""
+    r = run_json_command("distill", ["eval", art, "--student-only", "--size", size, "--runs", runs, "--json"], env)
+    lat = r.get("latency", r)
+    return {"status": "ok", "size": size, "backends": lat.get("backends", {}),
+            "timing_only_models": lat.get("timing_only_models")}
+
+
+def _student_section(art: Path | None, runs: int, args, env: dict) -> dict:
+    if not art:
+        return _skipped("no artifact")
+    out = bench_student(art, runs, args.threads)
+    if args.full and out["input"][-1] != FULL_TEACHER_SIZE:
+        try:
+            out[f"at_{FULL_TEACHER_SIZE}"] = bench_student_at(art, FULL_TEACHER_SIZE, runs, env)
+        except (StepError, subprocess.TimeoutExpired) as e:
+            out[f"at_{FULL_TEACHER_SIZE}"] = _error(e)
     return out
 
 
@@ -250,11 +274,20 @@ def targets(report: dict) -> list[dict]:
                      "measured": value, "pass": ok, **({"why": why} if value is None else {})})
 
     st = report.get("student") or {}
-    i8, i8_where = student_best(st, "int8")
-    f32, _ = student_best(st, "fp32")
-    sd15 = teacher_ms(report.get("teacher") or {}, "sd15", 256)
-    add("int8_vs_sd15_teacher_256", sd15 / i8 if (sd15 and i8) else None,
-        "needs --full (sd15 teacher at 256 px)" if not sd15 else "no INT8 student timing")
+    i8, _ = student_best(st, "int8")
+    at = st.get(f"at_{FULL_TEACHER_SIZE}") or {}
+    i8_at = [_num(r.get("median_ms")) for k, r in (at.get("backends") or {}).items()
+             if str(k).endswith("-int8") and isinstance(r, dict) and _num(r.get("median_ms"))]
+    if i8_at or (st.get("input") or [0])[-1] == FULL_TEACHER_SIZE:
+        i8 = min(i8_at) if i8_at else i8  # the student at 256 px too
+    else:
+        i8 = None
+    sd15 = teacher_ms(report.get("teacher") or {}, "sd15", FULL_TEACHER_SIZE)
+    why = ("needs --full (sd15 teacher at 256 px)" if not sd15 else
+           f"no INT8 student timing at {FULL_TEACHER_SIZE} px" + (f" ({at.get('error')})" if at.get("error") else ""))
+    if "teacher" not in report:
+        why = "teacher section not run"
+    add("int8_vs_sd15_teacher_256", sd15 / i8 if (sd15 and i8) else None, why)
     # same backend for the INT8/FP32 ratio
     ratio = None
     for name, per in (st.get("results") or {}).items():
@@ -262,14 +295,15 @@ def targets(report: dict) -> list[dict]:
         if a.get("status") == "ok" and b.get("status") == "ok":
             r = b["p50_ms"] / a["p50_ms"]
             ratio = r if ratio is None else max(ratio, r)
-    add("int8_vs_fp32", ratio, "needs both FP32 and INT8 timings on one backend")
-    d = report.get("daemon") or {}
+    add("int8_vs_fp32", ratio, "needs both FP32 and INT8 timings on one backend" if "student" in report
+        else "student section not run")
+    d = report.get("daemon") or {"reason": "daemon section not run"}
     # runtime.bench_daemon.run_daemon_bench: overhead_p50_ms, sustained_ratio
     add("daemon_overhead_p50_ms", _num(d.get("overhead_p50_ms")),
         d.get("reason") or d.get("error") or "daemon bench reported no overhead_p50_ms")
     add("daemon_sustained_fraction", _num(d.get("sustained_ratio")),
         d.get("reason") or d.get("error") or "daemon bench reported no sustained_ratio")
-    k = report.get("kernels") or {}
+    k = report.get("kernels") or {"reason": "kernels section not run"}
     add("knn_vs_matmul", _num(k.get("knn_vs_matmul")),
         k.get("reason") or k.get("error") or "kernels bench reported no knn_vs_matmul")
     return rows
@@ -293,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
             report["artifact"] = _error(e)
     sections = {
         "teacher": lambda: bench_teacher(args.full, env),
-        "student": lambda: bench_student(art, runs, args.threads) if art else _skipped("no artifact"),
+        "student": lambda: _student_section(art, runs, args, env),
         "kernels": lambda: bench_kernels(args.quick),
         "daemon": lambda: bench_daemon(art, args.threads, args.quick) if art else _skipped("no artifact"),
         "server": lambda: bench_server(ckpt, env, args.quick),
@@ -316,6 +350,38 @@ def run(args: argparse.Namespace) -> int:
         print_table(report)
     failed = [n for n in want if (report.get(n) or {}).get("status") == "error"]
     return 1 if failed else 0
+
+
+def _f(v, fmt: str = ".2f") -> str:
+    return "—" if _num(v) is None else format(v, fmt)
+
+
+def _section_summary(name: str, r: dict) -> str:
+    """One line of the figures people look for in a section."""
+    if r.get("status") != "ok":
+        return str(r.get("reason") or r.get("error") or "")[:120]
+    if name == "teacher":
+        return " · ".join(f"{p} {x['size']} px: {x['latency_s_per_image'] * 1e3:.1f} ms/image ({r[p].get('device')})"
+                          for p in ("tiny", "sd15") if p in r for x in r[p].get("results", []))
+    if name == "student":
+        at = r.get(f"at_{FULL_TEACHER_SIZE}")
+        return f"input {r['input'][-1]} px, {r['threads']} thread(s)" + (
+            f"; at {FULL_TEACHER_SIZE} px: " + ", ".join(f"{k} {_f(v.get('median_ms'))} ms" for k, v in
+                                                         (at.get("backends") or {}).items() if "median_ms" in v)
+            if at else "")
+    if name == "kernels":
+        return (f"knn/matmul {_f(r.get('knn_vs_matmul'), '.3f')}, matmul {_f((r.get('cpu') or {}).get('matmul', {}).get('gflops'), '.1f')}"
+                f" GFLOP/s; impl {r.get('implementations')}")
+    if name == "daemon":
+        raw, d = r.get("raw") or {}, r.get("daemon") or {}
+        return (f"{r.get('backend')}: raw p50 {_f(raw.get('p50_ms'))} ms; daemon e2e p50 {_f(d.get('e2e_p50_ms'))} / "
+                f"p99 {_f(d.get('e2e_p99_ms'))} ms, sustained {_f(d.get('sustained_rate_hz'), '.0f')} Hz "
+                f"({_f(r.get('sustained_ratio'))} of raw), overhead p50 {_f(r.get('overhead_p50_ms'))} ms")
+    if name == "server":
+        return f"{r.get('model')}: " + " · ".join(
+            f"{x['clients']} client(s) {x['throughput_rps']:.0f} req/s p50 {x['latency_ms']['p50']:.0f} ms"
+            for x in r.get("results", []))
+    return ""
 
 
 def print_table(report: dict) -> None:
@@ -349,8 +415,7 @@ def print_table(report: dict) -> None:
         r = report.get(name)
         if not r:
             continue
-        figs = {k: v for k, v in r.items() if k not in ("status", "wall_s", "results", "available")}
-        t.add_row(name, r.get("status", "?"), f"{r.get('wall_s', 0):.1f}", json.dumps(figs, default=str)[:110])
+        t.add_row(name, r.get("status", "?"), f"{r.get('wall_s', 0):.1f}", _section_summary(name, r))
     c.print(t)
     t = Table(title="targets")
     for col in ("target", "limit", "measured", "pass"):

@@ -182,10 +182,10 @@ class Cascade(threading.Thread):
         if self.state != "closed":
             log.warning("teacher answered again: circuit closed, replaying up to %d parked frames",
                         self.cfg.replay_on_recovery)
-            for _ in range(min(self.cfg.replay_on_recovery, len(self.parked))):
-                p = self.parked.popleft()
-                p.attempts = 0
-                self.waiting.append(p)
+        for _ in range(min(self.cfg.replay_on_recovery, len(self.parked))):  # the teacher answers: resend them
+            p = self.parked.popleft()
+            p.attempts = 0
+            self.waiting.append(p)
         self.failures = 0
         self._set_state("closed")
 
@@ -291,7 +291,7 @@ class Cascade(threading.Thread):
                                          error=f"teacher verdict malformed: {e}"), "bad_reply")
             return
         t.frame_id, t.camera_id = p.frame_id, p.camera_id
-        t.decided_by, t.pending, t.supersedes, t.status = "teacher", False, "edge", "ok" if t.status == "ok" else t.status
+        t.decided_by, t.pending, t.supersedes = "teacher", False, "edge"
         t.ts_frame, t.ts_verdict = p.edge.get("ts_frame", 0.0), time.time()
         t.latencies_ms = {**{k: float(v) for k, v in t.latencies_ms.items()},
                           "teacher_rtt": (time.monotonic() - p.sent_at) * 1e3,

@@ -52,9 +52,10 @@ class LinesideClient:
         self._buffer: deque[Verdict] = deque()
         self.ingress = self._socket(zmq.DEALER, ingress) if ingress else None
         self.sub = None
+        self._topic = b"verdict." + camera_id.encode() if camera_id else None  # exact: cam1 is not cam10
         if verdicts:
             self.sub = self._socket(zmq.SUB, verdicts)
-            self.sub.setsockopt(zmq.SUBSCRIBE, b"verdict." + (camera_id.encode() if camera_id else b""))
+            self.sub.setsockopt(zmq.SUBSCRIBE, self._topic or b"verdict.")
             self.sub.setsockopt(zmq.SUBSCRIBE, b"hb")
         self.control_ep = control
 
@@ -140,7 +141,8 @@ class LinesideClient:
                 msg = self.sub.recv_multipart()
                 if msg[0] == b"hb":
                     return
-                self._buffer.append(_verdict(msg))
+                if self._topic is None or msg[0] == self._topic:
+                    self._buffer.append(_verdict(msg))
         raise TimeoutError("no heartbeat from the daemon's verdict socket")
 
     def verdicts(self, timeout_s: float = DEFAULT_TIMEOUT_S, count: Optional[int] = None) -> Iterator[Verdict]:
@@ -163,7 +165,7 @@ class LinesideClient:
             if left <= 0 or not self.sub.poll(max(1, int(left * 1000)), zmq.POLLIN):
                 return None
             msg = self.sub.recv_multipart()
-            if msg[0] != b"hb":
+            if msg[0] != b"hb" and (self._topic is None or msg[0] == self._topic):
                 return _verdict(msg)
 
     def collect(self, frame_ids, timeout_s: float = DEFAULT_TIMEOUT_S, final: bool = False) -> dict[str, list[Verdict]]:

@@ -37,6 +37,7 @@ from runtime.verdict import Verdict
 log = logging.getLogger("lineside.daemon")
 
 JOIN_TIMEOUT_S = 2.0
+CASCADE_GRACE_S = 1.0  # on shutdown, teacher answers already on their way may still arrive and supersede
 
 
 class Daemon:
@@ -87,40 +88,41 @@ class Daemon:
         if c.metrics_port is not None:
             port = self.tm.serve_http(c.metrics_port, c.metrics_host)
             self.endpoints["metrics"] = f"http://{c.metrics_host}:{port}/metrics"
-        self._recover()
         self.threads = [t for t in (self.publisher, self.cascade, self.judge, self.ingress, self.control, self.camera)
                         if t is not None]
-        for t in self.threads:
+        journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema and WAL mode, once, here
+        try:
+            self.publisher.start()  # before recovery, which may hand it more verdicts than its queue holds
+            self._recover(journal)
+        finally:
+            journal.close()
+        for t in self.threads[1:]:
             t.start()
         self.started_at = time.time()
         log.info("lineside daemon serving", extra={"fields": {**self.endpoints, "backend": engine.backend_name,
                                                               "model_hash": engine.model_hash, **self.recovered}})
         return self
 
-    def _recover(self) -> None:
+    def _recover(self, j: Journal) -> None:
         """Frames acknowledged but never judged, and frames still waiting for the teacher, from the journal."""
-        j = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
-        try:
-            since = time.time() - self.cfg.journal.retention_age_s
-            for fid, cam in j.unjudged(since):
-                v = Verdict.failure(fid, "dropped", "daemon stopped before judging this frame (recovered at restart)",
-                                    camera_id=cam, ts_verdict=time.time())
-                self.publish_q.put(Outgoing(v))
-                self.recovered["unjudged"] += 1
-            now = time.time()
-            for row in j.pending():
-                if self.cascade is not None and row.deadline_ts > now:
-                    self.cascade.reserve(force=True)
-                    self.cascade.submit(row.frame_id, row.camera_id, _json(row.request), row.payload, row.deadline_ts,
-                                        row.edge)
-                    self.recovered["pending_resumed"] += 1
-                else:
-                    why = ("deadline passed while the daemon was down" if row.deadline_ts <= now
-                           else "no teacher configured at restart")
-                    resolve_without_teacher(row, self.publish_q, why)
-                    self.recovered["pending_expired"] += 1
-        finally:
-            j.close()
+        since = time.time() - self.cfg.journal.retention_age_s
+        for fid, cam in j.unjudged(since):
+            v = Verdict.failure(fid, "dropped", "daemon stopped before judging this frame (recovered at restart)",
+                                camera_id=cam, ts_verdict=time.time())
+            self.publish_q.put(Outgoing(v))
+            self.recovered["unjudged"] += 1
+        now = time.time()
+        for row in j.pending():
+            if self.cascade is not None and row.deadline_ts > now:
+                self.cascade.reserve(force=True)
+                self.cascade.submit(row.frame_id, row.camera_id, _json(row.request), row.payload, row.deadline_ts,
+                                    row.edge)
+                self.recovered["pending_resumed"] += 1
+            else:
+                why = ("deadline passed while the daemon was down" if row.deadline_ts <= now
+                       else "no teacher configured at restart")
+                resolve_without_teacher(row, self.publish_q, why)
+                self.recovered["pending_expired"] += 1
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.shutdown_requested.wait(timeout)
@@ -149,7 +151,7 @@ class Daemon:
             self.publish_q.put(Outgoing(Verdict.failure(job.frame_id, "dropped", "daemon shut down before judging",
                                                         camera_id=job.camera_id, ts_verdict=time.time())))
         if self.cascade is not None and drain:  # answers already on their way still supersede in this run
-            deadline = time.monotonic() + self.cfg.drain_timeout_s
+            deadline = time.monotonic() + min(self.cfg.drain_timeout_s, CASCADE_GRACE_S)
             while self.cascade.pending_count and time.monotonic() < deadline and self.cascade.is_alive():
                 time.sleep(0.02)
             if self.cascade.pending_count:
@@ -172,14 +174,21 @@ class Daemon:
             self.ctx = None
 
     # -- control ----------------------------------------------------------------------------------
+    def dead_threads(self) -> list[str]:
+        """Threads that should be running and are not (the camera may end with its source)."""
+        return [t.name for t in self.threads if t is not self.camera and not t.is_alive()]
+
     def status(self) -> dict:
         e = self.holder.engine
-        return {"alive": True, "uptime_s": round(time.time() - self.started_at, 3), "artifact": str(e.artifact_dir),
+        dead = self.dead_threads()
+        return {"alive": not dead, "dead_threads": dead, "uptime_s": round(time.time() - self.started_at, 3),
+                "artifact": str(e.artifact_dir),
                 "model_hash": e.model_hash, "backend": e.backend_name, "generation": self.holder.generation,
                 "queue": {"depth": len(self.queue), "max_seen": self.queue.max_seen, "size": self.queue.maxsize,
                           "policy": self.queue.policy},
                 "judged": self.judge.judged, "published": self.publisher.published,
                 "drops": self.tm.value("lineside_drops_total", reason="queue_full"),
+                "rate_limited": self.tm.value("lineside_drops_total", reason="rate"),
                 "ingress_disconnects": self.tm.value("lineside_ingress_disconnects_total"),
                 "teacher": self.cascade.status() if self.cascade else None, "endpoints": self.endpoints,
                 "recovered": self.recovered, "journal": self.cfg.journal.path}

@@ -29,7 +29,8 @@ OVERRIDES = {
     "teacher_timeout_ms": "teacher.request_timeout_ms", "teacher_deadline_ms": "teacher.deadline_ms",
     "journal": "journal.path", "synchronous": "journal.synchronous",
     "camera": "camera.source", "camera_id": "camera.camera_id", "trigger": "camera.trigger", "rate": "camera.rate_hz",
-    "metrics_port": "metrics_port", "metrics_host": "metrics_host", "artifacts_dir": "artifacts_dir", "allowed_keys": "security.allowed_keys",
+    "metrics_port": "metrics_port", "metrics_host": "metrics_host", "artifacts_dir": "artifacts_dir",
+    "allowed_keys": "security.allowed_keys",
     "ingress_secret": "security.ingress_secret", "verdicts_secret": "security.verdicts_secret",
     "control_secret": "security.control_secret", "max_message_bytes": "limits.max_message_bytes",
     "sender_rate_hz": "limits.sender_rate_hz", "log_level": "log_level",
@@ -128,8 +129,8 @@ def run(args: argparse.Namespace) -> int:
                       "model_hash": daemon.holder.engine.model_hash, "recovered": daemon.recovered}), flush=True)
     notifier.ready(status=f"serving {daemon.holder.engine.model_hash} on {daemon.endpoints['ingress']}")
     while not daemon.wait(WATCHDOG_TICK_S):
-        if not all(t.is_alive() for t in daemon.threads if t is not daemon.camera):
-            dead = [t.name for t in daemon.threads if not t.is_alive() and t is not daemon.camera]
+        dead = daemon.dead_threads()
+        if dead:
             log.error("thread(s) %s died; stopping so the supervisor restarts us", dead)
             daemon.stop(drain=False)
             return 1

@@ -9,6 +9,7 @@ sends an oversize message before we ever see it; a socket monitor counts those d
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,13 +29,15 @@ log = logging.getLogger("lineside.ingress")
 POLL_MS = 100
 BATCH_MAX = 64  # messages drained per journal transaction
 MAX_ID_CHARS = 256
-SENDER_TABLE_MAX = 4096  # token buckets kept; the least recently seen are forgotten
+SENDER_TABLE_MAX = 4096  # token buckets kept; the oldest are forgotten
+RATE_VERDICT_INTERVAL_S = 1.0  # at most one "rate" error verdict per sender per interval; the rest are counted
 
 
 class TokenBucket:
     def __init__(self, rate_hz: float, burst: int):
         self.rate, self.burst = rate_hz, float(burst)
         self.tokens, self.t = float(burst), time.monotonic()
+        self.last_verdict = -1e9  # monotonic time of the last "rate" error verdict for this sender
 
     def take(self) -> bool:
         now = time.monotonic()
@@ -149,6 +152,9 @@ class Ingress(threading.Thread):
 
     def _check(self, env: list[bytes], frames: list[bytes]) -> FrameJob | None:
         fid, cam = None, "cam0"
+        bucket = self._bucket(env[0])
+        if not bucket.take():  # before any parsing: a flood of bad messages is limited like a flood of good ones
+            return self._flooded(env, frames, bucket)
         try:
             h = protocol.decode_header(frames, expect=("frame", "status"))
             if h["kind"] == "status":
@@ -156,25 +162,46 @@ class Ingress(threading.Thread):
                 return None
             fid, cam = h.get("frame_id"), h.get("camera_id", "cam0")
             fid, cam, ts, want_mask = check_frame_header(h)
-            if not self._bucket(env[0]).take():
-                raise ProtocolError("rate", f"sender over its limit of {self.cfg.limits.sender_rate_hz:g} frames/s "
-                                            f"(burst {self.cfg.limits.sender_burst}); frame refused")
             enc = h.get("encoding", "raw")
             image = None
             if enc == "raw":
                 image = protocol.decode_image(h, frames)  # size vs shape x dtype, channels, dtype: cheap checks
             elif len(frames) != 2 or len(frames[1]) == 0:
-                raise ProtocolError("payload", "empty frame" if len(frames) == 2 else f"expected 2 message parts, got {len(frames)}")
+                raise ProtocolError("payload", "empty frame" if len(frames) == 2
+                                    else f"expected 2 message parts, got {len(frames)}")
             return FrameJob(frame_id=fid, camera_id=cam, ts_frame=ts, t_recv=time.perf_counter(), header=h,
                             payload=None if image is not None else frames[1], image=image, want_mask=want_mask)
         except ProtocolError as e:
             self.tm.errors.labels(e.field).inc()
-            fid = str(fid) if isinstance(fid, (str, int)) and not isinstance(fid, bool) else ""
-            cam = cam if isinstance(cam, str) and cam else "cam0"
+            fid = str(fid)[:MAX_ID_CHARS] if isinstance(fid, (str, int)) and not isinstance(fid, bool) else ""
+            cam = cam[:MAX_ID_CHARS] if isinstance(cam, str) and cam else "cam0"
             self._reply(env, protocol.error_frames(e.field, e.message, fid or None)[0], raw=True)
-            v = Verdict.failure(fid, "error", f"{e.field}: {e.message}", camera_id=cam[:MAX_ID_CHARS], ts_verdict=time.time())
+            v = Verdict.failure(fid, "error", f"{e.field}: {e.message}", camera_id=cam, ts_verdict=time.time())
             self.publish_q.put(Outgoing(v, extra={"field": e.field}))
             return None
+
+    def _flooded(self, env: list[bytes], frames: list[bytes], bucket: TokenBucket) -> None:
+        """Over the sender's credit: an error reply always, an error verdict at most once a second (a flood
+        must not turn into a flood of journal writes), the rest counted as drops."""
+        lim = self.cfg.limits
+        msg = f"sender over its limit of {lim.sender_rate_hz:g} frames/s (burst {lim.sender_burst}); frame refused"
+        self.tm.errors.labels("rate").inc()
+        self.tm.drops.labels("rate").inc()
+        fid, cam = "", "cam0"
+        try:
+            h = json.loads(frames[0]) if frames and len(frames[0]) <= protocol.MAX_HEADER_BYTES else {}
+            if isinstance(h, dict):
+                fid = str(h.get("frame_id", ""))[:MAX_ID_CHARS]
+                cam = str(h.get("camera_id") or "cam0")[:MAX_ID_CHARS]
+        except ValueError:  # not JSON (UnicodeDecodeError included): refused for the rate all the same
+            pass
+        self._reply(env, protocol.error_frames("rate", msg, fid or None)[0], raw=True)
+        now = time.monotonic()
+        if now - bucket.last_verdict >= RATE_VERDICT_INTERVAL_S:
+            bucket.last_verdict = now
+            v = Verdict.failure(fid, "error", f"rate: {msg}", camera_id=cam, ts_verdict=time.time())
+            self.publish_q.put(Outgoing(v, extra={"field": "rate"}))
+        return None
 
     def _bucket(self, ident: bytes) -> TokenBucket:
         b = self.buckets.get(ident)

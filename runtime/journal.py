@@ -73,6 +73,22 @@ class PendingRow:
     edge: dict
 
 
+OPEN_RETRIES = 100
+OPEN_RETRY_SLEEP_S = 0.02
+
+
+def _retry_locked(fn):
+    """Switching a new database to WAL needs an exclusive lock, for which SQLite's busy handler is not
+    always consulted (another connection opening the same new file at that moment): retry briefly."""
+    for i in range(OPEN_RETRIES):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or i == OPEN_RETRIES - 1:
+                raise
+            time.sleep(OPEN_RETRY_SLEEP_S)
+
+
 def frames_path(path: str | Path) -> Path:
     p = Path(path)
     return p.with_name(f"{p.stem}.frames{p.suffix or '.sqlite3'}")
@@ -88,11 +104,11 @@ class Journal:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("ATTACH DATABASE ? AS fr", (str(frames_path(self.path)),))
         for schema in ("main", "fr"):
-            mode = self._db.execute(f"PRAGMA {schema}.journal_mode=WAL").fetchone()[0]
+            mode = _retry_locked(lambda: self._db.execute(f"PRAGMA {schema}.journal_mode=WAL").fetchone()[0])
             if mode.lower() != "wal":
                 raise RuntimeError(f"journal {self.path}: SQLite refused WAL mode (got {mode}); on a network share?")
             self._db.execute(f"PRAGMA {schema}.synchronous={synchronous}")
-        self._db.executescript(SCHEMA)
+        _retry_locked(lambda: self._db.executescript(SCHEMA))
 
     # -- writes -------------------------------------------------------------------------------
     def record_received(self, rows: list[tuple[str, str, float, str]]) -> None:

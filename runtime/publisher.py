@@ -56,6 +56,27 @@ def verdict_header(out: Outgoing) -> tuple[dict, bytes | None]:
     return h, mask_png
 
 
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def encode_header(h: dict) -> bytes:
+    """Strict JSON (no NaN/Infinity on the wire); a non-finite number (a teacher's NaN confidence) becomes
+    null rather than taking the publisher down."""
+    try:
+        return json.dumps(h, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(h), separators=(",", ":"), allow_nan=False, default=str).encode()
+    except TypeError:  # a value JSON does not know (numpy scalar from a plugin): say what it was
+        return json.dumps(_finite(h), separators=(",", ":"), allow_nan=False, default=str).encode()
+
+
 class Publisher(threading.Thread):
     def __init__(self, ctx: zmq.Context, cfg, publish_q: queue.Queue, telemetry, journal_path: str):
         super().__init__(name="lineside-publisher", daemon=True)
@@ -119,7 +140,7 @@ class Publisher(threading.Thread):
         wire, entries = [], []
         for out in batch:
             h, mask_png = verdict_header(out)
-            body = json.dumps(h, separators=(",", ":"), allow_nan=False).encode()
+            body = encode_header(h)
             v = out.verdict
             entries.append(Entry(v.frame_id, v.camera_id, v.decided_by, v.status, v.decision, v.pending,
                                  v.ts_verdict or time.time(), body, out.pending_request, out.pending_payload,

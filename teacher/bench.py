@@ -81,7 +81,8 @@ def bench_size(model, size: int, batch: int, runs: int, noise_draws: int) -> dic
     else:
         peak = (_status_kb("VmHWM") or 0) * 1024
         peak_delta = max(0, peak - base)
-        how = "VmHWM - VmRSS before (reset via clear_refs)" if reset else "VmHWM (not resettable: includes earlier peaks)"
+        how = ("VmHWM - VmRSS before (reset via clear_refs)" if reset
+               else "VmHWM (not resettable: includes earlier peaks)")
     return {"size": size, "batch": batch, "runs": runs, "latency_s_per_image": min(times) / batch,
             "latency_s_mean_per_image": sum(times) / len(times) / batch, "peak_bytes": int(peak),
             "peak_bytes_per_image": int((peak if cuda else peak_delta) / batch), "memory_measure": how}
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"teacher bench: {model.preset} {s}px {r['latency_s_per_image'] * 1e3:.1f} ms/img, "
               f"peak {r['peak_bytes_per_image'] / 2**20:.1f} MiB/img", file=sys.stderr)
     info = {"preset": model.preset, "checkpoint_hash": model.checkpoint_hash, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else platform.processor() or platform.machine()),
             "dtype": str(dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "noise_draws": args.noise_draws,
             "unet_params": sum(p.numel() for p in model.unet.parameters()), "results": results}

@@ -12,6 +12,7 @@ Layout of a checkpoint directory::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,7 +23,7 @@ from runtime.featurespec import ContractError, FeatureSpec
 from teacher.encoders import load_image_encoder, load_text_encoder, own_image_encoder, own_text_encoder
 from teacher.model import TeacherModel
 from teacher.modules import ImplicitCaptioner, WordTokenizer, paper_init_
-from teacher.presets import Preset, get_preset
+from teacher.presets import Preset, TrainDefaults, get_preset
 
 FORMAT = "lineside-teacher"
 FORMAT_VERSION = 1
@@ -113,6 +114,14 @@ def save_teacher(model: TeacherModel, out: str | Path, config: dict, ema=None) -
     return h
 
 
+def preset_from_config(d: dict) -> Preset:
+    """The preset a checkpoint was built from, as recorded (presets may change after it was written)."""
+    known = {f.name for f in dataclasses.fields(TrainDefaults)}
+    train = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.get("train", {}).items() if k in known}
+    fields = {f.name for f in dataclasses.fields(Preset)}
+    return Preset(**{k: v for k, v in d.items() if k in fields and k != "train"}, train=TrainDefaults(**train))
+
+
 def read_config(ckpt: str | Path) -> dict:
     p = Path(ckpt) / "config.json"
     if not p.is_file():
@@ -142,8 +151,7 @@ def load_teacher(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_e
                 raise ContractError(f"{root}: weight file {rel} listed in config.json is missing")
             if files[rel] != sha:
                 raise ContractError(f"{root}: weight file {rel} does not match its recorded sha256 (modified?)")
-    preset = Preset(**{**cfg["preset_config"], "train": get_preset(cfg["preset"]).train}) \
-        if cfg["preset"] in ("sd15", "tiny") else get_preset(cfg["preset"])
+    preset = preset_from_config(cfg["preset_config"])
 
     def part(name: str) -> Path:
         ema = root / "ema" / name

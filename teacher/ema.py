@@ -28,11 +28,14 @@ class EMA:
     @torch.no_grad()
     def update(self, modules: dict[str, nn.Module]) -> None:
         d = self.current_decay()
+        shadows, params = [], []
         for name, m in modules.items():
             sh = self.shadow[name]
             for k, p in m.named_parameters():
                 if k in sh:
-                    sh[k].lerp_(p.detach().float(), 1.0 - d)  # s = d*s + (1-d)*p
+                    shadows.append(sh[k])
+                    params.append(p.detach().float())
+        torch._foreach_lerp_(shadows, params, 1.0 - d)  # s = d*s + (1-d)*p, one fused launch per dtype/device
         self.num_updates += 1
 
     @contextlib.contextmanager

@@ -30,7 +30,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def _architectures(directory: Path) -> list[str]:
     cfg = directory / "config.json"
     if not cfg.is_file():
-        raise ContractError(f"{directory}: no config.json; expected a directory written by transformers save_pretrained")
+        raise ContractError(f"{directory}: no config.json; expected a directory written by transformers "
+                            "save_pretrained")
     return list(json.loads(cfg.read_text()).get("architectures") or [])
 
 
@@ -92,7 +93,8 @@ def load_text_encoder(directory: str | Path, trainable: bool | None = None) -> T
     _quiet_transformers()
     model = cls.from_pretrained(d)
     if (d / WordTokenizer.FILE).is_file():
-        return TextEncoder(model, WordTokenizer.load(d), source="own", trainable=True if trainable is None else trainable)
+        own_trainable = True if trainable is None else trainable
+        return TextEncoder(model, WordTokenizer.load(d), source="own", trainable=own_trainable)
     tok = AutoTokenizer.from_pretrained(d)
     return TextEncoder(model, tok, source=str(d.resolve()), trainable=bool(trainable))
 

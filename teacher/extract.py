@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -43,15 +42,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def load_batch(ds, records, size: int) -> torch.Tensor:
-    """(B, 3, size, size) float RGB in [0, 1]."""
-    out = []
-    for r in records:
-        img = ds.read_image(r)
-        if img.shape[:2] != (size, size):
-            interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_CUBIC
-            img = cv2.resize(img, (size, size), interpolation=interp)
-        out.append(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
-    return torch.stack(out).float() / 255.0
+    """(B, 3, size, size) float RGB in [0, 1], resized exactly as the pipeline, distill and the edge do
+    (kernels.dispatch.preprocess: bilinear, half-pixel centres), so shards match on-the-fly targets."""
+    from kernels.dispatch import preprocess
+
+    x = [preprocess(ds.read_image(r), size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB") for r in records]
+    return torch.from_numpy(np.concatenate(x)).float()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,15 +78,18 @@ class TeacherModel(nn.Module):
                                 f"cross_attention_dim {u.cross_attention_dim}")
         c = self.captioner.config
         if c.in_dim != self.image_encoder.embed_dim:
-            raise ContractError(f"captioner in_dim {c.in_dim} != image encoder embedding dim {self.image_encoder.embed_dim}")
+            raise ContractError(f"captioner in_dim {c.in_dim} != image encoder embedding dim "
+                                f"{self.image_encoder.embed_dim}")
         if c.out_dim != u.cross_attention_dim:
             raise ContractError(f"captioner out_dim {c.out_dim} != U-Net cross_attention_dim {u.cross_attention_dim}")
         chans = [lv.channels for lv in self.feature_spec.levels]
         if chans != list(u.block_out_channels):
-            raise ContractError(f"FeatureSpec channels {chans} != U-Net block_out_channels {list(u.block_out_channels)}")
+            raise ContractError(f"FeatureSpec channels {chans} != U-Net block_out_channels "
+                                f"{list(u.block_out_channels)}")
         down = 2 ** (len(v.block_out_channels) - 1)
         if down != self.feature_spec.levels[0].stride:
-            raise ContractError(f"VAE downsamples x{down} but FeatureSpec level s8 has stride {self.feature_spec.levels[0].stride}")
+            raise ContractError(f"VAE downsamples x{down} but FeatureSpec level {self.feature_spec.levels[0].name} "
+                                f"has stride {self.feature_spec.levels[0].stride}")
 
     # -- conditioning -------------------------------------------------------------------------------
     def encode_text(self, texts: list[str]) -> torch.Tensor:

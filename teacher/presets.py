@@ -40,6 +40,7 @@ class TrainDefaults:
     vae_lr: float = 1e-4
     vae_kl_weight: float = 1e-6
     vae_batch_size: int = 8
+    vae_crop_size: int = 256  # train-vae trains on random crops (the VAE is fully convolutional)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ PRESETS: dict[str, Preset] = {
         captioner_hidden=64,
         text_max_length=48,  # the IMDD caption template runs to ~35 words
         train=TrainDefaults(lr=1e-3, min_lr=1e-5, warmup_steps=20, ema_decay=0.99, batch_size=8,
-                            vae_lr=2e-3, vae_batch_size=8),
+                            vae_lr=2e-3, vae_batch_size=16, vae_crop_size=32),
     ),
 }
 

@@ -27,7 +27,7 @@ class StepNoise:
              text_prob: float, null_prob: float) -> "StepNoise":
         shape = (batch,) + tuple(latent_shape)
         return cls(vae=torch.randn(shape, generator=g), eps=torch.randn(shape, generator=g),
-                   t=torch.randint(0, T, (batch,), generator=g),
+                   t=torch.randint(0, T, (batch,), generator=g),  # t ~ Uniform{0..T-1}, Eq. (5)
                    use_text=torch.rand(batch, generator=g) < text_prob,
                    drop=torch.rand(batch, generator=g) < null_prob)
 

@@ -26,18 +26,21 @@ from teacher import train_loop
 from teacher.presets import PRESETS, get_preset
 from teacher.trainset import caption_for, manifest_path
 
+CHECK_FILES_MAX = 20_000  # above this, a full decode pass at start-up costs more than it saves
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)}")
     p.add_argument("--data", required=True, help="dataset manifest.jsonl (its train split is used)")
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--steps", type=int, required=True, help="total optimiser steps of the run")
-    p.add_argument("--vae", help="pretrained diffusers AutoencoderKL directory (frozen); else random-init, see train-vae")
+    p.add_argument("--vae", help="pretrained diffusers AutoencoderKL directory (frozen); "
+                   "else random-init, see train-vae")
     p.add_argument("--text-encoder", help="transformers CLIP text model directory (frozen, with its tokenizer)")
     p.add_argument("--image-encoder", help="transformers CLIPVisionModelWithProjection directory (frozen)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="default 0 (a resumed run keeps its own)")
     p.add_argument("--batch-size", type=int, help="per process (default: the preset's)")
     p.add_argument("--image-size", type=int, help="training resolution (default: the preset's)")
     p.add_argument("--lr", type=float)
@@ -54,6 +57,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", type=int, default=0, help="save and stop after this step (a planned interruption)")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--check-files", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"decode every image and mask before training (default: when <= {CHECK_FILES_MAX} records)")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
 
 
@@ -82,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     rank, world, device = _dist_setup(args.device)
     out = Path(args.out)
     try:
-        ds = load_dataset(manifest_path(args.data))
+        ds = load_dataset(manifest_path(args.data), check_files=False)
+        if args.check_files or (args.check_files is None and len(ds) <= CHECK_FILES_MAX):
+            ds = load_dataset(manifest_path(args.data), check_files=True)  # decodes every image once
         records = ds.split("train")
         if not records:
             raise DatasetError(f"{ds.manifest}: no records with split 'train'")

@@ -26,15 +26,20 @@ def _precision(mode: str, device: torch.device) -> torch.dtype | None:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[mode]
 
 
-def _hparams(args, preset) -> dict:
+def _hparams(args, preset, saved: dict | None = None) -> dict:
+    """The run's hyperparameters: a resumed run keeps the recorded ones unless overridden on the command line."""
     d = preset.train
-    return dict(lr=args.lr or d.lr, min_lr=d.min_lr, weight_decay=d.weight_decay, betas=list(d.betas),
-                warmup_steps=args.warmup_steps if args.warmup_steps is not None else d.warmup_steps,
-                grad_clip=args.grad_clip or d.grad_clip, ema_decay=args.ema_decay or d.ema_decay,
-                batch_size=args.batch_size or d.batch_size, imp_loss_weight=d.imp_loss_weight,
-                text_prob=d.text_prob, null_prob=d.null_prob, augment=not args.no_augment,
-                mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-                seed=args.seed, total_steps=args.steps, init=args.init)
+    base = dict(lr=d.lr, min_lr=d.min_lr, weight_decay=d.weight_decay, betas=list(d.betas),
+                warmup_steps=d.warmup_steps, grad_clip=d.grad_clip, ema_decay=d.ema_decay, batch_size=d.batch_size,
+                imp_loss_weight=d.imp_loss_weight, text_prob=d.text_prob, null_prob=d.null_prob, seed=0,
+                init=args.init)
+    base.update(saved or {})
+    given = dict(lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
+                 batch_size=args.batch_size, seed=args.seed)
+    base.update({k: v for k, v in given.items() if v is not None})
+    base.update(augment=not args.no_augment, mixed_precision=args.mixed_precision,
+                gradient_checkpointing=args.gradient_checkpointing, total_steps=args.steps)
+    return base
 
 
 def _batches(order: BatchOrder, data: ImageCaptionSet, epoch: int, batch: int, workers: int):
@@ -53,15 +58,16 @@ def _batches(order: BatchOrder, data: ImageCaptionSet, epoch: int, batch: int, w
 
 
 def train(args, preset, ds, records, texts, *, rank: int, world: int, device: torch.device) -> dict:
-    hp = _hparams(args, preset)
     out = Path(args.out)
     image_size = args.image_size or preset.image_size
     if args.resume:
         model = load_teacher(out, use_ema=False, for_training=True)
         state = load_state(out)
+        hp = _hparams(args, preset, model.info["config"].get("train"))
     else:
+        hp = _hparams(args, preset)
         tok = WordTokenizer.from_texts(texts, max_length=preset.text_max_length)
-        model = build_random_teacher(preset, image_size=image_size, seed=args.seed, vae_dir=args.vae,
+        model = build_random_teacher(preset, image_size=image_size, seed=hp["seed"], vae_dir=args.vae,
                                      text_encoder_dir=args.text_encoder, image_encoder_dir=args.image_encoder,
                                      tokenizer=tok, init=args.init)
         state = None
@@ -88,6 +94,13 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         ema.load_from(load_teacher(out, use_ema=True).trainable_modules(), state["ema_updates"])
         step, epoch, batch = state["step"], state["sampler"]["epoch"], state["sampler"]["batch"]
         restore_rng(state)
+        was = (state.get("world_size"), state.get("batch_size"))
+        if rank == 0 and was != (world, hp["batch_size"]):
+            print(f"teacher train: WARNING resuming with {world} process(es) x batch {hp['batch_size']} where the "
+                  f"run had {was[0]} x {was[1]}: the data order differs from an unbroken run", file=sys.stderr)
+        if rank == 0 and state.get("total_steps") not in (None, args.steps):
+            print(f"teacher train: WARNING --steps {args.steps} differs from the run's {state['total_steps']}: the "
+                  f"cosine LR schedule is stretched from here on", file=sys.stderr)
     loss_fn = Stage1Loss(model, hp["imp_loss_weight"])
     net = loss_fn
     if world > 1:
@@ -95,7 +108,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
 
         net = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
     data = ImageCaptionSet(ds, records, image_size)
-    order = BatchOrder(len(data), hp["batch_size"], world, rank, args.seed)
+    order = BatchOrder(len(data), hp["batch_size"], world, rank, hp["seed"])
     latent = (model.vae.config.latent_channels, image_size // 8, image_size // 8)
     T = model.scheduler.config.num_train_timesteps
     stop = min(args.steps, args.stop_after) if args.stop_after else args.steps
@@ -118,7 +131,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     while step < stop:
         e, b, imgs, caps = next(it)
         t0 = time.time()
-        g = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 4099 + rank)
+        g = torch.Generator().manual_seed((hp["seed"] * 1_000_003 + step) * 4099 + rank)
         x = imgs.to(device, non_blocking=True).float() / 255.0
         if hp["augment"]:
             x = augment(x, g)
@@ -152,8 +165,9 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
             dt = time.time() - t0
             ips = x.shape[0] * world / max(dt, 1e-9)
             last = {"loss": vals[0].item(), "l_diff": vals[1].item(), "l_imp": vals[2].item()}
-            metrics_f.write(json.dumps({"step": step, **last, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
-                                        "images_per_s": round(ips, 2), "epoch": e, "time": round(time.time(), 3)}) + "\n")
+            row = {"step": step, **last, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
+                   "images_per_s": round(ips, 2), "epoch": e, "time": round(time.time(), 3)}
+            metrics_f.write(json.dumps(row) + "\n")
             metrics_f.flush()
             bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
             bar.update(1)
@@ -177,4 +191,5 @@ def _save(model, ema, out: Path, run_cfg: dict, step, epoch, batch, opt, sched, 
     cfg = dict(run_cfg, step=step)
     save_teacher(model, out, cfg, ema=ema)
     save_state(out, optimizer=opt, scheduler=sched, scaler=scaler, step=step, epoch=epoch, batch=batch,
-               ema_updates=ema.num_updates)
+               ema_updates=ema.num_updates, world_size=run_cfg["world_size"],
+               batch_size=run_cfg["train"]["batch_size"], total_steps=run_cfg["train"]["total_steps"])

@@ -29,8 +29,9 @@ def lr_lambda(base_lr: float, min_lr: float, warmup: int, total: int):
 
 
 def save_state(out: Path, *, optimizer, scheduler, scaler, step: int, epoch: int, batch: int,
-               ema_updates: int) -> None:
+               ema_updates: int, world_size: int, batch_size: int, total_steps: int) -> None:
     state = {
+        "world_size": world_size, "batch_size": batch_size, "total_steps": total_steps,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "step": step, "sampler": {"epoch": epoch, "batch": batch}, "ema_updates": ema_updates,

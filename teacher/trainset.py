@@ -37,7 +37,8 @@ class ImageCaptionSet(TorchDataset):
             raise DatasetError(f"{ds.manifest}: no records in the training split to train on")
         self.ds, self.records, self.size = ds, records, int(image_size)
         self.captions = [caption_for(r) for r in records]
-        self._cache: dict[int, torch.Tensor] | None = {} if len(records) * 3 * self.size ** 2 <= self.CACHE_LIMIT_BYTES else None
+        small = len(records) * 3 * self.size ** 2 <= self.CACHE_LIMIT_BYTES
+        self._cache: dict[int, torch.Tensor] | None = {} if small else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,9 +47,8 @@ class ImageCaptionSet(TorchDataset):
         if self._cache is not None and i in self._cache:
             return self._cache[i]
         img = self.ds.read_image(self.records[i])
-        if img.shape[:2] != (self.size, self.size):
-            interp = cv2.INTER_AREA if min(img.shape[:2]) > self.size else cv2.INTER_CUBIC
-            img = cv2.resize(img, (self.size, self.size), interpolation=interp)
+        if img.shape[:2] != (self.size, self.size):  # bilinear, as extraction and the edge resize
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
         if self._cache is not None:
             self._cache[i] = t

@@ -181,17 +181,18 @@ import time as _time  # noqa: E402
 class FakeTeacher:
     """A ROUTER speaking runtime/protocol.py's teacher side: "infer" -> "verdict" (decided_by teacher).
 
-    ``slow_s`` delays every reply; ``busy_first`` answers "busy" to that many requests first; ``stop()``
+    ``slow_s`` delays every reply; ``ignore_first`` requests get no answer at all (lost); ``busy_first``
+    answers "busy" to that many requests first; ``stop()``
     closes the socket (the server died), ``start()`` binds the same endpoint again. ``decision`` is what
     the teacher says. ``curve_secret``/``allowed_keys`` make it a CURVE server.
     """
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:*", slow_s: float = 0.0, decision: str = "defect",
-                 busy_first: int = 0, curve_secret=None, allowed_keys=None):
+                 busy_first: int = 0, curve_secret=None, allowed_keys=None, ignore_first: int = 0):
         import zmq
 
         self.ctx = zmq.Context()
-        self.slow_s, self.decision, self.busy_left = slow_s, decision, busy_first
+        self.slow_s, self.decision, self.busy_left, self.ignore_left = slow_s, decision, busy_first, ignore_first
         self.curve_secret, self.allowed_keys = curve_secret, allowed_keys
         self.auth = None
         if allowed_keys:
@@ -252,6 +253,9 @@ class FakeTeacher:
                         self.sock.send_multipart(env + protocol.encode({"kind": "status", "status": {"alive": True}}))
                         continue
                     self.received.append(h["frame_id"])
+                    if self.ignore_left > 0:
+                        self.ignore_left -= 1
+                        continue
                     if self.busy_left > 0:
                         self.busy_left -= 1
                         reply = protocol.encode({"kind": "busy", "frame_id": h["frame_id"]})

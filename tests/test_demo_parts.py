@@ -3,12 +3,10 @@ supervision, verdict collection over a real PUB socket, figures from synthetic v
 and bench's target table. tests/test_demo.py runs the real thing end to end."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,6 +206,7 @@ def test_reading_eval_json():
                                             "image_f1_max": 0.8}}
     assert an.metric_row(teacher) == {"image_auroc": 0.91, "pixel_auroc": 0.88, "au_pro": 0.7, "f1": 0.8}
     # the shape `distill eval --json` prints
+    assert an.metric_row({"precision": 0.5, "recall": 1.0})["f1_at_threshold"] == pytest.approx(2 / 3)
     de = {"student": {"fp32": {"image_auroc": 0.9}, "int8": {"image_auroc": 0.89},
                       "int8_openvino": {"image_auroc": 0.88}},
           "fidelity_cosine": {"s8": 0.95, "s16": 0.93}, "teacher_latency": {"median_ms": 120.0},
@@ -262,7 +261,8 @@ def test_bench_targets_from_report():
     rep = {
         "teacher": {"sd15": {"results": [{"size": 256, "latency_s_per_image": 0.4}]},
                     "tiny": {"results": [{"size": 128, "latency_s_per_image": 0.005}]}},
-        "student": {"results": {"onnxruntime": {"fp32": {"status": "ok", "p50_ms": 2.0, "backend": "ort"},
+        "student": {"input": [1, 3, 256, 256],
+                    "results": {"onnxruntime": {"fp32": {"status": "ok", "p50_ms": 2.0, "backend": "ort"},
                                                 "int8": {"status": "ok", "p50_ms": 1.0, "backend": "ort"}},
                                 "openvino": {"status": "skipped", "reason": "x"}}},
         "daemon": {"overhead_p50_ms": 0.8, "sustained_ratio": 0.95, "raw": {"p50_ms": 1.0}},
@@ -274,6 +274,14 @@ def test_bench_targets_from_report():
     assert t["daemon_overhead_p50_ms"]["pass"] is True
     assert t["daemon_sustained_fraction"]["pass"] is True
     assert t["knn_vs_matmul"]["pass"] is False
-    t = {r["target"]: r for r in targets({"daemon": {"status": "skipped", "reason": "no daemon"}})}
+    # a 128-px artifact: the 300x target uses the student timed at 256 px (distill eval --student-only --size 256)
+    rep["student"]["input"] = [1, 3, 128, 128]
+    assert {r["target"]: r for r in targets(rep)}["int8_vs_sd15_teacher_256"]["measured"] is None
+    rep["student"]["at_256"] = {"backends": {"onnxruntime-int8": {"median_ms": 2.0}, "onnxruntime-fp32": {"median_ms": 1.0},
+                                             "torch": {"error": "x"}}}
+    t = {r["target"]: r for r in targets(rep)}
+    assert t["int8_vs_sd15_teacher_256"]["measured"] == pytest.approx(200.0) and t["int8_vs_sd15_teacher_256"]["pass"] is False
+    t = {r["target"]: r for r in targets({"teacher": {"tiny": {}}, "daemon": {"status": "skipped", "reason": "no daemon"}})}
     assert t["int8_vs_sd15_teacher_256"]["pass"] is None and "--full" in t["int8_vs_sd15_teacher_256"]["why"]
     assert t["daemon_overhead_p50_ms"]["why"] == "no daemon"
+    assert t["knn_vs_matmul"]["why"] == "kernels section not run"

@@ -164,6 +164,20 @@ def test_guard_refuses_an_int8_model_beyond_max_drop(pipeline, tmp_path):
     assert "most affected layers: /" in e["refused"]  # the conv layers are named too
 
 
+def test_nncf_falls_back_to_accuracy_aware_search_before_refusing(pipeline, tmp_path):
+    from distill.quantize import quantize_run
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run, ignore=shutil.ignore_patterns("quantize"))
+    rep = quantize_run(run, str(pipeline["data"]), methods=("nncf",), max_drop=-1.0)
+    e = rep["methods"]["nncf"]
+    assert [a["plan"] for a in e["attempts"]] == ["int8", "mixed", "mixed+", "accuracy-aware"]
+    aa = e["attempts"][-1]
+    assert "error" not in aa, aa.get("error")
+    assert "/stem/stem.0/stem.0.0/Conv" in aa["fp32_layers"]  # the layers it kept in FP32 are named
+    assert e["file"] is None and not (run / "quantize" / "openvino" / "model.int8.xml").exists()
+
+
 def test_guard_refuses_a_sabotaged_calibration(pipeline, tmp_path):
     from distill.quantize import quantize_run
 

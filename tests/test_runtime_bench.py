@@ -16,4 +16,5 @@ def test_run_daemon_bench_reports_raw_and_end_to_end(tmp_path):
     assert d["lost"] == 0 and d["drops"] == 0 and d["exit_code"] == 0
     assert d["e2e_p50_ms"] > 0 and d["e2e_p99_ms"] >= d["e2e_p50_ms"] and d["sustained_rate_hz"] > 0
     assert math.isclose(r["overhead_p50_ms"], d["e2e_p50_ms"] - r["raw"]["p50_ms"])
+    assert r["raw"]["cpu_ms_per_frame"] > 0 and "overhead_cpu_ms_per_frame" in r and "sustained_ratio_cpu" in r
     assert set(r["targets"]) == {"overhead_p50_ms_max", "sustained_ratio_min", "overhead_met", "sustained_met"}

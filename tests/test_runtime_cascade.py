@@ -155,6 +155,24 @@ def test_busy_teacher_is_retried(run_daemon, teacher):
     assert vs[-1].decided_by == "teacher" and t.received.count("b") == 3
 
 
+def test_lost_request_parked_then_replayed_when_teacher_answers(run_daemon, teacher):
+    t = teacher(ignore_first=1)  # the first request vanishes (the server lost it)
+    d, c = run_daemon(t.endpoint, **{"teacher.retries": 0, "teacher.request_timeout_ms": 300,
+                                     "teacher.deadline_ms": 8000, "teacher.breaker_failures": 5,
+                                     "teacher.breaker_reset_s": 30.0})  # no probe: the answer to "next" replays it
+    c.send(T.in_band(1), frame_id="lost")
+    for _ in range(200):  # its only try timed out: parked, circuit still closed
+        st = c.status()["teacher"]
+        if st["parked"] == 1:
+            break
+        time.sleep(0.01)
+    assert st["parked"] == 1 and st["circuit"] == "closed" and st["reopens"] == 1
+    c.send(T.in_band(2), frame_id="next")  # answered: the teacher is fine, the parked frame is replayed
+    got = finals(c, ["lost", "next"], timeout_s=6.0)
+    assert got["lost"][-1].decided_by == "teacher" and got["next"][-1].decided_by == "teacher"
+    assert t.received.count("lost") == 2
+
+
 def test_backlog_bound_makes_extra_frames_final(run_daemon, teacher):
     t = teacher(slow_s=2.0)
     d, c = run_daemon(t.endpoint, **{"teacher.backlog": 2, "teacher.request_timeout_ms": 5000,

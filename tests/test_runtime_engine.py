@@ -174,3 +174,47 @@ def test_print_config_round_trips(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text(to_toml(c))
     assert load_config(f) == c
+
+
+def test_daemon_cli_refuses_a_directory_that_is_not_an_artifact(tmp_path, capsys):
+    import logging
+    import sys
+
+    from runtime.cli import main
+
+    switch, lg = sys.getswitchinterval(), logging.getLogger("lineside")
+    handlers, propagate, level = lg.handlers[:], lg.propagate, lg.level
+    try:
+        rc = main(["run", "--artifact", str(tmp_path), "--ingress", "tcp://127.0.0.1:*", "--verdicts", "tcp://127.0.0.1:*",
+                   "--control", "tcp://127.0.0.1:*", "--journal", str(tmp_path / "j.sqlite3")])
+    finally:  # run() configures process-wide logging and the GIL switch interval, as a daemon should
+        sys.setswitchinterval(switch)
+        lg.handlers[:], lg.propagate = handlers, propagate
+        lg.setLevel(level)
+    assert rc == 1 and "not an artifact" in capsys.readouterr().err
+
+
+def test_publisher_header_never_carries_nan():
+    from runtime.publisher import encode_header
+
+    h = {"score": float("nan"), "latencies_ms": {"teacher": float("inf")}, "regions": [{"score": 1.0}], "n": np.int64(3)}
+    assert json.loads(encode_header(h)) == {"score": None, "latencies_ms": {"teacher": None}, "regions": [{"score": 1.0}],
+                                            "n": "3"}
+
+
+def test_edge_process_loads_no_training_stack(art):
+    """The daemon's modules and a judged frame never import torch & co (a Jetson image has none of them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "import runtime.daemon, runtime.client, runtime.daemon_cli, runtime.send, runtime.watch, runtime.camera\n"
+            "import runtime.status_cli, runtime.control_cli, runtime.bench_daemon\n"
+            "from runtime.engine import Engine\n"
+            f"Engine({str(art.dir)!r}).judge(np.zeros((64, 64, 3), np.uint8))\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'diffusers', 'transformers', 'teacher', 'distill', 'nncf', 'triton'))\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

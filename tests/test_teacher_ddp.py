@@ -45,3 +45,12 @@ def test_two_process_gloo_ddp_trains_and_saves_once(tmp_path):
     from teacher.checkpoint import load_teacher
 
     assert load_teacher(out).checkpoint_hash == cfg["checkpoint_hash"]
+
+
+def test_slurm_script_launches_torchrun_across_nodes():
+    script = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "teacher_train.sbatch"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    for needle in ("#SBATCH --gpus-per-node=8", "srun", "torchrun", "--rdzv-backend c10d",
+                   "--nnodes \"$SLURM_JOB_NUM_NODES\"", "-m teacher train", "--resume"):
+        assert needle in text, needle

@@ -127,3 +127,24 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.505, rel=1e-3)
     assert f(110) == pytest.approx(0.01) and f(500) == pytest.approx(0.01)
+
+
+@pytest.mark.slow
+def test_sd15_features_match_the_paper_shapes():
+    """~30 s and ~5 GB on a CPU: the sd15 hooks give 320/640/1280/1280 channels at strides 8..64."""
+    m = build_random_teacher("sd15", image_size=256)
+    f = m.extract_features(torch.rand(1, 3, 256, 256))
+    assert {k: tuple(v.shape) for k, v in f.items()} == {
+        "s8": (1, 320, 32, 32), "s16": (1, 640, 16, 16), "s32": (1, 1280, 8, 8), "s64": (1, 1280, 4, 4)}
+
+
+
+def test_step_noise_is_seeded_and_uniform_in_t():
+    from teacher.stage1 import StepNoise
+
+    a = StepNoise.draw(torch.Generator().manual_seed(0), 256, (4, 2, 2), 1000, 0.5, 0.1)
+    b = StepNoise.draw(torch.Generator().manual_seed(0), 256, (4, 2, 2), 1000, 0.5, 0.1)
+    assert torch.equal(a.t, b.t) and torch.equal(a.eps, b.eps) and torch.equal(a.use_text, b.use_text)
+    assert a.t.min() >= 0 and a.t.max() < 1000 and a.t.float().std() > 200  # Eq. (5): t ~ U{0..T-1}
+    assert 0.35 < a.use_text.float().mean() < 0.65  # Eq. (7)
+    assert a.drop.float().mean() < 0.25

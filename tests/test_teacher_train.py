@@ -82,13 +82,15 @@ def test_resume_continues_exactly(data, tmp_path):
     assert train(data, a, 6, "--warmup-steps", "2") == 0
     assert train(data, b, 6, "--warmup-steps", "2", "--stop-after", "3") == 0
     assert json.loads((b / "config.json").read_text())["step"] == 3
-    assert train(data, b, 6, "--warmup-steps", "2", "--resume") == 0
+    # the resumed run takes batch size, warm-up and seed from the checkpoint, not from the defaults
+    assert main(["train", "--preset", "tiny", "--data", str(data), "--out", str(b), "--steps", "6", "--resume"]) == 0
     for f in sorted(a.rglob("*.safetensors")):
         rel = f.relative_to(a)
         ta, tb = load_file(str(f)), load_file(str(b / rel))
         assert ta.keys() == tb.keys()
         assert all(torch.equal(ta[k], tb[k]) for k in ta), f"{rel} differs after resume"
-    sa, sb = torch.load(a / "training_state.pt", weights_only=False), torch.load(b / "training_state.pt", weights_only=False)
+    sa = torch.load(a / "training_state.pt", weights_only=False)
+    sb = torch.load(b / "training_state.pt", weights_only=False)
     assert sa["step"] == sb["step"] == 6 and sa["sampler"] == sb["sampler"]
     assert len((b / "metrics.jsonl").read_text().splitlines()) == 6
 

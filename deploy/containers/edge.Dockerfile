@@ -24,12 +24,12 @@ RUN pip install "$(ls /wheels/lineside-*.whl)[runtime]" && rm -rf /wheels \
 USER lineside
 WORKDIR /var/lib/lineside
 VOLUME ["/var/lib/lineside"]
-# ingress, verdicts, control, metrics
-EXPOSE 5555 5556
+# ingress, verdicts, Prometheus metrics
+EXPOSE 5555 5556 9100
 ENTRYPOINT ["lineside"]
 # Off loopback the daemon refuses to bind without CURVE: mount the keys made by `lineside keys`
 # (deploy/OPERATIONS.md) at /etc/lineside/keys, or pass --insecure for a closed trial network.
 CMD ["run", "--artifact", "/artifact", "--ingress", "tcp://0.0.0.0:5555", "--verdicts", "tcp://0.0.0.0:5556", \
-     "--control", "tcp://127.0.0.1:5557", "--journal", "/var/lib/lineside/journal.sqlite", \
+     "--control", "tcp://127.0.0.1:5557", "--journal", "/var/lib/lineside/journal.sqlite", "--metrics-port", "9100", "--metrics-host", "0.0.0.0", \
      "--ingress-secret", "/etc/lineside/keys/edge.key_secret", "--verdicts-secret", "/etc/lineside/keys/edge.key_secret", \
      "--allowed-keys", "/etc/lineside/keys/allowed"]

@@ -50,7 +50,13 @@ def find_metric(obj: Mapping | None, name: str) -> float | None:
 
 
 def metric_row(obj: Mapping | None) -> dict[str, float | None]:
-    return {m: find_metric(obj, m) for m in TABLE_METRICS}
+    """The table's metrics, plus F1 at the deployed threshold from the precision/recall there if given."""
+    row: dict[str, float | None] = {m: find_metric(obj, m) for m in TABLE_METRICS}
+    src = obj.get("metrics", obj) if isinstance(obj, Mapping) else {}
+    p, r = _num(src.get("precision")), _num(src.get("recall"))
+    if p is not None and r is not None:
+        row["f1_at_threshold"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return row
 
 
 def _find_key(obj, pred, depth: int = 0, max_depth: int = 4):

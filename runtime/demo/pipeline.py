@@ -14,6 +14,7 @@ from runtime.demo import analysis as an
 from runtime.demo.steps import StepError, StepRunner, child_env
 
 PRESET = "tiny"
+N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report
 
 
 class DemoError(RuntimeError):
@@ -136,7 +137,8 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
             raise StepError(f"no heartbeat on the daemon's verdict socket {ep(p_verdicts)} within "
                             f"{st.SUBSCRIBE_TIMEOUT_S:.0f} s (log: {daemon.log})")
         say(f"stream {len(frames)} test frames at {s.rate_hz:g} Hz …", start="stream")
-        res = st.stream_frames(ep(p_ingress), frames, s.rate_hz, store, [teacher, daemon], on_frame=progress_cb)
+        res = st.stream_frames(ep(p_ingress), frames, s.rate_hz, store, [teacher, daemon],
+                               on_frame=lambda k: progress_cb(k, len(frames)))
         info["stream"] = asdict(res)
         say(f"streamed in {res.wall_s:.1f} s; all verdicts in {res.settle_s:.1f} s later"
             + ("" if res.settled else " [red](not all settled)[/]"), end="stream")
@@ -184,25 +186,47 @@ def student_local(art: Path, frames, masks) -> tuple[dict, str]:
 
 
 def run_demo(out: Path, s, threads: int | None = None) -> dict:
-    from rich.table import Table
-
-    from runtime.dataset import load_dataset
-    from runtime.manifest import load_manifest
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
     console = _console()
     out.mkdir(parents=True, exist_ok=True)
     env = child_env(threads)
     runner = StepRunner(out / "logs", env)
     t0 = time.perf_counter()
-    starts: dict[str, float] = {}
+    # a live bar on a terminal (steps done, elapsed); plain timestamped lines everywhere (logs, CI)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
+                        disable=not console.is_terminal)
+    overall = progress.add_task("lineside demo", total=N_PROGRESS_STEPS)
+    frames_task = [None]
 
     def say(msg: str, start: str | None = None, end: str | None = None):
-        el = time.perf_counter() - t0
+        console.print(f"[dim]{time.perf_counter() - t0:6.1f}s[/] {msg}")
         if start:
-            starts[start] = time.perf_counter()
-        console.print(f"[dim]{el:6.1f}s[/] {msg}")
+            progress.update(overall, description=Text.from_markup(msg).plain)
+        if end:
+            progress.advance(overall)
+
+    def on_frame(k: int, total: int):
+        if frames_task[0] is None:
+            frames_task[0] = progress.add_task("frames streamed", total=total)
+        progress.update(frames_task[0], completed=k)
 
     console.print(f"[bold]lineside demo[/] ({s.mode}) → {out}/index.html   logs: {out}/logs/")
+    progress.start()
+    try:
+        return _run(out, s, runner, env, t0, say, on_frame, console)
+    finally:
+        progress.stop()
+
+
+def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
+    from rich.table import Table
+
+    from runtime.dataset import load_dataset
+    from runtime.manifest import load_manifest
+
     try:
         j = build(out, s, runner, say)
     except StepError as e:
@@ -218,11 +242,6 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
     frames.insert(len(frames) // 2, (FOREIGN_FRAME_ID, test_pattern(*frames[0][1].shape[:2])))
 
     t_line = time.perf_counter()
-    n_done = [0]
-
-    def on_frame(k):
-        n_done[0] = k
-
     # the production teacher's size, for scale (a config look-up, no weights), beside the line phase
     bg = runner.start("info-sd15", "teacher", ["info", "--preset", "sd15", "--json"])
     try:

@@ -131,7 +131,10 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
         student = next((v for k, v in params.items() if k.startswith("student")), None)
         rep.table([[k, f"{v / 1e6:.3f} M", (f"{v / student:.0f}×" if student else "—")] for k, v in params.items()],
                   header=["parameters", "count", "× student"])
-    rep.table([[k, _mb(b)] for k, b in sizes.items()] +
+    labels = {"teacher": "teacher (inference weights: EMA U-Net, VAE, encoders, head, bank)",
+              "student_fp32": "student FP32 (ONNX)", "student_int8": "student INT8 (ONNX)",
+              "student_openvino_xml": "student (OpenVINO IR)", "student_torch": "student (torch weights, not used on the edge)"}
+    rep.table([[labels.get(k, k), _mb(b)] for k, b in sizes.items()] +
               [["teacher / student size", _fmt(sp.get("size_ratio"), 1) + "×"],
                ["teacher ms / image", _fmt(sp.get("teacher_ms"), 2)],
                ["student ms / image", _fmt(sp.get("student_ms"), 2)],
