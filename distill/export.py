@@ -27,7 +27,7 @@ from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
 # Stated tolerances, relative to the calibrated threshold (scores are distances, their scale is the run's).
 FP32_SCORE_RTOL = 1e-3  # FP32 runtimes vs torch
 FP32_OUTPUT_RTOL = 1e-3  # max |Δ| / max |torch| per output
-INT8_SCORE_RTOL = 0.25  # INT8 vs torch FP32: the decision-level guard lives in distill quantize
+INT8_SCORE_RTOL = 0.5  # INT8 vs torch FP32: catches a broken runtime; the decision-level guard is distill quantize's
 CHECK_IMAGES = 8
 
 

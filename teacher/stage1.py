@@ -2,6 +2,11 @@
 
 All randomness (posterior sample, noise, timesteps, condition choices) comes in as tensors drawn by
 the caller from a per-step generator, which makes a resumed run bit-identical to an unbroken one.
+
+The U-Net cross-attends to a single token, c (B, 1, D): the paper's e_T is one vector (Eq. 3,
+e_T in R^768) and so is t_imp (Eq. 6), which is what lets Eq. (7) swap one for the other per sample
+and Eq. (8) compare them by cosine. e_T is detached in Eq. (8): the paper's text encoder is frozen,
+and with the own (trainable) one the alignment loss should move the captioner, not the text side.
 """
 from __future__ import annotations
 

@@ -85,6 +85,11 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     amp = _precision(hp["mixed_precision"], device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     ema = EMA(mods, hp["ema_decay"])
+    if rank == 0:
+        why = "" if device.type == "cuda" else " (no CUDA GPU in use)" if not torch.cuda.is_available() else ""
+        print(f"teacher train: {world} process(es) on {device}{why}, precision "
+              f"{str(amp).replace('torch.', '') if amp else 'fp32'}, batch {hp['batch_size']} per process",
+              file=sys.stderr)
     step, epoch, batch = 0, 0, 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])

@@ -66,6 +66,22 @@ def test_step_runner_failure_names_command_and_tail(tmp_path, monkeypatch):
         steps.StepRunner(tmp_path, steps.child_env(1)).run("bad", "teacher", [])
 
 
+def test_step_runner_accepts_answer_exit_codes(tmp_path, monkeypatch):
+    """`distill quantize` exits 2 with its report when the guard refuses INT8: an answer, not a crash."""
+    _fake_tool(monkeypatch, """
+        import sys
+        print('{"chosen": null, "methods": {"ort": {"refused": "AU-PRO drop 0.9 pt > 0.5"}}}')
+        sys.exit(2)
+    """)
+    runner = steps.StepRunner(tmp_path, steps.child_env(1))
+    r = runner.run("q", "distill", [], ok_codes=(0, 2))
+    assert r.returncode == 2 and r.result["chosen"] is None
+    from runtime.demo.pipeline import _refusal
+    assert "AU-PRO drop" in _refusal(r.result)
+    with pytest.raises(steps.StepError, match="status 2"):
+        runner.run("q2", "distill", [])
+
+
 def test_step_runner_requires_json_when_asked(tmp_path, monkeypatch):
     _fake_tool(monkeypatch, 'print("done")')
     runner = steps.StepRunner(tmp_path, steps.child_env(1))

@@ -300,3 +300,49 @@ def test_operations_guide_covers_the_operator_topics():
     for cmd in re.findall(r"^(lineside [a-z]+|teacher [a-z]+)", (DEPLOY / "OPERATIONS.md").read_text(), re.M):
         tool, sub = cmd.split()
         assert sub in cli_tables()[tool], f"OPERATIONS.md names `{cmd}`, which does not exist"
+
+
+# ------------------------------------------------------------------------------------------ sd_notify
+
+def _notify_socket(path):
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(5.0)
+    return s
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sdnotify_ready_watchdog_stopping(tmp_path, abstract):
+    """What Type=notify + WatchdogSec units rely on: READY=1, rate-limited WATCHDOG=1, STOPPING=1."""
+    import os
+
+    from runtime.sdnotify import Notifier
+
+    name = f"\0lineside-test-{os.getpid()}" if abstract else str(tmp_path / "notify.sock")
+    sock = _notify_socket(name)
+    try:
+        env = {"NOTIFY_SOCKET": ("@" + name[1:]) if abstract else name, "WATCHDOG_USEC": "2000000",
+               "WATCHDOG_PID": str(os.getpid())}
+        n = Notifier.from_env(env)
+        assert n.active and n.watchdog_s == 2.0
+        assert n.ready(status="serving abc")
+        assert sock.recv(256) == b"READY=1\nSTATUS=serving abc"
+        assert n.watchdog(now=100.0)
+        assert sock.recv(256) == b"WATCHDOG=1"
+        assert not n.watchdog(now=100.5), "pinged again before half the interval"
+        assert n.watchdog(now=101.1)
+        assert sock.recv(256) == b"WATCHDOG=1"
+        assert n.stopping()
+        assert sock.recv(256) == b"STOPPING=1"
+    finally:
+        sock.close()
+
+
+def test_sdnotify_outside_systemd_is_a_no_op():
+    from runtime.sdnotify import Notifier, watchdog_interval_s
+
+    n = Notifier.from_env({})
+    assert not n.active and not n.ready() and not n.watchdog() and not n.stopping()
+    assert watchdog_interval_s({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) is None  # another process's

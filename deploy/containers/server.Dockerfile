@@ -21,4 +21,7 @@ USER lineside
 WORKDIR /var/lib/lineside-teacher
 EXPOSE 5560 9101
 ENTRYPOINT ["teacher"]
-CMD ["serve", "--checkpoint", "/checkpoint", "--bind", "tcp://0.0.0.0:5560", "--metrics-port", "9101"]
+# Off loopback the server refuses to bind without CURVE: mount keys (deploy/OPERATIONS.md) and add
+# --curve-secret/--allowed-keys, or --insecure on a closed trial network (deploy/compose.yaml).
+CMD ["serve", "--checkpoint", "/checkpoint", "--bind", "tcp://0.0.0.0:5560", "--metrics-port", "9101", "--metrics-host", "0.0.0.0", \
+     "--curve-secret", "/etc/lineside/keys/teacher.key_secret", "--allowed-keys", "/etc/lineside/keys/allowed"]

@@ -54,6 +54,7 @@ class DemoSettings:
     rate_hz: float  # simulated camera trigger rate
     overlays_per_kind: int  # sampled frames per TP/FP/FN/TN
     quantize_method: str  # distill quantize --method
+    force_int8: bool = False  # distill quantize --force: keep INT8 even if the guard refuses (quick/CI only)
 
 
 FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=200,
@@ -61,7 +62,7 @@ FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_s
                     overlays_per_kind=3, quantize_method="ort")
 QUICK = DemoSettings(mode="quick", n_good=24, n_defect=12, size=128, seed=0, vae_steps=10, train_steps=10,
                      finetune_steps=5, distill_steps=30, student="s", max_frames=12, rate_hz=10.0,
-                     overlays_per_kind=1, quantize_method="ort")
+                     overlays_per_kind=1, quantize_method="ort", force_int8=True)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -69,6 +70,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="reduced demo for CI: fewer images, steps and frames")
     p.add_argument("--rate", type=float, default=None, help="camera trigger rate in Hz (default: per mode)")
     p.add_argument("--frames", type=int, default=None, help="test frames to stream (default: per mode)")
+    p.add_argument("--student", default=None, help="student registry name for `distill fit` (default: per mode)")
     p.add_argument("--threads", type=int, default=None,
                    help="cap BLAS/OpenMP threads of every child process (default: leave the environment)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         over["rate_hz"] = args.rate
     if args.frames is not None:
         over["max_frames"] = args.frames
+    if args.student is not None:
+        over["student"] = args.student
     if over:
         settings = DemoSettings(**{**asdict(settings), **over})
     out = Path(args.out)

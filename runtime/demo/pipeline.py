@@ -36,11 +36,12 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
     manifest = data / "manifest.jsonl"
     j: dict[str, dict] = {}
 
-    def step(name, desc, tool, args, want_json=True):
+    def step(name, desc, tool, args, want_json=True, ok_codes=(0,)):
         say(f"[bold]{desc}[/] …", start=name)
-        r = runner.run(name, tool, args, want_json=want_json)
+        r = runner.run(name, tool, args, want_json=want_json, ok_codes=ok_codes)
         j[name] = r.result
-        say(f"{desc} [green]done[/] in {r.wall_s:.1f} s", end=name)
+        note = "" if r.returncode == 0 else f" [yellow](exit {r.returncode})[/]"
+        say(f"{desc} [green]done[/]{note} in {r.wall_s:.1f} s", end=name)
         return r.result
 
     step("synth", "make the line dataset (teacher data synth)", "teacher",
@@ -58,8 +59,14 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
     step("fit", "distil a student (distill fit)", "distill",
          ["fit", "--teacher", ckpt, "--data", manifest, "--student", s.student, "--out", run_dir,
           "--steps", s.distill_steps, "--json"])
-    step("quantize", "quantize to INT8 with the accuracy guard (distill quantize)", "distill",
-         ["quantize", run_dir, "--data", manifest, "--method", s.quantize_method, "--json"])
+    # The guard may refuse INT8 (exit 2): the full demo shows that outcome and the edge runs FP32; the
+    # quick one passes --force so CI exercises the INT8 path every time (the report says "forced").
+    q = step("quantize", "quantize to INT8 with the accuracy guard (distill quantize)", "distill",
+             ["quantize", run_dir, "--data", manifest, "--method", s.quantize_method, "--json"]
+             + (["--force"] if s.force_int8 else []), ok_codes=(0, 2))
+    if runner.results["quantize"].returncode == 2:
+        say(f"[yellow]the accuracy guard refused every INT8 model[/]: the artifact will be FP32 "
+            f"({_refusal(q)})")
     step("export", "export the edge artifact (distill export)", "distill", ["export", run_dir, "--out", art, "--json"])
     if not evaluate:
         return j
@@ -68,6 +75,13 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
     step("distill-eval", "evaluate the student against the teacher (distill eval)", "distill",
          ["eval", art, "--teacher", ckpt, "--data", manifest, "--json", "--report", out / "student-eval"])
     return j
+
+
+def _refusal(q: dict) -> str:
+    """Why `distill quantize` refused, from its JSON (methods.<m>.refused)."""
+    why = [f"{m}: {r.get('refused')}" for m, r in (q.get("methods") or {}).items()
+           if isinstance(r, dict) and r.get("refused")]
+    return "; ".join(why)[:300] or "see logs/quantize.log"
 
 
 def pick_frames(dataset, max_frames: int | None) -> list:
@@ -304,6 +318,12 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     fig["table_notes"].append("Cascade pixel metrics are not computed: teacher anomaly maps are not published on the "
                               "verdict socket. Cascade I-AUROC ranks teacher-decided frames beyond the band on the "
                               "teacher's side.")
+    q = j.get("quantize") or {}
+    if runner.results["quantize"].returncode == 2:
+        fig["table_notes"].append(f"INT8 was refused by the accuracy guard ({_refusal(q)}); the edge ran FP32.")
+    elif q.get("forced") or any(isinstance(m, dict) and m.get("forced") for m in (q.get("methods") or {}).values()):
+        fig["table_notes"].append("INT8 was written with --force (quick demo): the guard's verdict is in "
+                                  "logs/quantize.log.")
     fig["table_sources"] = sources
     fig["feature_cosine"] = an.feature_cosine(j.get("distill-eval"))
     sizes = an.model_sizes(ckpt, art, manifest)
@@ -366,7 +386,7 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     pv = list(params.values())
     if pv[1]:
         console.print(f"student {pv[1] / 1e6:.2f} M parameters: " + " · ".join(
-            f"{v / pv[1]:.0f}× fewer than the {k}" for k, v in params.items() if v and not k.startswith("student")))
+            _ratio_words(v / pv[1], k) for k, v in params.items() if v and not k.startswith("student")))
     console.print(f"student {_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {_mb(sizes.get('teacher'))}"
                   f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×   report: [bold]{index}[/]")
     return summary
@@ -401,6 +421,12 @@ def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval=None) -> dict:
     else:
         out["note"] = "speedup not computed: no teacher and student per-image latency in this run's outputs"
     return out
+
+
+def _ratio_words(r: float, other: str) -> str:
+    """Teacher/student parameter ratio in words: "258× fewer than the X" or "1.3× more than the X"."""
+    return f"{r:.0f}× fewer than the {other}" if r >= 1.5 else (
+        f"about as many as the {other}" if r >= 0.8 else f"{1 / r:.1f}× more than the {other}")
 
 
 def _stage(lat: dict, prefix: str, words: tuple[str, ...]) -> float | None:

@@ -129,8 +129,8 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     params = {k: v for k, v in (fig.get("params") or {}).items() if v}
     if params:
         student = next((v for k, v in params.items() if k.startswith("student")), None)
-        rep.table([[k, f"{v / 1e6:.3f} M", (f"{v / student:.0f}×" if student else "—")] for k, v in params.items()],
-                  header=["parameters", "count", "× student"])
+        rep.table([[k, f"{v / 1e6:.3f} M", (f"{v / student:.3g}×" if student else "—")] for k, v in params.items()],
+                  header=["parameters", "count", "÷ student"])
     labels = {"teacher": "teacher (inference weights: EMA U-Net, VAE, encoders, head, bank)",
               "student_fp32": "student FP32 (ONNX)", "student_int8": "student INT8 (ONNX)",
               "student_openvino_xml": "student (OpenVINO IR)", "student_torch": "student (torch weights, not used on the edge)"}

@@ -32,6 +32,7 @@ class StepResult:
     wall_s: float
     result: dict = field(default_factory=dict)  # the command's JSON (last stdout line), {} if none
     log: Path | None = None
+    returncode: int = 0
 
 
 def command(tool: str) -> list[str]:
@@ -98,7 +99,10 @@ class StepRunner:
         self.timeout_s = timeout_s
         self.results: dict[str, StepResult] = {}
 
-    def run(self, name: str, tool: str, args: list[str], want_json: bool = True) -> StepResult:
+    def run(self, name: str, tool: str, args: list[str], want_json: bool = True,
+            ok_codes: tuple[int, ...] = (0,)) -> StepResult:
+        """Run one command to completion. ``ok_codes``: exit statuses that are an answer rather than a
+        failure (``distill quantize`` exits 2 when its guard refuses every INT8 model)."""
         argv = command(tool) + [str(a) for a in args]
         log = self.log_dir / f"{name}.log"
         t0 = time.perf_counter()
@@ -115,14 +119,14 @@ class StepRunner:
                                 f"(log: {log})") from None
             logf.write("--- stdout ---\n" + proc.stdout)
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
+        if proc.returncode not in ok_codes:
             raise StepError(f"step {name}: `{shlex.join(argv)}` exited with status {proc.returncode}\n"
                             f"--- last lines of {log} ---\n{tail(log)}")
         result = last_json_line(proc.stdout)
         if want_json and not result:
             raise StepError(f"step {name}: `{shlex.join(argv)}` printed no JSON object on its last stdout line "
                             f"(log: {log})")
-        r = StepResult(name, argv, wall, result, log)
+        r = StepResult(name, argv, wall, result, log, proc.returncode)
         self.results[name] = r
         return r
 
