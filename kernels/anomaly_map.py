@@ -14,9 +14,11 @@ kernel vs reference agree to ``RTOL``/``ATOL`` (summation order only).
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import numpy as np
+
+from kernels._launch import check_tensor
 
 RTOL = 1e-5
 ATOL = 1e-5  # relative to the grid's value range
@@ -144,14 +146,9 @@ def _build_triton_kernels():
     return _upsample_hblur_kernel, _vblur_topk_kernel
 
 
-_KERNELS = None
-
-
+@functools.cache
 def _kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _build_triton_kernels()
-    return _KERNELS
+    return _build_triton_kernels()
 
 
 def anomaly_map(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1, *, weights=None,
@@ -161,12 +158,7 @@ def anomaly_map(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1, *, w
     ``weights`` (the Gaussian taps as a device float32 tensor) may be passed to skip the upload."""
     import torch
 
-    if not isinstance(grid, torch.Tensor):
-        raise TypeError(f"anomaly_map: grid must be a torch tensor, got {type(grid).__name__}")
-    if grid.dtype != torch.float32:
-        raise TypeError(f"anomaly_map: grid dtype {grid.dtype}, expected torch.float32")
-    if not (grid.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
-        raise ValueError(f"anomaly_map: grid is on {grid.device}; the Triton kernel needs a CUDA device")
+    check_tensor("anomaly_map", "grid", grid, torch.float32)
     if grid.ndim != 2 or grid.numel() == 0 or not grid.is_contiguous():
         raise ValueError(f"anomaly_map: grid must be contiguous non-empty (h, w), got {tuple(grid.shape)}")
     H, W = (int(v) for v in out_hw)

@@ -13,9 +13,11 @@ set), so the M×N distance matrix is never materialised.
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import numpy as np
+
+from kernels._launch import check_tensor
 
 # Reference tiling: a (ROWS x COLS) float32 tile (4 MB) per matmul keeps the GEMM efficient and the
 # tile in the last-level cache for the minimum that follows.
@@ -173,18 +175,9 @@ def _build_triton_kernel():
     return _knn_score_kernel
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_triton_kernel()
-    return _KERNEL
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _build_triton_kernel()
 
 
 def knn_score(queries, bank, k: int = 1, bank_sqnorm=None, *, block_m: int = 64, block_n: int = 64,
@@ -201,12 +194,7 @@ def knn_score(queries, bank, k: int = 1, bank_sqnorm=None, *, block_m: int = 64,
 
     _check(queries, bank, k)
     for name, t in (("queries", queries), ("bank", bank)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"knn_score: {name} must be a torch tensor, got {type(t).__name__}")
-        if t.dtype != torch.float16:
-            raise TypeError(f"knn_score: {name} dtype {t.dtype}, expected torch.float16")
-        if not (t.is_cuda or _interpreting()):
-            raise ValueError(f"knn_score: {name} is on {t.device}; the Triton kernel needs a CUDA device")
+        check_tensor("knn_score", name, t, torch.float16)
         if t.shape[1] > 0 and t.stride(1) != 1:
             raise ValueError(f"knn_score: {name} columns must be contiguous (stride {t.stride()})")
     if queries.device != bank.device:

@@ -12,9 +12,11 @@ agree to within one uint8 level before normalisation, so after it
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import numpy as np
+
+from kernels._launch import check_tensor
 
 ATOL_UINT8_LEVELS = 1.0  # kernel vs OpenCV reference, in uint8 levels before normalisation
 INPUT_ORDERS = ("RGB", "BGR", "GRAY")
@@ -147,14 +149,9 @@ def _build_triton_kernel():
     return _preprocess_kernel
 
 
-_KERNEL = None
-
-
+@functools.cache
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_triton_kernel()
-    return _KERNEL
+    return _build_triton_kernel()
 
 
 def preprocess(frame, size: int | tuple[int, int], mean, std, input_order: str = "RGB", out_dtype=None,
@@ -164,12 +161,7 @@ def preprocess(frame, size: int | tuple[int, int], mean, std, input_order: str =
     ``out_dtype`` (torch.float16 or torch.float32, default float32), or writes into ``out``."""
     import torch
 
-    if not isinstance(frame, torch.Tensor):
-        raise TypeError(f"preprocess: frame must be a torch tensor, got {type(frame).__name__}")
-    if frame.dtype != torch.uint8:
-        raise TypeError(f"preprocess: frame dtype {frame.dtype}, expected torch.uint8")
-    if not (frame.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"):
-        raise ValueError(f"preprocess: frame is on {frame.device}; the Triton kernel needs a CUDA device")
+    check_tensor("preprocess", "frame", frame, torch.uint8)
     channels, bgr = _channels_and_order(tuple(frame.shape), input_order)
     h, w = frame.shape[:2]
     if h < 1 or w < 1:

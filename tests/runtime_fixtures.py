@@ -281,3 +281,31 @@ def daemon_config(tmp_path, **overrides):
             "heartbeat_interval_s": 0.05, "drain_timeout_s": 2.0}
     base.update(overrides)
     return load_config(overrides=base)
+
+
+class DaemonRuns:
+    """In-process daemons for a fixture, each with a ready LinesideClient on its own zmq context:
+    ``start`` one per call; ``close`` (the fixture's teardown) closes the clients and stops the daemons."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.started = []
+
+    def start(self, artifact_dir, overrides=None, **client_kw):
+        import zmq
+
+        from runtime.client import LinesideClient
+        from runtime.daemon import Daemon
+
+        d = Daemon(artifact_dir, daemon_config(self.tmp_path, **(overrides or {}))).start()
+        c = LinesideClient(d.endpoints["ingress"], d.endpoints["verdicts"], control=d.endpoints["control"],
+                           context=zmq.Context(), **client_kw)
+        c.wait_ready()
+        self.started.append((d, c))
+        return d, c
+
+    def close(self) -> None:
+        for d, c in self.started:
+            c.close()
+            c.ctx.destroy(linger=0)
+            d.stop()

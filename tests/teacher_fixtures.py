@@ -1,7 +1,11 @@
-"""A tiny hand-made line dataset for the head/bank/eval tests (no dependency on `teacher data synth`):
-a smooth grey texture with planted dark discs ("stain") and bright lines ("scratch")."""
+"""Tiny hand-made datasets for the teacher tests (no dependency on `teacher data synth`): a line
+dataset for head/bank/eval (a smooth grey texture with planted dark discs ("stain") and bright lines
+("scratch")), and an all-good one of smooth random colour images for training runs. Also the status
+poll the `teacher serve` tests share."""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import cv2
@@ -62,3 +66,31 @@ def make_dataset(root: str | Path, size: int = 128, seed: int = 0, kinds=("stain
             cv2.imwrite(str(root / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
             i += 1
     return write_manifest(root, recs)
+
+
+def make_noise_dataset(root: str | Path, n: int, size: int = 128, seed: int = 0, grid: int = 16,
+                       product: str = "tile", **record_fields) -> Path:
+    """``n`` good train images: a random (grid, grid) colour patch upsampled to (size, size)."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        img = cv2.resize(rng.integers(0, 255, (grid, grid, 3), dtype=np.uint8), (size, size),
+                         interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(root / f"images/{i}.png"), img)
+        recs.append(Record(image=f"images/{i}.png", label="good", product=product, split="train", **record_fields))
+    return write_manifest(root, recs)
+
+
+def status_until(client, pred, timeout_ms: int, tries: int = 50) -> dict:
+    """`teacher serve` status until pred(status) holds: worker snapshots reach the server every few
+    tens of ms. ``client`` is a teacher.serve.bench.ServeClient; each status waits ``timeout_ms``."""
+    st = None
+    for _ in range(tries):
+        st = client.status(timeout_ms)
+        assert st is not None, "no status reply"
+        if pred(st):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"status never satisfied the condition: {json.dumps(st)[:2000]}")

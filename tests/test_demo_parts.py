@@ -239,6 +239,18 @@ def test_reading_eval_json():
     assert an.metric_row(None) == {m: None for m in an.TABLE_METRICS}
 
 
+def test_sd15_speed_from_command_json():
+    from runtime.demo.pipeline import sd15_speed
+
+    tb = {"device": "cpu", "dtype": "float32", "unet_params": 859520964,
+          "results": [{"size": 256, "latency_s_per_image": 3.0}]}
+    sb = {"latency": {"backends": {"onnxruntime-int8": {"median_ms": 2.0}, "openvino-int8": {"median_ms": 1.5},
+                                   "onnxruntime-fp32": {"median_ms": 5.0}}}}
+    r = sd15_speed(tb, sb)
+    assert r["speedup"] == pytest.approx(2000.0) and r["student_backend"] == "openvino-int8"
+    assert "speedup" not in sd15_speed({"results": []}, sb) and "not measured" in sd15_speed({"results": []}, sb)["note"]
+
+
 def test_report_written_from_figures(tmp_path):
     from runtime.demo.report import overlay_panels, write_report
 
@@ -258,6 +270,7 @@ def test_report_written_from_figures(tmp_path):
                              "cascade": {"image_auroc": vfig["cascade"]["image_auroc"], "source": "verdicts"}},
            "feature_cosine": {"s8": 0.9}, "model_bytes": {"teacher": 10_000_000, "student_int8": 100_000},
            "speed": {"size_ratio": 100.0, "teacher_ms": 100.0, "student_ms": 1.0, "speedup": 100.0},
+           "speed_sd15": {"size": 256, "teacher_ms": 3000.0, "student_ms": 1.5, "speedup": 2000.0, "note": "n"},
            "student_local": {"image_auroc": 1.0, "au_pro": 0.5},
            "student_pro": ([0, 0.1, 0.3], [0, 0.5, 0.9])}
     picks = an.sample_by_outcome(vfig["confusion"], 1)
@@ -265,7 +278,7 @@ def test_report_written_from_figures(tmp_path):
     index = write_report(tmp_path, fig, panels)
     html = index.read_text()
     for s in ("Teacher vs student vs cascade", "The line", "Curves", "Frames", "Latency", "Size and speed", "Steps",
-              "roc.png", "pro.png", "latency_edge.png", "frame_TP_d1.png"):
+              "roc.png", "pro.png", "latency_edge.png", "frame_TP_d1.png", "speedup over the production teacher"):
         assert s in html, s
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert (tmp_path / "frame_TP_d1.png").is_file()

@@ -4,9 +4,8 @@ import shutil
 import time
 
 import pytest
-import zmq
 
-from runtime_fixtures import FakeTeacher, TinyArtifact, build_tiny_artifact, daemon_config
+from runtime_fixtures import DaemonRuns, FakeTeacher, TinyArtifact, build_tiny_artifact
 
 T = TinyArtifact
 
@@ -32,26 +31,15 @@ def teacher():
 
 @pytest.fixture
 def run_daemon(art, tmp_path):
-    from runtime.client import LinesideClient
-    from runtime.daemon import Daemon
-
-    started = []
+    runs = DaemonRuns(tmp_path)
 
     def start(teacher_ep, **over):
         over = {"teacher.address": teacher_ep, "teacher.request_timeout_ms": 400, "teacher.deadline_ms": 1500,
                 "teacher.breaker_reset_s": 0.3, **over}
-        d = Daemon(art.dir, daemon_config(tmp_path, **over)).start()
-        c = LinesideClient(d.endpoints["ingress"], d.endpoints["verdicts"], control=d.endpoints["control"],
-                           context=zmq.Context())
-        c.wait_ready()
-        started.append((d, c))
-        return d, c
+        return runs.start(art.dir, over)
 
     yield start
-    for d, c in started:
-        c.close()
-        c.ctx.destroy(linger=0)
-        d.stop()
+    runs.close()
 
 
 def finals(c, ids, timeout_s=6.0):

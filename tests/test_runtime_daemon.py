@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime_fixtures import TinyArtifact, build_tiny_artifact, daemon_config
+from runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact, daemon_config
 
 T = TinyArtifact
 
@@ -24,24 +24,13 @@ def arts(tmp_path_factory):
 
 @pytest.fixture
 def run_daemon(arts, tmp_path):
-    from runtime.client import LinesideClient
-    from runtime.daemon import Daemon
-
-    started = []
+    runs = DaemonRuns(tmp_path)
 
     def start(artifact=None, **over):
-        d = Daemon(artifact or arts[0].dir, daemon_config(tmp_path, **over)).start()
-        c = LinesideClient(d.endpoints["ingress"], d.endpoints["verdicts"], control=d.endpoints["control"],
-                           timeout_s=5.0, context=zmq.Context())
-        c.wait_ready()
-        started.append((d, c))
-        return d, c
+        return runs.start(artifact or arts[0].dir, over, timeout_s=5.0)
 
     yield start
-    for d, c in started:
-        c.close()
-        c.ctx.destroy(linger=0)
-        d.stop()
+    runs.close()
 
 
 def alive(c, fid="alive"):

@@ -8,25 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from runtime.dataset import Record, write_manifest
-
-
-def make_dataset(root: Path, n: int = 8, size: int = 128) -> Path:
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    recs = []
-    for i in range(n):
-        img = cv2.resize(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
-        cv2.imwrite(str(root / f"images/{i}.png"), img)
-        recs.append(Record(image=f"images/{i}.png", label="good", product="tile", split="train"))
-    return write_manifest(root, recs)
+from teacher_fixtures import make_noise_dataset
 
 
 def test_two_process_gloo_ddp_trains_and_saves_once(tmp_path):
-    data = make_dataset(tmp_path / "d")
+    data = make_noise_dataset(tmp_path / "d", 8, seed=0, grid=16, product="tile")
     out = tmp_path / "ck"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)

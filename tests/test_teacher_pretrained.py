@@ -7,28 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime.dataset import Record, write_manifest
 from teacher.checkpoint import build_random_teacher, load_teacher
 from teacher.cli import main
 from teacher.modules import paper_init_
-
-
-def make_dataset(root: Path, n: int = 6, size: int = 128) -> Path:
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    recs = []
-    for i in range(n):
-        img = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
-        cv2.imwrite(str(root / f"images/{i}.png"), img)
-        recs.append(Record(image=f"images/{i}.png", label="good", product="plate", split="train",
-                           caption="a plate with a scratch"))
-    return write_manifest(root, recs)
+from teacher_fixtures import make_noise_dataset
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +46,7 @@ def parts(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_pretrained_parts_are_frozen_recorded_and_carried(parts, tmp_path, capsys):
-    data = make_dataset(tmp_path / "d")
+    data = make_noise_dataset(tmp_path / "d", 6, seed=1, grid=8, product="plate", caption="a plate with a scratch")
     out = tmp_path / "ck"
     args = ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--steps", "2", "--batch-size", "2",
             "--vae", str(parts["vae"]), "--text-encoder", str(parts["text"]), "--image-encoder", str(parts["vision"])]

@@ -18,6 +18,7 @@ from runtime.protocol import encode, image_frames
 from runtime.verdict import Verdict, decode_mask_png
 from teacher.serve import ServeConfig, TeacherServer
 from teacher.serve.bench import ServeClient
+from teacher_fixtures import status_until
 
 TIMEOUT_MS = 5000
 SILENCE_MS = 600
@@ -44,15 +45,7 @@ def image(value=100, size=32, seed=None):
 
 
 def wait_status(client, pred, tries=50):
-    """Status until pred(status) holds: worker snapshots reach the server every few tens of ms."""
-    st = None
-    for _ in range(tries):
-        st = client.status(TIMEOUT_MS)
-        assert st is not None, "no status reply"
-        if pred(st):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"status never satisfied the condition: {json.dumps(st)[:2000]}")
+    return status_until(client, pred, TIMEOUT_MS, tries)
 
 
 def test_concurrent_clients_are_batched(ctx):
@@ -172,7 +165,7 @@ def test_garbage_gets_error_naming_the_field_and_server_keeps_serving(ctx):
 
 @pytest.mark.parametrize("enc,shape", [("jpeg", (37, 53, 3)), ("png", (41, 29)), ("jpeg", (20, 30))])
 def test_encoded_dims_read_without_decoding(enc, shape):
-    from teacher.serve.workers import encoded_dims
+    from teacher.serve.wire import encoded_dims
 
     img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if shape == (20, 30) else []

@@ -20,6 +20,7 @@ from runtime.keys import make_keypair
 from runtime.protocol import image_frames
 from teacher.serve import ServeConfig, TeacherServer
 from teacher.serve.bench import ServeClient, run_server_bench
+from teacher_fixtures import status_until
 
 TIMEOUT_MS = 10_000
 SILENCE_MS = 1000
@@ -37,14 +38,7 @@ def image(value, size=16):
 
 
 def wait_status(client, pred, tries=60):
-    st = None
-    for _ in range(tries):
-        st = client.status(TIMEOUT_MS)
-        assert st is not None, "no status reply"
-        if pred(st):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"status never satisfied the condition: {json.dumps(st)[:2000]}")
+    return status_until(client, pred, TIMEOUT_MS, tries)
 
 
 def free_port() -> int:

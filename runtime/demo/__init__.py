@@ -55,11 +55,12 @@ class DemoSettings:
     overlays_per_kind: int  # sampled frames per TP/FP/FN/TN
     quantize_method: str  # distill quantize --method
     force_int8: bool = False  # distill quantize --force: keep INT8 even if the guard refuses (quick/CI only)
+    sd15_compare: bool = False  # time the production (sd15) teacher and the student at 256 px (~1 min, ~5 GB RAM)
 
 
 FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=200,
                     finetune_steps=100, distill_steps=200, student="s", max_frames=None, rate_hz=5.0,
-                    overlays_per_kind=3, quantize_method="ort")
+                    overlays_per_kind=3, quantize_method="ort", sd15_compare=True)
 QUICK = DemoSettings(mode="quick", n_good=24, n_defect=12, size=128, seed=0, vae_steps=10, train_steps=10,
                      finetune_steps=5, distill_steps=30, student="s", max_frames=12, rate_hz=10.0,
                      overlays_per_kind=1, quantize_method="ort", force_int8=True)

@@ -14,7 +14,8 @@ from runtime.demo import analysis as an
 from runtime.demo.steps import StepError, StepRunner, child_env
 
 PRESET = "tiny"
-N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report
+N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report (+1: sd15 comparison)
+SD15_SIZE = 256  # px: the production teacher's comparison size (the distill issue's 300x target)
 
 
 class DemoError(RuntimeError):
@@ -212,7 +213,7 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True,
                         disable=not console.is_terminal)
-    overall = progress.add_task("lineside demo", total=N_PROGRESS_STEPS)
+    overall = progress.add_task("lineside demo", total=N_PROGRESS_STEPS + int(s.sd15_compare))
     frames_task = [None]
 
     def say(msg: str, start: str | None = None, end: str | None = None):
@@ -270,6 +271,24 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     timings = runner.timings()
     timings["info-sd15 (beside the line)"] = timings.pop("info-sd15")
     timings["line (serve + run + stream)"] = round(time.perf_counter() - t_line, 2)
+
+    speed_sd15: dict = {}
+    if s.sd15_compare:  # after the line: its latencies are not disturbed by an 860M-parameter model
+        say(f"time the production teacher (sd15) and the student at {SD15_SIZE} px (teacher bench, distill eval) …",
+            start="sd15")
+        try:
+            tb = runner.run("bench-sd15", "teacher", ["bench", "--preset", "sd15", "--sizes", SD15_SIZE, "--runs", 1,
+                                                      "--json"]).result
+            sb = runner.run("student-256", "distill", ["eval", art, "--student-only", "--size", SD15_SIZE, "--runs", 10,
+                                                       "--json"]).result
+            speed_sd15 = sd15_speed(tb, sb)
+            say(f"sd15 {speed_sd15.get('teacher_ms', float('nan')):.0f} ms/image vs student "
+                f"{speed_sd15.get('student_ms', float('nan')):.2f} ms: {speed_sd15.get('speedup', float('nan')):.0f}×",
+                end="sd15")
+        except StepError as e:  # a figure missing, with its reason; the rest of the report stands
+            speed_sd15 = {"note": f"not measured: {str(e).splitlines()[0]}"}
+            say(f"[yellow]sd15 comparison skipped[/]: {speed_sd15['note']}", end="sd15")
+        timings = {**timings, **{k: v for k, v in runner.timings().items() if k in ("bench-sd15", "student-256")}}
 
     say("compute figures and write the report …", start="report")
     t_rep = time.perf_counter()
@@ -329,6 +348,7 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     sizes = an.model_sizes(ckpt, art, manifest)
     fig["model_bytes"] = sizes
     fig["speed"] = speed_figures(j, vfig, sizes)
+    fig["speed_sd15"] = speed_sd15
     fig["params"] = params = {"teacher (tiny, this run)": an.teacher_params(ckpt),
                               f"student {s.student}": (j.get("fit") or {}).get("n_params"),
                               "teacher (sd15, production)": ((sd15.get("params") or {}).get("total"))}
@@ -361,6 +381,7 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
         "model_bytes": sizes,
         "params": params,
         "speed": fig["speed"],
+        "speed_sd15": speed_sd15,
         "student_local": fig.get("student_local", {}),
         "student_local_note": local_note,
         "services": {k: info.get(k) for k in ("endpoints", "startup_s", "daemon_exit", "teacher_exit", "killed", "stop_s")},
@@ -388,7 +409,9 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
         console.print(f"student {pv[1] / 1e6:.2f} M parameters: " + " · ".join(
             _ratio_words(v / pv[1], k) for k, v in params.items() if v and not k.startswith("student")))
     console.print(f"student {_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {_mb(sizes.get('teacher'))}"
-                  f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×   report: [bold]{index}[/]")
+                  f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×"
+                  + (f" · over the production sd15 teacher at {speed_sd15['size']} px {speed_sd15['speedup']:.0f}×"
+                     if speed_sd15.get("speedup") else "") + f"   report: [bold]{index}[/]")
     return summary
 
 
@@ -420,6 +443,25 @@ def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval=None) -> dict:
         out["note"] = f"per-image latency from {src}; the teacher here is the tiny preset at the demo's image size"
     else:
         out["note"] = "speedup not computed: no teacher and student per-image latency in this run's outputs"
+    return out
+
+
+def sd15_speed(teacher_bench: dict, student_eval: dict) -> dict:
+    """Production teacher vs student at the same input size: `teacher bench --preset sd15 --json`
+    (latency_s_per_image) against the fastest INT8 backend of `distill eval --student-only --json`."""
+    t = next((r for r in teacher_bench.get("results", []) if r.get("size") == SD15_SIZE), None)
+    s_ms, where = an.student_latency(student_eval, "int8")
+    if s_ms is None:
+        s_ms, where = an.student_latency(student_eval, "fp32")
+    out: dict = {"size": SD15_SIZE, "teacher_device": teacher_bench.get("device"),
+                 "teacher_unet_params": teacher_bench.get("unet_params")}
+    if t and s_ms:
+        t_ms = float(t["latency_s_per_image"]) * 1e3
+        out.update(teacher_ms=t_ms, student_ms=s_ms, student_backend=where, speedup=t_ms / s_ms,
+                   note=f"sd15 teacher ({teacher_bench.get('device')}, {teacher_bench.get('dtype')}) vs student "
+                        f"{where}, both at {SD15_SIZE} px, one image, this machine")
+    else:
+        out["note"] = "not measured: no sd15 or no student latency in the outputs"
     return out
 
 

@@ -141,6 +141,13 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
                ["speedup over the teacher", _fmt(sp.get("speedup"), 1) + "×"]], header=["", "value"])
     if sp.get("note"):
         rep.text(sp["note"], note=True)
+    s15 = fig.get("speed_sd15") or {}
+    if s15.get("speedup"):
+        rep.table([[f"production teacher (sd15) ms / image at {s15['size']} px", _fmt(s15["teacher_ms"], 1)],
+                   [f"student INT8 ms / image at {s15['size']} px", _fmt(s15["student_ms"], 2)],
+                   ["speedup over the production teacher", _fmt(s15["speedup"], 0) + "×"]], header=["", "value"])
+    if s15.get("note"):
+        rep.text(s15["note"], note=True)
 
     rep.section("Steps", "every step is a lineside command run as a subprocess; logs in logs/")
     rep.table([[k, f"{t:.1f}"] for k, t in fig["timings_s"].items()], header=["step", "wall s"])

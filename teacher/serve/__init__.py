@@ -2,6 +2,8 @@
 
     server.py    ROUTER-DEALER proxy (zmq.proxy_steerable) in front of N workers, CURVE, status, shutdown
     workers.py   one model per worker; each batches what it receives (I/O thread + compute thread)
+    worker_main.py  the process around a worker (process mode): env, signals, context, exit
+    wire.py      envelope split, ids of a refused request, image size from PNG/JPEG headers, JSON-safe
     batching.py  bounded batch queue and the LRU of recent replies (idempotent retries)
     models.py    the model interface, FakeModel (slow / fail / crash flags), load_model(spec)
     status.py    per-worker counters, the merged status object, Prometheus metrics

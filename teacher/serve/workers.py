@@ -13,7 +13,8 @@ cached by (camera_id, frame_id) in an LRU and a retry of a request still being c
 instead of being computed twice.
 
 Workers run as threads of the server (CPU, tests) or as spawned processes, one model per process
-with ``CUDA_VISIBLE_DEVICES`` set to its GPU (the GPU design).
+with ``CUDA_VISIBLE_DEVICES`` set to its GPU (the GPU design; the process is
+teacher/serve/worker_main.py). Envelope, id and image-header helpers are in teacher/serve/wire.py.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 import uuid
@@ -36,6 +36,7 @@ from runtime.verdict import Verdict, encode_mask_png
 from teacher.serve.batching import BatchQueue, ReplyCache, Request
 from teacher.serve.models import ServeModel, load_model
 from teacher.serve.status import WorkerStats, merge
+from teacher.serve.wire import MAX_ID_CHARS, encoded_dims, json_safe, request_ids, split_envelope
 
 log = logging.getLogger("teacher.serve")
 
@@ -44,7 +45,6 @@ STATS_INTERVAL_S = 0.25  # snapshot period to the server when idle
 STATS_MIN_INTERVAL_S = 0.05  # ... and at most this often after replies went out
 STATUS_AGGREGATE_TIMEOUT_S = 1.0  # wait for the server's merged status before answering with our own
 COMPUTE_IDLE_TIMEOUT_S = 0.1  # compute thread re-checks for shutdown this often
-MAX_ID_CHARS = 256
 RECV_BURST = 256  # requests read per wake-up before servicing replies
 BATCH_TIME_EMA_WEIGHT = 0.2  # weight of the latest batch in the mean batch time (admission estimate)
 
@@ -70,73 +70,6 @@ class _Cached:
     header: dict
     mask: Optional[np.ndarray]
     mask_png: Optional[bytes] = None
-
-
-def _plain(x):
-    """JSON-safe copy: numpy scalars and arrays from a model become Python numbers and lists."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    return x
-
-
-def _ids_of(raw: bytes) -> dict:
-    """Best effort frame_id / camera_id of a request that failed validation, for its error reply."""
-    try:
-        h = json.loads(bytes(raw).decode("utf-8"))
-    except Exception:
-        return {"frame_id": None}
-    ids = {}
-    for key in ("frame_id", "camera_id"):
-        val = h.get(key) if isinstance(h, dict) else None
-        if isinstance(val, str) and len(val) <= MAX_ID_CHARS:
-            ids[key] = val
-    return {"frame_id": ids.pop("frame_id", None), **ids}
-
-
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def encoded_dims(data: bytes, encoding: str) -> Optional[tuple[int, int]]:
-    """(height, width) from a PNG IHDR or a JPEG SOF marker without decoding; None if not found
-    (the decoder then reports the payload as corrupt)."""
-    b = memoryview(data)
-    if encoding == "png":
-        if len(b) >= 24 and bytes(b[:8]) == _PNG_SIGNATURE and bytes(b[12:16]) == b"IHDR":
-            return int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big")
-        return None
-    if encoding != "jpeg" or len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
-        return None
-    i = 2
-    while i + 9 < len(b):
-        if b[i] != 0xFF:
-            return None
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _JPEG_SOF:
-            return int.from_bytes(b[i + 5:i + 7], "big"), int.from_bytes(b[i + 7:i + 9], "big")
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
-    return None
-
-
-def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """[identity, (b"" from a REQ client), header, payload...] -> (envelope, body)."""
-    if len(frames) > 1 and frames[1] == b"":
-        return frames[:2], frames[2:]
-    return frames[:1], frames[1:]
 
 
 class Worker:
@@ -288,7 +221,7 @@ class Worker:
 
         def refuse(field: str, message: str, **extra) -> None:
             self.stats.count("errors")
-            ids = _ids_of(body[0]) if body else {"frame_id": None}
+            ids = request_ids(body[0]) if body else {"frame_id": None}
             sock.send_multipart(envelope + error_frames(field, message, **ids, **extra))
 
         try:
@@ -392,7 +325,7 @@ class Worker:
             if kind == "verdict":
                 v: Verdict = payload
                 try:
-                    entry = _Cached(header=_plain({"kind": "verdict", **v.to_header()}), mask=v.mask)
+                    entry = _Cached(header=json_safe({"kind": "verdict", **v.to_header()}), mask=v.mask)
                     encode(entry.header)  # JSON-serialisable, or it is the model's error
                 except (TypeError, ValueError) as e:
                     kind, payload = "model_error", f"verdict not serialisable: {type(e).__name__}: {e}"[:500]
@@ -481,22 +414,6 @@ class Worker:
             v.latencies_ms = {**(v.latencies_ms or {}), "teacher_queue_ms": round((t0 - r.t_arrival) * 1e3, 3),
                               "teacher_batch_ms": round(batch_ms, 3)}
             self.results.put(("verdict", r, v))
-
-
-def worker_process_main(cfg_dict: dict) -> int:
-    """Body of a worker process (teacher/serve/worker_main.py): its own context, GPU and model."""
-    cfg = WorkerConfig(**cfg_dict)
-    if cfg.cuda_visible_devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = cfg.cuda_visible_devices  # before torch is imported
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker{cfg.worker_id} %(levelname)s %(message)s")
-    ctx = zmq.Context()
-    worker = Worker(cfg, ctx)
-    # systemd / Ctrl-C signal the whole group: drain like the server does, don't die mid-batch
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop_requested.set())
-    signal.signal(signal.SIGINT, lambda *_: worker.stop_requested.set())
-    rc = worker.run()
-    ctx.term()
-    return rc
 
 
 def config_dict(cfg: WorkerConfig) -> dict:
