@@ -298,23 +298,3 @@ def model_sizes(teacher_ckpt: Path, artifact: Path, manifest) -> dict[str, int]:
 
 def teacher_params(teacher_ckpt: Path) -> int:
     return sum(safetensors_params(f) for f in teacher_inference_files(teacher_ckpt) if f.suffix == ".safetensors")
-
-
-def latency_figure(obj: Mapping | None, *words: str) -> float | None:
-    """A per-image latency (ms) from a command's JSON: the first numeric key mentioning all ``words``
-    and 'ms' (e.g. teacher eval's 'latency_ms_per_image')."""
-    def pred(k: str) -> bool:
-        k = k.lower()
-        return "ms" in k and all(w in k for w in words)
-
-    hit = _find_key(obj, pred)
-    if hit is None:
-        return None
-    _, v = hit
-    if _num(v) is not None:
-        return _num(v)
-    if isinstance(v, Mapping):
-        for key in ("p50", "median", "mean"):
-            if _num(v.get(key)) is not None:
-                return _num(v[key])
-    return None
