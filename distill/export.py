@@ -9,6 +9,11 @@
 Every model is re-run in its runtime on val images and compared with torch: outputs (max relative error)
 and image scores (max absolute difference), against the stated tolerances recorded in
 ``manifest.tolerance`` (score, per backend) and ``manifest.metrics["export_check"]`` (everything measured).
+FP32 runtimes must match torch tightly. An INT8 model is held to what ``distill quantize`` measured for it:
+its largest image-score difference to FP32 on the quantize validation split (``score_max_abs_diff``), with
+a margin, on the first images of that same split. So a model the guard passed is never refused for an error
+it already had, and a model that computes something else than what quantize checked (a broken runtime or
+conversion, a replaced file) still is.
 TensorRT plans are built on the target from model.onnx (deploy/tensorrt/build_engine.py).
 """
 from __future__ import annotations
@@ -27,7 +32,10 @@ from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
 # Stated tolerances, relative to the calibrated threshold (scores are distances, their scale is the run's).
 FP32_SCORE_RTOL = 1e-3  # FP32 runtimes vs torch
 FP32_OUTPUT_RTOL = 1e-3  # max |Δ| / max |torch| per output
-INT8_SCORE_RTOL = 0.5  # INT8 vs torch FP32: catches a broken runtime; the decision-level guard is distill quantize's
+# INT8 vs torch FP32: quantize's measured max score difference × INT8_MEASURED_MARGIN + FP32 tolerance
+# (the check images are a subset of the ones quantize measured on; the margin covers thread-count rounding)
+INT8_MEASURED_MARGIN = 1.5
+INT8_SCORE_RTOL = 0.5  # fallback when nothing was measured (old report, or check images not from that split)
 CHECK_IMAGES = 8
 
 
@@ -92,31 +100,69 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         log(f"WARNING: dataset {manifest_path} not found; comparing runtimes on {check_images} seeded noise images")
         x = np.random.default_rng(0).standard_normal((check_images, 3, run.size, run.size)).astype(np.float32)
         check_source = f"{check_images} seeded noise images (dataset not found)"
+    # INT8 models: on the split quantize measured them on (its --data), so its measured error bounds theirs
+    x_int8, int8_source, int8_measured = x, check_source, True
+    qdata = Path(qrep.get("data") or "")
+    if not qrep.get("data"):
+        int8_measured = False  # a report from before `data` was recorded
+    elif qdata.resolve() != manifest_path.resolve() or not manifest_path.is_file():
+        if qdata.is_file():
+            qval = load_images(load_dataset(qdata), ("val",), run.size)
+            x_int8 = qval.student_inputs(run.mean, run.std).numpy()[:check_images]
+            int8_source = f"{len(x_int8)} val images of {qdata} (the quantize split)"
+        else:
+            int8_measured = False
+    if not int8_measured:
+        log("WARNING: INT8 models are checked against the fallback tolerance "
+            f"{INT8_SCORE_RTOL} x threshold (no quantize measurement on these images)")
     scoring = ScoringParams(**cfg["scoring"])
     thr = abs(float(cfg["calibration"]["threshold"])) or 1.0
-    ref_out = run_all(TorchRunner(run.model.fused()), x)
-    ref_sc = score_embeddings([o["embedding"] for o in ref_out], bank, run.size, scoring).scores
-    backends = {"onnxruntime-fp32": lambda: OrtRunner(out / "model.onnx", threads),
-                "openvino-fp32": lambda: OvRunner(out / "model.onnx", threads)}
+    fused = run.model.fused()
+    refs = {}
+
+    def reference(inputs: np.ndarray) -> tuple[list, np.ndarray]:
+        if id(inputs) not in refs:
+            o = run_all(TorchRunner(fused), inputs)
+            refs[id(inputs)] = (o, score_embeddings([e["embedding"] for e in o], bank, run.size, scoring).scores)
+        return refs[id(inputs)]
+
+    def int8_tolerance(measured_at: tuple[str, ...]) -> tuple[float, str]:
+        entry = qrep["methods"]
+        for key in measured_at:
+            entry = entry.get(key) or {}
+        measured = entry.get("score_max_abs_diff")
+        if not int8_measured or measured is None:
+            return INT8_SCORE_RTOL * thr, f"fallback {INT8_SCORE_RTOL} x threshold"
+        return (INT8_MEASURED_MARGIN * float(measured) + FP32_SCORE_RTOL * thr,
+                f"{INT8_MEASURED_MARGIN} x the {float(measured):.3g} quantize measured ({'/'.join(measured_at)}) "
+                "+ FP32 tolerance")
+
+    # backend -> (runner factory, where quantize's measurement of that model is in its report; None: FP32)
+    backends = {"onnxruntime-fp32": (lambda: OrtRunner(out / "model.onnx", threads), None),
+                "openvino-fp32": (lambda: OvRunner(out / "model.onnx", threads), None)}
     if "int8" in models:
-        backends["onnxruntime-int8"] = lambda: OrtRunner(out / models["int8"], threads)
-    if "openvino_xml" in models:
-        backends["openvino-int8"] = lambda: OvRunner(out / models["openvino_xml"], threads)
+        backends["onnxruntime-int8"] = (lambda: OrtRunner(out / models["int8"], threads), ("ort",))
+    if "openvino_xml" in models:  # NNCF's own IR, or the ORT QDQ model as OpenVINO runs it (measured apart)
+        backends["openvino-int8"] = (lambda: OvRunner(out / models["openvino_xml"], threads),
+                                     ("nncf",) if chosen == "nncf" else ("ort", "openvino"))
     tolerance, check = {}, {}
-    for name, make in backends.items():
-        outs = run_all(make(), x)
+    for name, (make, measured_at) in backends.items():
+        int8 = measured_at is not None
+        xi = x_int8 if int8 else x
+        ref_out, ref_sc = reference(xi)
+        outs = run_all(make(), xi)
         sc = score_embeddings([o["embedding"] for o in outs], bank, run.size, scoring).scores
         rel = {}
         for a, b in zip(outs, ref_out):
             for k, v in max_rel_error(a, b).items():
                 rel[k] = max(rel.get(k, 0.0), v)
         diff = float(np.abs(sc - ref_sc).max())
-        int8 = name.endswith("int8")
-        tol = (INT8_SCORE_RTOL if int8 else FP32_SCORE_RTOL) * thr
+        tol, basis = int8_tolerance(measured_at) if int8 else (FP32_SCORE_RTOL * thr, f"{FP32_SCORE_RTOL} x threshold")
         tolerance[name] = tol
-        check[name] = {"score_max_abs_diff": diff, "score_tolerance": tol, "output_max_rel_error": rel,
-                       "decision_agreement": float(((sc >= thr) == (ref_sc >= thr)).mean()), "images": len(x)}
-        bad = [f"image score differs by {diff:.3g} > {tol:.3g}"] if diff > tol else []
+        check[name] = {"score_max_abs_diff": diff, "score_tolerance": tol, "tolerance_basis": basis,
+                       "output_max_rel_error": rel, "inputs": int8_source if int8 else check_source,
+                       "decision_agreement": float(((sc >= thr) == (ref_sc >= thr)).mean()), "images": len(xi)}
+        bad = [f"image score differs by {diff:.3g} > {tol:.3g} ({basis})"] if diff > tol else []
         if not int8:
             bad += [f"output {k} max relative error {v:.2e} > {FP32_OUTPUT_RTOL}" for k, v in rel.items()
                     if v > FP32_OUTPUT_RTOL]

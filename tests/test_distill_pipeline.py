@@ -192,6 +192,47 @@ def test_guard_refuses_a_sabotaged_calibration(pipeline, tmp_path):
     assert "outputs drift from FP32" in e["refused"]
 
 
+def test_export_holds_int8_to_what_quantize_measured(pipeline):
+    """INT8 tolerance = quantize's own measured score error (plus margin), not a fixed fraction that a model
+    the guard passed can exceed (the flaky 'differs by 0.00392 > 0.00361')."""
+    from distill.export import FP32_SCORE_RTOL, INT8_MEASURED_MARGIN
+
+    from distill.run import load_run
+
+    thr = abs(float(load_run(pipeline["run"]).config["calibration"]["threshold"])) or 1.0
+    chk = pipeline["exp"]["export_check"]
+    q = pipeline["quant"]
+    assert q["data"].endswith("manifest.jsonl")
+    ov = q["methods"]["nncf"] if q["chosen"] == "nncf" else q["methods"]["ort"]["openvino"]
+    assert q["methods"]["ort"]["openvino"]["score_max_abs_diff"] >= 0  # the QDQ model as OpenVINO runs it
+    for name, entry in (("onnxruntime-int8", q["methods"]["ort"]), ("openvino-int8", ov)):
+        measured = entry["score_max_abs_diff"]
+        c = chk[name]
+        assert "quantize measured" in c["tolerance_basis"]
+        assert c["score_max_abs_diff"] <= c["score_tolerance"]
+        slack = c["score_tolerance"] - INT8_MEASURED_MARGIN * measured
+        assert slack > 0
+        assert slack == pytest.approx(FP32_SCORE_RTOL * thr, rel=1e-6)
+    assert chk["onnxruntime-fp32"]["score_tolerance"] < chk["onnxruntime-int8"]["score_tolerance"]
+
+
+def test_export_refuses_a_broken_int8_model(pipeline, tmp_path):
+    """A model that is not the one quantize measured (here: re-quantized with a collapsed calibration)
+    is refused by export's parity check; no manifest is written, so the edge cannot load what is there."""
+    from distill.export import ExportError, export_run
+    from distill.quantize import attempts, quantize_ort
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run)
+    fp32 = run / "quantize" / "model.onnx"
+    bad = np.full((4, 3, 128, 128), 1e-3, np.float32)
+    quantize_ort(fp32, run / "quantize" / "model.int8.onnx", bad, attempts(fp32)[0][1])
+    with pytest.raises(ExportError, match=r"onnxruntime-int8 does not match torch: image score differs by .* "
+                                          r"quantize measured"):
+        export_run(run, tmp_path / "art")
+    assert not (tmp_path / "art" / "manifest.json").exists()
+
+
 def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     rc, res = _cli("eval", pipeline["art"], "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--json",
                    "--report", tmp_path / "report", "--runs", "3", "--teacher-runs", "1",

@@ -11,7 +11,7 @@ SPEC = FeatureSpec(image_size=64, levels=(LevelSpec("s8", 8, 12), LevelSpec("s16
 
 
 def test_registry_lists_the_required_students():
-    assert {"tiny", "s", "m"} <= set(list_students())
+    assert {"tiny", "xs", "s", "m"} <= set(list_students())
 
 
 def test_unknown_student_raises_with_the_known_names():
@@ -82,11 +82,25 @@ def test_embedding_is_the_teacher_bank_recipe_on_the_projections():
     assert 0.0 < share <= 1.0
 
 
-@pytest.mark.parametrize("name,lo,hi", [("s", 2e6, 5e6), ("m", 10e6, 20e6)])
+@pytest.mark.parametrize("name,lo,hi", [("xs", 0.1e6, 0.3e6), ("s", 2e6, 5e6), ("m", 10e6, 20e6)])
 def test_parameter_budgets_with_sd15_heads(name, lo, hi):
     m = create_student(name, spec=sd15_feature_spec(256), embedding=EmbeddingRecipe(dim=128))
     n = sum(p.numel() for p in m.parameters())
     assert lo <= n <= hi, f"{name}: {n / 1e6:.2f}M parameters"
+
+
+def test_demo_student_is_an_order_of_magnitude_below_the_tiny_teacher():
+    """"xs" (the demo's student) against the tiny teacher's feature spec: < 0.3M parameters, under a tenth
+    of student "s" and of the tiny teacher it distils."""
+    from teacher.checkpoint import build_random_teacher
+
+    teacher = build_random_teacher("tiny")
+    n = {name: sum(p.numel() for p in create_student(name, spec=teacher.feature_spec,
+                                                      embedding=EmbeddingRecipe(dim=32)).parameters())
+         for name in ("xs", "s")}
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    assert 0.05e6 <= n["xs"] <= 0.3e6, n
+    assert 10 * n["xs"] <= min(n["s"], n_teacher), (n, n_teacher)
 
 
 def test_only_int8_friendly_ops_in_the_backbone():

@@ -200,6 +200,13 @@ def plain_tiny(spec: FeatureSpec, **kw) -> PlainStudent:
     return _create_plain("tiny", PlainConfig(stem=(8, 8), widths=(8, 16, 16, 16), depths=(1, 1, 1, 1)), spec, **kw)
 
 
+@register_student("xs")
+def plain_xs(spec: FeatureSpec, **kw) -> PlainStudent:
+    """~0.08M parameters with the tiny teacher's levels (~0.24M with sd15's): the demo's student, an order
+    of magnitude below the tiny teacher (~3M) and student "s"; fits in a few hundred CPU steps."""
+    return _create_plain("xs", PlainConfig(stem=(8, 16), widths=(16, 32, 48, 64), depths=(1, 1, 2, 1)), spec, **kw)
+
+
 @register_student("s")
 def plain_s(spec: FeatureSpec, **kw) -> PlainStudent:
     """~4.4M parameters with sd15 heads (3.7M with tiny ones): Jetson Orin Nano, 2-core PCs. Sized so that
