@@ -2,7 +2,9 @@
 
     ARTIFACT/model.onnx                  FP32, BN folded (onnxruntime; source of OpenVINO / TensorRT)
     ARTIFACT/model.int8.onnx             ONNX Runtime static INT8 (QDQ, per-channel), if it passed the guard
-    ARTIFACT/openvino/model.int8.xml/bin OpenVINO IR of the best INT8 model (NNCF's, or the QDQ ONNX converted)
+    ARTIFACT/openvino/model.int8.xml/bin OpenVINO IR of the best INT8 model (NNCF's, or the QDQ ONNX converted),
+                                         or openvino/model.xml/bin (FP32) when the INT8 model fails the guard as
+                                         OpenVINO runs it
     ARTIFACT/bank.npy                    float16 (N, D) memory bank
     ARTIFACT/manifest.json               runtime.manifest.ArtifactManifest, sha256 of every file
 
@@ -79,8 +81,16 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
             shutil.copyfile((qdir / qrep["methods"]["nncf"]["file"]).with_suffix(suf), out / "openvino" / f"model.int8{suf}")
         models["openvino_xml"] = "openvino/model.int8.xml"
     elif chosen == "ort":
-        export_openvino(out / "model.int8.onnx", out / "openvino" / "model.int8.xml")
-        models["openvino_xml"] = "openvino/model.int8.xml"
+        in_ov = qrep["methods"]["ort"].get("openvino") or {}
+        if in_ov.get("passed") or qrep["methods"]["ort"].get("forced"):
+            export_openvino(out / "model.int8.onnx", out / "openvino" / "model.int8.xml")
+            models["openvino_xml"] = "openvino/model.int8.xml"
+        else:  # the guard holds per runtime: OpenVINO's INT8 kernels lost too much on this model, so it gets FP32
+            why = "; ".join(in_ov.get("failures") or [in_ov.get("error", "not measured")])
+            log(f"WARNING: the INT8 model fails the guard as OpenVINO runs it ({why}); "
+                "shipping OpenVINO IR of the FP32 model instead")
+            export_openvino(out / "model.onnx", out / "openvino" / "model.xml")
+            models["openvino_xml"] = "openvino/model.xml"
     np.save(out / "bank.npy", run.bank.astype(np.float16))
     # torch weights + run config: what distill eval / bench time as the "torch" backend (the edge ignores them)
     (out / "torch").mkdir()
@@ -142,7 +152,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
                 "openvino-fp32": (lambda: OvRunner(out / "model.onnx", threads), None)}
     if "int8" in models:
         backends["onnxruntime-int8"] = (lambda: OrtRunner(out / models["int8"], threads), ("ort",))
-    if "openvino_xml" in models:  # NNCF's own IR, or the ORT QDQ model as OpenVINO runs it (measured apart)
+    if models.get("openvino_xml") == "openvino/model.xml":  # FP32 IR: torch parity like any FP32 model
+        backends["openvino-ir-fp32"] = (lambda: OvRunner(out / models["openvino_xml"], threads), None)
+    elif "openvino_xml" in models:  # NNCF's own IR, or the ORT QDQ model as OpenVINO runs it (measured apart)
         backends["openvino-int8"] = (lambda: OvRunner(out / models["openvino_xml"], threads),
                                      ("nncf",) if chosen == "nncf" else ("ort", "openvino"))
     tolerance, check = {}, {}

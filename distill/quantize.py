@@ -362,7 +362,8 @@ def _measure_in_openvino(onnx_int8: Path, ref: dict, ev, max_drop: float, min_ag
                          min_cosine: float, threads: int) -> dict:
     """The ORT QDQ model as OpenVINO runs it (export ships it as openvino/model.int8.xml when ort is chosen):
     OpenVINO's INT8 kernels round differently, so its error to FP32 is measured on its own, with the guard's
-    figures; `distill export` holds that backend to this measurement. Reported, not a refusal."""
+    figures; `distill export` holds that backend to this measurement, and ships OpenVINO IR of the FP32 model
+    instead when this fails the guard (the ORT file itself is not refused for OpenVINO's rounding)."""
     try:
         with tempfile.TemporaryDirectory(dir=onnx_int8.parent) as td:
             res = ev(OvRunner(export_openvino(onnx_int8, Path(td) / "model.int8.xml"), threads))

@@ -233,6 +233,26 @@ def test_export_refuses_a_broken_int8_model(pipeline, tmp_path):
     assert not (tmp_path / "art" / "manifest.json").exists()
 
 
+def test_export_ships_fp32_ir_when_openvino_int8_fails_the_guard(pipeline, tmp_path):
+    """The guard holds per runtime: when the QDQ model passes in ONNX Runtime but not as OpenVINO runs it,
+    OpenVINO gets IR of the FP32 model, checked against torch like every FP32 model."""
+    from distill.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run)
+    rep_path = run / "quantize" / "report.json"
+    rep = json.loads(rep_path.read_text())
+    rep["chosen"] = "ort"
+    rep["methods"]["ort"].update(passed=True, forced=False)
+    rep["methods"]["ort"]["openvino"] = {"passed": False, "failures": ["image AUROC drop 1.33 pt > 0.5 pt"]}
+    rep_path.write_text(json.dumps(rep))
+    res = export_run(run, tmp_path / "art")
+    assert res["models"]["openvino_xml"] == "openvino/model.xml"
+    assert "openvino-int8" not in res["export_check"]
+    assert res["export_check"]["openvino-ir-fp32"]["score_max_abs_diff"] <= res["tolerance"]["openvino-ir-fp32"]
+    assert load_manifest(tmp_path / "art").models["int8"] == "model.int8.onnx"
+
+
 def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     rc, res = _cli("eval", pipeline["art"], "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--json",
                    "--report", tmp_path / "report", "--runs", "3", "--teacher-runs", "1",
