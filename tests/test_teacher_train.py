@@ -4,6 +4,7 @@ resumes are refused with the difference named, features are deterministic and ma
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -149,6 +150,7 @@ def test_train_vae_then_train_with_it(data, tmp_path, capsys):
                  "--batch-size", "2", "--json"]) == 0
     s = last_json(capsys)
     assert s["scaling_factor"] > 0 and (vae / "diffusion_pytorch_model.safetensors").is_file()
+    assert s["val_split"] in ("val", "train") and 0 < s["val_psnr"] < 60  # whole-image reconstruction, dB
     out = tmp_path / "ck"
     assert train(data, out, 2, "--vae", str(vae)) == 0
     cfg = json.loads((out / "config.json").read_text())
@@ -161,3 +163,19 @@ def test_bench_reports_latency_and_memory(capsys):
     d = last_json(capsys)
     r = d["results"][0]
     assert r["size"] == 128 and r["latency_s_per_image"] > 0 and r["peak_bytes"] > 0
+
+
+def test_reconstruction_psnr_is_whole_image_mse_in_db():
+    from types import SimpleNamespace
+
+    from teacher.train_vae import reconstruction_psnr
+
+    class OffsetVAE:  # reconstructs every pixel 0.1 too bright on [-1, 1]: MSE 0.01 -> 10 log10(4 / 0.01) dB
+        def encode(self, x):
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+        def decode(self, z):
+            return SimpleNamespace(sample=z + 0.1)
+
+    imgs = [(torch.full((3, 16, 16), 100, dtype=torch.uint8), "c") for _ in range(3)]
+    assert reconstruction_psnr(OffsetVAE(), imgs, "cpu") == pytest.approx(10 * math.log10(4 / 0.01), abs=0.01)
