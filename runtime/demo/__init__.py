@@ -1,6 +1,6 @@
 """`lineside demo`: the whole of lineside on the embedded data, on this machine, in minutes.
 
-    lineside demo --out lineside-demo          # ~10 min on two CPU cores, no GPU
+    lineside demo --out lineside-demo          # ~4 min on two idle CPU cores (≈200 s measured), no GPU
     lineside demo --quick --out /tmp/d         # reduced (CI): fewer images, steps and frames, every step
 
 Steps, each a lineside command run as a subprocess exactly as a user would type it (the JSON they
@@ -21,8 +21,8 @@ the student calls it out of distribution and the cascade sends it to the teacher
 path runs on every demo, whatever the calibration band holds. It stays out of the metrics.
 
 The teacher is trained here rather than shipped as checkpoints: measured on two shared cores the
-full demo takes ~420 s end to end with train-vae + train ~230 s of it, and the quick one ~120 s,
-within the 600 s / 240 s budgets, so shipped weights (and a test re-deriving them) buy nothing.
+full demo takes ~200 s end to end on idle cores (~420 s when they were shared), train-vae + train
+~100 s of it, and the quick one 55-150 s, within the 600 s / 240 s budgets, so shipped weights (and a test re-deriving them) buy nothing.
 
 This module imports no torch: the demo runs the teacher and distill stacks only as commands.
 """
