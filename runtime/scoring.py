@@ -55,9 +55,10 @@ def find_regions(anomaly_map: np.ndarray, level: float, min_area_px: int = 16,
         x, y, bw, bh, area = (int(v) for v in stats[i])
         if area < min_area_px:
             continue
-        comp = lab == i
-        keep |= comp
-        peak = float(anomaly_map[comp].max())
+        box = (slice(y, y + bh), slice(x, x + bw))  # work inside the box, not over the whole map per region
+        comp = lab[box] == i
+        keep[box] |= comp
+        peak = float(anomaly_map[box][comp].max())
         conf = float(np.clip(0.5 + (peak - ref) / (abs(ref) + 1e-6), 0.0, 1.0))
         regions.append(Region(bbox=(x, y, x + bw, y + bh), area=area, label=label, confidence=conf, score=peak))
     regions.sort(key=lambda r: -r.score)
