@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections import OrderedDict
 
@@ -159,27 +160,31 @@ def reset() -> None:
 
 # ----------------------------------------------------------------------------------------- bank cache
 _bank_cache: OrderedDict[tuple, tuple[weakref.ref, object]] = OrderedDict()
+_bank_cache_lock = threading.Lock()  # the daemon's judge workers score in parallel
 
 
 def clear_cache() -> None:
-    _bank_cache.clear()
+    with _bank_cache_lock:
+        _bank_cache.clear()
 
 
 def _cached(bank, what: str, build):
     """build(bank) once per (bank object, what); the entry dies with the bank."""
     key = (id(bank), what)
-    hit = _bank_cache.get(key)
-    if hit is not None and hit[0]() is bank:
-        _bank_cache.move_to_end(key)
-        return hit[1]
-    value = build(bank)
+    with _bank_cache_lock:
+        hit = _bank_cache.get(key)
+        if hit is not None and hit[0]() is bank:
+            _bank_cache.move_to_end(key)
+            return hit[1]
+    value = build(bank)  # outside the lock: two threads may both build a first entry, one of them is kept
     try:
         ref = weakref.ref(bank)
     except TypeError:  # not weak-referenceable: do not cache
         return value
-    _bank_cache[key] = (ref, value)
-    while len(_bank_cache) > BANK_CACHE_ENTRIES:
-        _bank_cache.popitem(last=False)
+    with _bank_cache_lock:
+        _bank_cache[key] = (ref, value)
+        while len(_bank_cache) > BANK_CACHE_ENTRIES:
+            _bank_cache.popitem(last=False)
     return value
 
 

@@ -306,7 +306,9 @@ def targets(report: dict) -> list[dict]:
         measured_cpu=_num(d.get("overhead_cpu_ms_per_frame")))
     add("daemon_sustained_fraction", _num(d.get("sustained_ratio")),
         d.get("reason") or d.get("error") or "daemon bench reported no sustained_ratio",
-        measured_cpu=_num(d.get("sustained_ratio_cpu")))
+        measured_cpu=_num(d.get("sustained_ratio_cpu")),
+        # one judge worker per core (backend.workers): what the daemon sustains when the line needs more
+        measured_scaled=_num((d.get("daemon_scaled") or {}).get("ratio_vs_raw")))
     k = report.get("kernels") or {"reason": "kernels section not run"}
     add("knn_vs_matmul", _num(k.get("knn_vs_matmul")),
         k.get("reason") or k.get("error") or "kernels bench reported no knn_vs_matmul")
@@ -380,12 +382,22 @@ def _section_summary(name: str, r: dict) -> str:
         raw, d = r.get("raw") or {}, r.get("daemon") or {}
         return (f"{r.get('backend')}: raw p50 {_f(raw.get('p50_ms'))} ms; daemon e2e p50 {_f(d.get('e2e_p50_ms'))} / "
                 f"p99 {_f(d.get('e2e_p99_ms'))} ms, sustained {_f(d.get('sustained_rate_hz'), '.0f')} Hz "
-                f"({_f(r.get('sustained_ratio'))} of raw), overhead p50 {_f(r.get('overhead_p50_ms'))} ms")
+                f"({_f(r.get('sustained_ratio'))} of raw), overhead p50 {_f(r.get('overhead_p50_ms'))} ms"
+                + _scaled_summary(r))
     if name == "server":
         return f"{r.get('model')}: " + " · ".join(
             f"{x['clients']} client(s) {x['throughput_rps']:.0f} req/s p50 {x['latency_ms']['p50']:.0f} ms"
             for x in r.get("results", []))
     return ""
+
+
+def _scaled_summary(r: dict) -> str:
+    sc, un = r.get("daemon_scaled"), r.get("raw_unpinned") or {}
+    if not sc:
+        return ""
+    return (f"; {sc['workers']} workers {_f(sc.get('sustained_rate_hz'), '.0f')} Hz ({_f(sc.get('ratio_vs_raw'))} of raw, "
+            f"{_f(sc.get('ratio_vs_raw_unpinned'))} of raw with default BLAS/OpenCV threads "
+            f"{_f(un.get('rate_hz'), '.0f')} Hz)")
 
 
 def print_table(report: dict) -> None:

@@ -59,7 +59,8 @@ class Security(_Section):
 
 class BackendCfg(_Section):
     name: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = "auto"
-    threads: int = Field(1, ge=1, le=256)
+    threads: int = Field(1, ge=1, le=256)  # per judged frame: backend intra-op, BLAS scoring, OpenCV
+    workers: int = Field(1, ge=1, le=64)  # frames judged at once, each by its own judge thread
     device: Optional[str] = None  # onnxruntime: auto|cpu|cuda ; openvino: CPU|GPU
 
 
@@ -113,9 +114,20 @@ class Journal(_Section):
 
 
 class Limits(_Section):
-    max_message_bytes: int = Field(64 << 20, ge=1024)  # ZMQ_MAXMSGSIZE on ingress: larger -> peer disconnected
+    # A frame's payload over max_frame_bytes is refused with an error reply and an error verdict naming its
+    # size. Any message part over max_message_bytes (ZMQ_MAXMSGSIZE) never reaches us: ZeroMQ disconnects
+    # the sender (counted in lineside_ingress_disconnects_total); it bounds the memory one message can take.
+    max_frame_bytes: int = Field(64 << 20, ge=1024)
+    max_message_bytes: int = Field(128 << 20, ge=1024)
     sender_rate_hz: float = Field(1000.0, gt=0)  # per-sender token bucket
     sender_burst: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _frame_fits_message(self):
+        if self.max_message_bytes < self.max_frame_bytes:
+            raise ValueError(f"max_message_bytes ({self.max_message_bytes}) is below max_frame_bytes "
+                             f"({self.max_frame_bytes}): ZeroMQ would disconnect senders of frames the daemon accepts")
+        return self
 
 
 class Config(_Section):

@@ -1,13 +1,14 @@
 """The line-side daemon: wires the threads, recovers the journal at start, reloads, drains on shutdown.
 
-    ingress (ROUTER) ─┐                      ┌─> cascade (DEALER, Lazy Pirate) ─┐
-    camera (OpenCV) ──┴─> BoundedQueue ─> judge ─────────────────────────────────┴─> publisher: journal, then PUB
+    ingress (ROUTER) ─┐                         ┌─> cascade (DEALER, Lazy Pirate) ─┐
+    camera (OpenCV) ──┴─> BoundedQueue ─> judge × workers ────────────────────────┴─> publisher: journal, then PUB
     control (ROUTER): status | metrics | reload | shutdown
 
-One thread per role, each owning its sockets (ZeroMQ sockets are not shared between threads); they meet
-in two queues. ``Daemon(artifact_dir, config).start()`` binds everything (errors surface there), then
-``wait()`` until shutdown is asked for, then ``stop()`` drains: ingress closes first, the judge empties
-its queue, the publisher journals and publishes what is left. Pending teacher frames stay in the journal
+One thread per role (``backend.workers`` judge threads, their verdicts handed on in frame order), each
+owning its sockets (ZeroMQ sockets are not shared between threads); they meet in two queues.
+``Daemon(artifact_dir, config).start()`` binds everything (errors surface there), then ``wait()`` until
+shutdown is asked for, then ``stop()`` drains: ingress closes first, the judges empty their queue, the
+publisher journals and publishes what is left. Pending teacher frames stay in the journal
 and are resumed by the next start.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ from runtime.curve import start_authenticator
 from runtime.engine import Engine
 from runtime.ingress import Ingress
 from runtime.journal import Journal
-from runtime.judge import EngineHolder, Judge
+from runtime.judge import EngineHolder, InOrder, Judge
+from runtime.math_threads import MathThreadLimit
 from runtime.protocol import ProtocolError
 from runtime.publisher import Publisher
 from runtime.queues import BoundedQueue, Outgoing
@@ -59,6 +61,7 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Daemon":
         c = self.cfg
+        self.math_threads = MathThreadLimit(c.backend.threads)  # BLAS/OpenCV follow the backend's threads
         engine = Engine(self.artifact_dir, c.backend.name, c.backend.threads, device=c.backend.device)
         self.holder = EngineHolder(engine)
         self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
@@ -73,7 +76,9 @@ class Daemon:
             self.publisher = Publisher(self.ctx, c, self.publish_q, self.tm, c.journal.path)
             if c.teacher.address:
                 self.cascade = Cascade(self.ctx, c.teacher, self.publish_q, self.tm)
-            self.judge = Judge(self.holder, self.queue, self.publish_q, self.tm, self.cascade, c.teacher.deadline_ms)
+            order = InOrder(self.queue)
+            self.judges = [Judge(self.holder, order, self.publish_q, self.tm, self.cascade, c.teacher.deadline_ms, i)
+                           for i in range(c.backend.workers)]
             self.ingress = Ingress(self.ctx, c, self.queue, self.publish_q, self.tm, c.journal.path)
             self.control = Control(self.ctx, c, self)
             if c.camera.source:
@@ -88,8 +93,8 @@ class Daemon:
         if c.metrics_port is not None:
             port = self.tm.serve_http(c.metrics_port, c.metrics_host)
             self.endpoints["metrics"] = f"http://{c.metrics_host}:{port}/metrics"
-        self.threads = [t for t in (self.publisher, self.cascade, self.judge, self.ingress, self.control, self.camera)
-                        if t is not None]
+        self.threads = [t for t in (self.publisher, self.cascade, *self.judges, self.ingress, self.control,
+                                    self.camera) if t is not None]
         journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema and WAL mode, once, here
         try:
             self.publisher.start()  # before recovery, which may hand it more verdicts than its queue holds
@@ -142,12 +147,15 @@ class Daemon:
         if drain:
             if not self.queue.wait_idle(self.cfg.drain_timeout_s):
                 log.warning("drain timeout: %d frames still queued", len(self.queue))
-        self.judge.stop_event.set()
-        self.judge.join(JOIN_TIMEOUT_S + self.cfg.drain_timeout_s)
+        for j in self.judges:
+            j.stop_event.set()
+        for j in self.judges:
+            j.join(JOIN_TIMEOUT_S + self.cfg.drain_timeout_s)
         while len(self.queue):  # not drained in time: still give every frame a verdict
             job = self.queue.get(0)
             if job is None:
                 break
+            self.queue.done()
             self.publish_q.put(Outgoing(Verdict.failure(job.frame_id, "dropped", "daemon shut down before judging",
                                                         camera_id=job.camera_id, ts_verdict=time.time())))
         if self.cascade is not None and drain:  # answers already on their way still supersede in this run
@@ -163,6 +171,7 @@ class Daemon:
                 t.join(JOIN_TIMEOUT_S + 1)
         self.tm.close()
         self.holder.engine.close()
+        self.math_threads.restore()
         self._close_context()
 
     def _close_context(self) -> None:
@@ -186,7 +195,8 @@ class Daemon:
                 "model_hash": e.model_hash, "backend": e.backend_name, "generation": self.holder.generation,
                 "queue": {"depth": len(self.queue), "max_seen": self.queue.max_seen, "size": self.queue.maxsize,
                           "policy": self.queue.policy},
-                "judged": self.judge.judged, "published": self.publisher.published,
+                "judged": sum(j.judged for j in self.judges), "workers": len(self.judges),
+                "published": self.publisher.published,
                 "drops": self.tm.value("lineside_drops_total", reason="queue_full"),
                 "rate_limited": self.tm.value("lineside_drops_total", reason="rate"),
                 "ingress_disconnects": self.tm.value("lineside_ingress_disconnects_total"),

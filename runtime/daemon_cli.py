@@ -23,7 +23,7 @@ GIL_SWITCH_INTERVAL_S = 0.001
 # flag -> dotted config field
 OVERRIDES = {
     "ingress": "sockets.ingress", "verdicts": "sockets.verdicts", "control": "sockets.control",
-    "backend": "backend.name", "threads": "backend.threads", "device": "backend.device",
+    "backend": "backend.name", "threads": "backend.threads", "workers": "backend.workers", "device": "backend.device",
     "queue_size": "queue.size", "overload": "queue.overload",
     "teacher": "teacher.address", "teacher_secret": "teacher.secret_file", "teacher_key": "teacher.server_public_file",
     "teacher_timeout_ms": "teacher.request_timeout_ms", "teacher_deadline_ms": "teacher.deadline_ms",
@@ -33,6 +33,7 @@ OVERRIDES = {
     "allowed_keys": "security.allowed_keys",
     "ingress_secret": "security.ingress_secret", "verdicts_secret": "security.verdicts_secret",
     "control_secret": "security.control_secret", "max_message_bytes": "limits.max_message_bytes",
+    "max_frame_bytes": "limits.max_frame_bytes",
     "sender_rate_hz": "limits.sender_rate_hz", "log_level": "log_level",
 }
 
@@ -48,7 +49,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metrics-host", help="address the metrics endpoint listens on (default 127.0.0.1)")
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
-    g.add_argument("--threads", type=int)
+    g.add_argument("--threads", type=int, help="threads per judged frame: backend, BLAS scoring, OpenCV (default 1)")
+    g.add_argument("--workers", type=int, help="frames judged at once, verdicts still in frame order (default 1)")
     g.add_argument("--device")
     g.add_argument("--artifacts-dir", help="reload accepts only artifacts under this directory")
     g = p.add_argument_group("queue")
@@ -74,7 +76,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verdicts-secret")
     g.add_argument("--control-secret")
     g.add_argument("--insecure", action="store_true", help="allow non-loopback binds without CURVE")
-    g.add_argument("--max-message-bytes", type=int)
+    g.add_argument("--max-frame-bytes", type=int, help="larger frame payloads get an error verdict (default 64 MiB)")
+    g.add_argument("--max-message-bytes", type=int,
+                   help="ZMQ_MAXMSGSIZE: a larger message part disconnects its sender (default 128 MiB)")
     g.add_argument("--sender-rate-hz", type=float)
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")

@@ -4,8 +4,10 @@ A camera driver or PLC gateway connects a DEALER (or REQ: an empty delimiter is 
 the protocol's "frame" message. Per batch drained from the socket: check every header (and raw
 payload), journal the accepted frames in one transaction, then queue them and send the acks, so an
 acknowledged frame is always in the journal. Bad input gets an error reply naming the field and an
-error verdict on the PUB socket; the loop keeps serving. ZMQ_MAXMSGSIZE makes ZeroMQ drop a peer that
-sends an oversize message before we ever see it; a socket monitor counts those disconnects.
+error verdict on the PUB socket; the loop keeps serving. A payload over ``limits.max_frame_bytes`` is
+such bad input (refused, its size named). Beyond ``limits.max_message_bytes`` (ZMQ_MAXMSGSIZE, set
+higher) ZeroMQ drops the peer before we ever see the message: that bounds the memory one message takes,
+and a socket monitor counts those disconnects.
 """
 from __future__ import annotations
 
@@ -162,6 +164,9 @@ class Ingress(threading.Thread):
                 return None
             fid, cam = h.get("frame_id"), h.get("camera_id", "cam0")
             fid, cam, ts, want_mask = check_frame_header(h)
+            size, limit = len(frames[1]) if len(frames) > 1 else 0, self.cfg.limits.max_frame_bytes
+            if size > limit:
+                raise ProtocolError("payload", f"{size} bytes, over limits.max_frame_bytes ({limit}); frame refused")
             enc = h.get("encoding", "raw")
             image = None
             if enc == "raw":

@@ -1,4 +1,9 @@
-"""The judge thread: frame job -> decode -> Engine.judge -> edge verdict -> publisher (and the cascade).
+"""The judge workers: frame job -> decode -> Engine.judge -> edge verdict -> publisher (and the cascade).
+
+``backend.workers`` threads judge frames side by side (ONNX Runtime, OpenVINO, numpy and OpenCV release
+the GIL while they compute); an ``InOrder`` ticket taken with each frame makes their verdicts reach the
+publisher, and pending frames the cascade, in the order the frames left the queue, so a line sees its
+verdicts in frame order whatever the number of workers.
 
 The engine is read once per frame from an ``EngineHolder``; a reload swaps the reference between two
 frames, so no frame is judged twice or skipped. Frames the student is unsure of (in the band, or out of
@@ -11,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from typing import Callable
 
 from runtime import protocol
 from runtime.protocol import ProtocolError
@@ -49,35 +55,81 @@ def infer_request(job: FrameJob, image, deadline_ts: float) -> tuple[bytes, byte
     return json.dumps(h, separators=(",", ":")).encode(), payload
 
 
+class InOrder:
+    """Tickets for frames taken from the queue, and their hand-over in ticket order.
+
+    ``take()`` pairs a frame with the next ticket (both under one lock, so tickets follow queue order);
+    ``release(ticket, hand_over)`` runs ``hand_over`` once every earlier ticket has run its own. Every
+    ticket taken must be released exactly once (the workers release in ``finally``), or later frames wait.
+    """
+
+    def __init__(self, queue: BoundedQueue):
+        self.queue = queue
+        self._take_lock = threading.Lock()
+        self._release_lock = threading.Lock()
+        self._next_ticket = 0
+        self._next_out = 0
+        self._ready: dict[int, Callable[[], None]] = {}
+
+    def take(self, timeout: float) -> tuple[int, FrameJob] | None:
+        with self._take_lock:
+            job = self.queue.get(timeout)
+            if job is None:
+                return None
+            ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
+            return ticket, job
+
+    def release(self, ticket: int, hand_over: Callable[[], None]) -> None:
+        with self._release_lock:  # held while handing over: a full publish queue holds every worker back
+            self._ready[ticket] = hand_over
+            while self._next_out in self._ready:
+                fn = self._ready.pop(self._next_out)
+                self._next_out += 1
+                try:
+                    fn()
+                except Exception:  # never leave the tickets behind it waiting
+                    log.exception("handing over a verdict failed")
+
+
 class Judge(threading.Thread):
-    def __init__(self, holder: EngineHolder, queue: BoundedQueue, publish_q, telemetry, cascade=None,
-                 deadline_ms: int = 10_000):
-        super().__init__(name="lineside-judge", daemon=True)
-        self.holder, self.queue, self.publish_q, self.tm = holder, queue, publish_q, telemetry
+    """One judge worker; ``workers`` of them share one ``InOrder``."""
+
+    def __init__(self, holder: EngineHolder, order: InOrder, publish_q, telemetry, cascade=None,
+                 deadline_ms: int = 10_000, index: int = 0):
+        super().__init__(name=f"lineside-judge-{index}", daemon=True)
+        self.holder, self.order, self.queue = holder, order, order.queue
+        self.publish_q, self.tm = publish_q, telemetry
         self.cascade, self.deadline_s = cascade, deadline_ms / 1e3
         self.stop_event = threading.Event()
         self.judged = 0
 
     def run(self) -> None:
         while True:
-            job = self.queue.get(GET_TIMEOUT_S)
-            if job is None:
+            taken = self.order.take(GET_TIMEOUT_S)
+            if taken is None:
                 if self.stop_event.is_set():
                     return
                 continue
+            ticket, job = taken
+            hand_over = None
             try:
-                self._judge(job)
+                hand_over = self._judge(job)
             except Exception as e:  # one bad frame must not stop the line
                 log.exception("judging frame %s failed", job.frame_id)
                 v = Verdict.failure(job.frame_id, "error", f"internal: {e.__class__.__name__}: {e}",
                                     camera_id=job.camera_id, ts_frame=job.ts_frame, ts_verdict=time.time())
-                self.publish_q.put(Outgoing(v, t_recv=job.t_recv))
+                hand_over = self._publish(Outgoing(v, t_recv=job.t_recv))
             finally:
+                self.order.release(ticket, hand_over or (lambda: None))
                 self.judged += 1
                 self.queue.done()
                 self.tm.queue_depth.set(len(self.queue))
 
-    def _judge(self, job: FrameJob) -> None:
+    def _publish(self, out: Outgoing) -> Callable[[], None]:
+        return lambda: self.publish_q.put(out)
+
+    def _judge(self, job: FrameJob) -> Callable[[], None]:
+        """Judge one frame; returns what hands its verdict over (run in frame order by ``InOrder``)."""
         t0 = time.perf_counter()
         image = job.image
         if image is None:
@@ -87,8 +139,7 @@ class Judge(threading.Thread):
                 self.tm.errors.labels(e.field).inc()
                 v = Verdict.failure(job.frame_id, "error", f"{e.field}: {e.message}", camera_id=job.camera_id,
                                     ts_frame=job.ts_frame, ts_verdict=time.time())
-                self.publish_q.put(Outgoing(v, t_recv=job.t_recv, extra={"field": e.field}))
-                return
+                return self._publish(Outgoing(v, t_recv=job.t_recv, extra={"field": e.field}))
         t1 = time.perf_counter()
         engine = self.holder.engine
         v = engine.judge(image, job.frame_id, job.camera_id, job.ts_frame, want_mask=job.want_mask)
@@ -96,16 +147,18 @@ class Judge(threading.Thread):
         t2 = time.perf_counter()
         v.latencies_ms.update(queue=(t0 - job.t_recv) * 1e3, decode=(t1 - t0) * 1e3, total=(t2 - job.t_recv) * 1e3)
         out = Outgoing(v, want_mask=job.want_mask, t_recv=job.t_recv)
-        pending = None
-        if (v.in_band or v.ood) and self.cascade is not None:
-            if self.cascade.reserve():
-                v.pending = True
-                deadline = time.time() + self.deadline_s
-                req, payload = infer_request(job, image, deadline)
-                out.pending_request, out.pending_payload, out.pending_deadline = req, payload, deadline
-                pending = (req, payload, deadline)
-            else:
-                self.tm.fallback.labels("backlog_full").inc()
-        self.publish_q.put(out)  # before the cascade sees it: the edge verdict is journaled first
-        if pending is not None:
-            self.cascade.submit(job.frame_id, job.camera_id, *pending, edge=v)
+        if not ((v.in_band or v.ood) and self.cascade is not None):
+            return self._publish(out)
+        deadline = time.time() + self.deadline_s
+        req, payload = infer_request(job, image, deadline)  # here, where a failure still gets an error verdict
+        if not self.cascade.reserve():
+            self.tm.fallback.labels("backlog_full").inc()
+            return self._publish(out)
+        v.pending = True
+        out.pending_request, out.pending_payload, out.pending_deadline = req, payload, deadline
+
+        def hand_over() -> None:
+            self.publish_q.put(out)  # before the cascade sees it: the edge verdict is journaled first
+            self.cascade.submit(job.frame_id, job.camera_id, req, payload, deadline, edge=v)
+
+        return hand_over

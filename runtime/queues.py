@@ -50,7 +50,7 @@ class BoundedQueue:
         self._d: deque = deque()
         self._cv = threading.Condition()
         self.max_seen = 0
-        self._busy = False  # the consumer holds an item it has not finished
+        self._in_hand = 0  # items consumers took and have not finished (one per judge worker at most)
 
     def put(self, item) -> tuple[bool, object]:
         """-> (accepted, evicted item or None); never blocks."""
@@ -66,24 +66,24 @@ class BoundedQueue:
             return True, evicted
 
     def get(self, timeout: float) -> object | None:
+        """The oldest item, or None after ``timeout``; the taker calls ``done()`` when it has finished it."""
         with self._cv:
-            self._busy = False
             if not self._d:
                 self._cv.wait(timeout)
             if not self._d:
                 return None
-            self._busy = True
+            self._in_hand += 1
             return self._d.popleft()
 
     def done(self) -> None:
         with self._cv:
-            self._busy = False
+            self._in_hand = max(0, self._in_hand - 1)
             self._cv.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Block until the queue is empty and the consumer finished its item (drain on shutdown)."""
+        """Block until the queue is empty and every consumer finished its item (drain on shutdown)."""
         with self._cv:
-            return self._cv.wait_for(lambda: not self._d and not self._busy, timeout)
+            return self._cv.wait_for(lambda: not self._d and not self._in_hand, timeout)
 
     def __len__(self) -> int:
         return len(self._d)

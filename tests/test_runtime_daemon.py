@@ -67,6 +67,31 @@ def test_frames_in_verdicts_out_journaled(run_daemon):
     assert metrics["lineside_verdicts_total{decided_by=edge,decision=defect,status=ok}"] == 2
 
 
+def test_workers_publish_in_frame_order_and_journal_everything(run_daemon):
+    """Three judge workers on a mixed stream: large frames (slow), corrupt JPEGs (fast error verdicts),
+    defects with masks. Verdicts still leave in the order the frames came in, each journaled first."""
+    from runtime.journal import Journal
+
+    d, c = run_daemon(**{"backend.workers": 3, "queue.size": 100})
+    big = np.ascontiguousarray(np.tile(T.good(2), (6, 6, 1)))
+    ids = []
+    for i in range(30):
+        fid = f"w{i:02d}"
+        ids.append(fid)
+        if i % 3 == 0:
+            c.send(big, frame_id=fid, wait=False)
+        elif i % 3 == 1:
+            c.send(b"\xff\xd8 not a jpeg", frame_id=fid, encoding="jpeg", wait=False)
+        else:
+            c.send(T.defect(i), frame_id=fid, want_mask=True, wait=False)
+    seen = [v.frame_id for v in c.verdicts(timeout_s=10.0, count=len(ids))]
+    assert seen == ids
+    j = Journal(d.cfg.journal.path)
+    assert all(j.verdicts(f) for f in ids)
+    st = c.status()
+    assert st["workers"] == 3 and st["judged"] == len(ids) and st["alive"]
+
+
 def _raw(h, payload=None):
     return [json.dumps(h).encode()] + ([payload] if payload is not None else [])
 
@@ -129,8 +154,20 @@ def test_corrupt_or_alpha_compressed_frames_get_error_verdict(run_daemon, encodi
     alive(c)
 
 
+def test_oversize_frame_gets_error_verdict_naming_its_size(run_daemon):
+    d, c = run_daemon(**{"limits.max_frame_bytes": 16 * 1024, "limits.max_message_bytes": 64 * 1024})
+    from runtime.client import LinesideError
+
+    with pytest.raises(LinesideError, match="max_frame_bytes"):
+        c.send(np.zeros((100, 100, 3), np.uint8), frame_id="big")  # 30,000 B: over the frame limit, under ZeroMQ's
+    (v,) = c.collect(["big"], timeout_s=5.0)["big"]
+    assert v.status == "error" and v.error.startswith("payload:") and "30000 bytes" in v.error
+    assert d.status()["ingress_disconnects"] == 0  # refused by the daemon, not by ZeroMQ
+    alive(c)
+
+
 def test_oversize_message_disconnects_peer_daemon_keeps_serving(run_daemon):
-    d, c = run_daemon(**{"limits.max_message_bytes": 64 * 1024})
+    d, c = run_daemon(**{"limits.max_frame_bytes": 16 * 1024, "limits.max_message_bytes": 64 * 1024})
     from runtime.client import LinesideClient
 
     big = LinesideClient(d.endpoints["ingress"], context=c.ctx, timeout_s=1.0)
@@ -200,9 +237,10 @@ def test_overload_drops_counted_queue_bounded(run_daemon, policy):
         assert all(k == "status" for k in replies.values()) and "o29" not in dropped
 
 
-def test_reload_under_load_loses_no_frame(run_daemon, arts):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_reload_under_load_loses_no_frame(run_daemon, arts, workers):
     a, root = arts
-    d, c = run_daemon(**{"queue.size": 1000, "artifacts_dir": str(root)})
+    d, c = run_daemon(**{"queue.size": 1000, "artifacts_dir": str(root), "backend.workers": workers})
     before = c.status()["model_hash"]
     n = 80
     ids = [f"r{i}" for i in range(n)]

@@ -218,3 +218,18 @@ def test_edge_process_loads_no_training_stack(art):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_config_refuses_zero_workers_naming_the_field():
+    from runtime.config import ConfigError, load_config
+
+    assert load_config(overrides={"backend.workers": 3}).backend.workers == 3
+    with pytest.raises(ConfigError, match="backend.workers"):
+        load_config(overrides={"backend.workers": 0})
+
+
+def test_config_refuses_a_message_limit_below_the_frame_limit():
+    from runtime.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="limits.*max_message_bytes.*below max_frame_bytes"):
+        load_config(overrides={"limits.max_frame_bytes": 2 << 20, "limits.max_message_bytes": 1 << 20})

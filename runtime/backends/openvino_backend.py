@@ -1,10 +1,12 @@
 """OpenVINO backend: reads the artifact's IR (or its ONNX model) and compiles it for CPU or GPU.
 
 ``INFERENCE_PRECISION_HINT f32`` keeps OpenVINO from silently running bf16/f16 on CPUs and GPUs that
-support it, so verdicts agree with ONNX Runtime within the manifest's tolerance.
+support it, so verdicts agree with ONNX Runtime within the manifest's tolerance. An infer request is
+not for two threads at once: each judge worker gets its own from the one compiled model.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ class OpenVinoBackend:
             cfg["INFERENCE_NUM_THREADS"] = max(1, int(threads))
         model = core.read_model(str(model_path))
         self._compiled = core.compile_model(model, device, cfg)
-        self._req = self._compiled.create_infer_request()
+        self._local = threading.local()  # one infer request per judge worker
         self._outs = [(o.get_any_name(), o) for o in self._compiled.outputs]
         check_outputs(dict(self._outs), outputs, "openvino")
         names = [i.get_any_name() for i in self._compiled.inputs]
@@ -37,9 +39,12 @@ class OpenVinoBackend:
         self.name = f"openvino[{device}]"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        res = self._req.infer({INPUT_NAME: x})  # share_outputs=False: results are copies we may keep
+        req = getattr(self._local, "req", None)
+        if req is None:
+            req = self._local.req = self._compiled.create_infer_request()
+        res = req.infer({INPUT_NAME: x})  # share_outputs=False: results are copies we may keep
         return {name: res[port] for name, port in self._outs}
 
     def close(self) -> None:
-        self._req = None
+        self._local = threading.local()
         self._compiled = None

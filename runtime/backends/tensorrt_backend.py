@@ -8,10 +8,13 @@ API (TensorRT 10): Runtime.deserialize_cuda_engine -> ICudaEngine; tensors by na
 (num_io_tensors, get_tensor_name, get_tensor_mode, get_tensor_dtype, get_tensor_shape);
 IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3(stream_handle).
 The CUDA context is the device's primary context, pushed around every call so that the engine can be
-created in one thread (a reload from the control thread) and run in another (the judge thread).
+created in one thread (a reload from the control thread) and run in another (a judge worker). One
+execution context and one set of pinned buffers serve every worker, one frame at a time (``_run_lock``);
+the workers still overlap their decoding and scoring with the GPU's work.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ class TensorRTBackend:
         if not Path(plan_path).is_file():
             raise BackendError(f"tensorrt: plan file {plan_path} does not exist")
         self._cuda, self._trt = cuda, trt
+        self._run_lock = threading.Lock()
         cuda.init()
         self._ctx = cuda.Device(device_index).retain_primary_context()
         self._ctx.push()
@@ -79,18 +83,19 @@ class TensorRTBackend:
         if tuple(x.shape) != shape:
             raise BackendError(f"tensorrt: input shape {tuple(x.shape)} != engine input {shape}")
         cuda = self._cuda
-        self._ctx.push()
-        try:
-            np.copyto(host, x, casting="same_kind")
-            cuda.memcpy_htod_async(dev, host, self._stream)
-            if not self._context.execute_async_v3(stream_handle=self._stream.handle):
-                raise BackendError("tensorrt: execute_async_v3 failed (see the TensorRT log)")
-            for h, d, _ in self._outputs.values():
-                cuda.memcpy_dtoh_async(h, d, self._stream)
-            self._stream.synchronize()
-        finally:
-            self._ctx.pop()
-        return {name: h.copy() for name, (h, _, _) in self._outputs.items()}  # host buffers are reused
+        with self._run_lock:
+            self._ctx.push()
+            try:
+                np.copyto(host, x, casting="same_kind")
+                cuda.memcpy_htod_async(dev, host, self._stream)
+                if not self._context.execute_async_v3(stream_handle=self._stream.handle):
+                    raise BackendError("tensorrt: execute_async_v3 failed (see the TensorRT log)")
+                for h, d, _ in self._outputs.values():
+                    cuda.memcpy_dtoh_async(h, d, self._stream)
+                self._stream.synchronize()
+            finally:
+                self._ctx.pop()
+            return {name: h.copy() for name, (h, _, _) in self._outputs.items()}  # host buffers are reused
 
     def close(self) -> None:
         if getattr(self, "_ctx", None) is None:
