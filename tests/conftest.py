@@ -6,6 +6,8 @@ anything imports ``triton.language``. A run that selects GPU tests (``-m gpu``) 
 import os
 import sys
 
+import pytest
+
 
 def _gpu_run() -> bool:
     args = " ".join(sys.argv)
@@ -17,3 +19,11 @@ if not _gpu_run():
 # Two cores, many processes in some tests: keep BLAS/OpenMP pools from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """The torch-free tiny student artifact of tests/runtime_fixtures.py, built once per test module."""
+    from runtime_fixtures import build_tiny_artifact
+
+    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")

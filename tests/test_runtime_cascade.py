@@ -5,14 +5,9 @@ import time
 
 import pytest
 
-from runtime_fixtures import DaemonRuns, FakeTeacher, TinyArtifact, build_tiny_artifact
+from runtime_fixtures import DaemonRuns, FakeTeacher, TinyArtifact
 
 T = TinyArtifact
-
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")
 
 
 @pytest.fixture

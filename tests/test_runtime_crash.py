@@ -10,14 +10,9 @@ import time
 import pytest
 import zmq
 
-from runtime_fixtures import FakeTeacher, TinyArtifact, build_tiny_artifact
+from runtime_fixtures import FakeTeacher, TinyArtifact
 
 T = TinyArtifact
-
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")
 
 
 @pytest.fixture

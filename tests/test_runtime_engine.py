@@ -5,12 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime_fixtures import TinyArtifact, build_tiny_artifact
-
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory) -> TinyArtifact:
-    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")
+from runtime_fixtures import TinyArtifact
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from runtime_fixtures import TinyArtifact, build_tiny_artifact
+from runtime_fixtures import TinyArtifact
 
 
 class _Dev:
@@ -141,11 +141,6 @@ def _fake_modules(onnx_path, ctx_log):
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = cuda
     return {"tensorrt": trt, "pycuda": pycuda, "pycuda.driver": cuda}
-
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")
 
 
 def test_tensorrt_backend_data_path_matches_onnxruntime(art, tmp_path, monkeypatch):
