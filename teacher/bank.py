@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from teacher.device import default_device
+
 BANK_LEVELS = ("s8", "s16")
 CORESET_PROJ_DIM = 128
 BUDGET_FRACTION = 0.1  # PatchCore keeps 1-10 % of the patch vectors
@@ -246,7 +248,7 @@ def run(args) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     ds = load_dataset(args.data)
     train = [r for r in ds.split("train") if not r.is_defect]
     if args.max_images:

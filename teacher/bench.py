@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from teacher.device import default_device
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny")
@@ -91,7 +93,7 @@ def bench_size(model, size: int, batch: int, runs: int, noise_draws: int) -> dic
 def run(args: argparse.Namespace) -> int:
     from teacher.checkpoint import build_random_teacher, load_teacher
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(default_device(args.device))
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     try:

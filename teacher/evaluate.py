@@ -155,15 +155,14 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from runtime.dataset import load_dataset
+    from teacher.device import default_device
     from teacher.pipeline import TeacherPipeline
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     ds = load_dataset(args.data)
     records = ds.split(args.split)
     if args.max_images:

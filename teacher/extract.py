@@ -20,6 +20,7 @@ import torch
 
 from runtime.dataset import DatasetError, load_dataset
 from runtime.featurespec import ContractError
+from teacher.device import default_device
 from teacher.features_io import write_index, write_shard
 from teacher.trainset import manifest_path
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from teacher.checkpoint import load_teacher
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     try:
         ds = load_dataset(manifest_path(args.data))
         model = load_teacher(args.checkpoint, device=device, use_ema=not args.live_weights)

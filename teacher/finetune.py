@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from teacher.device import default_device
 from teacher.head.losses import classification_loss, dice_loss, grounding_loss, mask_bce_loss
 from teacher.head.matcher import HungarianMatcher
 from teacher.head.model import HeadState, MaskHead, defect_probability_map, head_preset, save_head
@@ -304,7 +305,7 @@ def run(args) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     t0 = time.time()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(args.device)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if "RANK" in os.environ:
         import torch.distributed as dist

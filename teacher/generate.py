@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from runtime.featurespec import ContractError
+from teacher.device import default_device
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from teacher.checkpoint import load_teacher
 
     try:
-        model = load_teacher(args.checkpoint, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = load_teacher(args.checkpoint, device=default_device(args.device))
     except ContractError as e:
         print(f"teacher generate: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import torch
 from runtime.dataset import DatasetError, load_dataset
 from runtime.featurespec import ContractError
 from teacher import train_loop
+from teacher.device import default_device
 from teacher.presets import PRESETS, get_preset
 from teacher.trainset import caption_for, manifest_path
 
@@ -74,7 +75,7 @@ def _dist_setup(device_arg: str | None):
         if use_cuda:
             torch.cuda.set_device(device)
         return rank, world, device
-    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(default_device(device_arg))
     return 0, 1, device
 
 

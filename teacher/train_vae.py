@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from runtime.dataset import DatasetError, load_dataset
 from teacher.augment import augment
+from teacher.device import default_device
 from teacher.presets import PRESETS, get_preset
 from teacher.trainset import BatchOrder, ImageCaptionSet, collate, manifest_path
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         shutil.rmtree(out)
     d = preset.train
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(default_device(args.device))
     bs, lr = args.batch_size or d.vae_batch_size, args.lr or d.vae_lr
     kl_w = d.vae_kl_weight if args.kl_weight is None else args.kl_weight
     with torch.random.fork_rng(devices=[]):
