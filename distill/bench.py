@@ -15,10 +15,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from runtime.timing import time_calls
 
 BACKENDS = ("torch", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8")
 DEFAULT_RUNS = 30
@@ -143,14 +144,7 @@ def _child(job_json: str) -> None:
             import openvino  # noqa: F401
         base = _current_rss_mb()
         runner = OrtRunner(path, threads) if b.startswith("onnxruntime") else OvRunner(path, threads)
-    for _ in range(WARMUP):
-        runner.run(x)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        runner.run(x)
-        ts.append((time.perf_counter() - t) * 1e3)
-    ts = np.asarray(ts)
+    ts = time_calls(lambda: runner.run(x), runs, WARMUP)
     peak = _rss_mb()
     print(json.dumps({"median_ms": float(np.median(ts)), "p90_ms": float(np.percentile(ts, 90)),
                       "min_ms": float(ts.min()), "mean_ms": float(ts.mean()), "peak_rss_mb": round(peak, 1),
@@ -163,11 +157,6 @@ def teacher_latency(teacher, size: int | None = None, runs: int = 3, noise_draws
 
     s = int(size or teacher.feature_spec.image_size)
     x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-    teacher.extract_features(x, noise_draws=noise_draws)  # warm-up
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        teacher.extract_features(x, noise_draws=noise_draws)
-        ts.append((time.perf_counter() - t) * 1e3)
+    ts = time_calls(lambda: teacher.extract_features(x, noise_draws=noise_draws), runs, warmup=1)
     return {"median_ms": float(np.median(ts)), "min_ms": float(np.min(ts)), "runs": runs, "size": s,
             "preset": getattr(teacher, "preset", ""), "noise_draws": noise_draws, "peak_rss_mb": round(_rss_mb(), 1)}

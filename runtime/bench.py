@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.demo.steps import StepError, child_env, command, last_json_line
+from runtime.timing import time_calls
 
 PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
 STUDENT_WARMUP = 5
@@ -133,14 +134,7 @@ def bench_teacher(full: bool, env: dict) -> dict:
 
 
 def _time_backend(backend, x: np.ndarray, runs: int) -> dict:
-    for _ in range(STUDENT_WARMUP):
-        backend.run(x)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        backend.run(x)
-        t.append((time.perf_counter() - t0) * 1e3)
-    a = np.asarray(t)
+    a = time_calls(lambda: backend.run(x), runs, STUDENT_WARMUP)
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
             "mean_ms": float(a.mean()), "min_ms": float(a.min()), "runs": runs}
 

@@ -52,17 +52,14 @@ def raw_bench(artifact_dir, backend: str, n_frames: int, warmup: int, threads: i
     ``pin_threads=False`` leaves BLAS and OpenCV at their defaults (the backend keeps ``threads``)."""
     from runtime.engine import Engine
     from runtime.math_threads import MathThreadLimit
+    from runtime.timing import time_calls
 
     with MathThreadLimit(threads) if pin_threads else contextlib.nullcontext():
         eng = Engine(artifact_dir, backend, threads)
         for _ in range(warmup):
             eng.judge(image)
-        lat = []
         t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(n_frames):
-            t = time.perf_counter()
-            eng.judge(image, frame_id=str(i))
-            lat.append((time.perf_counter() - t) * 1e3)
+        lat = list(time_calls(lambda: eng.judge(image), n_frames))
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
         name = eng.backend_name
         eng.close()
