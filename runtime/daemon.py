@@ -61,7 +61,6 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Daemon":
         c = self.cfg
-        self.math_threads = MathThreadLimit(c.backend.threads)  # BLAS/OpenCV follow the backend's threads
         engine = Engine(self.artifact_dir, c.backend.name, c.backend.threads, device=c.backend.device)
         self.holder = EngineHolder(engine)
         self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
@@ -93,6 +92,9 @@ class Daemon:
         if c.metrics_port is not None:
             port = self.tm.serve_http(c.metrics_port, c.metrics_host)
             self.endpoints["metrics"] = f"http://{c.metrics_host}:{port}/metrics"
+        # BLAS/OpenCV follow the backend's threads from here on (process-wide; stop() restores them): set after
+        # the sockets and the metrics port are bound, so a start refused there leaves the process as it was
+        self.math_threads = MathThreadLimit(c.backend.threads)
         self.threads = [t for t in (self.publisher, self.cascade, *self.judges, self.ingress, self.control,
                                     self.camera) if t is not None]
         journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema and WAL mode, once, here
