@@ -80,13 +80,25 @@ def greedy_coreset(features: torch.Tensor | np.ndarray, budget: int, seed: int =
         p = torch.randn(x.shape[1], proj_dim, generator=g) / proj_dim ** 0.5
         x = x @ p.to(x.device)
     first = int(torch.randint(n, (1,), generator=g)) if start is None else int(start)
-    chosen = [first]
-    mind = torch.linalg.vector_norm(x - x[first], dim=1)
-    for _ in range(budget - 1):
-        i = torch.argmax(mind)
-        chosen.append(i)
-        mind = torch.minimum(mind, torch.linalg.vector_norm(x - x[i], dim=1))
-    return np.asarray([int(c) for c in chosen], np.int64)
+    # Squared distances from ||a||^2 - 2 a.b + ||b||^2: each step is one (N,) matrix-vector product into
+    # preallocated buffers, so memory stays O(N*D) once whatever the budget (``x - x[i]`` made a new
+    # (N, D) temporary per selected point, and the allocator kept them: RSS grew with the budget).
+    sq = (x * x).sum(1)
+    mind = torch.empty(n, device=x.device)
+    step = torch.empty(n, device=x.device)
+    chosen = torch.empty(budget, dtype=torch.long)
+    i = first
+    for j in range(budget):
+        chosen[j] = i
+        torch.mv(x, x[i], out=step)
+        step.mul_(-2).add_(sq).add_(sq[i])
+        if j == 0:
+            mind.copy_(step)
+        else:
+            torch.minimum(mind, step, out=mind)
+        mind[i] = -1.0  # chosen points are never picked again (rounding can leave them a tiny positive)
+        i = int(torch.argmax(mind))
+    return chosen.numpy().astype(np.int64)
 
 
 @dataclass

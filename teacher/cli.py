@@ -6,7 +6,7 @@ import sys
 from runtime.commands import dispatch
 
 COMMANDS = {
-    "data": ("teacher.data.cli", "make or import a line dataset (synth, import)"),
+    "data": ("teacher.data.cli", "make or import a line dataset (synth, evalset, import)"),
     "info": ("teacher.info", "parameter counts and FeatureSpec of a preset"),
     "train-vae": ("teacher.train_vae", "train the autoencoder on the dataset when no pretrained VAE is given"),
     "train": ("teacher.train", "stage 1: train the diffusion U-Net (torchrun for several GPUs)"),
@@ -15,6 +15,7 @@ COMMANDS = {
     "finetune": ("teacher.finetune", "stage 2: train the mask head on frozen t=50 features"),
     "bank": ("teacher.bank", "memory bank of good-image features (good-images-only lines)"),
     "eval": ("teacher.evaluate", "detection and segmentation metrics, HTML report"),
+    "baselines": ("teacher.reference", "reference PatchCore detectors (pixels, random CNN, ImageNet EfficientNet-Lite0)"),
     "serve": ("teacher.serve.cli", "GPU fallback server for line-side daemons (ZeroMQ)"),
     "bench": ("teacher.bench", "feature-extraction latency and peak memory per image"),
 }

@@ -1,7 +1,9 @@
-"""`teacher data synth|import`: make or import a line dataset.
+"""`teacher data synth|import|evalset`: make or import a line dataset, or build the held-out evaluation set.
 
     teacher data synth OUT --n-good 40 --n-defect 20 --size 256 --seed 0 [--json]
     teacher data import mvtec|visa|folder ROOT OUT [--json]
+    teacher data evalset OUT [--size 128] [--n-good-train 40] [--n-good-val 10] [--n-good-test 30]
+                             [--n-defect-test 30] [--seed 0] [--json]
 
 With ``--json`` the summary is ONE JSON object on the last stdout line; progress and skip lists go to stderr.
 """
@@ -22,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from teacher.data.defects import DEFECT_KINDS
     from teacher.data.synth import (DEFAULT_TEST_FRAC, DEFAULT_TRAIN_DEFECT_FRAC, DEFAULT_VAL_FRAC, PRODUCTS)
 
-    sub = parser.add_subparsers(dest="data_command", metavar="{synth,import}", required=True)
+    sub = parser.add_subparsers(dest="data_command", metavar="{synth,import,evalset}", required=True)
 
     s = sub.add_parser("synth", help="synthetic dataset from skimage surface photos with planted defects",
                        description="Random crops of skimage.data brick/grass/gravel with planted defects, masks, "
@@ -55,11 +57,48 @@ def configure(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--product", default=None, help="folder: product name (default: ROOT's name)")
     i.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
 
+    _configure_evalset(sub)
+
+
+def _configure_evalset(sub) -> None:
+    from teacher.data import evalset as ev
+
+    e = sub.add_parser("evalset", help="held-out evaluation set: other skimage photos, other defect kinds",
+                       description=f"Products {', '.join(ev.EVAL_PRODUCTS)} (skimage.data photos the synth does "
+                                   f"not use) with defects {', '.join(ev.EVAL_KINDS)} (kinds and code the synth "
+                                   "does not have). train/val: good only; test: goods and every kind per product. "
+                                   "Same seed, same bytes.")
+    e.add_argument("out", help="output directory (images/, masks/, manifest.jsonl)")
+    e.add_argument("--size", type=int, default=ev.DEFAULT_SIZE,
+                   help=f"square image size in px (default {ev.DEFAULT_SIZE})")
+    e.add_argument("--n-good-train", type=int, default=ev.DEFAULT_N_GOOD_TRAIN, help="good train images per product")
+    e.add_argument("--n-good-val", type=int, default=ev.DEFAULT_N_GOOD_VAL, help="good val images per product")
+    e.add_argument("--n-good-test", type=int, default=ev.DEFAULT_N_GOOD_TEST, help="good test images per product")
+    e.add_argument("--n-defect-test", type=int, default=ev.DEFAULT_N_DEFECT_TEST,
+                   help="defective test images per product (kinds cycle)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print the summary as one JSON object (last line)")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         return _run_synth(args)
+    if args.data_command == "evalset":
+        return _run_evalset(args)
     return _run_import(args)
+
+
+def _run_evalset(args) -> int:
+    from teacher.data import evalset as ev
+
+    try:
+        summary = ev.build_evalset(args.out, args.size, args.n_good_train, args.n_good_val, args.n_good_test,
+                                   args.n_defect_test, args.seed, progress=True)
+    except (ValueError, DatasetError, ev.InvisibleDefect) as e:
+        print(f"teacher data evalset: error: {e}", file=sys.stderr)
+        return 2
+    ev.print_summary(summary, args.json)
+    return 0
 
 
 def _run_synth(args) -> int:

@@ -1,0 +1,69 @@
+"""One row of the quality table: the figures a plant reads first, per product and as the mean over products.
+
+Every detector `lineside bench quality` compares (the teacher's modes, the students, the cascade and the
+reference PatchCore detectors) is reduced here, from the same per-image scores, maps and decisions, so
+the rows differ only in the detector. Columns: I-AUROC, P-AUROC, AU-PRO (FPR <= 0.3), F1-max, accuracy
+at the detector's own calibrated threshold (not an oracle one), and recall per defect type at that
+threshold. Products are scored separately (a line with several products deploys one threshold per
+product only if it has one bank per product, but the ranking figures are per product either way) and
+the headline is their unweighted mean, as MVTec AD papers report the mean over categories.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from runtime import metrics as M
+
+COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "f1_max", "accuracy")
+
+
+def _safe(fn, *a) -> float | None:
+    try:
+        v = float(fn(*a))
+    except ValueError:  # one class only, or no defect pixels
+        return None
+    return v if math.isfinite(v) else None
+
+
+def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequence[float],
+                maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], decisions: Sequence[int]) -> dict:
+    """Figures of one group of images. ``decisions`` are 1 for "defect" at the calibrated threshold."""
+    y = np.asarray(labels, int)
+    s = np.asarray(scores, float)
+    d = np.asarray(decisions, int)
+    out = {"n_images": int(len(y)), "n_defect": int(y.sum()),
+           "image_auroc": _safe(M.image_auroc, y, s),
+           "pixel_auroc": _safe(M.pixel_auroc, masks, maps),
+           "au_pro": _safe(M.au_pro, masks, maps),
+           "f1_max": _safe(lambda a, b: M.f1_max(a, b)[0], y, s),
+           "accuracy": float(M.accuracy(y, d)) if len(y) else None,
+           "false_reject_rate": float(d[y == 0].mean()) if (y == 0).any() else None,
+           "escape_rate": float(1 - d[y == 1].mean()) if (y == 1).any() else None}
+    types = np.asarray(defect_types)
+    out["recall_per_type"] = {t: float(d[(y == 1) & (types == t)].mean())
+                              for t in sorted(set(types[y == 1].tolist()))}
+    return out
+
+
+def quality_row(products: Sequence[str], labels, defect_types, scores, maps, masks, decisions) -> dict:
+    """{"mean": {...}, "per_product": {product: {...}}}; the mean is over products of each column
+    (a column a product cannot support is left out of that product's share)."""
+    products = np.asarray(products)
+    per = {}
+    for p in sorted(set(products.tolist())):
+        idx = np.flatnonzero(products == p)
+        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731 - lists of arrays, not one array
+        per[p] = row_figures(pick(labels), pick(defect_types), pick(scores), pick(maps), pick(masks),
+                             pick(decisions))
+    mean = {}
+    for c in COLUMNS + ("false_reject_rate", "escape_rate"):
+        vals = [r[c] for r in per.values() if r[c] is not None]
+        mean[c] = float(np.mean(vals)) if vals else None
+    types = sorted({t for r in per.values() for t in r["recall_per_type"]})
+    mean["recall_per_type"] = {t: float(np.mean([r["recall_per_type"][t] for r in per.values()
+                                                 if t in r["recall_per_type"]])) for t in types}
+    mean["n_images"] = int(sum(r["n_images"] for r in per.values()))
+    return {"mean": mean, "per_product": per}

