@@ -5,6 +5,7 @@
     lineside bench --full                # adds the sd15 teacher at 256 px (the 300x target needs it)
     lineside bench --artifact ART        # an existing student artifact (else: see below)
     lineside bench kernels --json        # only the kernels part
+    lineside bench quality --data M      # detection quality beside reference detectors (runtime/bench_quality.py)
 
 Sections: ``teacher`` (`teacher bench --preset tiny --json`, and sd15 at 256 px with --full: a
 subprocess, torch stays out of this process), ``student`` (FP32 and INT8 on every backend this
@@ -36,6 +37,7 @@ from runtime.demo.steps import StepError, child_env, command, last_json_line
 from runtime.timing import time_calls
 
 PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
+SEPARATE_PARTS = ("quality",)  # asked for by name only: it trains and evaluates
 STUDENT_WARMUP = 5
 STUDENT_RUNS = 50
 SUBPROCESS_TIMEOUT_S = 900
@@ -51,7 +53,8 @@ TARGETS = {
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("part", nargs="?", default="all", choices=PARTS, help="run only this part (default: all)")
+    p.add_argument("part", nargs="?", default="all", choices=PARTS + SEPARATE_PARTS,
+                   help="run only this part (default: all but quality)")
     p.add_argument("--json", action="store_true", help="one JSON object as the last stdout line")
     p.add_argument("--full", action="store_true", help="also the sd15 teacher at 256 px (slow without a GPU)")
     p.add_argument("--artifact", help="student artifact directory (default: build a small one, see --work)")
@@ -62,6 +65,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=STUDENT_RUNS, help="timed student runs per model and backend")
     p.add_argument("--threads", type=int, default=1, help="threads per backend / child BLAS threads")
     p.add_argument("--quick", action="store_true", help="small shapes and few runs (seconds; for tests)")
+    q = p.add_argument_group("quality")
+    q.add_argument("--data", help="quality: dataset manifest.jsonl to judge")
+    q.add_argument("--teacher", help="quality: teacher checkpoint with bank/ or head/ (default: train one with "
+                                     "the demo's recipe in --work)")
+    q.add_argument("--split", default="test", choices=("train", "val", "test"), help="quality: split to judge")
+    q.add_argument("--size", type=int, default=128, help="quality: input size of the reference detectors")
+    q.add_argument("--report", help="quality: write an HTML report to this directory")
 
 
 def _say(msg: str) -> None:
@@ -313,6 +323,10 @@ def targets(report: dict) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     env = child_env(args.threads)
+    if args.part == "quality":
+        from runtime import bench_quality
+
+        return bench_quality.run(args, child_env(None), _say)
     report: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
                                 "python": platform.python_version()}, "part": args.part}
     t0 = time.perf_counter()

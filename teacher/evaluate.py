@@ -11,6 +11,8 @@ with runtime/metrics.py:
 * masks (verdict masks = union of the reported regions vs ground truth, pooled over the split): iou, dice;
 * classification_accuracy: the image's class ("good", or the label of its most confident region) vs
   "good"/defect_type; with a bank only (regions are "anomaly") it is the binary decision accuracy;
+* ``quality``: the runtime.quality row (per product and the mean over products) that `lineside bench
+  quality` sets beside the reference detectors of `teacher baselines`;
 * boxes: box_map@0.5 / box_map@0.75 (COCO 101-point), GT boxes from mask components labelled with the
   defect_type, predictions from the verdict regions (label-aware with a head, class-agnostic with a
   bank only).
@@ -184,7 +186,13 @@ def run(args) -> int:
             "model_hash": pipe.model_hash, "n_images": len(records), "batch_size": args.batch_size,
             "device": device, "seconds": round(secs, 2), "ms_per_image": round(1e3 * secs / len(records), 2),
             "vocabulary": pipe.vocabulary}
-    result = {**info, "metrics": metrics}
+    from runtime.quality import quality_row
+
+    result = {**info, "metrics": metrics,
+              "quality": quality_row([r.product for r in records], [int(r.is_defect) for r in records],
+                                     [r.defect_type for r in records], [v.score for v in verdicts],
+                                     [v.anomaly_map for v in verdicts], gt,
+                                     [int(v.decision == "defect") for v in verdicts])}
     if args.report:
         page = write_report(args.report, f"teacher eval — {Path(args.checkpoint).name} ({args.split})", metrics,
                             verdicts, records, images, gt, threshold, info)

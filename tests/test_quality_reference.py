@@ -96,3 +96,31 @@ def test_baselines_refuses_bad_size(evalset):
     out = subprocess.run([sys.executable, "-m", "teacher", "baselines", "--data", str(evalset), "--size", "50"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--size" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bench_quality_table_json_and_report(evalset, tmp_path):
+    """`lineside bench quality --teacher CKPT`: the teacher row beside the three reference rows, per product."""
+    from teacher.checkpoint import build_random_teacher, save_teacher
+
+    ck = tmp_path / "ckpt"
+    save_teacher(build_random_teacher("tiny", image_size=64), ck, {"note": "random tiny teacher for tests"})
+    bank = subprocess.run([sys.executable, "-m", "teacher", "bank", "--checkpoint", str(ck), "--data", str(evalset),
+                           "--budget", "64"], capture_output=True, text=True, timeout=120)
+    assert bank.returncode == 0, bank.stderr
+    rep = tmp_path / "report"
+    out = subprocess.run([sys.executable, "-m", "runtime", "bench", "quality", "--data", str(evalset), "--teacher",
+                          str(ck), "--size", "64", "--json", "--report", str(rep)],
+                         capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert list(res["rows"])[0] == "teacher (bank)" and len(res["rows"]) == 4
+    for row in res["rows"].values():
+        assert row["mean"]["n_images"] == 36 and set(row["per_product"]) >= {"moon", "page"}
+    assert set(res["teacher_beats_imagenet_patchcore"]) == {"image_auroc", "au_pro"}
+    assert "ImageNet EfficientNet-Lite0" in (rep / "index.html").read_text()
+
+
+def test_bench_quality_needs_data():
+    out = subprocess.run([sys.executable, "-m", "runtime", "bench", "quality"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "--data" in out.stderr and "Traceback" not in out.stderr

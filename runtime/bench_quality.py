@@ -1,0 +1,123 @@
+"""`lineside bench quality`: does lineside find the defects? One table, on the same images, beside what a
+user would try instead.
+
+    lineside bench quality --data D/manifest.jsonl [--teacher CKPT] [--split test] [--size 128]
+                           [--json] [--report DIR]
+
+Rows: the teacher in the mode its checkpoint holds (`teacher eval`), and the reference PatchCore
+detectors of `teacher baselines` (raw pixels, a seeded random-init EfficientNet-Lite0, the ImageNet
+EfficientNet-Lite0). Columns (runtime.quality): I-AUROC, P-AUROC, AU-PRO, F1-max, accuracy at each
+detector's own calibrated threshold, false-reject and escape rates, recall per defect type, per
+product and the mean over products. Both commands run as subprocesses, as a user would run them, so
+this process stays torch-free.
+
+Without ``--teacher`` the teacher is made with the demo's recipe on the manifest's own train split
+(`teacher train-vae`, `teacher train`, `teacher bank`, the full demo's step counts) into
+``--work``, so one command answers "how would lineside do on my line?".
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from runtime.quality import COLUMNS
+
+QUALITY_TIMEOUT_S = 3600.0
+REFERENCE_ROWS = {"pixels": "PatchCore, raw 8×8 pixels", "random_cnn": "PatchCore, random-init EfficientNet-Lite0",
+                  "effnet": "PatchCore, ImageNet EfficientNet-Lite0"}
+
+
+def build_teacher(manifest: str, work: Path, env: dict, say) -> Path:
+    """The demo's recipe on this manifest: autoencoder, diffusion teacher, memory bank -> checkpoint."""
+    from runtime.bench import run_json_command
+    from runtime.demo import FULL
+    from runtime.demo.steps import StepRunner
+
+    ckpt, vae = work / "teacher", work / "vae"
+    if (ckpt / "bank").is_dir():
+        say(f"reusing the teacher built in {work}")
+        return ckpt
+    runner = StepRunner(work / "logs", env, timeout_s=QUALITY_TIMEOUT_S)
+    say("no --teacher: training one with the demo's recipe (train-vae, train, bank)")
+    runner.run("train-vae", "teacher", ["train-vae", "--preset", "tiny", "--data", manifest, "--out", vae,
+                                        "--steps", FULL.vae_steps], want_json=False)
+    runner.run("train", "teacher", ["train", "--preset", "tiny", "--data", manifest, "--out", ckpt, "--steps",
+                                    FULL.train_steps, "--vae", vae, "--seed", FULL.seed, "--json"])
+    run_json_command("teacher", ["bank", "--checkpoint", ckpt, "--data", manifest, "--json"], env, QUALITY_TIMEOUT_S)
+    return ckpt
+
+
+def measure(args, env: dict, say) -> dict:
+    from runtime.bench import default_work, run_json_command
+
+    t0 = time.perf_counter()
+    work = Path(args.work) if args.work else default_work() / "quality"
+    ckpt = Path(args.teacher) if args.teacher else build_teacher(args.data, work, env, say)
+    say(f"teacher eval on split {args.split!r} …")
+    ev = run_json_command("teacher", ["eval", "--checkpoint", ckpt, "--data", args.data, "--split", args.split,
+                                      "--json"], env, QUALITY_TIMEOUT_S)
+    say("reference detectors (teacher baselines) …")
+    base = run_json_command("teacher", ["baselines", "--data", args.data, "--split", args.split, "--size",
+                                        args.size, "--json"], env, QUALITY_TIMEOUT_S)
+    rows = {f"teacher ({ev['mode']})": ev["quality"]}
+    rows.update({REFERENCE_ROWS.get(k, k): v for k, v in base["rows"].items()})
+    best_ref = base["rows"].get("effnet", {}).get("mean", {})
+    teacher = ev["quality"]["mean"]
+    verdict = {c: (teacher.get(c) is not None and best_ref.get(c) is not None and teacher[c] > best_ref[c])
+               for c in ("image_auroc", "au_pro")}
+    return {"data": args.data, "split": args.split, "size": args.size, "teacher": str(ckpt),
+            "dataset_hash": base.get("dataset_hash"), "rows": rows,
+            "teacher_beats_imagenet_patchcore": verdict, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def _f(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def print_table(res: dict) -> None:
+    head = ["detector"] + list(COLUMNS) + ["false_reject", "escape"]
+    print(f"quality on {res['data']} ({res['split']}, {res['size']} px), mean over products")
+    print("  ".join(f"{h:>14}" if i else f"{h:<44}" for i, h in enumerate(head)))
+    for name, row in res["rows"].items():
+        m = row["mean"]
+        vals = [m.get(c) for c in COLUMNS] + [m.get("false_reject_rate"), m.get("escape_rate")]
+        print(f"{name:<44}" + "".join(f"  {_f(v):>14}" for v in vals))
+
+
+def write_report(res: dict, out_dir: str) -> Path:
+    from runtime import report as R
+
+    rep = R.Report("lineside — detection quality", out_dir)
+    rep.section("Summary", f"Split {res['split']!r} of {res['data']} at {res['size']} px (dataset hash "
+                           f"{res['dataset_hash']}); teacher {res['teacher']}. Every detector sets its threshold "
+                           "from good images only; accuracy, false-reject and escape rates are at that threshold.")
+    cols = list(COLUMNS) + ["false_reject_rate", "escape_rate"]
+    rep.table([[name] + [_f(row["mean"].get(c)) for c in cols] for name, row in res["rows"].items()],
+              header=["detector (mean over products)"] + cols)
+    for name, row in res["rows"].items():
+        rep.section(name)
+        rep.table([[p] + [_f(f.get(c)) for c in cols] + [", ".join(f"{t} {v:.2f}" for t, v in
+                                                                     f["recall_per_type"].items())]
+                   for p, f in row["per_product"].items()], header=["product"] + cols + ["recall per type"])
+    return rep.write()
+
+
+def run(args, env: dict, say) -> int:
+    if not args.data:
+        say("quality needs --data MANIFEST (the images to judge; e.g. `teacher data evalset OUT`)")
+        return 2
+    from runtime.demo.steps import StepError
+
+    try:
+        res = measure(args, env, say)
+    except StepError as e:
+        say(f"quality: {e}")
+        return 1
+    if args.report:
+        res["report"] = str(write_report(res, args.report))
+    if args.json:
+        print(json.dumps(res, separators=(",", ":")))
+    else:
+        print_table(res)
+    return 0
