@@ -20,9 +20,11 @@ from runtime import metrics as M
 COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "f1_max", "accuracy")
 
 
-def _safe(fn, *a) -> float | None:
+def safe_metric(fn, *a, **kw) -> float | None:
+    """``fn(*a, **kw)`` as a float, or None where the images cannot support it (one class only, no defect
+    pixels: runtime.metrics raises ValueError) or it is not finite."""
     try:
-        v = float(fn(*a))
+        v = float(fn(*a, **kw))
     except ValueError:  # one class only, or no defect pixels
         return None
     return v if math.isfinite(v) else None
@@ -35,10 +37,10 @@ def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequ
     s = np.asarray(scores, float)
     d = np.asarray(decisions, int)
     out = {"n_images": int(len(y)), "n_defect": int(y.sum()),
-           "image_auroc": _safe(M.image_auroc, y, s),
-           "pixel_auroc": _safe(M.pixel_auroc, masks, maps),
-           "au_pro": _safe(M.au_pro, masks, maps),
-           "f1_max": _safe(lambda a, b: M.f1_max(a, b)[0], y, s),
+           "image_auroc": safe_metric(M.image_auroc, y, s),
+           "pixel_auroc": safe_metric(M.pixel_auroc, masks, maps),
+           "au_pro": safe_metric(M.au_pro, masks, maps),
+           "f1_max": safe_metric(lambda a, b: M.f1_max(a, b)[0], y, s),
            "accuracy": float(M.accuracy(y, d)) if len(y) else None,
            "false_reject_rate": float(d[y == 0].mean()) if (y == 0).any() else None,
            "escape_rate": float(1 - d[y == 1].mean()) if (y == 1).any() else None}

@@ -36,14 +36,6 @@ METRIC_KEYS = ("image_auroc", "image_ap", "f1_max", "f1_threshold", "accuracy", 
 N_CASES = 4  # worst and best images shown in the report
 
 
-def _safe(fn, *a, **kw):
-    try:
-        v = fn(*a, **kw)
-        return float(v) if np.isfinite(v) else None
-    except ValueError:
-        return None
-
-
 def image_class(v) -> str:
     if v.decision != "defect":
         return "good"
@@ -53,22 +45,23 @@ def image_class(v) -> str:
 def compute_metrics(verdicts, records, gt_masks: list[np.ndarray], threshold: float, labelled: bool) -> dict:
     """Every METRIC_KEYS entry (None where the split cannot support it)."""
     from runtime import metrics as M
+    from runtime.quality import safe_metric
 
     y = np.asarray([int(r.is_defect) for r in records])
     s = np.asarray([v.score for v in verdicts], float)
     out: dict[str, float | None] = {k: None for k in METRIC_KEYS}
     out["n_images"], out["n_defect"] = int(len(y)), int(y.sum())
     out["threshold"] = float(threshold)
-    out["image_auroc"] = _safe(M.image_auroc, y, s)
-    out["image_ap"] = _safe(M.average_precision, y, s)
+    out["image_auroc"] = safe_metric(M.image_auroc, y, s)
+    out["image_ap"] = safe_metric(M.average_precision, y, s)
     try:
         out["f1_max"], out["f1_threshold"] = (float(x) for x in M.f1_max(y, s))
     except ValueError:
         pass
     out["accuracy"] = M.accuracy(y, np.asarray([int(v.decision == "defect") for v in verdicts]))
     maps = [v.anomaly_map for v in verdicts]
-    out["pixel_auroc"] = _safe(M.pixel_auroc, gt_masks, maps)
-    out["au_pro"] = _safe(M.au_pro, gt_masks, maps)
+    out["pixel_auroc"] = safe_metric(M.pixel_auroc, gt_masks, maps)
+    out["au_pro"] = safe_metric(M.au_pro, gt_masks, maps)
     pred = np.concatenate([v.mask.reshape(-1) for v in verdicts])
     gt = np.concatenate([m.reshape(-1) for m in gt_masks])
     out["iou"], out["dice"] = M.iou(pred, gt), M.dice(pred, gt)
@@ -158,6 +151,7 @@ def configure(p) -> None:
 
 def run(args) -> int:
     from runtime.dataset import load_dataset
+    from runtime.quality import quality_row
     from teacher.device import default_device
     from teacher.pipeline import TeacherPipeline
 
@@ -186,8 +180,6 @@ def run(args) -> int:
             "model_hash": pipe.model_hash, "n_images": len(records), "batch_size": args.batch_size,
             "device": device, "seconds": round(secs, 2), "ms_per_image": round(1e3 * secs / len(records), 2),
             "vocabulary": pipe.vocabulary}
-    from runtime.quality import quality_row
-
     result = {**info, "metrics": metrics,
               "quality": quality_row([r.product for r in records], [int(r.is_defect) for r in records],
                                      [r.defect_type for r in records], [v.score for v in verdicts],

@@ -105,10 +105,9 @@ def embed(extractor, images: list[np.ndarray], size: int, batch_size: int = 16) 
 def patchcore_scores(extractor, train: list[np.ndarray], val: list[np.ndarray], test: list[np.ndarray],
                      size: int, seed: int = 0):
     """One product: bank from ``train`` goods, threshold from ``val`` goods -> (scores, maps, threshold)."""
-    from runtime.scoring import score_embedding
+    from runtime.scoring import embedding_to_queries, score_embedding
 
-    flat = lambda e: e[0].reshape(e.shape[1], -1).T  # noqa: E731
-    vecs = np.concatenate([flat(e) for e in embed(extractor, train, size)])
+    vecs = np.concatenate([embedding_to_queries(e)[0] for e in embed(extractor, train, size)])
     bank = vecs[greedy_coreset(vecs, default_budget(len(vecs)), seed)]
 
     def score(imgs):
@@ -179,7 +178,6 @@ def run(args) -> int:
     except DatasetError as e:
         log(f"teacher baselines: {e}")
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = {}
     for name in args.only or DETECTORS:
         rows[name] = evaluate(name, ds, args.split, args.size, args.seed, log)

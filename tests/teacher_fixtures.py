@@ -1,9 +1,10 @@
 """Tiny hand-made datasets for the teacher tests (no dependency on `teacher data synth`): a line
 dataset for head/bank/eval (a smooth grey texture with planted dark discs ("stain") and bright lines
 ("scratch")), and an all-good one of smooth random colour images for training runs. Also the status
-poll the `teacher serve` tests share."""
+poll the `teacher serve` tests share, and the tree hash the dataset writers' determinism tests compare."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -94,3 +95,13 @@ def status_until(client, pred, timeout_ms: int, tries: int = 50) -> dict:
             return st
         time.sleep(0.05)
     raise AssertionError(f"status never satisfied the condition: {json.dumps(st)[:2000]}")
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over every file's relative path and bytes under ``root``: equal iff the trees are equal."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

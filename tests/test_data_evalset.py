@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from runtime.dataset import load_dataset
 from teacher.cli import main as teacher_main
+from teacher_fixtures import tree_hash
 from teacher.data import captions, evalset
 from teacher.data.defects import DEFECT_KINDS
 from teacher.data.evalset import (EVAL_KINDS, EVAL_PRODUCTS, STREAMS, VISIBLE_DIFF, build_evalset, make_sample,
@@ -19,15 +19,6 @@ from teacher.data.synth import PRODUCTS
 
 SIZE = 64
 COUNTS = ["--n-good-train", "2", "--n-good-val", "1", "--n-good-test", "2", "--n-defect-test", str(len(EVAL_KINDS))]
-
-
-def _tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +101,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, eval_dir):
     build_evalset(a, seed=3, **small)
     build_evalset(b, seed=3, **small)
     build_evalset(c, seed=4, **small)
-    assert _tree_hash(a) == _tree_hash(b)
-    assert _tree_hash(a) != _tree_hash(c)
+    assert tree_hash(a) == tree_hash(b)
+    assert tree_hash(a) != tree_hash(c)
     # The test split does not depend on the train / val counts (one rng stream per split and label).
     d = tmp_path / "d"
     build_evalset(d, seed=0, size=SIZE, n_good_train=1, n_good_val=0, n_good_test=2, n_defect_test=len(EVAL_KINDS))

@@ -1,9 +1,7 @@
 """teacher data synth: valid, deterministic, masks that match the planted change, template captions."""
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,18 +9,10 @@ import pytest
 
 from runtime.dataset import load_dataset
 from teacher.cli import main as teacher_main
+from teacher_fixtures import tree_hash
 from teacher.data import captions
 from teacher.data.defects import DEFECT_KINDS, plant
 from teacher.data.synth import PRODUCTS, assign_splits, make_sample, synthesize
-
-
-def _tree_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +53,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     synthesize(a, 4, 7, size=64, seed=3)
     synthesize(b, 4, 7, size=64, seed=3)
     synthesize(c, 4, 7, size=64, seed=4)
-    assert _tree_hash(a) == _tree_hash(b)
-    assert _tree_hash(a) != _tree_hash(c)
+    assert tree_hash(a) == tree_hash(b)
+    assert tree_hash(a) != tree_hash(c)
 
 
 def test_written_image_is_make_sample_of_its_meta(synth_dir):

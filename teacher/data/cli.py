@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_evalset(args) -> int:
     from teacher.data import evalset as ev
+    from teacher.data.summary import print_summary
 
     try:
         summary = ev.build_evalset(args.out, args.size, args.n_good_train, args.n_good_val, args.n_good_test,
@@ -97,12 +98,13 @@ def _run_evalset(args) -> int:
     except (ValueError, DatasetError, ev.InvisibleDefect) as e:
         print(f"teacher data evalset: error: {e}", file=sys.stderr)
         return 2
-    ev.print_summary(summary, args.json)
+    print_summary(summary, args.json)
     return 0
 
 
 def _run_synth(args) -> int:
-    from teacher.data.synth import print_summary, synthesize
+    from teacher.data.summary import print_summary
+    from teacher.data.synth import synthesize
 
     try:
         summary = synthesize(args.out, args.n_good, args.n_defect, args.size, args.seed, args.products, args.kinds,

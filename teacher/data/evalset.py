@@ -24,7 +24,6 @@ change when the train or val counts do. :func:`make_sample` re-makes one sample 
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from runtime.dataset import Record, load_dataset, write_manifest
-from teacher.data import captions
+from teacher.data import captions, summary
 
 
 @dataclass(frozen=True)
@@ -183,14 +182,19 @@ def _blend(img: np.ndarray, weight: np.ndarray, target: np.ndarray) -> np.ndarra
     return np.clip(img * (1 - a) + target * a, 0, 1).astype(np.float32)
 
 
+def _disc(img, rng, margin: float, radius_frac: tuple[float, float], min_radius_px: float):
+    """A random disc: centre c, radius r (a share of the short side, at least ``min_radius_px``), pixel
+    offsets u, v from c and the distance d from c in units of r."""
+    h, w = img.shape[:2]
+    c = _centre(rng, h, w, margin)
+    r = max(min_radius_px, rng.uniform(*radius_frac) * min(h, w))
+    u, v = _frame(h, w, c, 0.0)
+    return c, r, u, v, np.sqrt(u ** 2 + v ** 2) / r
+
+
 def plant_bubble(img, rng, severity):
     """A trapped air bubble: a lighter round dome with a dark refracting rim and a small highlight."""
-    h, w = img.shape[:2]
-    side = min(h, w)
-    c = _centre(rng, h, w, 0.15)
-    r = max(2.5, rng.uniform(0.04, 0.09) * side)
-    u, v = _frame(h, w, c, 0.0)
-    d = np.sqrt(u ** 2 + v ** 2) / r
+    c, r, u, v, d = _disc(img, rng, 0.15, (0.04, 0.09), 2.5)
     rim_w = max(1.0, 0.15 * r) / r  # rim width in units of r, at least one pixel
     k = 0.35 + 0.45 * severity
     dome = np.clip(1 - d ** 2, 0, 1)
@@ -246,12 +250,7 @@ def plant_warp(img, rng, severity):
     """Local distortion: a swirl that rotates the texture inside a disc, most at its centre (cv2.remap)."""
     import cv2
 
-    h, w = img.shape[:2]
-    side = min(h, w)
-    c = _centre(rng, h, w, 0.18)
-    r = max(4.0, rng.uniform(0.07, 0.13) * side)
-    u, v = _frame(h, w, c, 0.0)
-    d = np.sqrt(u ** 2 + v ** 2) / r
+    c, r, u, v, d = _disc(img, rng, 0.18, (0.07, 0.13), 4.0)
     theta_max = (0.8 + 1.4 * severity) * (1 if rng.random() < 0.5 else -1)
     theta = theta_max * np.clip(1 - d, 0, 1) ** 2  # zero, with zero slope, at the rim: no seam
     ct, st = np.cos(theta), np.sin(theta)
@@ -479,26 +478,8 @@ def build_evalset(out: str | Path, size: int = DEFAULT_SIZE, n_good_train: int =
 
 
 def summarize(out: Path, manifest: Path, records: list[Record]) -> dict:
-    splits: dict[str, dict[str, int]] = {}
     products: dict[str, dict[str, dict[str, int]]] = {}
-    kinds: dict[str, int] = {}
     for r in records:
-        splits.setdefault(r.split, {"good": 0, "defect": 0})[r.label] += 1
         products.setdefault(r.product, {}).setdefault(r.split, {"good": 0, "defect": 0})[r.label] += 1
-        if r.is_defect:
-            kinds[r.defect_type] = kinds.get(r.defect_type, 0) + 1
-    return {"out": str(out), "manifest": str(manifest), "n_images": len(records), "splits": splits,
-            "products": products, "defect_types": dict(sorted(kinds.items())),
-            "sources": {p: f"skimage.data.{s.source}" for p, s in EVAL_PRODUCTS.items()}}
-
-
-def print_summary(summary: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary, sort_keys=True))
-        return
-    print(f"wrote {summary['n_images']} images -> {summary['manifest']}")
-    for split in ("train", "val", "test"):
-        d = summary["splits"].get(split, {"good": 0, "defect": 0})
-        print(f"  {split:5s}: {d['good']:5d} good {d['defect']:5d} defect")
-    print("  products: " + ", ".join(f"{p} ({src})" for p, src in summary["sources"].items()))
-    print("  defect types: " + ", ".join(f"{k} {v}" for k, v in summary["defect_types"].items()))
+    return summary.summarize(manifest, records, out=str(out), products=products,
+                             sources={p: f"skimage.data.{s.source}" for p, s in EVAL_PRODUCTS.items()})

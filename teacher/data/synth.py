@@ -16,7 +16,6 @@ appears, and val and test each see every kind once there are enough.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.dataset import Record, load_dataset, write_manifest
-from teacher.data import captions
+from teacher.data import captions, summary
 from teacher.data.defects import DEFECT_KINDS, plant
 
 PRODUCTS = {
@@ -233,24 +232,4 @@ def synthesize(out: str | Path, n_good: int, n_defect: int, size: int = 256, see
 
 
 def summarize(manifest: Path, records: list[Record]) -> dict:
-    by_split: dict[str, dict[str, int]] = {}
-    kinds: dict[str, int] = {}
-    for r in records:
-        d = by_split.setdefault(r.split, {"good": 0, "defect": 0})
-        d[r.label] += 1
-        if r.is_defect:
-            kinds[r.defect_type] = kinds.get(r.defect_type, 0) + 1
-    return {"manifest": str(manifest), "n_images": len(records), "splits": by_split,
-            "defect_types": dict(sorted(kinds.items())), "products": sorted({r.product for r in records})}
-
-
-def print_summary(summary: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary, sort_keys=True))
-        return
-    print(f"wrote {summary['n_images']} images -> {summary['manifest']}")
-    for split in ("train", "val", "test"):
-        d = summary["splits"].get(split, {"good": 0, "defect": 0})
-        print(f"  {split:5s}: {d['good']:5d} good {d['defect']:5d} defect")
-    if summary.get("defect_types"):
-        print("  defect types: " + ", ".join(f"{k} {v}" for k, v in summary["defect_types"].items()))
+    return summary.summarize(manifest, records, products=sorted({r.product for r in records}))
