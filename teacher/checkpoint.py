@@ -21,6 +21,7 @@ import torch
 
 from runtime.featurespec import ContractError, FeatureSpec
 from teacher.encoders import load_image_encoder, load_text_encoder, own_image_encoder, own_text_encoder
+from teacher.latent import build_autoencoder, load_autoencoder
 from teacher.model import TeacherModel
 from teacher.modules import ImplicitCaptioner, WordTokenizer, paper_init_
 from teacher.presets import Preset, TrainDefaults, get_preset
@@ -38,7 +39,7 @@ def build_random_teacher(preset: str | Preset, image_size: int | None = None, se
     given; otherwise the own encoders are built. ``meta=True`` allocates no weights (``teacher info``).
     ``init="paper"``: He init for the U-Net's convolutions, Xavier for its linear layers (§11.3);
     "default": the PyTorch/diffusers default init."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     with torch.random.fork_rng(devices=[]):
@@ -50,10 +51,10 @@ def build_random_teacher(preset: str | Preset, image_size: int | None = None, se
         elif init not in ("paper", "default"):
             raise ValueError(f"init must be 'paper' or 'default', got {init!r}")
         if vae_dir:
-            vae = AutoencoderKL.from_pretrained(vae_dir, low_cpu_mem_usage=False)
+            vae = load_autoencoder(vae_dir)
         else:
             with torch.device("meta" if meta else "cpu"):
-                vae = AutoencoderKL(**p.vae)
+                vae = build_autoencoder(p.vae)
         if text_encoder_dir:
             text = load_text_encoder(text_encoder_dir, trainable=False)
         else:
@@ -140,7 +141,7 @@ def load_teacher(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_e
     """Load a checkpoint: EMA weights of the trained parts (``use_ema``), every weight file checked
     against the sha256 recorded at save time (``verify``), parts checked to agree. For inference
     (default) every parameter is frozen and the model is in eval mode."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     root = Path(ckpt_dir)
     cfg = read_config(root)
@@ -162,7 +163,7 @@ def load_teacher(ckpt_dir: str | Path, device: str | torch.device = "cpu", use_e
         got = unet.config.get(k)
         if (list(got) if isinstance(got, (list, tuple)) else got) != (list(v) if isinstance(v, (list, tuple)) else v):
             raise ContractError(f"{root}: unet config {k}={got!r} disagrees with preset {preset.name} ({v!r})")
-    vae = AutoencoderKL.from_pretrained(part("vae"), low_cpu_mem_usage=False)
+    vae = load_autoencoder(part("vae"))
     text = load_text_encoder(part("text_encoder"))
     image = load_image_encoder(part("image_encoder"))
     captioner = ImplicitCaptioner.from_pretrained(part("captioner"), low_cpu_mem_usage=False)

@@ -82,8 +82,10 @@ def own_text_encoder(cfg: dict, tokenizer: WordTokenizer, meta: bool = False) ->
     return TextEncoder(model, tokenizer, source="own", trainable=True)
 
 
-def load_text_encoder(directory: str | Path, trainable: bool | None = None) -> TextEncoder:
-    """A transformers CLIP text model (with projection, or plain: pooled output) and its tokenizer.
+def load_text_encoder(directory: str | Path, trainable: bool | None = None,
+                      tokenizer_dir: str | Path | None = None) -> TextEncoder:
+    """A transformers CLIP text model (with projection, or plain: pooled output) and its tokenizer (from
+    ``tokenizer_dir``, else the same directory, as a diffusers pipeline keeps them apart).
     A directory holding the teacher's own tokenizer file is the teacher's own (trainable) encoder."""
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -95,7 +97,7 @@ def load_text_encoder(directory: str | Path, trainable: bool | None = None) -> T
     if (d / WordTokenizer.FILE).is_file():
         own_trainable = True if trainable is None else trainable
         return TextEncoder(model, WordTokenizer.load(d), source="own", trainable=own_trainable)
-    tok = AutoTokenizer.from_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(Path(tokenizer_dir) if tokenizer_dir else d)
     return TextEncoder(model, tok, source=str(d.resolve()), trainable=bool(trainable))
 
 

@@ -142,6 +142,8 @@ def configure(p) -> None:
     p.add_argument("--data", required=True, help="dataset manifest.jsonl")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--report", default=None, help="write an HTML report (index.html + PNGs) to this directory")
+    p.add_argument("--mode", choices=("bank", "head", "both"), default=None,
+                   help="evaluate these parts only (default: every part CKPT holds)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0 = all)")
     p.add_argument("--vocab", nargs="*", default=None, help="classify against these names instead of the head's")
@@ -166,7 +168,11 @@ def run(args) -> int:
     if not records:
         log(f"error: split {args.split!r} of {args.data} is empty")
         return 2
-    pipe = TeacherPipeline.load(args.checkpoint, device=device, max_batch=args.batch_size)
+    try:
+        pipe = TeacherPipeline.load(args.checkpoint, device=device, max_batch=args.batch_size, mode=args.mode)
+    except FileNotFoundError as e:
+        log(f"error: {e}")
+        return 2
     if args.vocab:
         pipe.set_vocabulary(args.vocab)
     t0 = time.time()

@@ -50,6 +50,7 @@ WARMUP_STEPS = 500
 POLY_POWER = 0.9
 CLIP_NORM = 0.01
 FEATURE_SEED = 0
+PSEUDO_LABEL = "defect"  # the one class of pseudo-defects: they teach "not this surface", not a kind
 
 
 @dataclass
@@ -91,6 +92,19 @@ def build_samples(ds, records, vocabulary: list[str], teacher, loss_size: int, l
             skipped += 1
     if skipped:
         log(f"finetune: {skipped} defect records have neither mask nor caption nouns; skipped")
+    return out
+
+
+def pseudo_samples(images: list[np.ndarray], per_image: int, seed: int, label: int, loss_size: int
+                   ) -> list[Sample]:
+    """Good images -> samples of pseudo-defects planted on them (teacher/data/pseudo_defects.py)."""
+    from teacher.data.pseudo_defects import pseudo_defect_images
+
+    out = []
+    for img, mask, _ in pseudo_defect_images(images, per_image, seed):
+        comps = regions_from_mask(mask)
+        out.append(Sample(image=img, labels=[label] * len(comps), masks=downsample_masks(comps, loss_size),
+                          is_defect=bool(comps)))
     return out
 
 
@@ -291,6 +305,9 @@ def configure(p) -> None:
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 (Table 9); 1e-3 for tiny")
     p.add_argument("--warmup", type=int, default=None, help="default min(500, steps/10)")
     p.add_argument("--vocab", nargs="*", default=None, help="category names (default: the dataset's defect types)")
+    p.add_argument("--pseudo-defects", type=int, default=0, metavar="K",
+                   help="plant K pseudo-defects on every good train image (texture pastes, cut-paste, the synth's "
+                        f"planters), labelled {PSEUDO_LABEL!r}: a head for a line with good images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--out", default=None, help="head directory (default CKPT/head)")
@@ -320,10 +337,18 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     ds = load_dataset(args.data)
     train, val = ds.split("train"), ds.split("val")
+    # The kinds the whole train split teaches, before sharding so every rank agrees (a kind seen only in val
+    # or test cannot be learnt, and naming it would leak the evaluation's kinds into the head).
+    vocab = list(args.vocab) if args.vocab else sorted({r.defect_type for r in train if r.is_defect})
     train = train[rank::world]
-    vocab = list(args.vocab) if args.vocab else ds.labels()
+    if args.pseudo_defects < 0:
+        log(f"error: --pseudo-defects must be >= 0, got {args.pseudo_defects}")
+        return 2
+    if args.pseudo_defects and PSEUDO_LABEL not in vocab:
+        vocab.append(PSEUDO_LABEL)
     if not vocab:
-        log("error: the dataset has no defect types to learn (every record is good); use `teacher bank` instead")
+        log("error: the dataset has no defect types to learn (every record is good); pass --pseudo-defects K "
+            "or use `teacher bank`")
         return 2
     teacher = load_teacher(args.checkpoint, device=device)
     with torch.no_grad():
@@ -338,6 +363,9 @@ def run(args) -> int:
     except ValueError as e:
         log(f"error: {e}")
         return 2
+    if args.pseudo_defects:
+        goods = [ds.read_image(r) for r in train if not r.is_defect]
+        samples += pseudo_samples(goods, args.pseudo_defects, args.seed, vocab.index(PSEUDO_LABEL), loss_size)
     if not samples:
         log(f"error: no usable train records in {args.data}")
         return 2
@@ -361,8 +389,11 @@ def run(args) -> int:
     thr, how = 0.5, "default 0.5 (no val split)"
     if val:
         vs = [Sample(image=ds.read_image(r), is_defect=r.is_defect) for r in val]  # only images and labels
+        if args.pseudo_defects and not any(s.is_defect for s in vs):  # a good-only val split: pseudo-defects
+            vs += pseudo_samples([s.image for s in vs], 1, args.seed + 1, 0, loss_size)  # on its goods calibrate
         thr, how = calibrate_head(head, FeatureSource(teacher, vs, bs), text_emb, [int(s.is_defect) for s in vs])
     info = {"teacher_hash": teacher.checkpoint_hash, "dataset_hash": ds.content_hash(), "steps": args.steps,
+            "pseudo_defects_per_image": args.pseudo_defects,
             "lr": lr, "batch_size": bs, "train_loss_before": before, "train_loss_after": after,
             "calibration": how, "history": hist[-20:]}
     out = save_head(args.out or Path(args.checkpoint) / "head",

@@ -21,14 +21,16 @@ def count(module) -> int:
 
 def describe(preset: str, image_size: int | None = None) -> dict:
     from teacher.checkpoint import build_random_teacher
+    from teacher.latent import is_lossless
 
     p = get_preset(preset)
     m = build_random_teacher(p, image_size=image_size, meta=True)
     params = {
         "unet": count(m.unet),
         "vae": count(m.vae),
-        "vae_encoder": count(m.vae.encoder) + count(m.vae.quant_conv),
-        "vae_decoder": count(m.vae.decoder) + count(m.vae.post_quant_conv),
+        # A lossless pixel-unshuffle latent has no encoder or decoder weights.
+        "vae_encoder": 0 if is_lossless(m.vae) else count(m.vae.encoder) + count(m.vae.quant_conv),
+        "vae_decoder": 0 if is_lossless(m.vae) else count(m.vae.decoder) + count(m.vae.post_quant_conv),
         "text_encoder": count(m.text_encoder.model),
         "image_encoder": count(m.image_encoder.model),
         "captioner": count(m.captioner),

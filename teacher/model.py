@@ -13,6 +13,7 @@ from torch import nn
 
 from runtime.featurespec import ContractError, FeatureSpec
 from teacher.encoders import ImageEncoder, TextEncoder
+from teacher.latent import downsample_factor
 from teacher.modules import ImplicitCaptioner
 from teacher.presets import SCHEDULER_CONFIG, Preset
 
@@ -86,7 +87,7 @@ class TeacherModel(nn.Module):
         if chans != list(u.block_out_channels):
             raise ContractError(f"FeatureSpec channels {chans} != U-Net block_out_channels "
                                 f"{list(u.block_out_channels)}")
-        down = 2 ** (len(v.block_out_channels) - 1)
+        down = downsample_factor(self.vae)
         if down != self.feature_spec.levels[0].stride:
             raise ContractError(f"VAE downsamples x{down} but FeatureSpec level {self.feature_spec.levels[0].name} "
                                 f"has stride {self.feature_spec.levels[0].stride}")
@@ -109,7 +110,7 @@ class TeacherModel(nn.Module):
                        sample: bool = False) -> torch.Tensor:
         """Eq. (1): z0 = E_VAE(I) * scaling_factor, (B, 4, S/8, S/8). ``sample`` draws from the
         posterior (training, as train_text_to_image.py does); otherwise its mean (features)."""
-        vdt = next(self.vae.parameters()).dtype
+        vdt = self.vae.dtype
         dist = self.vae.encode((images01 * 2 - 1).to(vdt)).latent_dist
         z = dist.sample(generator) if sample else dist.mean
         return z.float() * self.vae.config.scaling_factor

@@ -60,6 +60,9 @@ def _hash_tensors(*arrays) -> str:
     return h.hexdigest()
 
 
+MODES = ("bank", "head", "both")
+
+
 class TeacherPipeline:
     def __init__(self, teacher, head: HeadState | None = None, bank: MemoryBank | None = None, *,
                  max_batch: int = DEFAULT_MAX_BATCH, head_hash: str | None = None, bank_hash: str | None = None):
@@ -79,17 +82,26 @@ class TeacherPipeline:
         self.model_hash = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     @classmethod
-    def load(cls, ckpt_dir: str | Path, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH) -> "TeacherPipeline":
+    def load(cls, ckpt_dir: str | Path, device: str = "cpu", max_batch: int = DEFAULT_MAX_BATCH,
+             mode: str | None = None) -> "TeacherPipeline":
+        """``mode`` None uses every part CKPT holds; "bank", "head" or "both" uses those parts only (and
+        says which is missing)."""
         from teacher.checkpoint import load_teacher
 
         d = Path(ckpt_dir)
+        if mode not in (None, *MODES):
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for part, needed_by in (("head", ("head", "both")), ("bank", ("bank", "both"))):
+            if mode in needed_by and not (d / part).is_dir():
+                raise FileNotFoundError(f"{d}: mode {mode!r} needs {part}/ (run `teacher "
+                                        f"{'finetune' if part == 'head' else 'bank'}` first)")
         teacher = load_teacher(d, device=device)
         head = bank = None
         head_hash = bank_hash = None
-        if (d / "head").is_dir():
+        if (d / "head").is_dir() and mode != "bank":
             head = load_head(d / "head", device=device)
             head_hash = _hash_files(d / "head")
-        if (d / "bank").is_dir():
+        if (d / "bank").is_dir() and mode != "head":
             bank = MemoryBank.load(d / "bank")
             bank_hash = _hash_files(d / "bank")
         if head is None and bank is None:

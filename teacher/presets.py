@@ -90,15 +90,13 @@ _SD15_VAE = dict(
     block_out_channels=(128, 256, 512, 512),
 )
 
-# Tiny preset latent width. The VAE keeps SD's x8 geometry (so the FeatureSpec strides stay 8/16/32/64) but
-# a 4-channel x8 latent is a 48x compression: on the textured synth line it reconstructs at only ~18-19 dB
-# PSNR whatever the step count, erasing texture and small defects before the U-Net sees them (a trained
-# teacher then scored no better than a random one). More latent channels keep that detail; the U-Net's
-# in/out channels follow. Measured on the demo data (192 good / 48 defect @128, train-vae 300 steps of 64-px
-# crops, train 200): 4 channels val PSNR 17.4 dB, teacher I-/P-AUROC 0.50 / 0.51; 16 channels 18.8 dB,
-# 0.58 / 0.76. 64-px crops (not 32) because the VAE encodes whole 128-px images: 32-px crops reached
-# 19.4 dB on crops but only 17.1 dB on whole images (a train/use mismatch), 64-px crops 19.9 dB on both.
-TINY_LATENT_CHANNELS = 16
+# Tiny preset latent: lossless (teacher/latent.py). The VAE keeps SD's x8 geometry, so the FeatureSpec strides
+# stay 8/16/32/64, but a small AutoencoderKL trained on a line's images is lossy where it matters. Measured
+# earlier on the demo data: a 4-channel x8 latent reconstructed at 17.4 dB val PSNR (teacher I-/P-AUROC 0.50 /
+# 0.51), a 16-channel one at 18.8 dB (0.58 / 0.76); more steps did not lift it past ~20 dB. The pixel-unshuffle
+# latent (8x8x3 = 192 channels) is exact, and only the U-Net's in/out convolutions grow with it.
+TINY_VAE = dict(kind="PixelUnshuffleAutoencoder", in_channels=3, factor=8, latent_channels=192, scaling_factor=1.0)
+TINY_LATENT_CHANNELS = TINY_VAE["latent_channels"]
 
 PRESETS: dict[str, Preset] = {
     "sd15": Preset(
@@ -114,9 +112,7 @@ PRESETS: dict[str, Preset] = {
         unet=dict(_SD15_UNET, sample_size=16, in_channels=TINY_LATENT_CHANNELS, out_channels=TINY_LATENT_CHANNELS,
                   block_out_channels=(32, 64, 64, 64), layers_per_block=1,
                   norm_num_groups=8, cross_attention_dim=64, attention_head_dim=4),
-        vae=dict(_SD15_VAE, sample_size=128, latent_channels=TINY_LATENT_CHANNELS, layers_per_block=1,
-                 norm_num_groups=8,
-                 block_out_channels=(16, 32, 32, 32), scaling_factor=1.0),
+        vae=TINY_VAE,
         text_encoder=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                           projection_dim=64),
         image_encoder=dict(widths=(16, 32, 64, 64), embed_dim=64),

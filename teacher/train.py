@@ -39,6 +39,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "else random-init, see train-vae")
     p.add_argument("--text-encoder", help="transformers CLIP text model directory (frozen, with its tokenizer)")
     p.add_argument("--image-encoder", help="transformers CLIPVisionModelWithProjection directory (frozen)")
+    p.add_argument("--init-from", metavar="SRC", help="start from trained weights: a lineside teacher checkpoint "
+                   "(the shipped foundation: teacher/foundation) or a diffusers pipeline directory (unet/, vae/, "
+                   "text_encoder/, tokenizer/), see teacher/init_from.py")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     p.add_argument("--seed", type=int, help="default 0 (a resumed run keeps its own)")
@@ -97,6 +100,13 @@ def run(args: argparse.Namespace) -> int:
         sources = {"vae": str(Path(args.vae).resolve()) if args.vae else None,
                    "text_encoder": str(Path(args.text_encoder).resolve()) if args.text_encoder else None,
                    "image_encoder": str(Path(args.image_encoder).resolve()) if args.image_encoder else None}
+        if args.init_from:
+            from teacher.init_from import source_kind
+
+            source_kind(args.init_from)  # says what SRC lacks before any work
+            given = [f"--{n.replace('_', '-')}" for n in ("vae", "text_encoder", "image_encoder") if getattr(args, n)]
+            if given:
+                raise ContractError(f"--init-from brings its own parts; drop {', '.join(given)}")
         size = args.image_size or preset.image_size
         if size % 64:
             raise ContractError(f"--image-size {size} must be a multiple of 64 (the coarsest feature stride)")

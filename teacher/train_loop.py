@@ -12,6 +12,7 @@ import torch
 from teacher.augment import augment
 from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
 from teacher.ema import EMA
+from teacher.latent import downsample_factor
 from teacher.modules import WordTokenizer
 from teacher.stage1 import Stage1Loss, StepNoise
 from teacher.train_state import load_state, lr_lambda, restore_rng, save_state
@@ -64,6 +65,13 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         model = load_teacher(out, use_ema=False, for_training=True)
         state = load_state(out)
         hp = _hparams(args, preset, model.info["config"].get("train"))
+    elif args.init_from:
+        from teacher.init_from import init_teacher
+
+        hp = _hparams(args, preset)
+        model = init_teacher(args.init_from, preset, image_size, hp["seed"])
+        hp["init"] = model.info["init"]  # recorded in config.json: where the weights started
+        state = None
     else:
         hp = _hparams(args, preset)
         tok = WordTokenizer.from_texts(texts, max_length=preset.text_max_length)
@@ -114,7 +122,8 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         net = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
     data = ImageCaptionSet(ds, records, image_size)
     order = BatchOrder(len(data), hp["batch_size"], world, rank, hp["seed"])
-    latent = (model.vae.config.latent_channels, image_size // 8, image_size // 8)
+    down = downsample_factor(model.vae)
+    latent = (model.vae.config.latent_channels, image_size // down, image_size // down)
     T = model.scheduler.config.num_train_timesteps
     stop = min(args.steps, args.stop_after) if args.stop_after else args.steps
     run_cfg = {"train": hp, "world_size": world, "global_batch_size": hp["batch_size"] * world,

@@ -1,5 +1,6 @@
 """`teacher train-vae`: train the preset's AutoencoderKL on the dataset's images when no pretrained VAE
-is at hand (the paper uses the frozen SD VAE, Eq. 1). The result is a diffusers directory that
+is at hand (the paper uses the frozen SD VAE, Eq. 1). A preset with the lossless pixel-unshuffle latent
+(teacher/latent.py) has nothing to train: only its scaling factor is fitted. The result is a diffusers directory that
 `teacher train --vae DIR` loads; its scaling_factor is set to 1/std of the training latents, as SD's
 0.18215 was, so the U-Net sees unit-variance latents.
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from runtime.dataset import DatasetError, load_dataset
 from teacher.augment import augment
 from teacher.device import default_device
+from teacher.latent import build_autoencoder, is_lossless
 from teacher.presets import PRESETS, get_preset
 from teacher.trainset import BatchOrder, ImageCaptionSet, collate, manifest_path
 
@@ -78,8 +80,23 @@ def random_crops(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor
     return torch.stack([x[i, :, r:r + size, c:c + size] for i, (r, c) in enumerate(off)])
 
 
+def fit_lossless(vae, data: ImageCaptionSet, out: Path, preset: str, device, as_json: bool) -> int:
+    """A lossless latent has nothing to learn but its scaling factor: fit that and save."""
+    t0 = time.time()
+    sf = latent_scaling_factor(vae, data, device)
+    vae.register_to_config(scaling_factor=sf)
+    out.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(out)
+    summary = {"vae": str(out.resolve()), "kind": type(vae).__name__, "lossless": True, "steps": 0,
+               "psnr": None, "val_psnr": None, "scaling_factor": sf, "seconds": round(time.time() - t0, 2),
+               "preset": preset}
+    (out / "train_vae.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary) if as_json else f"teacher train-vae: {type(vae).__name__} is lossless, nothing to "
+                                              f"train; scaling factor {sf:.4f} -> {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from diffusers import AutoencoderKL
     from tqdm import tqdm
 
     try:
@@ -101,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
     kl_w = d.vae_kl_weight if args.kl_weight is None else args.kl_weight
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        vae = AutoencoderKL(**preset.vae).to(device)
+        vae = build_autoencoder(preset.vae).to(device)
+    if is_lossless(vae):
+        return fit_lossless(vae, data, out, preset.name, device, args.json)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, args.steps // 20)
     def lr_factor(s: int) -> float:  # linear warm-up, cosine decay to 0.1

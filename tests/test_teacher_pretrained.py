@@ -19,11 +19,11 @@ from teacher_fixtures import make_noise_dataset
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory) -> dict[str, Path]:
-    from diffusers import AutoencoderKL
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
                               CLIPVisionModelWithProjection, PreTrainedTokenizerFast)
 
+    from teacher.latent import build_autoencoder
     from teacher.presets import get_preset
 
     root = tmp_path_factory.mktemp("pretrained")
@@ -41,7 +41,9 @@ def parts(tmp_path_factory) -> dict[str, Path]:
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
         patch_size=8, projection_dim=48))
     vision.save_pretrained(root / "vision")
-    AutoencoderKL(**get_preset("tiny").vae).save_pretrained(root / "vae")
+    # The tiny preset's own autoencoder, saved as a diffusers directory (an AutoencoderKL one is loaded by
+    # test_teacher_train.py::test_train_vae_then_train_with_it).
+    build_autoencoder(get_preset("tiny").vae).save_pretrained(root / "vae")
     return {"text": root / "text", "vision": root / "vision", "vae": root / "vae"}
 
 

@@ -54,7 +54,8 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
          ["train", "--preset", PRESET, "--data", manifest, "--out", ckpt, "--steps", s.train_steps, "--vae", vae,
           "--seed", s.seed, "--json"])
     step("finetune", "train the mask head (teacher finetune)", "teacher",
-         ["finetune", "--checkpoint", ckpt, "--data", manifest, "--steps", s.finetune_steps, "--json"])
+         ["finetune", "--checkpoint", ckpt, "--data", manifest, "--steps", s.finetune_steps,
+          "--pseudo-defects", s.pseudo_defects, "--json"])
     step("bank", "build the teacher's memory bank (teacher bank)", "teacher",
          ["bank", "--checkpoint", ckpt, "--data", manifest, "--json"])
     step("fit", "distil a student (distill fit)", "distill",
