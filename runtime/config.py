@@ -17,6 +17,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime.protocol import DEFAULT_MAX_PIXELS
+
 ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
 
 
@@ -119,6 +121,9 @@ class Limits(_Section):
     # the sender (counted in lineside_ingress_disconnects_total); it bounds the memory one message can take.
     max_frame_bytes: int = Field(64 << 20, ge=1024)
     max_message_bytes: int = Field(128 << 20, ge=1024)
+    # Pixels a frame may have, raw or encoded; an encoded frame's size is read from its JPEG/PNG header and
+    # checked before decoding, so decoded memory is bounded here, not by what a sender claims.
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     sender_rate_hz: float = Field(1000.0, gt=0)  # per-sender token bucket
     sender_burst: int = Field(200, ge=1)
 

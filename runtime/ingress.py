@@ -11,7 +11,6 @@ and a socket monitor counts those disconnects.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,6 @@ log = logging.getLogger("lineside.ingress")
 
 POLL_MS = 100
 BATCH_MAX = 64  # messages drained per journal transaction
-MAX_ID_CHARS = 256
 SENDER_TABLE_MAX = 4096  # token buckets kept; the oldest are forgotten
 RATE_VERDICT_INTERVAL_S = 1.0  # at most one "rate" error verdict per sender per interval; the rest are counted
 
@@ -53,14 +51,8 @@ class TokenBucket:
 
 def check_frame_header(h: dict) -> tuple[str, str, float, bool]:
     """(frame_id, camera_id, ts, want_mask) of a "frame" header, or ProtocolError naming the field."""
-    fid = h.get("frame_id")
-    if not isinstance(fid, (str, int)) or isinstance(fid, bool) or str(fid) == "":
-        raise ProtocolError("frame_id", "missing or not a string")
-    cam = h.get("camera_id", "cam0")
-    if not isinstance(cam, str) or not cam or len(cam) > MAX_ID_CHARS:
-        raise ProtocolError("camera_id", f"must be a non-empty string of at most {MAX_ID_CHARS} chars")
-    if len(str(fid)) > MAX_ID_CHARS:
-        raise ProtocolError("frame_id", f"longer than {MAX_ID_CHARS} chars")
+    fid = protocol.check_id(h, "frame_id")
+    cam = protocol.check_id(h, "camera_id", "cam0", allow_int=False)
     ts = h.get("ts", 0.0)
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         raise ProtocolError("ts", "must be a number (s, epoch)")
@@ -131,7 +123,12 @@ class Ingress(threading.Thread):
             except zmq.Again:
                 break
             env, frames = (msg[:2], msg[2:]) if len(msg) > 1 and msg[1] == b"" else (msg[:1], msg[1:])
-            job = self._check(env, frames)
+            try:
+                job = self._check(env, frames)
+            except Exception as e:  # a bug met by one message costs that message, never the ingress thread
+                log.exception("ingress: checking a message failed")
+                self._refuse(env, frames, "internal", f"could not be checked ({e.__class__.__name__}); refused")
+                job = None
             if job is not None:
                 accepted.append((env, job))
         if not accepted:
@@ -153,7 +150,6 @@ class Ingress(threading.Thread):
         self.tm.queue_max.set(self.queue.max_seen)
 
     def _check(self, env: list[bytes], frames: list[bytes]) -> FrameJob | None:
-        fid, cam = None, "cam0"
         bucket = self._bucket(env[0])
         if not bucket.take():  # before any parsing: a flood of bad messages is limited like a flood of good ones
             return self._flooded(env, frames, bucket)
@@ -162,7 +158,6 @@ class Ingress(threading.Thread):
             if h["kind"] == "status":
                 self._reply(env, {"kind": "status", "status": {"alive": True, "queue_depth": len(self.queue)}})
                 return None
-            fid, cam = h.get("frame_id"), h.get("camera_id", "cam0")
             fid, cam, ts, want_mask = check_frame_header(h)
             size, limit = len(frames[1]) if len(frames) > 1 else 0, self.cfg.limits.max_frame_bytes
             if size > limit:
@@ -174,16 +169,26 @@ class Ingress(threading.Thread):
             elif len(frames) != 2 or len(frames[1]) == 0:
                 raise ProtocolError("payload", "empty frame" if len(frames) == 2
                                     else f"expected 2 message parts, got {len(frames)}")
+            else:  # decoded later by the judge; its magic bytes and claimed size are checked before the ack
+                protocol.check_encoded(frames[1], enc, self.cfg.limits.max_pixels)
             return FrameJob(frame_id=fid, camera_id=cam, ts_frame=ts, t_recv=time.perf_counter(), header=h,
                             payload=None if image is not None else frames[1], image=image, want_mask=want_mask)
         except ProtocolError as e:
-            self.tm.errors.labels(e.field).inc()
-            fid = str(fid)[:MAX_ID_CHARS] if isinstance(fid, (str, int)) and not isinstance(fid, bool) else ""
-            cam = cam[:MAX_ID_CHARS] if isinstance(cam, str) and cam else "cam0"
-            self._reply(env, protocol.error_frames(e.field, e.message, fid or None)[0], raw=True)
-            v = Verdict.failure(fid, "error", f"{e.field}: {e.message}", camera_id=cam, ts_verdict=time.time())
-            self.publish_q.put(Outgoing(v, extra={"field": e.field}))
+            self._refuse(env, frames, e.field, e.message)
             return None
+
+    def _refuse(self, env: list[bytes], frames: list[bytes], field: str, message: str) -> None:
+        """An error reply naming the field, and a counted error verdict under the message's ids if valid."""
+        self.tm.errors.labels(field).inc()
+        fid, cam = "", "cam0"
+        try:
+            h = protocol.parse_json_object(bytes(frames[0]), "header") if frames else {}
+            fid, cam = protocol.safe_id(h, "frame_id"), protocol.safe_id(h, "camera_id", "cam0")
+        except ProtocolError:
+            pass
+        self._reply(env, protocol.error_frames(field, message, fid or None)[0], raw=True)
+        v = Verdict.failure(fid, "error", f"{field}: {message}", camera_id=cam, ts_verdict=time.time())
+        self.publish_q.put(Outgoing(v, extra={"field": field}))
 
     def _flooded(self, env: list[bytes], frames: list[bytes], bucket: TokenBucket) -> None:
         """Over the sender's credit: an error reply always, an error verdict at most once a second (a flood
@@ -194,11 +199,9 @@ class Ingress(threading.Thread):
         self.tm.drops.labels("rate").inc()
         fid, cam = "", "cam0"
         try:
-            h = json.loads(frames[0]) if frames and len(frames[0]) <= protocol.MAX_HEADER_BYTES else {}
-            if isinstance(h, dict):
-                fid = str(h.get("frame_id", ""))[:MAX_ID_CHARS]
-                cam = str(h.get("camera_id") or "cam0")[:MAX_ID_CHARS]
-        except ValueError:  # not JSON (UnicodeDecodeError included): refused for the rate all the same
+            h = protocol.parse_json_object(bytes(frames[0]), "header") if frames else {}
+            fid, cam = protocol.safe_id(h, "frame_id"), protocol.safe_id(h, "camera_id", "cam0")
+        except ProtocolError:  # not a JSON object: refused for the rate all the same
             pass
         self._reply(env, protocol.error_frames("rate", msg, fid or None)[0], raw=True)
         now = time.monotonic()

@@ -16,13 +16,26 @@ Kinds
     control  operator -> daemon    cmd: status | metrics | reload | shutdown; path? for reload
 
 A reader rejects a version it does not know, names the field of anything malformed, and never
-"fixes" a frame whose bytes disagree with its header (STYLE.md, runtime/).
+"fixes" a frame whose bytes disagree with its header (STYLE.md, runtime/). This module is the one
+implementation of those rules for every peer (daemon ingress and judge, teacher server, clients), strict
+where a lax reader could be made to crash or to judge the wrong thing:
+
+* the header is bounded in bytes and in nesting depth before it is parsed (a deep header exhausts the
+  parser's recursion), and integers are bounded in digits (Python refuses huge int strings by raising);
+* NaN and Infinity are not JSON and are refused; booleans are not integers (``"v": true`` is not 1);
+* ids are non-empty strings of valid UTF-8 (no lone surrogates: they cannot be journaled) or integers,
+  of at most MAX_ID_CHARS characters;
+* a raw frame's shape is checked in Python integers against the pixel limit before any allocation;
+* an encoded frame's magic bytes must match its declared encoding, and its size is read from its
+  JPEG/PNG header and checked against the pixel limit *before* decoding (a 5 KB JPEG can claim 144 Mpx).
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -31,7 +44,15 @@ KINDS = ("frame", "infer", "verdict", "error", "busy", "status", "trigger", "con
 ENCODINGS = ("raw", "jpeg", "png")
 DTYPES = ("uint8", "uint16", "float32")
 MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_DEPTH = 8  # nesting of objects/arrays; the protocol's own headers use 3
+MAX_INT_DIGITS = 20  # an int64 has 19 digits and a sign
+MAX_ID_CHARS = 256
+MAX_ID_INT = 10 ** 18
 MAX_FRAME_SIDE_PX = 8192
+DEFAULT_MAX_PIXELS = 25_000_000  # ~5472x4568, a 25 MP camera; 75 MB as RGB uint8 (daemon: limits.max_pixels)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+MAGIC = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n"}
 
 
 class ProtocolError(ValueError):
@@ -55,18 +76,10 @@ def decode_header(frames: list[bytes], expect: tuple[str, ...] | None = None) ->
     """Parse and check frame 0. Raises ProtocolError naming the field."""
     if not frames:
         raise ProtocolError("header", "empty message")
-    raw = frames[0]
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError("header", f"header is {len(raw)} bytes, limit {MAX_HEADER_BYTES}")
-    try:
-        h = json.loads(bytes(raw).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError("header", f"not a UTF-8 JSON object ({e.__class__.__name__})") from None
-    if not isinstance(h, dict):
-        raise ProtocolError("header", f"must be a JSON object, got {type(h).__name__}")
+    h = parse_json_object(bytes(frames[0]), "header")
     if "v" not in h:
         raise ProtocolError("v", "missing protocol version")
-    if h["v"] != PROTOCOL_VERSION:
+    if type(h["v"]) is not int or h["v"] != PROTOCOL_VERSION:
         raise ProtocolError("v", f"protocol version {h['v']!r} is not supported (this peer speaks {PROTOCOL_VERSION})")
     kind = h.get("kind")
     if kind not in KINDS:
@@ -74,6 +87,120 @@ def decode_header(frames: list[bytes], expect: tuple[str, ...] | None = None) ->
     if expect is not None and kind not in expect:
         raise ProtocolError("kind", f"kind {kind!r} not accepted here; expected {' or '.join(expect)}")
     return h
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits (limit {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest nesting of objects/arrays in JSON text, strings skipped (their brackets do not count)."""
+    depth = deepest = 0
+    for b in _JSON_BRACKET.findall(_JSON_STRING.sub(b'""', raw)):
+        depth += 1 if b in (b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_json_object(raw: bytes, field: str) -> dict:
+    """Strict, bounded parse of one JSON object (a header); ProtocolError naming ``field`` otherwise."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(field, f"{len(raw)} bytes, limit {MAX_HEADER_BYTES}")
+    if json_depth(raw) > MAX_HEADER_DEPTH:
+        raise ProtocolError(field, f"nested deeper than {MAX_HEADER_DEPTH} levels")
+    try:
+        h = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_bounded_int)
+    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise ProtocolError(field, f"not a UTF-8 JSON object ({e.__class__.__name__}: {str(e)[:80]})") from None
+    if not isinstance(h, dict):
+        raise ProtocolError(field, f"must be a JSON object, got {type(h).__name__}")
+    return h
+
+
+def check_id(header: dict, key: str, default: Optional[str] = None, allow_int: bool = True) -> str:
+    """A header's id field as a string: a non-empty string of valid UTF-8 or (``allow_int``) an integer,
+    at most MAX_ID_CHARS characters. ``default`` when absent (None: required)."""
+    v = header.get(key, default)
+    if v is None:
+        raise ProtocolError(key, "missing")
+    if type(v) is int and allow_int:
+        if abs(v) >= MAX_ID_INT:
+            raise ProtocolError(key, f"integer id beyond +-{MAX_ID_INT}")
+        return str(v)
+    kinds = "a string or an integer" if allow_int else "a string"
+    if not isinstance(v, str) or not v:
+        raise ProtocolError(key, f"must be a non-empty {kinds}, got {type(v).__name__}")
+    if len(v) > MAX_ID_CHARS:
+        raise ProtocolError(key, f"{len(v)} characters, limit {MAX_ID_CHARS}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(key, "not valid UTF-8 (a lone surrogate)") from None
+    return v
+
+
+def safe_id(header, key: str, default: str = "") -> str:
+    """Best-effort id for an error reply about a message that failed validation: valid or ``default``."""
+    try:
+        return check_id(header, key, default or None) if isinstance(header, dict) else default
+    except ProtocolError:
+        return default
+
+
+def encoded_dims(data: bytes, encoding: str) -> Optional[tuple[int, int]]:
+    """(height, width) from a PNG IHDR or a JPEG SOF marker without decoding; None if not found."""
+    b = memoryview(data)
+    if encoding == "png":
+        if len(b) >= 24 and bytes(b[:8]) == MAGIC["png"] and bytes(b[12:16]) == b"IHDR":
+            return int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big")
+        return None
+    if encoding != "jpeg" or len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
+        return None
+    i = 2
+    while i + 9 < len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            return int.from_bytes(b[i + 5:i + 7], "big"), int.from_bytes(b[i + 7:i + 9], "big")
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
+    return None
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def check_pixels(h: int, w: int, max_pixels: int, field: str = "shape") -> None:
+    if max(h, w) > MAX_FRAME_SIDE_PX:
+        raise ProtocolError(field, f"{h}x{w} exceeds {MAX_FRAME_SIDE_PX} px per side")
+    if h * w > max_pixels:
+        raise ProtocolError(field, f"{h}x{w} = {h * w} pixels exceeds the limit of {max_pixels}")
+
+
+def check_encoded(payload: bytes, encoding: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Before decoding: magic bytes match ``encoding``, and the size in the header is within the limits."""
+    magic = MAGIC[encoding]
+    if bytes(payload[:len(magic)]) != magic:
+        other = next((e for e, m in MAGIC.items() if bytes(payload[:len(m)]) == m), None)
+        raise ProtocolError("encoding", f"payload is {other.upper() + ' data' if other else 'not ' + encoding.upper()}"
+                                        f", declared {encoding!r}")
+    dims = encoded_dims(payload, encoding)
+    if dims is None or min(dims) < 1:
+        raise ProtocolError("payload", f"corrupt {encoding.upper()} data (no image size in its header)")
+    check_pixels(*dims, max_pixels)
+    return dims
 
 
 def image_frames(kind: str, image: np.ndarray, encoding: str = "raw", jpeg_quality: int = 95,
@@ -96,7 +223,8 @@ def image_frames(kind: str, image: np.ndarray, encoding: str = "raw", jpeg_quali
     return encode(header, buf.tobytes())
 
 
-def decode_image(header: dict, frames: list[bytes], channels: tuple[int, ...] = (1, 3)) -> np.ndarray:
+def decode_image(header: dict, frames: list[bytes], channels: tuple[int, ...] = (1, 3),
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Pixels of a frame/infer message as uint8 RGB (H, W, 3) or grey (H, W). Raises ProtocolError."""
     if len(frames) < 2:
         raise ProtocolError("payload", "missing: a frame needs a payload part after the header")
@@ -109,10 +237,11 @@ def decode_image(header: dict, frames: list[bytes], channels: tuple[int, ...] = 
     if enc not in ENCODINGS:
         raise ProtocolError("encoding", f"unknown encoding {enc!r}; encodings are {', '.join(ENCODINGS)}")
     if enc == "raw":
-        img = _decode_raw(header, payload)
+        img = _decode_raw(header, payload, max_pixels)
     else:
         import cv2
 
+        check_encoded(payload, enc, max_pixels)
         img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise ProtocolError("payload", f"corrupt {enc.upper()} data ({len(payload)} bytes do not decode)")
@@ -130,18 +259,19 @@ def decode_image(header: dict, frames: list[bytes], channels: tuple[int, ...] = 
     return img
 
 
-def _decode_raw(header: dict, payload: bytes) -> np.ndarray:
+def _decode_raw(header: dict, payload: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     shape = header.get("shape")
-    if not isinstance(shape, list) or len(shape) not in (2, 3) or not all(isinstance(s, int) and s >= 0 for s in shape):
+    if not isinstance(shape, list) or len(shape) not in (2, 3) or not all(type(s) is int and s >= 0 for s in shape):
         raise ProtocolError("shape", f"raw frame needs shape [H, W] or [H, W, C] of non-negative ints, got {shape!r}")
     if 0 in shape:
         raise ProtocolError("shape", f"empty frame {shape}")
-    if max(shape[:2]) > MAX_FRAME_SIDE_PX:
-        raise ProtocolError("shape", f"{shape} exceeds {MAX_FRAME_SIDE_PX} px per side")
+    check_pixels(shape[0], shape[1], max_pixels)
+    if len(shape) == 3 and shape[2] > 4:
+        raise ProtocolError("shape", f"{shape[2]} channels; a frame has 1, 3 or 4")
     dtype = header.get("dtype")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError("dtype", f"unknown dtype {dtype!r}; dtypes are {', '.join(DTYPES)}")
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no int64 wrap
     if len(payload) != expected:
         raise ProtocolError("payload", f"{len(payload)} bytes, shape {shape} x {dtype} needs {expected}")
     return np.frombuffer(payload, dtype=dtype).reshape(shape)

@@ -85,12 +85,21 @@ def test_protocol_compressed_roundtrip(encoding):
     assert np.abs(out.astype(int) - img).max() <= (0 if encoding == "png" else 12)
 
 
+_PNG_8x8 = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000008000000080802000000")
+
+
 @pytest.mark.parametrize("frames,field", [
     ([b"{not json"], "header"),
     ([b"[1, 2]"], "header"),
     ([b'{"kind": "frame"}'], "v"),
     ([b'{"v": 2, "kind": "frame"}'], "v"),
     ([b'{"v": 1, "kind": "pizza"}'], "kind"),
+    ([b'{"v": true, "kind": "frame"}'], "v"),  # a boolean is not the integer 1
+    ([b'{"v": 1, "kind": "frame", "ts": NaN}'], "header"),  # NaN / Infinity are not JSON
+    ([b'{"v": 1, "kind": "frame", "ts": -Infinity}'], "header"),
+    ([b'{"v": 1, "kind": "frame", "frame_id": ' + b"9" * 5000 + b"}"], "header"),  # Python's int-string limit
+    ([b'{"v": 1, "kind": "frame", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"], "header"),  # recursion
+    ([b'\xff\xfe{}'], "header"),
 ])
 def test_protocol_bad_headers_name_field(frames, field):
     with pytest.raises(ProtocolError) as e:
@@ -107,12 +116,54 @@ def test_protocol_bad_headers_name_field(frames, field):
     ({"encoding": "jpeg"}, b"\xff\xd8garbage", "payload"),
     ({"encoding": "webp"}, b"abc", "encoding"),
     ({"encoding": "raw", "shape": [4, 4], "dtype": "float32"}, b"\0" * 64, "dtype"),
+    ({"encoding": "raw", "shape": [True, 4, 3], "dtype": "uint8"}, b"\0" * 12, "shape"),  # bools are not dims
+    ({"encoding": "raw", "shape": [4, 4, 2 ** 62], "dtype": "uint8"}, b"\0" * 16, "shape"),  # int64 wrap
+    ({"encoding": "raw", "shape": [4000, 4000], "dtype": "uint8"}, b"\0" * 16, "shape"),  # over max_pixels
+    ({"encoding": "jpeg"}, _PNG_8x8, "encoding"),  # PNG bytes declared JPEG
+    ({"encoding": "png"}, b"GIF89a" + b"\0" * 30, "encoding"),
 ])
 def test_protocol_bad_payloads_name_field(header, payload, field):
     h = {"v": 1, "kind": "frame", **header}
     with pytest.raises(ProtocolError) as e:
-        protocol.decode_image(h, [json.dumps(h).encode(), payload])
+        protocol.decode_image(h, [json.dumps(h).encode(), payload], max_pixels=1_000_000)
     assert e.value.field == field
+
+
+def _bomb(encoding: str, h: int, w: int) -> bytes:
+    """A few hundred bytes whose header claims h x w (the size field rewritten in a real 8x8 image)."""
+    import cv2
+
+    data = bytearray(cv2.imencode("." + encoding.replace("jpeg", "jpg"), np.zeros((8, 8, 3), np.uint8))[1].tobytes())
+    if encoding == "png":
+        data[16:24] = w.to_bytes(4, "big") + h.to_bytes(4, "big")
+    else:
+        i = next(i for i in range(2, len(data) - 9) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC2))
+        data[i + 5:i + 9] = h.to_bytes(2, "big") + w.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_decompression_bombs_are_refused_from_their_header_before_decoding(encoding):
+    bomb = _bomb(encoding, 8000, 8000)
+    assert protocol.encoded_dims(bomb, encoding) == (8000, 8000) and len(bomb) < 2000
+    h = {"v": 1, "kind": "frame", "encoding": encoding}
+    with pytest.raises(ProtocolError, match="64000000 pixels exceeds the limit of 25000000") as e:
+        protocol.decode_image(h, [b"", bomb])
+    assert e.value.field == "shape"
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("cam-1", "cam-1"), (17, "17"), ("\ud800", None), ("", None), (True, None), (1.5, None), ("x" * 257, None),
+    (10 ** 18, None), ([1], None),
+])
+def test_ids_are_bounded_valid_utf8_strings_or_integers(value, ok):
+    if ok is None:
+        with pytest.raises(ProtocolError) as e:
+            protocol.check_id({"frame_id": value}, "frame_id")
+        assert e.value.field == "frame_id"
+        assert protocol.safe_id({"frame_id": value}, "frame_id", "fallback") == "fallback"
+    else:
+        assert protocol.check_id({"frame_id": value}, "frame_id") == ok
 
 
 def test_verdict_header_roundtrip():

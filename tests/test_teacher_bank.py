@@ -145,11 +145,15 @@ def test_pipeline_head_and_both_modes(tiny):
     assert sum(len(v.regions) for v in new) > 0
     assert all(r.label in ("rust", "dent", "hole") for v in new for r in v.regions)
     bank = fit_bank(teacher, [ds.read_image(r) for r in ds.split("train") if not r.is_defect], budget=100)
+    head.threshold = 0.5
     both = TeacherPipeline(teacher, head=head, bank=bank)
     assert both.mode == "both" and both.model_hash not in (hp.model_hash,)
     vb = both.predict(imgs)
-    ref = TeacherPipeline(teacher, bank=bank).predict(imgs)
-    assert [v.score for v in vb] == pytest.approx([v.score for v in ref])  # the bank decides
+    vbank, vhead = TeacherPipeline(teacher, bank=bank).predict(imgs), TeacherPipeline(teacher, head=head).predict(imgs)
+    for b, vk, vh in zip(vb, vbank, vhead):  # each map in units of its own threshold, averaged; threshold 1
+        want = (vk.anomaly_map / bank.threshold + vh.anomaly_map / 0.5) / 2
+        np.testing.assert_allclose(b.anomaly_map, want, rtol=1e-5)
+        assert b.score == pytest.approx(float(want.max())) and b.decision == ("defect" if b.score >= 1 else "good")
 
 
 def test_fit_bank_without_val_calibrates_leave_image_out(tiny):

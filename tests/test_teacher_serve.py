@@ -165,7 +165,7 @@ def test_garbage_gets_error_naming_the_field_and_server_keeps_serving(ctx):
 
 @pytest.mark.parametrize("enc,shape", [("jpeg", (37, 53, 3)), ("png", (41, 29)), ("jpeg", (20, 30))])
 def test_encoded_dims_read_without_decoding(enc, shape):
-    from teacher.serve.wire import encoded_dims
+    from runtime.protocol import encoded_dims
 
     img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if shape == (20, 30) else []

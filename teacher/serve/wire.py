@@ -1,16 +1,14 @@
 """What a serve worker reads and writes on the wire without a model: the ROUTER envelope, the ids of a
-request that failed validation, an encoded image's size read from its header, JSON-safe reply headers.
+request that failed validation, JSON-safe reply headers. The wire rules themselves (header parsing, ids,
+pre-decode size checks) are runtime/protocol.py's, shared with the daemon.
 
 Pure functions of bytes and dicts, kept apart from the worker's threads (teacher/serve/workers.py).
 """
 from __future__ import annotations
 
-import json
-from typing import Optional
-
 import numpy as np
 
-MAX_ID_CHARS = 256
+from runtime.protocol import ProtocolError, parse_json_object, safe_id
 
 
 def json_safe(x):
@@ -31,46 +29,11 @@ def json_safe(x):
 def request_ids(raw: bytes) -> dict:
     """Best effort frame_id / camera_id of a request that failed validation, for its error reply."""
     try:
-        h = json.loads(bytes(raw).decode("utf-8"))
-    except Exception:
+        h = parse_json_object(bytes(raw), "header")
+    except ProtocolError:
         return {"frame_id": None}
-    ids = {}
-    for key in ("frame_id", "camera_id"):
-        val = h.get(key) if isinstance(h, dict) else None
-        if isinstance(val, str) and len(val) <= MAX_ID_CHARS:
-            ids[key] = val
-    return {"frame_id": ids.pop("frame_id", None), **ids}
-
-
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def encoded_dims(data: bytes, encoding: str) -> Optional[tuple[int, int]]:
-    """(height, width) from a PNG IHDR or a JPEG SOF marker without decoding; None if not found
-    (the decoder then reports the payload as corrupt)."""
-    b = memoryview(data)
-    if encoding == "png":
-        if len(b) >= 24 and bytes(b[:8]) == _PNG_SIGNATURE and bytes(b[12:16]) == b"IHDR":
-            return int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big")
-        return None
-    if encoding != "jpeg" or len(b) < 4 or b[0] != 0xFF or b[1] != 0xD8:
-        return None
-    i = 2
-    while i + 9 < len(b):
-        if b[i] != 0xFF:
-            return None
-        marker = b[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _JPEG_SOF:
-            return int.from_bytes(b[i + 5:i + 7], "big"), int.from_bytes(b[i + 7:i + 9], "big")
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-            continue
-        i += 2 + int.from_bytes(b[i + 2:i + 4], "big")
-    return None
+    ids = {k: safe_id(h, k) for k in ("frame_id", "camera_id")}
+    return {"frame_id": ids["frame_id"] or None, **({"camera_id": ids["camera_id"]} if ids["camera_id"] else {})}
 
 
 def split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
