@@ -59,6 +59,8 @@ class ServeClient:
         if not self.sock.poll(self.timeout_ms if timeout_ms is None else timeout_ms):
             return None
         frames = self.sock.recv_multipart()
+        while frames and frames[0] == b"":  # a request that began with an empty part had it echoed as a delimiter
+            frames = frames[1:]
         return decode_header(frames), frames
 
     def request(self, frames: list[bytes], timeout_ms: Optional[int] = None) -> Optional[tuple[dict, list[bytes]]]:
