@@ -1,12 +1,12 @@
 """The student's memory bank and its scores, exactly as the edge computes them.
 
 Embeddings of good training images -> greedy k-centre coreset (``teacher.bank.greedy_coreset``) -> bank
-(float16 on disk). Scores go through ``runtime.scoring.score_embedding`` at the network input size (S, S),
+(float16 on disk). Scores go through ``runtime.scoring.score_outputs`` at the network input size (S, S),
 as ``runtime.engine.Engine`` does, so calibration figures hold on the edge.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -18,12 +18,17 @@ DEFAULT_SCORE_TOPK = 1
 
 @dataclass
 class ScoringParams:
+    """runtime.scoring.score_outputs' parameters; ``mode``/norms are set by `distill fit` when the student
+    carries the teacher's head (see fit_head_norms)."""
     k: int = DEFAULT_K
     blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX
     score_topk: int = DEFAULT_SCORE_TOPK
+    mode: str = "bank"
+    bank_norm: float = 1.0
+    head_norm: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"k": self.k, "blur_sigma_px": self.blur_sigma_px, "score_topk": self.score_topk}
+        return asdict(self)
 
 
 @dataclass
@@ -47,16 +52,21 @@ def build_bank(embeddings: np.ndarray, budget: int = DEFAULT_BANK_BUDGET, seed: 
                   "size": int(bank.shape[0]), "dim": int(d), "coreset": "teacher.bank.greedy_coreset", "seed": seed}
 
 
-def score_embeddings(embeddings, bank: np.ndarray, size: int, params: ScoringParams) -> Scores:
-    """Iterable of (1, D, h, w) or an (N, D, h, w) array -> Scores with maps at (size, size)."""
-    from runtime.scoring import score_embedding
+def score_outputs(outputs: list[dict], bank: np.ndarray, size: int, params: ScoringParams) -> Scores:
+    """Network outputs per image (name -> array with batch 1) -> Scores with maps at (size, size)."""
+    from runtime.scoring import score_outputs as score_one
 
-    sc, nn_, maps = [], [], []
-    for e in embeddings:
-        e = np.asarray(e)
-        r = score_embedding(e if e.ndim == 4 else e[None], bank, (size, size), k=params.k,
-                            blur_sigma_px=params.blur_sigma_px, score_topk=params.score_topk)
-        sc.append(r.score)
-        nn_.append(r.mean_nn_distance)
-        maps.append(r.anomaly_map)
-    return Scores(np.asarray(sc, np.float64), np.asarray(nn_, np.float64), np.stack(maps).astype(np.float32))
+    res = [score_one(o, bank, (size, size), **params.to_dict()) for o in outputs]
+    return Scores(np.asarray([r.score for r in res], np.float64), np.asarray([r.mean_nn_distance for r in res], np.float64),
+                  np.stack([r.anomaly_map for r in res]).astype(np.float32))
+
+
+def fit_head_norms(outputs: list[dict], bank: np.ndarray, size: int, params: ScoringParams) -> ScoringParams:
+    """Mode "both" with each part's norm at its good-image level (teacher.bank.calibrate_threshold on
+    ``outputs`` of good images: a high percentile), as the teacher pipeline divides by its thresholds."""
+    from teacher.bank import calibrate_threshold
+
+    bank_s = score_outputs(outputs, bank, size, replace(params, mode="bank")).scores
+    head_s = score_outputs(outputs, bank, size, replace(params, mode="head")).scores
+    return replace(params, mode="both", bank_norm=max(calibrate_threshold(bank_s, None)[0], 1e-6),
+                   head_norm=max(calibrate_threshold(head_s, None)[0], 1e-6))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.bank import ScoringParams, score_embeddings
+from distill.bank import ScoringParams, score_outputs
 from distill.bench import BACKENDS, student_latency, teacher_latency
 from distill.runners import OrtRunner, OvRunner, run_all
 
@@ -95,7 +95,9 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
         split, test = "val", load_images(ds, ("val",), size)
     x = test.student_inputs(man.preprocess.mean, man.preprocess.std).numpy()
     bank = np.load(art / man.scoring.bank_file).astype(np.float32)
-    scoring = ScoringParams(k=man.scoring.k, blur_sigma_px=man.scoring.blur_sigma_px, score_topk=man.scoring.score_topk)
+    ms = man.scoring
+    scoring = ScoringParams(k=ms.k, blur_sigma_px=ms.blur_sigma_px, score_topk=ms.score_topk, mode=ms.mode,
+                            bank_norm=ms.bank_norm, head_norm=ms.head_norm)
     cal = man.calibration
     thr, (lo, hi) = cal.threshold, cal.band
     labels, masks = test.labels, test.masks
@@ -117,7 +119,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
             for k, v in f.items():
                 tfeat.setdefault(k, []).append(v)
         tfeat = {k: torch.cat(v) for k, v in tfeat.items()}
-    t_dec = t_scores = t_maps = None
+    t_dec = t_scores = t_maps = t_thr = None
     try:
         from teacher.pipeline import TeacherPipeline
 
@@ -126,6 +128,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
         t_dec = np.asarray([v.decision == "defect" for v in verdicts])
         t_scores = np.asarray([v.score for v in verdicts], float)
         t_maps = [v.anomaly_map for v in verdicts]
+        t_thr = pipe.threshold
         res["teacher"] = {"mode": pipe.mode, **compute_all(labels, t_scores, list(masks), t_maps,
                                                             threshold=None)}
         res["teacher"].update(_decision_metrics(t_dec, labels, None))
@@ -143,7 +146,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     for key, (rt, rel) in runs.items():
         runner = OrtRunner(art / rel, threads) if rt == "onnxruntime" else OvRunner(art / rel, threads)
         outs = run_all(runner, x)
-        sc = score_embeddings([o["embedding"] for o in outs], bank, size, scoring)
+        sc = score_outputs(outs, bank, size, scoring)
         m = compute_all(labels, sc.scores, list(masks), list(sc.maps), threshold=thr)
         m.update(_decision_metrics(sc.scores >= thr, labels, t_dec))
         student[key] = {"runtime": rt, "file": rel, **m}
@@ -170,8 +173,37 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     if t_dec is not None:
         out_agree = (sc.scores[~fb] >= thr) == t_dec[~fb]
         res["cascade"]["student_agreement_outside_band"] = float(out_agree.mean()) if out_agree.size else None
+    res["quality"] = quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves, thr, fb, key)
     res["_plots"] = {"curves": curves, "teacher": (t_scores, t_maps), "test": test}
     return res
+
+
+def quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves: dict, thr: float, fallback: np.ndarray,
+                 cascade_key: str) -> dict:
+    """runtime.quality rows (per product and mean) for the teacher, each student model and the cascade, on
+    the same images: what `lineside bench quality` sets beside the reference detectors. The cascade's score
+    is the student's outside the fallback frames and, on them, the teacher's in the student's units (its
+    score times the student's threshold over the teacher's), so its AUROC ranks what the line acts on."""
+    from runtime.quality import quality_row
+
+    recs = test.records
+    cols = dict(products=[r.product for r in recs], labels=[int(r.is_defect) for r in recs],
+                defect_types=[r.defect_type for r in recs], masks=list(test.masks))
+    rows = {}
+    if t_scores is not None:
+        rows["teacher"] = quality_row(**cols, scores=list(t_scores), maps=t_maps, decisions=[int(d) for d in t_dec])
+    for key, (sc, _) in curves.items():
+        rows[f"student {key}"] = quality_row(**cols, scores=list(sc.scores), maps=list(sc.maps),
+                                             decisions=[int(s >= thr) for s in sc.scores])
+    sc = curves[cascade_key][0]
+    if t_scores is not None:
+        k = thr / t_thr if t_thr else 1.0
+        scores = np.where(fallback, t_scores * k, sc.scores)
+        maps = [t_maps[i] * k if fallback[i] else sc.maps[i] for i in range(len(recs))]
+        dec = np.where(fallback, t_dec, sc.scores >= thr)
+        rows["cascade"] = quality_row(**cols, scores=list(scores), maps=maps, decisions=[int(d) for d in dec])
+        rows["cascade"]["fallback_rate"] = float(fallback.mean())
+    return rows
 
 
 def write_report(res: dict, out_dir: str | Path) -> Path:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.bank import ScoringParams, score_embeddings
+from distill.bank import ScoringParams, score_outputs
 from distill.export_targets import export_onnx, export_openvino, max_rel_error
 from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
 
@@ -133,7 +133,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     def reference(inputs: np.ndarray) -> tuple[list, np.ndarray]:
         if id(inputs) not in refs:
             o = run_all(TorchRunner(fused), inputs)
-            refs[id(inputs)] = (o, score_embeddings([e["embedding"] for e in o], bank, run.size, scoring).scores)
+            refs[id(inputs)] = (o, score_outputs(o, bank, run.size, scoring).scores)
         return refs[id(inputs)]
 
     def int8_tolerance(measured_at: tuple[str, ...]) -> tuple[float, str]:
@@ -163,7 +163,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         xi = x_int8 if int8 else x
         ref_out, ref_sc = reference(xi)
         outs = run_all(make(), xi)
-        sc = score_embeddings([o["embedding"] for o in outs], bank, run.size, scoring).scores
+        sc = score_outputs(outs, bank, run.size, scoring).scores
         rel = {}
         for a, b in zip(outs, ref_out):
             for k, v in max_rel_error(a, b).items():
@@ -190,8 +190,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         format_version=MANIFEST_FORMAT_VERSION, name=f"student-{cfg['student']}", student=cfg["student"],
         feature_spec=spec.to_dict(), preprocess=Preprocess(**cfg["preprocess"]),
         outputs=list(run.model.output_names),
-        scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", k=scoring.k,
-                        blur_sigma_px=scoring.blur_sigma_px, score_topk=scoring.score_topk),
+        scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", **scoring.to_dict()),
         calibration=Calibration(**cal), labels=list(cfg["dataset"].get("labels", [])),
         teacher_hash=cfg["teacher"]["hash"], quantization=quant, models=models, tolerance=tolerance,
         metrics={"fidelity": cfg.get("fidelity", {}), "val": cfg.get("val_metrics", {}), "bank": cfg.get("bank", {}),

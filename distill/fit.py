@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, score_embeddings
+from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, fit_head_norms, score_outputs
 from distill.calibrate import calibrate
 from distill.data import ImageSet, load_images
 from distill.embedding import fit_pca, reference_embedding, teacher_recipe
@@ -193,9 +193,14 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     with torch.no_grad():
         emb_train = np.concatenate([fused(x[None]).embedding.numpy()
                                     for x in train.student_inputs(pre.mean, pre.std)[train.good]])
-        emb_val = [fused(x[None]).embedding.numpy() for x in x_val]
+        out_val = [{k: v.numpy() for k, v in fused(x[None])._asdict().items()} for x in x_val]
     bank, bank_info = build_bank(emb_train, bank_budget, seed)
-    val_scores = score_embeddings(emb_val, bank, size, scoring)
+    if head_specs:  # the student carries the teacher's head: score as the teacher does, bank and head together
+        goods = [o for o, y in zip(out_val, val.labels) if y == 0] or out_val
+        scoring = fit_head_norms(goods, bank, size, scoring)
+        log(f"scoring: bank and distilled head, norms {scoring.bank_norm:.4g} / {scoring.head_norm:.4g} "
+            f"(good val images)")
+    val_scores = score_outputs(out_val, bank, size, scoring)
     ref, ref_name = (None, "labels") if reference == "labels" or not teacher_ckpt else \
         reference_decisions(teacher_ckpt, val.images)
     cal = calibrate(val_scores.scores, val_scores.mean_nn, val.labels, reference=ref, reference_name=ref_name,

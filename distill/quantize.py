@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.bank import ScoringParams, score_embeddings
+from distill.bank import ScoringParams, score_outputs
 from distill.export_targets import export_onnx, export_openvino, max_rel_error
 from distill.runners import OrtRunner, OvRunner, run_all
 
@@ -61,7 +61,7 @@ def evaluate(runner, inputs, labels: np.ndarray, masks: np.ndarray, bank: np.nda
     from runtime import metrics as M
 
     outs = run_all(runner, inputs)
-    sc = score_embeddings([o["embedding"] for o in outs], bank, size, scoring)
+    sc = score_outputs(outs, bank, size, scoring)
     res = {"scores": sc.scores, "maps": sc.maps, "decisions": sc.scores >= threshold, "outputs": outs,
            "image_auroc": None, "au_pro": None}
     if 0 < labels.sum() < len(labels):

@@ -69,6 +69,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--data", help="quality: dataset manifest.jsonl to judge")
     q.add_argument("--teacher", help="quality: teacher checkpoint with bank/ or head/ (default: train one with "
                                      "the demo's recipe in --work)")
+    q.add_argument("--artifact", help="quality: a student artifact of that teacher (distill export) to judge too "
+                                      "(default: with no --teacher, distil one with the demo's recipe)")
     q.add_argument("--split", default="test", choices=("train", "val", "test"), help="quality: split to judge")
     q.add_argument("--size", type=int, default=128, help="quality: input size of the reference detectors")
     q.add_argument("--report", help="quality: write an HTML report to this directory")

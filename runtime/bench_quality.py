@@ -1,19 +1,20 @@
 """`lineside bench quality`: does lineside find the defects? One table, on the same images, beside what a
 user would try instead.
 
-    lineside bench quality --data D/manifest.jsonl [--teacher CKPT] [--split test] [--size 128]
-                           [--json] [--report DIR]
+    lineside bench quality --data D/manifest.jsonl [--teacher CKPT [--artifact DIR]] [--split test]
+                           [--size 128] [--json] [--report DIR]
 
-Rows: the teacher in the mode its checkpoint holds (`teacher eval`), and the reference PatchCore
-detectors of `teacher baselines` (raw pixels, a seeded random-init EfficientNet-Lite0, the ImageNet
-EfficientNet-Lite0). Columns (runtime.quality): I-AUROC, P-AUROC, AU-PRO, F1-max, accuracy at each
-detector's own calibrated threshold, false-reject and escape rates, recall per defect type, per
-product and the mean over products. Both commands run as subprocesses, as a user would run them, so
-this process stays torch-free.
+Rows: the teacher in each mode its checkpoint holds (bank, head, both: `teacher eval --mode`); with an
+artifact, the student FP32, INT8 per backend and the cascade with the fallback rate it needed (`distill
+eval`); and the reference PatchCore detectors of `teacher baselines` (raw pixels, a seeded random-init
+EfficientNet-Lite0, the ImageNet EfficientNet-Lite0). Columns (runtime.quality): I-AUROC, P-AUROC,
+AU-PRO, F1-max, accuracy at each detector's own calibrated threshold, false-reject and escape rates,
+recall per defect type, per product and the mean over products. Every command runs as a subprocess, as a
+user would run it, so this process stays torch-free.
 
-Without ``--teacher`` the teacher is made with the demo's recipe on the manifest's own train split
-(`teacher train-vae`, `teacher train`, `teacher bank`, the full demo's step counts) into
-``--work``, so one command answers "how would lineside do on my line?".
+Without ``--teacher`` the demo's recipe runs on the manifest's own train split into ``--work``
+(`teacher train-vae`, `train`, `finetune --pseudo-defects`, `bank`, `distill fit`, `quantize`, `export`,
+the full demo's step counts), so one command answers "how would lineside do on my line?".
 """
 from __future__ import annotations
 
@@ -28,18 +29,20 @@ REFERENCE_ROWS = {"pixels": "PatchCore, raw 8×8 pixels", "random_cnn": "PatchCo
                   "effnet": "PatchCore, ImageNet EfficientNet-Lite0"}
 
 
-def build_teacher(manifest: str, work: Path, env: dict, say) -> Path:
-    """The demo's recipe on this manifest: autoencoder, diffusion teacher, memory bank -> checkpoint."""
+def build_recipe(manifest: str, work: Path, env: dict, say) -> tuple[Path, Path]:
+    """The demo's recipe on this manifest: autoencoder, diffusion teacher, mask head on pseudo-defects, memory
+    bank -> checkpoint; then a student distilled from it, quantized (the guard decides) and exported."""
     from runtime.bench import run_json_command
     from runtime.demo import FULL
     from runtime.demo.steps import StepRunner
 
-    ckpt, vae = work / "teacher", work / "vae"
-    if (ckpt / "bank").is_dir():
-        say(f"reusing the teacher built in {work}")
-        return ckpt
+    ckpt, vae, run_dir, art = work / "teacher", work / "vae", work / "student-run", work / "artifact"
+    if (art / "manifest.json").is_file():
+        say(f"reusing the teacher and student built in {work}")
+        return ckpt, art
     runner = StepRunner(work / "logs", env, timeout_s=QUALITY_TIMEOUT_S)
-    say("no --teacher: training one with the demo's recipe (train-vae, train, finetune on pseudo-defects, bank)")
+    say("no --teacher: the demo's recipe (train-vae, train, finetune on pseudo-defects, bank, distill fit, "
+        "quantize, export)")
     runner.run("train-vae", "teacher", ["train-vae", "--preset", "tiny", "--data", manifest, "--out", vae,
                                         "--steps", FULL.vae_steps], want_json=False)
     runner.run("train", "teacher", ["train", "--preset", "tiny", "--data", manifest, "--out", ckpt, "--steps",
@@ -47,7 +50,12 @@ def build_teacher(manifest: str, work: Path, env: dict, say) -> Path:
     run_json_command("teacher", ["finetune", "--checkpoint", ckpt, "--data", manifest, "--steps", FULL.finetune_steps,
                                  "--pseudo-defects", FULL.pseudo_defects, "--json"], env, QUALITY_TIMEOUT_S)
     run_json_command("teacher", ["bank", "--checkpoint", ckpt, "--data", manifest, "--json"], env, QUALITY_TIMEOUT_S)
-    return ckpt
+    runner.run("fit", "distill", ["fit", "--teacher", ckpt, "--data", manifest, "--student", FULL.student, "--out",
+                                  run_dir, "--steps", FULL.distill_steps, "--json"])
+    runner.run("quantize", "distill", ["quantize", run_dir, "--data", manifest, "--method", FULL.quantize_method,
+                                       "--json"], ok_codes=(0, 2))  # 2: the guard kept FP32, measured as such
+    runner.run("export", "distill", ["export", run_dir, "--out", art, "--json"])
+    return ckpt, art
 
 
 def teacher_modes(ckpt: Path) -> list[str]:
@@ -61,13 +69,21 @@ def measure(args, env: dict, say) -> dict:
 
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else default_work() / "quality"
-    ckpt = Path(args.teacher) if args.teacher else build_teacher(args.data, work, env, say)
+    if args.teacher:
+        ckpt, art = Path(args.teacher), (Path(args.artifact) if args.artifact else None)
+    else:
+        ckpt, art = build_recipe(args.data, work, env, say)
     rows = {}
     for mode in teacher_modes(ckpt):
         say(f"teacher eval ({mode}) on split {args.split!r} …")
         ev = run_json_command("teacher", ["eval", "--checkpoint", ckpt, "--data", args.data, "--split", args.split,
                                           "--mode", mode, "--json"], env, QUALITY_TIMEOUT_S)
         rows[f"teacher ({mode})"] = ev["quality"]
+    if art is not None:
+        say("student and cascade (distill eval) …")
+        ev = run_json_command("distill", ["eval", art, "--teacher", ckpt, "--data", args.data, "--split", args.split,
+                                          "--runs", "1", "--teacher-runs", "1", "--json"], env, QUALITY_TIMEOUT_S)
+        rows.update({k: v for k, v in ev.get("quality", {}).items() if k != "teacher"})
     say("reference detectors (teacher baselines) …")
     base = run_json_command("teacher", ["baselines", "--data", args.data, "--split", args.split, "--size",
                                         args.size, "--json"], env, QUALITY_TIMEOUT_S)
@@ -76,6 +92,7 @@ def measure(args, env: dict, say) -> dict:
                       for r in rows.values()) for c in ("image_auroc", "au_pro")}
     rows.update({REFERENCE_ROWS.get(k, k): v for k, v in base["rows"].items()})
     return {"data": args.data, "split": args.split, "size": args.size, "teacher": str(ckpt),
+            "artifact": str(art) if art is not None else None,
             "dataset_hash": base.get("dataset_hash"), "rows": rows,
             "teacher_beats_imagenet_patchcore": verdict, "wall_s": round(time.perf_counter() - t0, 1)}
 

@@ -18,7 +18,7 @@ import numpy as np
 from kernels import dispatch
 from runtime.backends import open_backend
 from runtime.manifest import ArtifactManifest, load_manifest
-from runtime.scoring import decide, find_regions, score_embedding
+from runtime.scoring import decide, find_regions, score_outputs
 from runtime.verdict import Region, Verdict
 
 
@@ -63,8 +63,9 @@ class Engine:
         out = self.backend.run(x)
         t2 = time.perf_counter()
         s = m.scoring
-        res = score_embedding(out[s.embedding_output], self.bank, (self.size, self.size), k=s.k,
-                              blur_sigma_px=s.blur_sigma_px, score_topk=s.score_topk)
+        res = score_outputs(out, self.bank, (self.size, self.size), mode=s.mode, k=s.k, blur_sigma_px=s.blur_sigma_px,
+                            score_topk=s.score_topk, bank_norm=s.bank_norm, head_norm=s.head_norm,
+                            embedding_output=s.embedding_output)
         decision, conf, in_band = decide(res.score, self.threshold, self.band)
         ood = bool(res.mean_nn_distance > self.ood_limit)
         regions: list[Region] = []

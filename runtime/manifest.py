@@ -37,6 +37,11 @@ class Scoring(BaseModel):
     score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
     region_threshold: float = 0.0  # map value above which pixels belong to a region (0: use threshold)
     min_region_px: int = 16
+    # "bank": the map above; "head"/"both": the distilled mask head's map, alone or averaged with the bank's,
+    # each divided by its norm (runtime.scoring.score_outputs). Norms: each part's calibrated good-image level.
+    mode: Literal["bank", "head", "both"] = "bank"
+    bank_norm: float = Field(1.0, gt=0)
+    head_norm: float = Field(1.0, gt=0)
 
 
 class Calibration(BaseModel):

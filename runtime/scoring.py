@@ -3,6 +3,11 @@
 PatchCore-style: each embedding location's distance to its nearest good-image bank vector, upsampled
 and blurred to image size; the image score is the map's max (or top-k mean). One implementation for
 distill's calibration, the teacher's good-images-only mode and the edge, so their numbers agree.
+
+A student distilled from a teacher with a mask head also emits the head's outputs ("class_logits",
+"mask_logits"); ``score_outputs`` then scores as the teacher pipeline does in that mode: the head's
+defect-probability map, or (mode "both") the bank map and the head map each divided by its own norm and
+averaged, so that each part's evidence counts whatever its units.
 """
 from __future__ import annotations
 
@@ -38,6 +43,46 @@ def score_embedding(embedding: np.ndarray, bank: np.ndarray, image_hw: tuple[int
     dist = dispatch.knn_score(q, bank, k=k).reshape(h, w)
     amap, score = dispatch.anomaly_map(dist, image_hw, blur_sigma_px, score_topk)
     return ScoreResult(anomaly_map=amap, score=score, mean_nn_distance=float(dist.mean()))
+
+
+SCORING_MODES = ("bank", "head", "both")
+HEAD_OUTPUTS = ("class_logits", "mask_logits")
+
+
+def head_probability_map(class_logits: np.ndarray, mask_logits: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(1, N, K+1) class logits (no-object last) and (1, N, h0, w0) mask logits -> (H, W) float32 map of
+    max_i (1 - p_i(no object)) * sigmoid(m_i), bilinear to the image: teacher.head.model.defect_probability_map
+    in numpy, so the edge needs no torch."""
+    import cv2
+
+    c = np.asarray(class_logits, np.float64).reshape(-1, np.shape(class_logits)[-1])
+    c = np.exp(c - c.max(axis=-1, keepdims=True))
+    p_obj = 1.0 - c[:, -1] / c.sum(axis=-1)  # (N,)
+    m = np.asarray(mask_logits, np.float64)
+    m = m.reshape((-1,) + m.shape[-2:])
+    pm = (p_obj[:, None, None] / (1.0 + np.exp(-m))).max(axis=0).astype(np.float32)
+    return cv2.resize(pm, (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def score_outputs(outputs: dict[str, np.ndarray], bank: np.ndarray, image_hw: tuple[int, int], *,
+                  mode: str = "bank", k: int = 1, blur_sigma_px: float = 4.0, score_topk: int = 1,
+                  bank_norm: float = 1.0, head_norm: float = 1.0, embedding_output: str = "embedding") -> ScoreResult:
+    """Score one image from the network's outputs. The bank's nearest-neighbour distances always give the
+    OOD statistic; ``mode`` picks the map (see the module doc)."""
+    r = score_embedding(outputs[embedding_output], bank, image_hw, k=k, blur_sigma_px=blur_sigma_px,
+                        score_topk=score_topk)
+    if mode == "bank":
+        return r
+    if mode not in SCORING_MODES:
+        raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
+    missing = [n for n in HEAD_OUTPUTS if n not in outputs]
+    if missing:
+        raise ValueError(f"scoring mode {mode!r} needs the head outputs {missing}; the network has {sorted(outputs)}")
+    hm = head_probability_map(outputs["class_logits"], outputs["mask_logits"], image_hw)
+    amap = hm if mode == "head" else (r.anomaly_map / bank_norm + hm / head_norm) / 2
+    top = np.partition(amap.ravel(), -score_topk)[-score_topk:] if score_topk > 1 else amap.max(keepdims=True)
+    return ScoreResult(anomaly_map=amap.astype(np.float32), score=float(top.mean()),
+                       mean_nn_distance=r.mean_nn_distance)
 
 
 def find_regions(anomaly_map: np.ndarray, level: float, min_area_px: int = 16,

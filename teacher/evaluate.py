@@ -180,7 +180,7 @@ def run(args) -> int:
     gt = [ds.read_mask(r, im.shape[:2]) for r, im in zip(records, images)]
     verdicts = pipe.predict(images, frame_ids=[r.image for r in records])
     secs = time.time() - t0
-    threshold = pipe.bank.threshold if pipe.bank is not None else pipe.head.threshold
+    threshold = pipe.threshold
     metrics = compute_metrics(verdicts, records, gt, threshold, labelled=pipe.head is not None)
     info = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "mode": pipe.mode,
             "model_hash": pipe.model_hash, "n_images": len(records), "batch_size": args.batch_size,

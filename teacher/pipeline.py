@@ -126,6 +126,13 @@ class TeacherPipeline:
         self.head.vocabulary = list(names)
 
     @property
+    def threshold(self) -> float:
+        """The decision threshold of the mode's score (1 in "both": each part is in units of its own)."""
+        if self.head is not None and self.bank is not None:
+            return 1.0
+        return self.bank.threshold if self.bank is not None else self.head.threshold
+
+    @property
     def mode(self) -> str:
         return "both" if (self.head and self.bank) else ("head" if self.head else "bank")
 

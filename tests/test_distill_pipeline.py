@@ -97,6 +97,8 @@ def test_artifact_layout_and_manifest(pipeline):
     for backend, c in check.items():
         assert c["score_max_abs_diff"] <= m.tolerance[backend]
     assert m.teacher_hash and m.quantization.startswith("int8")
+    # the student carries the teacher's head: the edge scores bank and head together, as the teacher does
+    assert m.scoring.mode == "both" and m.scoring.bank_norm > 0 and m.scoring.head_norm > 0
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -265,6 +267,9 @@ def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     c = res["cascade"]
     assert c["fallback_source"] == "teacher" and 0 <= c["fallback_rate"] <= 1
     assert "accuracy" in c and "agreement_with_teacher" in c
+    q = res["quality"]  # the rows `lineside bench quality` sets beside the reference detectors
+    assert {"teacher", "student fp32", "cascade"} <= set(q) and q["cascade"]["fallback_rate"] == c["fallback_rate"]
+    assert all(r["mean"]["n_images"] == res["n_images"] for r in q.values())
     lat = res["latency"]["backends"]
     assert lat["onnxruntime-fp32"]["median_ms"] > 0 and lat["onnxruntime-fp32"]["peak_rss_mb"] > 0
     assert res["speedup"]["onnxruntime-fp32"] > 0

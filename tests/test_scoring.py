@@ -27,3 +27,31 @@ def test_decide_band_and_confidence():
     assert d == "defect" and inb and abs(c - 0.5) < 1e-6
     d, c, inb = decide(0.9, 1.0, (0.8, 1.2))
     assert d == "good" and inb and abs(c - 0.5) < 1e-6
+
+
+def test_head_map_matches_the_teacher_heads_and_modes_combine_by_norms():
+    import cv2
+    import pytest
+    import torch
+
+    from runtime.scoring import head_probability_map, score_outputs
+    from teacher.head.model import defect_probability_map
+
+    rng = np.random.default_rng(1)
+    cls = rng.normal(size=(1, 5, 3)).astype(np.float32)  # 5 queries, 2 classes + no-object
+    masks = rng.normal(size=(1, 5, 8, 8)).astype(np.float32)
+    want = defect_probability_map(torch.from_numpy(cls).softmax(-1), torch.from_numpy(masks).sigmoid())[0].numpy()
+    got = head_probability_map(cls, masks, (32, 32))
+    np.testing.assert_allclose(got, cv2.resize(want, (32, 32), interpolation=cv2.INTER_LINEAR), atol=1e-6)
+    bank = rng.normal(size=(50, 4)).astype(np.float32)
+    out = {"embedding": bank[rng.integers(0, 50, 16)].T.reshape(1, 4, 4, 4).copy(), "class_logits": cls,
+           "mask_logits": masks}
+    b = score_outputs(out, bank, (32, 32), mode="bank")
+    h = score_outputs(out, bank, (32, 32), mode="head")
+    both = score_outputs(out, bank, (32, 32), mode="both", bank_norm=2.0, head_norm=0.5)
+    np.testing.assert_allclose(h.anomaly_map, got, atol=1e-6)
+    np.testing.assert_allclose(both.anomaly_map, (b.anomaly_map / 2.0 + got / 0.5) / 2, atol=1e-6)
+    assert both.score == pytest.approx(float(both.anomaly_map.max()))
+    assert b.mean_nn_distance == h.mean_nn_distance == both.mean_nn_distance  # OOD always from the bank
+    with pytest.raises(ValueError, match="needs the head outputs"):
+        score_outputs({"embedding": out["embedding"]}, bank, (32, 32), mode="both")
