@@ -57,7 +57,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="run only this part (default: all but quality)")
     p.add_argument("--json", action="store_true", help="one JSON object as the last stdout line")
     p.add_argument("--full", action="store_true", help="also the sd15 teacher at 256 px (slow without a GPU)")
-    p.add_argument("--artifact", help="student artifact directory (default: build a small one, see --work)")
+    p.add_argument("--artifact", help="student artifact directory (default: build a small one, see --work); "
+                   "quality: a student of --teacher to judge beside it (with no --teacher, the recipe distils one)")
     p.add_argument("--checkpoint", help="teacher checkpoint for the server section (default: the built one, "
                                         "or a fake model with --artifact)")
     p.add_argument("--work", default=None, help="where the built artifact is cached")
@@ -69,10 +70,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--data", help="quality: dataset manifest.jsonl to judge")
     q.add_argument("--teacher", help="quality: teacher checkpoint with bank/ or head/ (default: train one with "
                                      "the demo's recipe in --work)")
-    q.add_argument("--artifact", help="quality: a student artifact of that teacher (distill export) to judge too "
-                                      "(default: with no --teacher, distil one with the demo's recipe)")
     q.add_argument("--split", default="test", choices=("train", "val", "test"), help="quality: split to judge")
-    q.add_argument("--size", type=int, default=128, help="quality: input size of the reference detectors")
+    q.add_argument("--size", type=int, default=128, help="quality: input size of the reference detectors and of "
+                                                        "the recipe's teacher (a multiple of 64)")
     q.add_argument("--report", help="quality: write an HTML report to this directory")
 
 

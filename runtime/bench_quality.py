@@ -14,7 +14,8 @@ user would run it, so this process stays torch-free.
 
 Without ``--teacher`` the demo's recipe runs on the manifest's own train split into ``--work``
 (`teacher train-vae`, `train`, `finetune --pseudo-defects`, `bank`, `distill fit`, `quantize`, `export`,
-the full demo's step counts), so one command answers "how would lineside do on my line?".
+the full demo's step counts, the teacher at ``--size``), so one command answers "how would lineside do on
+my line?".
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ REFERENCE_ROWS = {"pixels": "PatchCore, raw 8×8 pixels", "random_cnn": "PatchCo
                   "effnet": "PatchCore, ImageNet EfficientNet-Lite0"}
 
 
-def build_recipe(manifest: str, work: Path, env: dict, say) -> tuple[Path, Path]:
+def build_recipe(manifest: str, work: Path, env: dict, say, size: int) -> tuple[Path, Path]:
     """The demo's recipe on this manifest: autoencoder, diffusion teacher, mask head on pseudo-defects, memory
     bank -> checkpoint; then a student distilled from it, quantized (the guard decides) and exported."""
     from runtime.bench import run_json_command
@@ -46,7 +47,7 @@ def build_recipe(manifest: str, work: Path, env: dict, say) -> tuple[Path, Path]
     runner.run("train-vae", "teacher", ["train-vae", "--preset", "tiny", "--data", manifest, "--out", vae,
                                         "--steps", FULL.vae_steps], want_json=False)
     runner.run("train", "teacher", ["train", "--preset", "tiny", "--data", manifest, "--out", ckpt, "--steps",
-                                    FULL.train_steps, "--vae", vae, "--seed", FULL.seed, "--json"])
+                                    FULL.train_steps, "--vae", vae, "--seed", FULL.seed, "--image-size", size, "--json"])
     run_json_command("teacher", ["finetune", "--checkpoint", ckpt, "--data", manifest, "--steps", FULL.finetune_steps,
                                  "--pseudo-defects", FULL.pseudo_defects, "--json"], env, QUALITY_TIMEOUT_S)
     run_json_command("teacher", ["bank", "--checkpoint", ckpt, "--data", manifest, "--json"], env, QUALITY_TIMEOUT_S)
@@ -72,7 +73,7 @@ def measure(args, env: dict, say) -> dict:
     if args.teacher:
         ckpt, art = Path(args.teacher), (Path(args.artifact) if args.artifact else None)
     else:
-        ckpt, art = build_recipe(args.data, work, env, say)
+        ckpt, art = build_recipe(args.data, work, env, say, args.size)
     rows = {}
     for mode in teacher_modes(ckpt):
         say(f"teacher eval ({mode}) on split {args.split!r} …")
