@@ -46,7 +46,8 @@ def score_embedding(embedding: np.ndarray, bank: np.ndarray, image_hw: tuple[int
 
 
 SCORING_MODES = ("bank", "head", "both")
-HEAD_OUTPUTS = ("class_logits", "mask_logits")
+HEAD_OUTPUTS = ("class_logits", "mask_logits")  # the head's raw outputs; "defect_map" (their map) if distilled
+HEAD_MAP_OUTPUT = "defect_map"
 
 
 def head_probability_map(class_logits: np.ndarray, mask_logits: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -75,10 +76,18 @@ def score_outputs(outputs: dict[str, np.ndarray], bank: np.ndarray, image_hw: tu
         return r
     if mode not in SCORING_MODES:
         raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
-    missing = [n for n in HEAD_OUTPUTS if n not in outputs]
-    if missing:
-        raise ValueError(f"scoring mode {mode!r} needs the head outputs {missing}; the network has {sorted(outputs)}")
-    hm = head_probability_map(outputs["class_logits"], outputs["mask_logits"], image_hw)
+    if HEAD_MAP_OUTPUT in outputs:  # the distilled map: sigmoid of its logits, bilinear to the image
+        import cv2
+
+        z = np.asarray(outputs[HEAD_MAP_OUTPUT], np.float64).reshape(np.shape(outputs[HEAD_MAP_OUTPUT])[-2:])
+        hm = cv2.resize((1.0 / (1.0 + np.exp(-z))).astype(np.float32), (image_hw[1], image_hw[0]),
+                        interpolation=cv2.INTER_LINEAR)
+    else:
+        missing = [n for n in HEAD_OUTPUTS if n not in outputs]
+        if missing:
+            raise ValueError(f"scoring mode {mode!r} needs {HEAD_MAP_OUTPUT!r} or the head outputs {missing}; the "
+                             f"network has {sorted(outputs)}")
+        hm = head_probability_map(outputs["class_logits"], outputs["mask_logits"], image_hw)
     amap = hm if mode == "head" else (r.anomaly_map / bank_norm + hm / head_norm) / 2
     top = np.partition(amap.ravel(), -score_topk)[-score_topk:] if score_topk > 1 else amap.max(keepdims=True)
     return ScoreResult(anomaly_map=amap.astype(np.float32), score=float(top.mean()),

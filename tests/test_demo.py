@@ -40,7 +40,7 @@ def test_demo_ran_every_step(demo):
     s = demo["summary"]
     assert s["ok"] is True
     for step in ("synth", "train-vae", "train", "finetune", "bank", "fit", "quantize", "export", "teacher-eval",
-                 "distill-eval", "line (serve + run + stream)", "report"):
+                 "distill-eval", "baselines", "line (serve + run + stream)", "report"):
         assert s["timings_s"][step] > 0, step
         if step not in ("line (serve + run + stream)", "report"):
             assert (demo["out"] / "logs" / f"{step}.log").is_file(), step
@@ -118,6 +118,7 @@ def test_report_figures_present(demo):
     assert any(k.startswith("edge.") for k in lat) and lat
     html = (out / "index.html").read_text()
     for needle in ("Teacher vs student vs cascade", "I-AUROC", "P-AUROC", "AU-PRO", "fallback rate", "roc.png",
+                   "PatchCore, ImageNet EfficientNet-Lite0",
                    "pro.png", "latency_edge.png", "cosine.png", "speedup over the teacher", "teacher-eval/index.html",
                    "student-eval/index.html"):
         assert needle in html, needle

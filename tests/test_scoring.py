@@ -53,5 +53,5 @@ def test_head_map_matches_the_teacher_heads_and_modes_combine_by_norms():
     np.testing.assert_allclose(both.anomaly_map, (b.anomaly_map / 2.0 + got / 0.5) / 2, atol=1e-6)
     assert both.score == pytest.approx(float(both.anomaly_map.max()))
     assert b.mean_nn_distance == h.mean_nn_distance == both.mean_nn_distance  # OOD always from the bank
-    with pytest.raises(ValueError, match="needs the head outputs"):
+    with pytest.raises(ValueError, match="needs .defect_map. or the head outputs"):
         score_outputs({"embedding": out["embedding"]}, bank, (32, 32), mode="both")

@@ -62,7 +62,7 @@ class DemoSettings:
 # FULL keeps 96 goods: 192 lifted the teacher's P-AUROC (0.67 -> 0.76) but not its I-AUROC (0.58), lowered
 # the student's, and the demo's peak RSS reached ~22 GB (of 23 on the two-core box).
 FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=200,
-                    finetune_steps=600, pseudo_defects=3, distill_steps=200, student="s", max_frames=None, rate_hz=5.0,
+                    finetune_steps=600, pseudo_defects=3, distill_steps=800, student="s", max_frames=None, rate_hz=5.0,
                     overlays_per_kind=3, quantize_method="ort", sd15_compare=True)
 QUICK = DemoSettings(mode="quick", n_good=24, n_defect=12, size=128, seed=0, vae_steps=10, train_steps=10,
                      finetune_steps=5, pseudo_defects=1, distill_steps=30, student="s", max_frames=12, rate_hz=10.0,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.bench_quality import REFERENCE_ROWS
 from runtime.demo import analysis as an
 from runtime.demo.steps import StepError, StepRunner, child_env
 
@@ -76,6 +77,8 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
          ["eval", "--checkpoint", ckpt, "--data", manifest, "--split", "test", "--json", "--report", out / "teacher-eval"])
     step("distill-eval", "evaluate the student against the teacher (distill eval)", "distill",
          ["eval", art, "--teacher", ckpt, "--data", manifest, "--json", "--report", out / "student-eval"])
+    step("baselines", "what a user would try instead, on the same images (teacher baselines)", "teacher",
+         ["baselines", "--data", manifest, "--split", "test", "--size", s.size, "--json"])
     return j
 
 
@@ -335,6 +338,8 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     sources["cascade (edge + teacher)"] = {
         "image_auroc": casc_m.get("image_auroc"), "f1": casc_m.get("f1"), "f1_at_threshold": casc_m.get("f1_at_threshold"),
         "source": "daemon + teacher verdicts"}
+    for key, row in ((j.get("baselines") or {}).get("rows") or {}).items():  # the reference rows
+        sources[REFERENCE_ROWS.get(key, key)] = {**an.metric_row(row.get("mean")), "source": "teacher baselines --json"}
     fig["table_notes"].append("Cascade pixel metrics are not computed: teacher anomaly maps are not published on the "
                               "verdict socket. Cascade I-AUROC ranks teacher-decided frames beyond the band on the "
                               "teacher's side.")
