@@ -84,7 +84,7 @@ def test_artifact_layout_and_manifest(pipeline):
     art = pipeline["art"]
     m = load_manifest(art)
     assert m.format_version == 1 and m.student == "tiny"
-    assert m.outputs == ["embedding", "s8", "s16", "s32", "s64", "mask_logits", "class_logits"]
+    assert m.outputs == ["embedding", "s8", "s16", "s32", "s64", "mask_logits", "class_logits", "defect_map"]
     assert m.labels == ["crack", "scratch", "stain"]  # the head's vocabulary
     assert m.models["fp32"] == "model.onnx"
     assert "openvino_xml" in m.models
