@@ -28,6 +28,7 @@ from distill.run import save_run
 from distill.students import create_student, list_students
 from distill.targets import cache_key, cached_targets, compute_targets, read_shards
 from distill.trainer import fit_student, level_cosine, plot_curves
+from runtime.commands import positive_int
 from runtime.manifest import Preprocess
 
 DEFAULT_EMBED_DIM = 128
@@ -38,7 +39,7 @@ def configure(p) -> None:
     p.add_argument("--data", required=True, help="dataset manifest.jsonl")
     p.add_argument("--student", default="s", help=f"registry name ({', '.join(list_students())})")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=positive_int, default=2000)
     p.add_argument("--features", default=None, help="read targets from `teacher extract` shards in this directory")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)

