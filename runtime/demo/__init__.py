@@ -20,9 +20,11 @@ One foreign frame (colour bars, as from a switched camera feed) is streamed amon
 the student calls it out of distribution and the cascade sends it to the teacher, so the teacher
 path runs on every demo, whatever the calibration band holds. It stays out of the metrics.
 
-The teacher is trained here rather than shipped as checkpoints: measured on two shared cores the
-full demo takes ~200 s end to end on idle cores (~420 s when they were shared), train-vae + train
-~100 s of it, and the quick one 55-150 s, within the 600 s / 240 s budgets, so shipped weights (and a test re-deriving them) buy nothing.
+The teacher is trained here rather than shipped as checkpoints: the full demo takes ~210 s end to end on
+two idle cores (220 s measured with this recipe; peak RSS 4.6 GB), train + finetune + fit ~105 s of it,
+and the quick one 55-150 s, within the 600 s / 240 s budgets. A foundation checkpoint to start from was
+measured (2000 synth-corpus steps, then --init-from) and did not beat training on the line's own images,
+so shipped weights (and a test re-deriving them) buy nothing yet.
 
 This module imports no torch: the demo runs the teacher and distill stacks only as commands.
 """
@@ -59,8 +61,10 @@ class DemoSettings:
     sd15_compare: bool = False  # time the production (sd15) teacher and the student at 256 px (~1 min, ~5 GB RAM)
 
 
-# FULL keeps 96 goods: 192 lifted the teacher's P-AUROC (0.67 -> 0.76) but not its I-AUROC (0.58), lowered
-# the student's, and the demo's peak RSS reached ~22 GB (of 23 on the two-core box).
+# FULL keeps 96 goods: 192 lifted the teacher's P-AUROC (0.67 -> 0.76) but not its I-AUROC (0.58) and lowered
+# the student's (measured before the coreset's memory fix, when 192 goods also took ~22 GB). The head trains
+# 600 steps on 3 pseudo-defects per good image and the student 800 steps: on the public evaluation set
+# 300 / 200 steps left 4-5 pt of AU-PRO on the table (README, "Does it detect?").
 FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=200,
                     finetune_steps=600, pseudo_defects=3, distill_steps=800, student="s", max_frames=None, rate_hz=5.0,
                     overlays_per_kind=3, quantize_method="ort", sd15_compare=True)
