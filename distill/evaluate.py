@@ -101,8 +101,9 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     cal = man.calibration
     thr, (lo, hi) = cal.threshold, cal.band
     labels, masks = test.labels, test.masks
-    res: dict = {"artifact": str(art), "student": man.student, "split": split, "n_images": len(test),
-                 "n_defect": int(labels.sum()), "calibration": cal.model_dump(), "quantization": man.quantization}
+    res: dict = {"artifact": str(art), "student": man.student, "student_name": man.student, "split": split,
+                 "n_images": len(test), "n_defect": int(labels.sum()), "calibration": cal.model_dump(),
+                 "quantization": man.quantization}
 
     # teacher: features (fidelity) and, with a head or bank, its decisions
     from teacher.checkpoint import load_teacher
@@ -211,7 +212,10 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     from runtime.metrics import pro_curve, roc_curve
 
     out = Path(out_dir)
-    rep = R.Report(f"lineside student {res.get('student', '')}: distillation report", out)
+    # res["student"] holds the per-backend figures once evaluated; the student's name is kept apart
+    name = res.get("student_name") or (res.get("student") if isinstance(res.get("student"), str) else "")
+    rep = R.Report(f"lineside student {name}: distillation report", out,
+                   provenance={"artifact": res.get("artifact"), "split": res.get("split")})
     plots = res.get("_plots")
     if plots:
         test = plots["test"]

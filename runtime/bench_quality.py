@@ -115,7 +115,9 @@ def print_table(res: dict) -> None:
 def write_report(res: dict, out_dir: str) -> Path:
     from runtime import report as R
 
-    rep = R.Report("lineside — detection quality", out_dir)
+    rep = R.Report("lineside — detection quality", out_dir,
+                   provenance={"dataset": res.get("dataset_hash", "")[:16], "teacher": res.get("teacher"),
+                               "artifact": res.get("artifact")})
     rep.section("Summary", f"Split {res['split']!r} of {res['data']} at {res['size']} px (dataset hash "
                            f"{res['dataset_hash']}); teacher {res['teacher']}. Every detector sets its threshold "
                            "from good images only; accuracy, false-reject and escape rates are at that threshold.")

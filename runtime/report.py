@@ -52,8 +52,11 @@ class Report:
     """Accumulates HTML blocks; ``write()`` renders ``out_dir/index.html``. Figures are files in
     ``out_dir`` (referenced relatively, so the folder can be zipped or served as is)."""
 
-    def __init__(self, title: str, out_dir: str | Path):
+    def __init__(self, title: str, out_dir: str | Path, provenance: Mapping[str, object] | None = None):
+        """``provenance``: what the figures were computed from (dataset hash, model hash, ...); the
+        header always also names the lineside version, the source commit when known, and the time."""
         self.title = title
+        self.provenance = {**build_info(), **dict(provenance or {})}
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._blocks: list[str] = []
@@ -145,12 +148,34 @@ class Report:
         return self
 
     def write(self) -> Path:
+        prov = " · ".join(f"{html.escape(str(k))} {html.escape(str(v))}" for k, v in self.provenance.items()
+                          if v not in (None, ""))
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{_CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"
+                f"<p class='note provenance'>{prov}</p>"
                 + "\n".join(self._blocks) + "</body></html>\n")
         out = self.out_dir / "index.html"
         out.write_text(page)
         return out
+
+
+def build_info() -> dict[str, str]:
+    """lineside's version, the source commit (when the package runs from a git checkout) and the time now."""
+    import subprocess
+    import time
+
+    from runtime.commands import version
+
+    info = {"lineside": version()}
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            info["commit"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git on this machine
+        pass
+    info["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return info
 
 
 def _figure_html(src: str, caption: str) -> str:

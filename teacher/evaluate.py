@@ -86,7 +86,8 @@ def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, 
     from runtime import metrics as M
     from runtime import report as R
 
-    rep = R.Report(title, out_dir)
+    rep = R.Report(title, out_dir, provenance={"model": info.get("model_hash"), "data": info.get("data"),
+                                               "split": info.get("split")})
     rep.section("Summary", f"{info['n_images']} images of split {info['split']!r}; mode {info['mode']}; "
                            f"model hash {info['model_hash']}; threshold {threshold:.4g}.")
     rep.metrics(metrics)

@@ -273,7 +273,9 @@ def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     lat = res["latency"]["backends"]
     assert lat["onnxruntime-fp32"]["median_ms"] > 0 and lat["onnxruntime-fp32"]["peak_rss_mb"] > 0
     assert res["speedup"]["onnxruntime-fp32"] > 0
-    assert (tmp_path / "report" / "index.html").is_file()
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<title>lineside student tiny: distillation report</title>" in page  # a name, not a dict
+    assert "provenance" in page and str(pipeline["art"]) in page
 
 
 def test_student_only_latency(pipeline):

@@ -58,3 +58,12 @@ def test_report_import_does_not_pull_matplotlib_or_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_report_names_its_provenance(tmp_path):
+    from runtime.commands import version
+
+    page = report.Report("eval", tmp_path / "r", provenance={"model": "abc123", "empty": ""}).write().read_text()
+    head = page.split("provenance'>", 1)[1].split("</p>", 1)[0]
+    assert f"lineside {version()}" in head and "model abc123" in head and "written 20" in head
+    assert "empty" not in head  # an unknown field is left out, not printed blank
