@@ -1,7 +1,8 @@
 """Engine: one artifact, one backend, frame -> Verdict. The judge of the daemon and of ``lineside bench``.
 
     image (H, W[, 3]) uint8 RGB -> kernels.dispatch.preprocess (manifest's size, mean, std)
-      -> backend.run -> embedding (1, D, h, w) -> scoring.score_embedding against the bank
+      -> backend.run -> outputs -> scoring.score_outputs (the bank, and the distilled head if the
+         manifest's scoring.mode says so)
       -> scoring.decide (threshold, band) ; ood from mean_nn_distance > ood_limit
       -> regions (and mask on request), scaled back to the frame's pixels
 
@@ -10,6 +11,7 @@ does not depend on the camera's resolution, and distill's calibration scores the
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from kernels import dispatch
 from runtime.backends import open_backend
-from runtime.manifest import ArtifactManifest, load_manifest
+from runtime.manifest import MANIFEST_NAME, ArtifactManifest, load_manifest
 from runtime.scoring import decide, find_regions, score_outputs
 from runtime.verdict import Region, Verdict
 
@@ -36,8 +38,13 @@ class Engine:
         self.bank = np.ascontiguousarray(np.load(bank_path), dtype=np.float32)  # (N, D)
         self.backend = open_backend(self.artifact_dir, m, backend, threads=threads, device=device)
         self.size = m.preprocess.size
+        # Over the manifest's own bytes too: its threshold, band and scoring decide verdicts as much as the
+        # weights do, so an edited manifest is a different model in every verdict and in the journal.
+        mpath = self.artifact_dir / MANIFEST_NAME
+        h = hashlib.sha256(mpath.read_bytes() if mpath.is_file() else m.model_dump_json().encode())
         model_rel = next((m.models[r] for r in ("int8", "fp32") if r in m.models), "")
-        self.model_hash = (m.files.get(model_rel) or m.files.get("bank.npy", ""))[:16]
+        h.update((m.files.get(model_rel) or m.files.get("bank.npy", "")).encode())
+        self.model_hash = h.hexdigest()[:16]
         cal = m.calibration
         self.threshold, self.band, self.ood_limit = cal.threshold, tuple(cal.band), cal.ood_limit
         self.region_level = m.scoring.region_threshold or cal.threshold

@@ -228,3 +228,20 @@ def test_config_refuses_a_message_limit_below_the_frame_limit():
 
     with pytest.raises(ConfigError, match="limits.*max_message_bytes.*below max_frame_bytes"):
         load_config(overrides={"limits.max_frame_bytes": 2 << 20, "limits.max_message_bytes": 1 << 20})
+
+
+def test_an_edited_manifest_is_another_model(tmp_path):
+    """The manifest's threshold decides verdicts as much as the weights: editing it (every part "good" at
+    threshold 1e9) must show in every verdict's model_hash, so the journal can tell the two apart."""
+    from runtime.engine import Engine
+    from runtime_fixtures import build_tiny_artifact
+
+    art = build_tiny_artifact(tmp_path / "a")
+    edited = tmp_path / "edited"
+    shutil.copytree(art.dir, edited)
+    m = json.loads((edited / "manifest.json").read_text())
+    m["calibration"]["threshold"] = 1e9
+    (edited / "manifest.json").write_text(json.dumps(m))
+    a, b = Engine(art.dir), Engine(edited)
+    assert b.judge(TinyArtifact.defect(1)).decision == "good"  # the edit took effect ...
+    assert a.model_hash != b.model_hash  # ... and it is named
