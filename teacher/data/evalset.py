@@ -35,6 +35,7 @@ import numpy as np
 
 from runtime.dataset import Record, load_dataset, write_manifest
 from teacher.data import captions, summary
+from teacher.data.writing import write_sample
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,6 @@ MIN_VISIBLE_SHARE = 0.2  # of the planted region's core that must change visibly
 PINHOLE_MID = (0.3, 0.7)  # local brightness range where a pinhole may be dark or bright
 MAX_ATTEMPTS = 8  # planter draws per crop
 SURFACE_DRAWS = 10  # crops per defect sample (one flat crop in ~20 needs a second; cheap)
-PNG_COMPRESSION = 3  # zlib level: fast, and deterministic for a given input
 
 CAUSES = {
     "bubble": "trapped air under the coating",
@@ -414,16 +414,6 @@ def make_sample(product: str, kind: str, size: int, seed: int, stream: int, inde
 
 # ---------------------------------------------------------------------------------------------- writing
 
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    import cv2
-
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), arr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
-        raise OSError(f"{path}: could not write PNG")
-
-
 def plan(n_good_train: int, n_good_val: int, n_good_test: int,
          n_defect_test: int) -> list[tuple[str, str, str, int]]:
     """(product, kind, split, stream index) for every image, in manifest order. Defect kinds cycle per
@@ -460,13 +450,7 @@ def build_evalset(out: str | Path, size: int = DEFAULT_SIZE, n_good_train: int =
     for index, (product, kind, split, i) in enumerate(jobs):
         label = "good" if kind == "good" else "defect"
         s = make_sample(product, kind, size, seed, STREAMS[(split, label)], i)
-        stem = f"{index:06d}_{product}_{split}_{kind}"
-        image_rel = f"images/{stem}.png"
-        _write_png(out / image_rel, s.image)
-        mask_rel = None
-        if s.mask is not None:
-            mask_rel = f"masks/{stem}.png"
-            _write_png(out / mask_rel, s.mask.astype(np.uint8) * 255)
+        image_rel, mask_rel = write_sample(out, f"{index:06d}_{product}_{split}_{kind}", s.image, s.mask)
         records.append(Record(image=image_rel, mask=mask_rel, caption=s.caption, label=label,
                               defect_type=s.defect_type, product=product, split=split, severity=s.severity,
                               meta=s.meta))

@@ -27,6 +27,7 @@ import numpy as np
 from runtime.dataset import Record, load_dataset, write_manifest
 from teacher.data import captions, summary
 from teacher.data.defects import DEFECT_KINDS, plant
+from teacher.data.writing import write_sample
 
 PRODUCTS = {
     # product: (skimage.data source, caption product words, caption material, RGB tint of the grey photo,
@@ -38,7 +39,6 @@ PRODUCTS = {
 DEFAULT_VAL_FRAC = 0.25
 DEFAULT_TEST_FRAC = 0.25
 DEFAULT_TRAIN_DEFECT_FRAC = 0.1
-PNG_COMPRESSION = 3  # zlib level: fast, and deterministic for a given input
 
 
 @lru_cache(maxsize=None)
@@ -174,17 +174,6 @@ def _rebalance(splits: list[str], picks: list[int], n_val: int, n_test: int) -> 
         vals.append(tests.pop())
 
 
-def _write_png(path: Path, rgb_or_gray: np.ndarray) -> None:
-    import cv2
-
-    arr = rgb_or_gray
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), arr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
-        raise OSError(f"{path}: could not write PNG")
-
-
 def synthesize(out: str | Path, n_good: int, n_defect: int, size: int = 256, seed: int = 0,
                products: tuple[str, ...] = tuple(PRODUCTS), kinds: tuple[str, ...] = DEFECT_KINDS,
                val_frac: float = DEFAULT_VAL_FRAC, test_frac: float = DEFAULT_TEST_FRAC,
@@ -214,13 +203,7 @@ def synthesize(out: str | Path, n_good: int, n_defect: int, size: int = 256, see
              for i in range(n_defect)]
     for index, (kind, product, split) in enumerate(jobs):
         s = make_sample(product, kind, size, seed, index)
-        stem = f"{index:06d}_{product}_{kind}"
-        image_rel = f"images/{stem}.png"
-        _write_png(out / image_rel, s.image)
-        mask_rel = None
-        if s.mask is not None:
-            mask_rel = f"masks/{stem}.png"
-            _write_png(out / mask_rel, s.mask.astype(np.uint8) * 255)
+        image_rel, mask_rel = write_sample(out, f"{index:06d}_{product}_{kind}", s.image, s.mask)
         records.append(Record(image=image_rel, mask=mask_rel, caption=s.caption,
                               label="good" if kind == "good" else "defect", defect_type=s.defect_type,
                               product=product, split=split, severity=s.severity, meta=s.meta))
