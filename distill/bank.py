@@ -64,9 +64,10 @@ def score_outputs(outputs: list[dict], bank: np.ndarray, size: int, params: Scor
 def fit_head_norms(outputs: list[dict], bank: np.ndarray, size: int, params: ScoringParams) -> ScoringParams:
     """Mode "both" with each part's norm at its good-image level (teacher.bank.calibrate_threshold on
     ``outputs`` of good images: a high percentile), as the teacher pipeline divides by its thresholds."""
+    from runtime.scoring import head_map, top_score
     from teacher.bank import calibrate_threshold
 
     bank_s = score_outputs(outputs, bank, size, replace(params, mode="bank")).scores
-    head_s = score_outputs(outputs, bank, size, replace(params, mode="head")).scores
+    head_s = np.asarray([top_score(head_map(o, (size, size)), params.score_topk) for o in outputs])  # no second kNN
     return replace(params, mode="both", bank_norm=max(calibrate_threshold(bank_s, None)[0], 1e-6),
                    head_norm=max(calibrate_threshold(head_s, None)[0], 1e-6))

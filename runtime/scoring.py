@@ -5,9 +5,9 @@ and blurred to image size; the image score is the map's max (or top-k mean). One
 distill's calibration, the teacher's good-images-only mode and the edge, so their numbers agree.
 
 A student distilled from a teacher with a mask head also emits the head's outputs ("class_logits",
-"mask_logits"); ``score_outputs`` then scores as the teacher pipeline does in that mode: the head's
-defect-probability map, or (mode "both") the bank map and the head map each divided by its own norm and
-averaged, so that each part's evidence counts whatever its units.
+"mask_logits", and their map "defect_map"); ``score_outputs`` then scores as the teacher pipeline does in
+that mode: the head's defect-probability map (``head_map``), or (mode "both") the bank map and the head map
+each divided by its own norm and averaged, so that each part's evidence counts whatever its units.
 """
 from __future__ import annotations
 
@@ -65,32 +65,42 @@ def head_probability_map(class_logits: np.ndarray, mask_logits: np.ndarray, imag
     return cv2.resize(pm, (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def head_map(outputs: dict[str, np.ndarray], image_hw: tuple[int, int]) -> np.ndarray:
+    """The head's (H, W) defect-probability map from a network's outputs: the distilled "defect_map" (sigmoid
+    of its logits) when present, else made from the query outputs (``head_probability_map``)."""
+    if HEAD_MAP_OUTPUT in outputs:
+        import cv2
+
+        z = np.asarray(outputs[HEAD_MAP_OUTPUT], np.float64).reshape(np.shape(outputs[HEAD_MAP_OUTPUT])[-2:])
+        return cv2.resize((1.0 / (1.0 + np.exp(-z))).astype(np.float32), (image_hw[1], image_hw[0]),
+                          interpolation=cv2.INTER_LINEAR)
+    missing = [n for n in HEAD_OUTPUTS if n not in outputs]
+    if missing:
+        raise ValueError(f"scoring needs {HEAD_MAP_OUTPUT!r} or the head outputs {missing}; the network has "
+                         f"{sorted(outputs)}")
+    return head_probability_map(outputs["class_logits"], outputs["mask_logits"], image_hw)
+
+
+def top_score(amap: np.ndarray, score_topk: int = 1) -> float:
+    """Image score of a map: the mean of its ``score_topk`` largest values (1: the max)."""
+    top = np.partition(amap.ravel(), -score_topk)[-score_topk:] if score_topk > 1 else amap.max(keepdims=True)
+    return float(top.mean())
+
+
 def score_outputs(outputs: dict[str, np.ndarray], bank: np.ndarray, image_hw: tuple[int, int], *,
                   mode: str = "bank", k: int = 1, blur_sigma_px: float = 4.0, score_topk: int = 1,
                   bank_norm: float = 1.0, head_norm: float = 1.0, embedding_output: str = "embedding") -> ScoreResult:
     """Score one image from the network's outputs. The bank's nearest-neighbour distances always give the
     OOD statistic; ``mode`` picks the map (see the module doc)."""
+    if mode not in SCORING_MODES:
+        raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
     r = score_embedding(outputs[embedding_output], bank, image_hw, k=k, blur_sigma_px=blur_sigma_px,
                         score_topk=score_topk)
     if mode == "bank":
         return r
-    if mode not in SCORING_MODES:
-        raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
-    if HEAD_MAP_OUTPUT in outputs:  # the distilled map: sigmoid of its logits, bilinear to the image
-        import cv2
-
-        z = np.asarray(outputs[HEAD_MAP_OUTPUT], np.float64).reshape(np.shape(outputs[HEAD_MAP_OUTPUT])[-2:])
-        hm = cv2.resize((1.0 / (1.0 + np.exp(-z))).astype(np.float32), (image_hw[1], image_hw[0]),
-                        interpolation=cv2.INTER_LINEAR)
-    else:
-        missing = [n for n in HEAD_OUTPUTS if n not in outputs]
-        if missing:
-            raise ValueError(f"scoring mode {mode!r} needs {HEAD_MAP_OUTPUT!r} or the head outputs {missing}; the "
-                             f"network has {sorted(outputs)}")
-        hm = head_probability_map(outputs["class_logits"], outputs["mask_logits"], image_hw)
+    hm = head_map(outputs, image_hw)
     amap = hm if mode == "head" else (r.anomaly_map / bank_norm + hm / head_norm) / 2
-    top = np.partition(amap.ravel(), -score_topk)[-score_topk:] if score_topk > 1 else amap.max(keepdims=True)
-    return ScoreResult(anomaly_map=amap.astype(np.float32), score=float(top.mean()),
+    return ScoreResult(anomaly_map=amap.astype(np.float32), score=top_score(amap, score_topk),
                        mean_nn_distance=r.mean_nn_distance)
 
 
