@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
+
 DEFAULT_BANK_BUDGET = 4096  # bank vectors: the edge's kNN costs h·w·N·D per frame
-DEFAULT_K = 1
-DEFAULT_BLUR_SIGMA_PX = 4.0
-DEFAULT_SCORE_TOPK = 1
 
 
 @dataclass

@@ -28,6 +28,7 @@ from distill.run import save_run
 from distill.students import create_student, list_students
 from distill.targets import cache_key, cached_targets, compute_targets, read_shards
 from distill.trainer import fit_student, level_cosine, plot_curves
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 from runtime.commands import positive_int
 from runtime.manifest import Preprocess
 
@@ -50,7 +51,7 @@ def configure(p) -> None:
                    help="project each level through a frozen rank-R PCA basis of the teacher's features")
     p.add_argument("--bank-budget", type=int, default=DEFAULT_BANK_BUDGET)
     p.add_argument("--k", type=int, default=1)
-    p.add_argument("--blur-sigma", type=float, default=4.0)
+    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX)
     p.add_argument("--target-agreement", type=float, default=0.995)
     p.add_argument("--mse-weight", type=float, default=1.0)
     p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")

@@ -7,7 +7,6 @@ hash, image content, noise draws and seed, so a changed input is never served st
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +80,6 @@ class _NoBar:
 def _bar(total: int, desc: str, enabled: bool):
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
+    from runtime.progress import progress
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+    return progress(total, desc, leave=False)

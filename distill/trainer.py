@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -55,9 +54,9 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     f = open(metrics_path, "a") if metrics_path else None
     bar = None
     if progress:
-        from tqdm import tqdm
+        from runtime.progress import progress
 
-        bar = tqdm(total=steps, desc="distill", file=sys.stderr, leave=False)
+        bar = progress(steps, "distill", leave=False)
     student.train()
     t0 = time.time()
     best = (-2.0, None, -1)  # (mean val cosine, state, step)

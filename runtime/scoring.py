@@ -18,6 +18,11 @@ import numpy as np
 from kernels import dispatch
 from runtime.verdict import Region
 
+# The scoring defaults, written here once: the manifest, both banks and the CLIs take them from here.
+DEFAULT_K = 1  # mean distance to the k nearest bank vectors
+DEFAULT_BLUR_SIGMA_PX = 4.0  # Gaussian on the full-size map
+DEFAULT_SCORE_TOPK = 1  # image score = mean of the top-k map values (1 = max)
+
 
 @dataclass
 class ScoreResult:
@@ -37,8 +42,8 @@ def embedding_to_queries(embedding: np.ndarray) -> tuple[np.ndarray, tuple[int, 
     return np.ascontiguousarray(e.reshape(d, h * w).T, dtype=np.float32), (h, w)
 
 
-def score_embedding(embedding: np.ndarray, bank: np.ndarray, image_hw: tuple[int, int], *, k: int = 1,
-                    blur_sigma_px: float = 4.0, score_topk: int = 1) -> ScoreResult:
+def score_embedding(embedding: np.ndarray, bank: np.ndarray, image_hw: tuple[int, int], *, k: int = DEFAULT_K,
+                    blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, score_topk: int = DEFAULT_SCORE_TOPK) -> ScoreResult:
     q, (h, w) = embedding_to_queries(embedding)
     dist = dispatch.knn_score(q, bank, k=k).reshape(h, w)
     amap, score = dispatch.anomaly_map(dist, image_hw, blur_sigma_px, score_topk)
@@ -81,14 +86,15 @@ def head_map(outputs: dict[str, np.ndarray], image_hw: tuple[int, int]) -> np.nd
     return head_probability_map(outputs["class_logits"], outputs["mask_logits"], image_hw)
 
 
-def top_score(amap: np.ndarray, score_topk: int = 1) -> float:
+def top_score(amap: np.ndarray, score_topk: int = DEFAULT_SCORE_TOPK) -> float:
     """Image score of a map: the mean of its ``score_topk`` largest values (1: the max)."""
     top = np.partition(amap.ravel(), -score_topk)[-score_topk:] if score_topk > 1 else amap.max(keepdims=True)
     return float(top.mean())
 
 
 def score_outputs(outputs: dict[str, np.ndarray], bank: np.ndarray, image_hw: tuple[int, int], *,
-                  mode: str = "bank", k: int = 1, blur_sigma_px: float = 4.0, score_topk: int = 1,
+                  mode: str = "bank", k: int = DEFAULT_K, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX,
+                  score_topk: int = DEFAULT_SCORE_TOPK,
                   bank_norm: float = 1.0, head_norm: float = 1.0, embedding_output: str = "embedding") -> ScoreResult:
     """Score one image from the network's outputs. The bank's nearest-neighbour distances always give the
     OOD statistic; ``mode`` picks the map (see the module doc)."""

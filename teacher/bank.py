@@ -31,13 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
 from teacher.device import default_device
 
 BANK_LEVELS = ("s8", "s16")
 CORESET_PROJ_DIM = 128
 BUDGET_FRACTION = 0.1  # PatchCore keeps 1-10 % of the patch vectors
 BUDGET_MIN, BUDGET_MAX = 1024, 16384  # default budget = clip(10 % of N, 1024, 16384)
-DEFAULT_BLUR_SIGMA_PX = 4.0
 GOOD_PERCENTILE = 99.0
 GOOD_MARGIN = 1.05
 BANK_FILE = "bank.npy"
@@ -50,11 +50,16 @@ def patch_embedding(features: dict[str, torch.Tensor]) -> torch.Tensor:
     hw = ref.shape[-2:]
     parts = []
     for name in BANK_LEVELS:
-        f = F.avg_pool2d(features[name].float(), kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        f = local_patch(features[name])
         if f.shape[-2:] != hw:
             f = F.interpolate(f, size=hw, mode="bilinear", align_corners=False)
         parts.append(F.normalize(f, dim=1))
     return torch.cat(parts, dim=1)
+
+
+def local_patch(f: torch.Tensor) -> torch.Tensor:
+    """PatchCore's local neighbourhood aggregation of one level: a 3×3 mean, same size."""
+    return F.avg_pool2d(f.float(), kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
 
 def greedy_coreset(features: torch.Tensor | np.ndarray, budget: int, seed: int = 0, *,
@@ -106,9 +111,9 @@ class MemoryBank:
     bank: np.ndarray  # float32 (N, D)
     threshold: float
     band: tuple[float, float]
-    k: int = 1
+    k: int = DEFAULT_K
     blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX
-    score_topk: int = 1
+    score_topk: int = DEFAULT_SCORE_TOPK
     min_region_px: int = 16
     info: dict = field(default_factory=dict)
 
@@ -191,7 +196,7 @@ def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | Non
 
 def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray] | None = None,
              val_defect: list[np.ndarray] | None = None, *, budget: int | None = None, seed: int = 0,
-             k: int = 1, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, min_region_px: int = 16,
+             k: int = DEFAULT_K, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, min_region_px: int = 16,
              batch_size: int = 8, log=None) -> MemoryBank:
     """Build and calibrate a bank from good training images; val images (good / defect) calibrate."""
     t0 = time.time()

@@ -52,7 +52,7 @@ def load_batch(ds, records, size: int) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from runtime.progress import progress
 
     from teacher.checkpoint import load_teacher
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shards, rows, pending, n_pending = [], [], {}, 0
     t0 = time.time()
-    bar = tqdm(total=len(records), file=sys.stderr, desc="teacher extract", unit="img", dynamic_ncols=True)
+    bar = progress(len(records), "teacher extract", unit="img")
 
     def flush():
         nonlocal pending, n_pending

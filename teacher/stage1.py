@@ -1,4 +1,5 @@
-"""The stage-1 objective as one nn.Module, so DDP wraps a single forward: L = L_diff + 0.3 L_imp (Eq. 15).
+"""The stage-1 objective as one nn.Module, so DDP wraps a single forward: L = L_diff + 0.3 L_imp (Eq. 15),
+plus λ·L_align when the run aligns its bank levels to an ImageNet encoder (teacher/align.py).
 
 All randomness (posterior sample, noise, timesteps, condition choices) comes in as tensors drawn by
 the caller from a per-step generator, which makes a resumed run bit-identical to an unbroken one.
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from teacher.model import TeacherModel
+from teacher.align import FeatureAlignment
+from teacher.model import TeacherModel, feature_hooks
 
 
 @dataclass
@@ -41,10 +43,12 @@ class StepNoise:
 
 
 class Stage1Loss(nn.Module):
-    def __init__(self, teacher: TeacherModel, imp_weight: float = 0.3):
+    def __init__(self, teacher: TeacherModel, imp_weight: float = 0.3, align: FeatureAlignment | None = None,
+                 align_weight: float = 0.0):
         super().__init__()
         self.teacher = teacher
         self.imp_weight = imp_weight
+        self.align, self.align_weight = align, align_weight
 
     def forward(self, images01: torch.Tensor, captions: list[str], n: StepNoise):
         m = self.teacher
@@ -61,4 +65,13 @@ class Stage1Loss(nn.Module):
         pred = m.unet(z_t, n.t, encoder_hidden_states=c[:, None, :]).sample  # Eq. (4), (B, 4, h, w)
         l_diff = F.mse_loss(pred.float(), n.eps.float())  # Eq. (5)
         l_imp = (1 - F.cosine_similarity(t_imp.float(), e_t.detach().float(), dim=-1)).mean()  # Eq. (8)
-        return l_diff + self.imp_weight * l_imp, l_diff.detach(), l_imp.detach()  # Eq. (15)
+        loss = l_diff + self.imp_weight * l_imp  # Eq. (15)
+        l_align = torch.zeros((), device=loss.device)
+        if self.align is not None:
+            # a second pass as extract_features sees the image: t=50, implicit caption, no dropout
+            t_feat = torch.full_like(n.t, m.feature_spec.timestep)
+            with feature_hooks(m.unet, m.feature_spec.names) as maps:
+                m.unet(m.scheduler.add_noise(z0, n.eps, t_feat), t_feat, encoder_hidden_states=t_imp[:, None, :])
+            l_align = self.align(maps, images01)
+            loss = loss + self.align_weight * l_align
+        return loss, l_diff.detach(), l_imp.detach(), l_align.detach()

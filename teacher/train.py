@@ -51,6 +51,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--ema-decay", type=float)
+    p.add_argument("--align-weight", type=float, help="λ of the representation alignment to ImageNet "
+                   "EfficientNet-Lite0 (teacher/align.py); 0 turns it off (default: the preset's)")
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto: bf16 on a GPU that has it, else fp16 with a scaler; fp32 on CPU")

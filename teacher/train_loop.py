@@ -32,11 +32,11 @@ def _hparams(args, preset, saved: dict | None = None) -> dict:
     d = preset.train
     base = dict(lr=d.lr, min_lr=d.min_lr, weight_decay=d.weight_decay, betas=list(d.betas),
                 warmup_steps=d.warmup_steps, grad_clip=d.grad_clip, ema_decay=d.ema_decay, batch_size=d.batch_size,
-                imp_loss_weight=d.imp_loss_weight, text_prob=d.text_prob, null_prob=d.null_prob, seed=0,
-                init=args.init)
+                imp_loss_weight=d.imp_loss_weight, align_weight=d.align_weight, text_prob=d.text_prob,
+                null_prob=d.null_prob, seed=0, init=args.init)
     base.update(saved or {})
     given = dict(lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema_decay,
-                 batch_size=args.batch_size, seed=args.seed)
+                 batch_size=args.batch_size, seed=args.seed, align_weight=args.align_weight)
     base.update({k: v for k, v in given.items() if v is not None})
     base.update(augment=not args.no_augment, mixed_precision=args.mixed_precision,
                 gradient_checkpointing=args.gradient_checkpointing, total_steps=args.steps)
@@ -114,7 +114,17 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         if rank == 0 and state.get("total_steps") not in (None, args.steps):
             print(f"teacher train: WARNING --steps {args.steps} differs from the run's {state['total_steps']}: the "
                   f"cosine LR schedule is stretched from here on", file=sys.stderr)
-    loss_fn = Stage1Loss(model, hp["imp_loss_weight"])
+    align = None
+    if hp["align_weight"] > 0:
+        from teacher.align import ALIGN_ENCODER, FIT_IMAGES, FeatureAlignment
+
+        sample = ImageCaptionSet(ds, records, image_size)
+        pick = range(0, len(records), max(1, len(records) // FIT_IMAGES))  # spread over products, no augmentation
+        align = FeatureAlignment().to(device).fit(
+            torch.stack([sample.load(i) for i in pick]).to(device).float() / 255.0,
+            {lv.name: lv.channels for lv in model.feature_spec.levels})
+        hp["align_encoder"] = ALIGN_ENCODER
+    loss_fn = Stage1Loss(model, hp["imp_loss_weight"], align, hp["align_weight"])
     net = loss_fn
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -134,12 +144,12 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         metrics_f = open(out / "metrics.jsonl", "a")
-        from tqdm import tqdm
+        from runtime.progress import progress
 
-        bar = tqdm(total=args.steps, initial=step, file=sys.stderr, desc="teacher train", dynamic_ncols=True)
+        bar = progress(args.steps, "teacher train", initial=step)
     model.train()
     model.vae.eval()
-    last = {"loss": float("nan"), "l_diff": float("nan"), "l_imp": float("nan")}
+    last = {"loss": float("nan"), "l_diff": float("nan"), "l_imp": float("nan"), "l_align": float("nan")}
     it = _batches(order, data, epoch, batch, args.num_workers)
     t_start = time.time()
     while step < stop:
@@ -152,7 +162,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         noise = StepNoise.draw(g, x.shape[0], latent, T, hp["text_prob"], hp["null_prob"]).to(device)
         ctx = torch.autocast(device_type="cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
         with ctx:
-            loss, l_diff, l_imp = net(x, caps, noise)
+            loss, l_diff, l_imp, l_align = net(x, caps, noise)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -169,7 +179,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         ema.update(mods)
         step += 1
         epoch, batch = (e, b + 1)
-        vals = torch.stack([loss.detach().float(), l_diff.float(), l_imp.float()])
+        vals = torch.stack([loss.detach().float(), l_diff.float(), l_imp.float(), l_align.float()])
         if world > 1:
             import torch.distributed as dist
 
@@ -178,7 +188,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         if rank == 0:
             dt = time.time() - t0
             ips = x.shape[0] * world / max(dt, 1e-9)
-            last = {"loss": vals[0].item(), "l_diff": vals[1].item(), "l_imp": vals[2].item()}
+            last = dict(zip(("loss", "l_diff", "l_imp", "l_align"), vals.tolist()))
             row = {"step": step, **last, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
                    "images_per_s": round(ips, 2), "epoch": e, "time": round(time.time(), 3)}
             metrics_f.write(json.dumps(row) + "\n")

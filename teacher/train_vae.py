@@ -98,7 +98,7 @@ def fit_lossless(vae, data: ImageCaptionSet, out: Path, preset: str, device, as_
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from runtime.progress import progress
 
     try:
         preset = get_preset(args.preset)
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     metrics = open(out / "metrics.jsonl", "w")
-    bar = tqdm(total=args.steps, file=sys.stderr, desc="teacher train-vae", dynamic_ncols=True)
+    bar = progress(args.steps, "teacher train-vae")
     t_start, rec = time.time(), float("nan")
     vae.train()
     for step, (_, _, idx) in zip(range(1, args.steps + 1), order.batches_from(0, 0)):

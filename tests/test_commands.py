@@ -47,3 +47,20 @@ def test_a_missing_extra_is_named(tmp_path, monkeypatch, capsys):
     assert dispatch("teacher", {"x": ("needs_torch_cmd", "a command that imports torch")}, ["x"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "teacher x: needs 'torch', which is not installed: install the lineside[teacher] extra"
+
+
+def test_help_shows_defaults_but_not_empty_ones(tmp_path, monkeypatch, capsys):
+    (tmp_path / "flags_cmd.py").write_text(
+        "def configure(p):\n"
+        "    p.add_argument('--steps', type=int, default=600, help='optimiser steps')\n"
+        "    p.add_argument('--out', help='output folder')\n"
+        "    p.add_argument('--seed', type=int, default=0, help='random seed (default 0 keeps the run reproducible)')\n"
+        "    p.add_argument('--json', action='store_true', help='print JSON')\n"
+        "def run(args):\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit):
+        dispatch("tool", {"go": ("flags_cmd", "a command")}, ["go", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "optimiser steps (default: 600)" in text
+    assert "output folder" in text and "(default: None)" not in text and "(default: False)" not in text
+    assert "reproducible) (default" not in text  # a help line that states its default is left as written

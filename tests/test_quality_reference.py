@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from runtime.quality import quality_row
+from runtime.quality import quality_row, warnings_for
 
 
 def _maps(labels, hit):
@@ -35,6 +35,9 @@ def test_quality_row_perfect_and_per_product_mean():
     assert m["image_auroc"] == pytest.approx(1.0) and m["au_pro"] == pytest.approx(1.0)
     assert m["accuracy"] == 1.0 and m["false_reject_rate"] == 0.0 and m["escape_rate"] == 0.0
     assert m["recall_per_type"] == {"x": 1.0, "y": 1.0}
+    assert m["confusion"] == {"tp": 4, "fp": 0, "fn": 0, "tn": 4}
+    assert row["per_product"]["a"]["confusion"] == {"tp": 2, "fp": 0, "fn": 0, "tn": 2}
+    assert warnings_for(row) == []
 
 
 def test_quality_row_blind_detector_is_at_chance_and_escapes():
@@ -44,6 +47,17 @@ def test_quality_row_blind_detector_is_at_chance_and_escapes():
     row = quality_row(["p"] * 8, labels, ["good", "x"] * 4, scores, maps, masks, [0] * 8)
     assert row["mean"]["image_auroc"] == pytest.approx(0.5)
     assert row["mean"]["escape_rate"] == 1.0 and row["mean"]["recall_per_type"] == {"x": 0.0}
+    assert row["mean"]["confusion"] == {"tp": 0, "fp": 0, "fn": 4, "tn": 4}
+    warned = warnings_for(row)
+    assert len(warned) == 2 and "chance" in warned[0] and "100% of defective parts pass" in warned[1]
+
+
+def test_a_detector_that_rejects_everything_is_warned_about():
+    labels = [0, 1] * 4
+    masks, maps = _maps(labels, hit=True)
+    row = quality_row(["p"] * 8, labels, ["good", "x"] * 4, [float(a.max()) for a in maps], maps, masks, [1] * 8)
+    assert row["mean"]["confusion"] == {"tp": 4, "fp": 4, "fn": 0, "tn": 0}
+    assert warnings_for(row) == ["100% of good parts are rejected at the calibrated threshold"]
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,10 @@ class DemoSettings:
 # FULL keeps 96 goods: 192 lifted the teacher's P-AUROC (0.67 -> 0.76) but not its I-AUROC (0.58) and lowered
 # the student's (measured before the coreset's memory fix, when 192 goods also took ~22 GB). The head trains
 # 600 steps on 3 pseudo-defects per good image and the student 800 steps: on the public evaluation set
-# 300 / 200 steps left 4-5 pt of AU-PRO on the table (README, "Does it detect?").
-FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=200,
+# 300 / 200 steps left 4-5 pt of AU-PRO on the table (README, "Does it detect?"). The teacher trains 1000 steps
+# with its representation alignment (teacher/align.py), which needs steps: at 200 its head was no better than
+# without it; `lineside bench quality`, with a 30-minute budget, trains 2000 (RECIPE_TRAIN_STEPS there).
+FULL = DemoSettings(mode="full", n_good=96, n_defect=48, size=128, seed=0, vae_steps=300, train_steps=1000,
                     finetune_steps=600, pseudo_defects=3, distill_steps=800, student="s", max_frames=None, rate_hz=5.0,
                     overlays_per_kind=3, quantize_method="ort", sd15_compare=True)
 QUICK = DemoSettings(mode="quick", n_good=24, n_defect=12, size=128, seed=0, vae_steps=10, train_steps=10,
