@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.featurespec import ContractError, FeatureSpec
-from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK, SCORING_MODES
 
 MANIFEST_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -40,7 +40,7 @@ class Scoring(BaseModel):
     min_region_px: int = 16
     # "bank": the map above; "head"/"both": the distilled mask head's map, alone or averaged with the bank's,
     # each divided by its norm (runtime.scoring.score_outputs). Norms: each part's calibrated good-image level.
-    mode: Literal["bank", "head", "both"] = "bank"
+    mode: Literal[SCORING_MODES] = "bank"
     bank_norm: float = Field(1.0, gt=0)
     head_norm: float = Field(1.0, gt=0)
 

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.scoring import SCORING_MODES
+
 METRIC_KEYS = ("image_auroc", "image_ap", "f1_max", "f1_threshold", "accuracy", "pixel_auroc", "au_pro",
                "iou", "dice", "classification_accuracy", "box_map@0.5", "box_map@0.75")
 N_CASES = 4  # worst and best images shown in the report
@@ -143,7 +145,7 @@ def configure(p) -> None:
     p.add_argument("--data", required=True, help="dataset manifest.jsonl")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--report", default=None, help="write an HTML report (index.html + PNGs) to this directory")
-    p.add_argument("--mode", choices=("bank", "head", "both"), default=None,
+    p.add_argument("--mode", choices=SCORING_MODES, default=None,
                    help="evaluate these parts only (default: every part CKPT holds)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-images", type=int, default=0, help="evaluate at most this many images (0 = all)")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runtime.scoring import SCORING_MODES
 from runtime.verdict import Region, Verdict
 from teacher.bank import MemoryBank, patch_embedding
 from teacher.head.model import HeadState, defect_probability_map, head_outputs, load_head, regions_from_queries
@@ -63,7 +64,7 @@ def _hash_tensors(*arrays) -> str:
     return h.hexdigest()
 
 
-MODES = ("bank", "head", "both")
+MODES = SCORING_MODES  # one list for the teacher and the edge
 HEAD_BAND = 0.1  # the head's uncertainty band: its threshold +- this (probabilities)
 
 
