@@ -14,8 +14,8 @@ user would run it, so this process stays torch-free.
 
 Without ``--teacher`` the demo's recipe runs on the manifest's own train split into ``--work``
 (`teacher train-vae`, `train`, `finetune --pseudo-defects`, `bank`, `distill fit`, `quantize`, `export`,
-the full demo's step counts but :data:`RECIPE_TRAIN_STEPS` for the teacher, the teacher at ``--size``), so one command answers "how would lineside do on
-my line?".
+the full demo's step counts except :data:`RECIPE_TRAIN_STEPS` for the teacher, the teacher at ``--size``),
+so one command answers "how would lineside do on my line?".
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ class LogProgress:
         self._closed = False
 
     def set_postfix(self, **kw) -> None:
-        self.postfix = {k: v for k, v in kw.items()}
+        self.postfix = dict(kw)
 
     def update(self, n: int = 1) -> None:
         self.n += n
