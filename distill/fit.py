@@ -28,9 +28,9 @@ from distill.run import save_run
 from distill.students import create_student, list_students
 from distill.targets import cache_key, cached_targets, compute_targets, read_shards
 from distill.trainer import fit_student, level_cosine, plot_curves
-from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 from runtime.commands import positive_int
 from runtime.manifest import Preprocess
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 
 DEFAULT_EMBED_DIM = 128
 

@@ -27,9 +27,7 @@ def load_teacher_head(ckpt: str | Path | None):
 @torch.no_grad()
 def head_targets(state, feats: dict[str, torch.Tensor], image_size: int, batch_size: int = 8
                  ) -> tuple[dict[str, torch.Tensor], tuple[HeadSpec, ...]]:
-    from teacher.head.model import head_outputs
-
-    from teacher.head.model import defect_probability_map
+    from teacher.head.model import defect_probability_map, head_outputs
 
     cls, masks, maps = [], [], []
     n = next(iter(feats.values())).shape[0]

@@ -11,7 +11,7 @@ pretrained encoder's, and gets better features sooner. lineside adds that term t
   ``TeacherModel.extract_features`` runs), after the bank's own 3×3 aggregation;
 * the target of each level is the encoder's map at the same stride, aggregated the same way, centred and
   projected on its leading principal directions, as many as the U-Net level has channels (fitted once, at
-  the start of the run, on its own training images: :meth:`FeatureAlignment.fit`). L_align is the mean over
+  the start of the run, on a spread sample of its own training images: :meth:`FeatureAlignment.fit`). L_align is the mean over
   positions of 1 − cos(U-Net patch, target patch): the U-Net's own channels become those directions, with
   no projector between, so the bank's nearest-neighbour search and the head see the aligned geometry.
 
@@ -31,7 +31,9 @@ from torch import nn
 from teacher.bank import BANK_LEVELS, local_patch
 
 ALIGN_ENCODER = "efficientnet-lite0-imagenet"
-FIT_IMAGES = 64  # training images the principal directions are fitted on (spread over the split)
+# The principal directions are fitted on every (N // FIT_IMAGES)-th of the run's N training images: between 64
+# and 127 of them (all, below 64), spread over the split in manifest order.
+FIT_IMAGES = 64
 
 
 def _patches(f: torch.Tensor) -> torch.Tensor:

