@@ -233,14 +233,14 @@ def test_reading_eval_json():
     assert an.feature_cosine(de) == {"s8": 0.95, "s16": 0.93}
     assert an.student_latency(de, "int8") == (1.5, "openvino-int8")
     assert an.student_latency(de, "fp32") == (4.0, "onnxruntime-fp32")
-    from runtime.demo.pipeline import speed_figures
+    from runtime.demo.analysis import speed_figures
     sp = speed_figures({"distill-eval": de}, {}, {"teacher": 1000, "student_int8": 10})
     assert sp["speedup"] == pytest.approx(80.0) and sp["size_ratio"] == 100 and sp["int8_vs_fp32"] == pytest.approx(4 / 1.5)
     assert an.metric_row(None) == {m: None for m in an.TABLE_METRICS}
 
 
 def test_sd15_speed_from_command_json():
-    from runtime.demo.pipeline import sd15_speed
+    from runtime.demo.analysis import sd15_speed
 
     tb = {"device": "cpu", "dtype": "float32", "unet_params": 859520964,
           "results": [{"size": 256, "latency_s_per_image": 3.0}]}

@@ -16,6 +16,7 @@ from runtime import metrics
 from runtime.verdict import Verdict
 
 LEVELS = ("s8", "s16", "s32", "s64")
+SD15_SIZE = 256  # px: the production teacher's comparison size (the distill issue's 300x target)
 TABLE_METRICS = ("image_auroc", "pixel_auroc", "au_pro", "f1")  # the table's columns
 _ALIASES = {
     "image_auroc": ("image_auroc", "i_auroc", "img_auroc", "auroc_image", "I-AUROC"),
@@ -298,3 +299,61 @@ def model_sizes(teacher_ckpt: Path, artifact: Path, manifest) -> dict[str, int]:
 
 def teacher_params(teacher_ckpt: Path) -> int:
     return sum(safetensors_params(f) for f in teacher_inference_files(teacher_ckpt) if f.suffix == ".safetensors")
+
+
+def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval=None) -> dict:
+    """Teacher vs student per-image latency and size. From distill eval's side-by-side timing (same
+    process, same input size: ``teacher_latency.median_ms`` vs the fastest INT8 backend's median);
+    else from the verdicts' stage latencies (teacher server's feature stage vs the edge backend)."""
+    out: dict = {}
+    student_b = sizes.get("student_int8") or sizes.get("student_fp32")
+    if student_b and sizes.get("teacher"):
+        out["size_ratio"] = sizes["teacher"] / student_b
+    de = j.get("distill-eval") or {}
+    t_ms = _num((de.get("teacher_latency") or {}).get("median_ms"))
+    s_ms, where = student_latency(de, "int8")
+    if s_ms is None:
+        s_ms, where = student_latency(de, "fp32")
+    src = f"distill eval --json (teacher vs student {where}, one image, {(de.get('latency') or {}).get('threads', '?')} thread)"
+    if t_ms is None or s_ms is None:
+        lat = vfig.get("latency_ms", {})
+        t_ms = _stage(lat, "teacher.", ("features", "extract", "model"))
+        s_ms = _stage(lat, "edge.", ("backend", "infer", "model"))
+        src = "verdict stage latencies (teacher server features vs edge backend)"
+    f32, _ = student_latency(de, "fp32")
+    i8, _ = student_latency(de, "int8")
+    if f32 and i8:
+        out["int8_vs_fp32"] = f32 / i8
+    if t_ms and s_ms:
+        out.update(teacher_ms=t_ms, student_ms=s_ms, speedup=t_ms / s_ms, source=src)
+        out["note"] = f"per-image latency from {src}; the teacher here is the tiny preset at the demo's image size"
+    else:
+        out["note"] = "speedup not computed: no teacher and student per-image latency in this run's outputs"
+    return out
+
+
+def sd15_speed(teacher_bench: dict, student_eval: dict) -> dict:
+    """Production teacher vs student at the same input size: `teacher bench --preset sd15 --json`
+    (latency_s_per_image) against the fastest INT8 backend of `distill eval --student-only --json`."""
+    t = next((r for r in teacher_bench.get("results", []) if r.get("size") == SD15_SIZE), None)
+    s_ms, where = student_latency(student_eval, "int8")
+    if s_ms is None:
+        s_ms, where = student_latency(student_eval, "fp32")
+    out: dict = {"size": SD15_SIZE, "teacher_device": teacher_bench.get("device"),
+                 "teacher_unet_params": teacher_bench.get("unet_params")}
+    if t and s_ms:
+        t_ms = float(t["latency_s_per_image"]) * 1e3
+        out.update(teacher_ms=t_ms, student_ms=s_ms, student_backend=where, speedup=t_ms / s_ms,
+                   note=f"sd15 teacher ({teacher_bench.get('device')}, {teacher_bench.get('dtype')}) vs student "
+                        f"{where}, both at {SD15_SIZE} px, one image, this machine")
+    else:
+        out["note"] = "not measured: no sd15 or no student latency in the outputs"
+    return out
+
+
+def _stage(lat: dict, prefix: str, words: tuple[str, ...]) -> float | None:
+    for w in words:
+        for k, v in lat.items():
+            if k.startswith(prefix) and w in k[len(prefix):] and v.get("p50"):
+                return v["p50"]
+    return None

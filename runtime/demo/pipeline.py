@@ -16,7 +16,6 @@ from runtime.demo.steps import StepError, StepRunner, child_env
 
 PRESET = "tiny"
 N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report (+1: sd15 comparison)
-SD15_SIZE = 256  # px: the production teacher's comparison size (the distill issue's 300x target)
 
 
 class DemoError(RuntimeError):
@@ -278,14 +277,14 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
 
     speed_sd15: dict = {}
     if s.sd15_compare:  # after the line: its latencies are not disturbed by an 860M-parameter model
-        say(f"time the production teacher (sd15) and the student at {SD15_SIZE} px (teacher bench, distill eval) …",
+        say(f"time the production teacher (sd15) and the student at {an.SD15_SIZE} px (teacher bench, distill eval) …",
             start="sd15")
         try:
-            tb = runner.run("bench-sd15", "teacher", ["bench", "--preset", "sd15", "--sizes", SD15_SIZE, "--runs", 1,
+            tb = runner.run("bench-sd15", "teacher", ["bench", "--preset", "sd15", "--sizes", an.SD15_SIZE, "--runs", 1,
                                                       "--json"]).result
-            sb = runner.run("student-256", "distill", ["eval", art, "--student-only", "--size", SD15_SIZE, "--runs", 10,
+            sb = runner.run("student-256", "distill", ["eval", art, "--student-only", "--size", an.SD15_SIZE, "--runs", 10,
                                                        "--json"]).result
-            speed_sd15 = sd15_speed(tb, sb)
+            speed_sd15 = an.sd15_speed(tb, sb)
             say(f"sd15 {speed_sd15.get('teacher_ms', float('nan')):.0f} ms/image vs student "
                 f"{speed_sd15.get('student_ms', float('nan')):.2f} ms: {speed_sd15.get('speedup', float('nan')):.0f}×",
                 end="sd15")
@@ -353,7 +352,7 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     fig["feature_cosine"] = an.feature_cosine(j.get("distill-eval"))
     sizes = an.model_sizes(ckpt, art, manifest)
     fig["model_bytes"] = sizes
-    fig["speed"] = speed_figures(j, vfig, sizes)
+    fig["speed"] = an.speed_figures(j, vfig, sizes)
     fig["speed_sd15"] = speed_sd15
     fig["params"] = params = {"teacher (tiny, this run)": an.teacher_params(ckpt),
                               f"student {s.student}": (j.get("fit") or {}).get("n_params"),
@@ -421,68 +420,10 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     return summary
 
 
-def speed_figures(j: dict, vfig: dict, sizes: dict, student_eval=None) -> dict:
-    """Teacher vs student per-image latency and size. From distill eval's side-by-side timing (same
-    process, same input size: ``teacher_latency.median_ms`` vs the fastest INT8 backend's median);
-    else from the verdicts' stage latencies (teacher server's feature stage vs the edge backend)."""
-    out: dict = {}
-    student_b = sizes.get("student_int8") or sizes.get("student_fp32")
-    if student_b and sizes.get("teacher"):
-        out["size_ratio"] = sizes["teacher"] / student_b
-    de = j.get("distill-eval") or {}
-    t_ms = an._num((de.get("teacher_latency") or {}).get("median_ms"))
-    s_ms, where = an.student_latency(de, "int8")
-    if s_ms is None:
-        s_ms, where = an.student_latency(de, "fp32")
-    src = f"distill eval --json (teacher vs student {where}, one image, {(de.get('latency') or {}).get('threads', '?')} thread)"
-    if t_ms is None or s_ms is None:
-        lat = vfig.get("latency_ms", {})
-        t_ms = _stage(lat, "teacher.", ("features", "extract", "model"))
-        s_ms = _stage(lat, "edge.", ("backend", "infer", "model"))
-        src = "verdict stage latencies (teacher server features vs edge backend)"
-    f32, _ = an.student_latency(de, "fp32")
-    i8, _ = an.student_latency(de, "int8")
-    if f32 and i8:
-        out["int8_vs_fp32"] = f32 / i8
-    if t_ms and s_ms:
-        out.update(teacher_ms=t_ms, student_ms=s_ms, speedup=t_ms / s_ms, source=src)
-        out["note"] = f"per-image latency from {src}; the teacher here is the tiny preset at the demo's image size"
-    else:
-        out["note"] = "speedup not computed: no teacher and student per-image latency in this run's outputs"
-    return out
-
-
-def sd15_speed(teacher_bench: dict, student_eval: dict) -> dict:
-    """Production teacher vs student at the same input size: `teacher bench --preset sd15 --json`
-    (latency_s_per_image) against the fastest INT8 backend of `distill eval --student-only --json`."""
-    t = next((r for r in teacher_bench.get("results", []) if r.get("size") == SD15_SIZE), None)
-    s_ms, where = an.student_latency(student_eval, "int8")
-    if s_ms is None:
-        s_ms, where = an.student_latency(student_eval, "fp32")
-    out: dict = {"size": SD15_SIZE, "teacher_device": teacher_bench.get("device"),
-                 "teacher_unet_params": teacher_bench.get("unet_params")}
-    if t and s_ms:
-        t_ms = float(t["latency_s_per_image"]) * 1e3
-        out.update(teacher_ms=t_ms, student_ms=s_ms, student_backend=where, speedup=t_ms / s_ms,
-                   note=f"sd15 teacher ({teacher_bench.get('device')}, {teacher_bench.get('dtype')}) vs student "
-                        f"{where}, both at {SD15_SIZE} px, one image, this machine")
-    else:
-        out["note"] = "not measured: no sd15 or no student latency in the outputs"
-    return out
-
-
 def _ratio_words(r: float, other: str) -> str:
     """Teacher/student parameter ratio in words: "258× fewer than the X" or "1.3× more than the X"."""
     return f"{r:.0f}× fewer than the {other}" if r >= 1.5 else (
         f"about as many as the {other}" if r >= 0.8 else f"{1 / r:.1f}× more than the {other}")
-
-
-def _stage(lat: dict, prefix: str, words: tuple[str, ...]) -> float | None:
-    for w in words:
-        for k, v in lat.items():
-            if k.startswith(prefix) and w in k[len(prefix):] and v.get("p50"):
-                return v["p50"]
-    return None
 
 
 def _f(v, d: int = 3) -> str:
