@@ -56,6 +56,8 @@ def configure(p) -> None:
     p.add_argument("--mse-weight", type=float, default=1.0)
     p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="start the backbone from random weights even where it has ImageNet ones (lite0)")
     p.add_argument("--no-early-stop", action="store_true",
                    help="keep the last weights instead of those with the best held-out (val) cosine")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -84,7 +86,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         embed_dim: int | None = DEFAULT_EMBED_DIM, bank_budget: int = DEFAULT_BANK_BUDGET,
         scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
-        proj_rank: int | None = None, early_stop: bool = True) -> dict:
+        proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
     the checkpoint has a head or bank) or "labels"."""
     from runtime.dataset import load_dataset
@@ -154,6 +156,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                 ranks[lv.name] = int(proj_rank)
     torch.manual_seed(seed)
     model = create_student(student, spec=spec, embedding=recipe, head_outputs=head_specs, ranks=ranks)
+    init = model.load_pretrained() if pretrained else None
+    log(f"student backbone starts from {init or 'random weights'}")
     model.set_embedding_basis(basis, mean)
     for name, r in ranks.items():
         comps, mu, rank_share[name] = fit_pca(tr_t[name], r)
@@ -230,7 +234,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly",
-                  "early_stop": early_stop, "best_step": best_step},
+                  "early_stop": early_stop, "best_step": best_step, "init": init or "random"},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
         "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline,
                                                        "val_cosine_centred": centred}, "val_metrics": val_metrics, "n_params": n_params,
@@ -260,7 +264,7 @@ def run(args) -> int:
                   scoring=ScoringParams(k=args.k, blur_sigma_px=args.blur_sigma),
                   target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
-                  proj_rank=args.proj_rank, early_stop=not args.no_early_stop)
+                  proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0
