@@ -137,12 +137,28 @@ def write_report(res: dict, out_dir: str) -> Path:
     rep.table([[name] + [str(row["mean"].get("confusion", {}).get(k, "—")) for k in CONFUSION]
                + ["; ".join(warnings_for(row)) or "—"] for name, row in res["rows"].items()],
               header=["detector"] + [k.upper() for k in CONFUSION] + ["warnings"])
-    for name, row in res["rows"].items():
+    for i, (name, row) in enumerate(res["rows"].items()):
         rep.section(name)
         rep.table([[p] + [_f(f.get(c)) for c in cols] + [", ".join(f"{t} {v:.2f}" for t, v in
                                                                      f["recall_per_type"].items())]
                    for p, f in row["per_product"].items()], header=["product"] + cols + ["recall per type"])
+        _curve_figures(rep, f"row{i:02d}", name, row["per_product"])
     return rep.write()
+
+
+def _curve_figures(rep, stem: str, name: str, per_product: dict) -> None:
+    """One ROC and one PRO figure per row, a line per product (from the points runtime.quality keeps)."""
+    from runtime import report as R
+
+    for kind, xlabel, ylabel, xlim in (("roc", "image false positive rate", "image true positive rate", (0, 1)),
+                                       ("pro", "pixel false positive rate", "per-region overlap", (0, 0.3))):
+        col = "image_auroc" if kind == "roc" else "au_pro"
+        lines = {f"{p} ({_f(f.get(col))})": tuple(f["curves"][kind]) for p, f in per_product.items()
+                 if kind in f.get("curves", {})}
+        if lines:
+            rep.figure(R.plot_curves(rep.path(f"{stem}_{kind}.png"), lines, xlabel=xlabel, ylabel=ylabel,
+                                     title=name, xlim=xlim, diagonal=kind == "roc"),
+                       caption=f"{name}: {kind.upper()} per product ({col.replace('_', '-')} in brackets)")
 
 
 def run(args, env: dict, say) -> int:

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from runtime.dataset import IMAGE_SUFFIXES
 from runtime.queues import BoundedQueue, FrameJob, Outgoing
 from runtime.verdict import Verdict
 
 log = logging.getLogger("lineside.camera")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class CameraSource:

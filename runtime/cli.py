@@ -8,6 +8,7 @@ from runtime.commands import dispatch
 COMMANDS = {
     "run": ("runtime.daemon_cli", "the line-side daemon: frames in, verdicts out, unsure frames to the teacher"),
     "send": ("runtime.send", "push images, a folder or a video to a daemon as a camera would"),
+    "predict": ("runtime.predict", "judge a folder, a glob or a manifest offline with an artifact (no daemon)"),
     "watch": ("runtime.watch", "print a daemon's verdicts, optionally save overlays"),
     "status": ("runtime.status_cli", "ask a daemon (control socket) or a teacher server for its status"),
     "control": ("runtime.control_cli", "reload an artifact or shut a daemon down over its control socket"),

@@ -90,6 +90,9 @@ class Dataset:
         return hashlib.sha256(self.manifest.read_bytes()).hexdigest()
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what a folder of frames may hold
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     import cv2
 

@@ -6,7 +6,9 @@ the rows differ only in the detector. Columns: I-AUROC, P-AUROC, AU-PRO (FPR <= 
 at the detector's own calibrated threshold (not an oracle one), and recall per defect type at that
 threshold. Products are scored separately (a line with several products deploys one threshold per
 product only if it has one bank per product, but the ranking figures are per product either way) and
-the headline is their unweighted mean, as MVTec AD papers report the mean over categories.
+the headline is their unweighted mean, as MVTec AD papers report the mean over categories. Each product
+also carries its ROC and PRO curves as a few points (``curves``), so a report can draw them without the
+maps.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ CONFUSION = ("tp", "fp", "fn", "tn")  # at the detector's calibrated threshold; 
 CHANCE_AUROC = 0.55
 MAX_ESCAPE_RATE = 0.5
 MAX_FALSE_REJECT_RATE = 0.2
+ROC_POINTS = 64  # exact ROC points kept for plotting: a smooth line, and the JSON stays small
+PRO_GRID = np.linspace(0.0, M.FPR_LIMIT, 31)  # the PRO curve where AU-PRO integrates it
 
 
 def safe_metric(fn, *a, **kw) -> float | None:
@@ -55,6 +59,24 @@ def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequ
                               for t in sorted(set(types[y == 1].tolist()))}
     out["confusion"] = {"tp": int(((y == 1) & (d == 1)).sum()), "fp": int(((y == 0) & (d == 1)).sum()),
                         "fn": int(((y == 1) & (d == 0)).sum()), "tn": int(((y == 0) & (d == 0)).sum())}
+    out["curves"] = curve_points(y, s, maps, masks)
+    return out
+
+
+def curve_points(labels, scores, maps, masks) -> dict:
+    """{"roc": [fpr, tpr], "pro": [fpr, pro]} as short lists (ROC thinned to :data:`ROC_POINTS` exact
+    points, PRO interpolated on :data:`PRO_GRID`); a curve the images cannot support is left out."""
+    out = {}
+    try:
+        fpr, tpr, _ = M.roc_curve(labels, scores, max_points=ROC_POINTS)
+        out["roc"] = [np.round(fpr, 4).tolist(), np.round(tpr, 4).tolist()]
+    except ValueError:  # one class only
+        pass
+    try:
+        fpr, pro, _ = M.pro_curve(masks, maps)
+        out["pro"] = [np.round(PRO_GRID, 4).tolist(), np.round(np.interp(PRO_GRID, fpr, pro), 4).tolist()]
+    except ValueError:  # no defect regions, or no good pixels
+        pass
     return out
 
 

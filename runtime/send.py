@@ -14,7 +14,8 @@ from typing import Iterator
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from runtime.dataset import IMAGE_SUFFIXES
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 
 

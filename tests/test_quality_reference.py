@@ -38,6 +38,11 @@ def test_quality_row_perfect_and_per_product_mean():
     assert m["confusion"] == {"tp": 4, "fp": 0, "fn": 0, "tn": 4}
     assert row["per_product"]["a"]["confusion"] == {"tp": 2, "fp": 0, "fn": 0, "tn": 2}
     assert warnings_for(row) == []
+    # the curves a report draws: a perfect ranking reaches TPR 1 at FPR 0, and every region at any FPR > 0
+    roc_fpr, roc_tpr = row["per_product"]["a"]["curves"]["roc"]
+    assert roc_fpr[0] == 0.0 and roc_tpr[-1] == 1.0 and max(t for f, t in zip(roc_fpr, roc_tpr) if f == 0.0) == 1.0
+    pro_fpr, pro = row["per_product"]["b"]["curves"]["pro"]
+    assert pro_fpr[-1] == pytest.approx(0.3) and len(pro) == len(pro_fpr) and pro[-1] == 1.0
 
 
 def test_quality_row_blind_detector_is_at_chance_and_escapes():
@@ -132,6 +137,8 @@ def test_bench_quality_table_json_and_report(evalset, tmp_path):
         assert row["mean"]["n_images"] == 36 and set(row["per_product"]) >= {"moon", "page"}
     assert set(res["teacher_beats_imagenet_patchcore"]) == {"image_auroc", "au_pro"}
     assert "ImageNet EfficientNet-Lite0" in (rep / "index.html").read_text()
+    # ROC and PRO curves per row, a line per product
+    assert len(list(rep.glob("row*_roc.png"))) == 4 and len(list(rep.glob("row*_pro.png"))) == 4
 
 
 def test_bench_quality_needs_data():
