@@ -91,6 +91,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
                 "shipping OpenVINO IR of the FP32 model instead")
             export_openvino(out / "model.onnx", out / "openvino" / "model.xml")
             models["openvino_xml"] = "openvino/model.xml"
+    forced = forced_roles(qrep, models)
+    for role in forced:
+        log(f"WARNING: {models[role]} is shipped past its INT8 accuracy guard (quantize --force); the manifest marks "
+            "it forced and the edge serves it only with --allow-forced")
     np.save(out / "bank.npy", run.bank.astype(np.float16))
     # torch weights + run config: what distill eval / bench time as the "torch" backend (the edge ignores them)
     (out / "torch").mkdir()
@@ -180,8 +184,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
                     if v > FP32_OUTPUT_RTOL]
         if bad:
             raise ExportError(f"{name} does not match torch: " + "; ".join(bad))
+        role = {"onnxruntime-int8": "int8", "openvino-int8": "openvino_xml"}.get(name)
         log(f"{name}: matches torch (score diff {diff:.2e} <= {tol:.2e}; worst output rel. error "
-            f"{max(rel.values()):.2e})")
+            f"{max(rel.values()):.2e})" + (" as quantized, but FORCED past its INT8 guard" if role in forced else ""))
 
     spec = run.spec
     cal = cfg["calibration"]
@@ -192,7 +197,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         outputs=list(run.model.output_names),
         scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", **scoring.to_dict()),
         calibration=Calibration(**cal), labels=list(cfg["dataset"].get("labels", [])),
-        teacher_hash=cfg["teacher"]["hash"], quantization=quant, models=models, tolerance=tolerance,
+        teacher_hash=cfg["teacher"]["hash"], quantization=quant, models=models, forced=forced, tolerance=tolerance,
         metrics={"fidelity": cfg.get("fidelity", {}), "val": cfg.get("val_metrics", {}), "bank": cfg.get("bank", {}),
                  "embedding": cfg["embedding"], "embedding_pca_variance": cfg.get("embedding_pca_variance"),
                  "n_params": cfg.get("n_params"),
@@ -203,8 +208,26 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     write_manifest(out, manifest)
     load_manifest(out)  # what the edge will do: versions and checksums
     log(f"wrote {out} ({quant}; models {sorted(models)})")
-    return {"artifact": str(out), "quantization": quant, "models": models, "tolerance": tolerance,
+    return {"artifact": str(out), "quantization": quant, "models": models, "forced": forced, "tolerance": tolerance,
             "export_check": check}
+
+
+def forced_roles(qrep: dict, models: dict[str, str]) -> list[str]:
+    """Model roles whose INT8 model failed its accuracy guard and was written anyway (quantize --force): the ORT
+    QDQ model, and the OpenVINO INT8 IR when it is NNCF's forced model or the QDQ model that failed as OpenVINO
+    runs it (export ships that one only when the ORT model was forced too)."""
+    methods, out = qrep.get("methods", {}), []
+    ort = methods.get("ort", {})
+    if "int8" in models and ort.get("forced"):
+        out.append("int8")
+    if models.get("openvino_xml", "").endswith("model.int8.xml"):
+        if qrep.get("chosen") == "nncf":
+            bad = methods.get("nncf", {}).get("forced")
+        else:
+            bad = not (ort.get("openvino") or {}).get("passed")  # its own guard, as OpenVINO runs it
+        if bad:
+            out.append("openvino_xml")
+    return out
 
 
 def configure(p) -> None:

@@ -64,6 +64,7 @@ class BackendCfg(_Section):
     threads: int = Field(1, ge=1, le=256)  # per judged frame: backend intra-op, BLAS scoring, OpenCV
     workers: int = Field(1, ge=1, le=64)  # frames judged at once, each by its own judge thread
     device: Optional[str] = None  # onnxruntime: auto|cpu|cuda ; openvino: CPU|GPU
+    allow_forced: bool = False  # serve a model shipped past its INT8 guard (manifest "forced"), with a warning
 
 
 class QueueCfg(_Section):

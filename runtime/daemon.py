@@ -61,7 +61,8 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Daemon":
         c = self.cfg
-        engine = Engine(self.artifact_dir, c.backend.name, c.backend.threads, device=c.backend.device)
+        engine = Engine(self.artifact_dir, c.backend.name, c.backend.threads, device=c.backend.device,
+                        allow_forced=c.backend.allow_forced)
         self.holder = EngineHolder(engine)
         self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
                            "artifact": str(self.artifact_dir)})
@@ -215,7 +216,7 @@ class Daemon:
         c = self.cfg.backend
         with self.holder.lock:
             try:
-                engine = Engine(p, c.name, c.threads, device=c.device)
+                engine = Engine(p, c.name, c.threads, device=c.device, allow_forced=c.allow_forced)
             except Exception as e:  # ContractError (manifest/checksums), BackendError, bad bank ...
                 raise ProtocolError("path", f"artifact refused, still serving {self.holder.engine.model_hash}: {e}") from None
         old = self.holder.swap(engine)

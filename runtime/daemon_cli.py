@@ -24,6 +24,7 @@ GIL_SWITCH_INTERVAL_S = 0.001
 OVERRIDES = {
     "ingress": "sockets.ingress", "verdicts": "sockets.verdicts", "control": "sockets.control",
     "backend": "backend.name", "threads": "backend.threads", "workers": "backend.workers", "device": "backend.device",
+    "allow_forced": "backend.allow_forced",
     "queue_size": "queue.size", "overload": "queue.overload",
     "teacher": "teacher.address", "teacher_secret": "teacher.secret_file", "teacher_key": "teacher.server_public_file",
     "teacher_timeout_ms": "teacher.request_timeout_ms", "teacher_deadline_ms": "teacher.deadline_ms",
@@ -51,7 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
     g.add_argument("--threads", type=int, help="threads per judged frame: backend, BLAS scoring, OpenCV (default 1)")
     g.add_argument("--workers", type=int, help="frames judged at once, verdicts still in frame order (default 1)")
-    g.add_argument("--device")
+    g.add_argument("--device", help="onnxruntime: auto, cpu or cuda; openvino: CPU or GPU")
+    g.add_argument("--allow-forced", action="store_true", default=None,
+                   help="serve a model its INT8 guard failed (distill quantize --force), with a warning")
     g.add_argument("--artifacts-dir", help="reload accepts only artifacts under this directory")
     g = p.add_argument_group("queue")
     g.add_argument("--queue-size", type=int)

@@ -12,38 +12,57 @@ does not depend on the camera's resolution, and distill's calibration scores the
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
 from kernels import dispatch
-from runtime.backends import open_backend
+from runtime.backends import model_file, open_backend
 from runtime.manifest import MANIFEST_NAME, ArtifactManifest, load_manifest
 from runtime.scoring import decide, find_regions, score_outputs
 from runtime.verdict import Region, Verdict
 
+log = logging.getLogger("lineside.engine")
+
 
 class Engine:
     def __init__(self, artifact_dir: str | Path, backend: str = "auto", threads: int = 1, verify: bool = True,
-                 manifest: ArtifactManifest | None = None, device: str | None = None):
+                 manifest: ArtifactManifest | None = None, device: str | None = None, allow_forced: bool = False):
+        """``allow_forced``: serve a model the manifest marks as shipped past its INT8 guard (with a
+        warning); without it such a model is refused with a ContractError naming it."""
+        from runtime.featurespec import ContractError
+
         self.artifact_dir = Path(artifact_dir).resolve()
         self.manifest = manifest or load_manifest(self.artifact_dir, verify=verify)
         m = self.manifest
         bank_path = self.artifact_dir / m.scoring.bank_file
         if not bank_path.is_file():
-            from runtime.featurespec import ContractError
-
             raise ContractError(f"{self.artifact_dir}: bank file {m.scoring.bank_file} is missing")
         self.bank = np.ascontiguousarray(np.load(bank_path), dtype=np.float32)  # (N, D)
         self.backend = open_backend(self.artifact_dir, m, backend, threads=threads, device=device)
         self.size = m.preprocess.size
+        # the model this backend runs ("auto" decides only when it opens one)
+        path = model_file(self.artifact_dir, m, self.backend.name.split("[")[0])
+        self.model_role = next((r for r, rel in m.models.items() if (self.artifact_dir / rel) == path), "")
+        self.forced = self.model_role in m.forced
+        if self.forced and not allow_forced:
+            self.backend.close()
+            raise ContractError(f"{self.artifact_dir}: {self.backend.name} would serve {path.name}, which was shipped "
+                                "past its INT8 accuracy guard (distill quantize --force); re-quantize, pick another "
+                                "backend, or serve it knowingly with --allow-forced")
+        if self.forced:
+            log.warning("serving %s on %s: shipped past its INT8 accuracy guard (--allow-forced)", path.name,
+                        self.backend.name)
         # Over the manifest's own bytes too: its threshold, band and scoring decide verdicts as much as the
-        # weights do, so an edited manifest is a different model in every verdict and in the journal.
+        # weights do, so an edited manifest is a different model in every verdict and in the journal. And over
+        # the file this backend runs: the ONNX INT8 model and OpenVINO's IR are different models.
         mpath = self.artifact_dir / MANIFEST_NAME
         h = hashlib.sha256(mpath.read_bytes() if mpath.is_file() else m.model_dump_json().encode())
-        model_rel = next((m.models[r] for r in ("int8", "fp32") if r in m.models), "")
-        h.update((m.files.get(model_rel) or m.files.get("bank.npy", "")).encode())
+        stem = Path(m.models.get(self.model_role, "bank.npy")).with_suffix("")  # an IR's .xml and its .bin
+        for rel in sorted(r for r in m.files if Path(r).with_suffix("") == stem):
+            h.update(m.files[rel].encode())
         self.model_hash = h.hexdigest()[:16]
         cal = m.calibration
         self.threshold, self.band, self.ood_limit = cal.threshold, tuple(cal.band), cal.ood_limit

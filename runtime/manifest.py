@@ -70,6 +70,9 @@ class ArtifactManifest(BaseModel):
     teacher_hash: str = ""  # sha256 of the teacher checkpoint's config + weights
     quantization: str = "fp32"  # fp32 | int8-nncf | int8-ort
     models: dict[str, str] = Field(default_factory=dict)  # role -> file: fp32, int8, openvino_xml
+    # roles of models shipped past a failed INT8 accuracy guard (`distill quantize --force`): the edge serves
+    # them only when told to (`lineside run --allow-forced`), so a forced model is never served silently
+    forced: list[str] = Field(default_factory=list)
     tolerance: dict[str, float] = Field(default_factory=dict)  # backend -> max abs score diff vs torch
     metrics: dict = Field(default_factory=dict)  # calibration / validation figures
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256

@@ -36,6 +36,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="with a manifest: only this split (default: every record)")
     p.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino or tensorrt")
     p.add_argument("--threads", type=int, default=1, help="inference threads of the backend")
+    p.add_argument("--allow-forced", action="store_true",
+                   help="judge with a model its INT8 guard failed (distill quantize --force)")
     p.add_argument("--no-overlays", action="store_true", help="write verdicts (and metrics) only")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     todo = list(items(args.source, args.split))
     out = Path(args.out)
     (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
-    engine = Engine(args.artifact, backend=args.backend, threads=args.threads)
+    engine = Engine(args.artifact, backend=args.backend, threads=args.threads, allow_forced=args.allow_forced)
     cols = {k: [] for k in ("products", "labels", "types", "scores", "maps", "masks", "decisions")}
     counts: dict[str, int] = {}
     try:

@@ -115,7 +115,7 @@ def test_artifact_runs_on_the_edge_and_matches_torch(pipeline, backend):
     m = load_manifest(art)
     ds = load_dataset(pipeline["data"])
     img = ds.read_image(ds.split("test")[0])
-    eng = Engine(art, backend=backend)
+    eng = Engine(art, backend=backend, allow_forced=True)  # the fixture quantizes with --force
     v = eng.judge(img)
     assert v.status == "ok" and v.decision in ("good", "defect", "unknown")
     # FP32 parity through the edge's own preprocessing
@@ -253,6 +253,31 @@ def test_export_ships_fp32_ir_when_openvino_int8_fails_the_guard(pipeline, tmp_p
     assert "openvino-int8" not in res["export_check"]
     assert res["export_check"]["openvino-ir-fp32"]["score_max_abs_diff"] <= res["tolerance"]["openvino-ir-fp32"]
     assert load_manifest(tmp_path / "art").models["int8"] == "model.int8.onnx"
+
+
+def test_export_marks_forced_models_and_the_edge_refuses_them(pipeline, tmp_path):
+    """An INT8 model written past its failed guard (--force) is marked in the manifest; the engine refuses it
+    unless allowed, and each backend's model has its own hash."""
+    from distill.export import export_run
+    from runtime.engine import Engine
+    from runtime.featurespec import ContractError
+
+    run = tmp_path / "run"
+    shutil.copytree(pipeline["run"], run)
+    rep_path = run / "quantize" / "report.json"
+    rep = json.loads(rep_path.read_text())
+    rep["chosen"] = "ort"
+    rep["methods"]["ort"].update(passed=False, forced=True)
+    rep["methods"]["ort"]["openvino"] = {"passed": False, "failures": ["image AUROC drop 8.3 pt > 0.5 pt"]}
+    rep_path.write_text(json.dumps(rep))
+    res = export_run(run, tmp_path / "art")
+    assert res["forced"] == ["int8", "openvino_xml"] == load_manifest(tmp_path / "art").forced
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ContractError, match="--allow-forced"):
+            Engine(tmp_path / "art", backend=backend)
+    ort, ov = (Engine(tmp_path / "art", backend=b, allow_forced=True) for b in ("onnxruntime", "openvino"))
+    assert ort.forced and ov.forced and ort.model_role == "int8" and ov.model_role == "openvino_xml"
+    assert ort.model_hash != ov.model_hash
 
 
 def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):

@@ -245,3 +245,24 @@ def test_an_edited_manifest_is_another_model(tmp_path):
     a, b = Engine(art.dir), Engine(edited)
     assert b.judge(TinyArtifact.defect(1)).decision == "good"  # the edit took effect ...
     assert a.model_hash != b.model_hash  # ... and it is named
+
+
+def test_forced_model_is_refused_unless_allowed(tmp_path, capsys):
+    """A manifest that marks the served model as forced past its INT8 guard: the engine and `lineside run`
+    refuse it in one line; --allow-forced serves it."""
+    from runtime.cli import main
+    from runtime.engine import Engine
+    from runtime.featurespec import ContractError
+    from runtime_fixtures import build_tiny_artifact
+
+    art = build_tiny_artifact(tmp_path / "a")
+    m = json.loads((art.dir / "manifest.json").read_text())
+    m["forced"] = ["fp32"]
+    (art.dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ContractError, match="INT8 accuracy guard"):
+        Engine(art.dir)
+    assert main(["run", "--artifact", str(art.dir), "--ingress", "tcp://127.0.0.1:*"]) == 1  # cannot start
+    err = capsys.readouterr().err
+    assert "lineside run: cannot start:" in err and "--allow-forced" in err and "Traceback" not in err
+    e = Engine(art.dir, allow_forced=True)
+    assert e.forced and e.judge(TinyArtifact.defect(1)).decision == "defect"

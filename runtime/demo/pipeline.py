@@ -133,7 +133,8 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
                          ["serve", "--checkpoint", ckpt, "--bind", ep(p_teacher), "--max-batch", 4], logs / "teacher-serve.log", env)
     daemon = st.Service("lineside-run", "lineside",
                         ["run", "--artifact", art, "--teacher", ep(p_teacher), "--ingress", ep(p_ingress),
-                         "--verdicts", ep(p_verdicts), "--control", ep(p_control), "--journal", out / "journal.sqlite"],
+                         "--verdicts", ep(p_verdicts), "--control", ep(p_control), "--journal", out / "journal.sqlite"]
+                        + (["--allow-forced"] if s.force_int8 else []),  # the quick demo's INT8 is forced, knowingly
                         logs / "lineside-run.log", env)
     store = st.Collected()
     ctx = zmq.Context()
@@ -183,7 +184,7 @@ def student_local(art: Path, frames, masks) -> tuple[dict, str]:
     try:
         import cv2
 
-        eng = Engine(art)
+        eng = Engine(art, allow_forced=True)  # the same model the daemon served (forced only in the quick demo)
         maps, scores = {}, {}
         for fid, img in frames:
             v = eng.judge(img, frame_id=fid)
