@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -30,6 +31,7 @@ log = logging.getLogger("lineside.ingress")
 POLL_MS = 100
 BATCH_MAX = 64  # messages drained per journal transaction
 SENDER_TABLE_MAX = 4096  # token buckets kept; the oldest are forgotten
+RECENT_IDS_MAX = 65536  # (camera_id, frame_id) pairs remembered to notice a reused id; the oldest are forgotten
 RATE_VERDICT_INTERVAL_S = 1.0  # at most one "rate" error verdict per sender per interval; the rest are counted
 
 
@@ -82,6 +84,7 @@ class Ingress(threading.Thread):
         self.endpoint = s.last_endpoint.decode()
         self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.buckets: dict[bytes, TokenBucket] = {}
+        self.recent: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -141,13 +144,29 @@ class Ingress(threading.Thread):
                 self._dropped(evicted, f"queue full ({self.queue.maxsize}): dropped oldest for a newer frame")
             if ok:
                 self.tm.frames.labels("ingress").inc()
-                self._reply(env, {"kind": "status", "frame_id": job.frame_id,
-                                  "status": {"accepted": True, "queue_depth": len(self.queue)}})
+                status = {"accepted": True, "queue_depth": len(self.queue)}
+                if self._seen(job.camera_id, job.frame_id):
+                    status["duplicate"] = True  # judged all the same: a restarted counter must not lose a part
+                self._reply(env, {"kind": "status", "frame_id": job.frame_id, "status": status})
             else:
                 self._dropped(job, f"queue full ({self.queue.maxsize}): rejected newest")
                 self._reply(env, {"kind": "busy", "frame_id": job.frame_id, "message": "queue full, frame dropped"})
         self.tm.queue_depth.set(len(self.queue))
         self.tm.queue_max.set(self.queue.max_seen)
+
+    def _seen(self, camera_id: str, frame_id: str) -> bool:
+        """Whether a recent accepted frame had these ids (then counted and logged); remembers them."""
+        key = (camera_id, frame_id)
+        dup = key in self.recent
+        self.recent[key] = None
+        self.recent.move_to_end(key)
+        if len(self.recent) > RECENT_IDS_MAX:
+            self.recent.popitem(last=False)
+        if dup:
+            self.tm.duplicates.inc()
+            log.warning("duplicate frame id: judged again", extra={"fields": {"camera_id": camera_id,
+                                                                             "frame_id": frame_id}})
+        return dup
 
     def _check(self, env: list[bytes], frames: list[bytes]) -> FrameJob | None:
         bucket = self._bucket(env[0])

@@ -24,6 +24,8 @@ class Telemetry:
         self.disconnects = Counter("lineside_ingress_disconnects",
                                    "ingress peers disconnected by ZeroMQ (oversize message, protocol error, gone)",
                                    registry=r)
+        self.duplicates = Counter("lineside_duplicate_frames", "accepted frames whose (camera_id, frame_id) a recent "
+                                  "frame already had (judged again; the ack says duplicate)", registry=r)
         self.fallback = Counter("lineside_fallback", "frames sent to the teacher, by outcome", ["outcome"], registry=r)
         self.stage_ms = Histogram("lineside_stage_latency_ms", "per-stage latency", ["stage"],
                                   buckets=LATENCY_BUCKETS_MS, registry=r)

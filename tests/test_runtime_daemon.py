@@ -67,6 +67,20 @@ def test_frames_in_verdicts_out_journaled(run_daemon):
     assert metrics["lineside_verdicts_total{decided_by=edge,decision=defect,status=ok}"] == 2
 
 
+def test_duplicate_frame_id_is_judged_and_noticed(run_daemon):
+    """A reused (camera_id, frame_id) is judged again (a restarted counter must not lose a part), and the ack
+    and a counter say so; the same id from another camera is not a duplicate."""
+    d, c = run_daemon()
+    first = c.send(T.good(), frame_id="7")
+    again = c.send(T.defect(), frame_id="7")
+    other = c.send(T.good(), frame_id="7", camera_id="cam1")
+    assert "duplicate" not in first["status"] and again["status"]["duplicate"] is True
+    assert "duplicate" not in other["status"]
+    got = [v for v in c.verdicts(timeout_s=5.0, count=3)]
+    assert sorted((v.camera_id, v.decision) for v in got) == [("cam0", "defect"), ("cam0", "good"), ("cam1", "good")]
+    assert c.control("metrics")["status"]["lineside_duplicate_frames_total"] == 1
+
+
 def test_workers_publish_in_frame_order_and_journal_everything(run_daemon):
     """Three judge workers on a mixed stream: large frames (slow), truncated PNGs (fast error verdicts),
     defects with masks. Verdicts still leave in the order the frames came in, each journaled first."""
