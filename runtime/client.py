@@ -188,6 +188,18 @@ class LinesideClient:
         return request(self.ctx, self.control_ep, {"kind": "control", "cmd": cmd, **fields},
                        timeout_s or self.timeout_s, self._curve)
 
+    def replay(self, since: int, timeout_s: Optional[float] = None) -> Iterator[Verdict]:
+        """The journaled verdicts after sequence number ``since``, oldest first, page by page (control
+        socket "replay"): what this subscriber missed while away, or before it joined."""
+        while True:
+            page = self.control("replay", timeout_s, since=since)["status"]
+            for h in page["verdicts"]:
+                v = Verdict.from_header(h)
+                since = max(since, v.seq or since)
+                yield v
+            if not page["more"]:
+                return
+
     def status(self, timeout_s: Optional[float] = None) -> dict:
         return self.control("status", timeout_s)["status"]
 

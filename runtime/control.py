@@ -5,7 +5,12 @@ A ROUTER bound to loopback or ipc:// by default. Bound to a network address it m
 from a DEALER (``lineside control``/``status``) or a REQ (an empty delimiter is echoed):
 
     {"kind": "control", "cmd": "status" | "metrics" | "reload" | "shutdown", "path": DIR?}   or {"kind": "status"}
+    {"kind": "control", "cmd": "replay", "since": SEQ, "limit": N?}   journaled verdicts after SEQ, oldest first
     -> {"kind": "status", "status": {...}}  |  {"kind": "error", "field": ..., "message": ...}
+
+Every published verdict carries ``seq``, one more than the one before it (continued across restarts from
+the journal). A subscriber that sees a gap, or starts late, asks ``replay`` for what it missed (zguide's
+Clone pattern: the journal is the snapshot, the PUB stream the updates); ``lineside watch --since``.
 
 ``reload`` only takes an artifact under the configured artifacts directory, and refuses one whose
 manifest or checksums fail (runtime.manifest.load_manifest); the running model stays in place then.
@@ -24,7 +29,8 @@ from runtime.protocol import ProtocolError
 log = logging.getLogger("lineside.control")
 
 POLL_MS = 100
-COMMANDS = ("status", "metrics", "reload", "shutdown")
+COMMANDS = ("status", "metrics", "reload", "shutdown", "replay")
+REPLAY_MAX = 1000  # verdicts per replay reply: a bounded message; "more" asks for the next page
 
 
 class Control(threading.Thread):
@@ -70,6 +76,12 @@ class Control(threading.Thread):
                 body = d.status()
             elif cmd == "metrics":
                 body = d.metrics()
+            elif cmd == "replay":
+                since, limit = h.get("since"), h.get("limit", REPLAY_MAX)
+                for name, v, lo in (("since", since, 0), ("limit", limit, 1)):
+                    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= (1 << 62):
+                        raise ProtocolError(name, f"must be an integer >= {lo}")
+                body = d.replay(since, min(limit, REPLAY_MAX))
             elif cmd == "reload":
                 path = h.get("path")
                 if not isinstance(path, str) or not path:

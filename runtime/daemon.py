@@ -199,7 +199,7 @@ class Daemon:
                 "queue": {"depth": len(self.queue), "max_seen": self.queue.max_seen, "size": self.queue.maxsize,
                           "policy": self.queue.policy},
                 "judged": sum(j.judged for j in self.judges), "workers": len(self.judges),
-                "published": self.publisher.published,
+                "published": self.publisher.published, "seq": self.publisher.seq,
                 "drops": self.tm.value("lineside_drops_total", reason="queue_full"),
                 "rate_limited": self.tm.value("lineside_drops_total", reason="rate"),
                 "ingress_disconnects": self.tm.value("lineside_ingress_disconnects_total"),
@@ -208,6 +208,16 @@ class Daemon:
 
     def metrics(self) -> dict:
         return self.tm.snapshot()
+
+    def replay(self, since: int, limit: int) -> dict:
+        """Journaled verdicts after sequence number ``since`` (oldest first, at most ``limit``): what a
+        subscriber that saw a gap, or joined late, missed. ``more`` says whether to ask again."""
+        journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # its own reader connection
+        try:
+            rows = journal.since(since, limit + 1)
+        finally:
+            journal.close()
+        return {"verdicts": rows[:limit], "more": len(rows) > limit, "seq": self.publisher.seq}
 
     def reload(self, path: str) -> dict:
         p = Path(path).resolve()

@@ -61,6 +61,7 @@ class Entry:
     pending_payload: Optional[bytes] = None
     pending_deadline: float = 0.0
     resolves_pending: bool = False  # a teacher / unreachable verdict: the pending row goes
+    seq: Optional[int] = None  # the verdict's sequence number (the publisher's), its row's key; None: next
 
 
 @dataclass
@@ -124,9 +125,9 @@ class Journal:
             return
         with self._tx():
             self._db.executemany(
-                "INSERT INTO verdicts(frame_id, camera_id, decided_by, status, decision, pending, ts, header) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                [(e.frame_id, e.camera_id, e.decided_by, e.status, e.decision, int(e.pending), e.ts,
+                "INSERT INTO verdicts(seq, frame_id, camera_id, decided_by, status, decision, pending, ts, header) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                [(e.seq, e.frame_id, e.camera_id, e.decided_by, e.status, e.decision, int(e.pending), e.ts,
                   e.header.decode()) for e in entries])
             adds = [(e.frame_id, e.camera_id, e.pending_deadline, e.pending_request.decode(), e.pending_payload,
                      e.header.decode()) for e in entries if e.pending and e.pending_request is not None]
@@ -161,6 +162,15 @@ class Journal:
     def verdicts(self, frame_id: str | None = None) -> list[dict]:
         q = "SELECT header FROM verdicts" + (" WHERE frame_id = ?" if frame_id is not None else "") + " ORDER BY seq"
         return [json.loads(h) for (h,) in self._db.execute(q, (frame_id,) if frame_id is not None else ())]
+
+    def last_seq(self) -> int:
+        """The highest verdict sequence number journaled (0 for a new journal)."""
+        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM verdicts").fetchone()[0])
+
+    def since(self, seq: int, limit: int) -> list[dict]:
+        """Up to ``limit`` verdict headers with a sequence number above ``seq``, oldest first (a replay)."""
+        rows = self._db.execute("SELECT header FROM verdicts WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [json.loads(h) for (h,) in rows]
 
     def received_ids(self) -> list[str]:
         return [f for (f,) in self._db.execute("SELECT frame_id FROM frames ORDER BY seq")]

@@ -93,11 +93,15 @@ class Publisher(threading.Thread):
         s.bind(cfg.sockets.verdicts)
         self.endpoint = s.last_endpoint.decode()
         self.published = 0
+        self.seq = 0  # the last verdict's sequence number (set from the journal when the loop starts)
         self.last_error: str | None = None
         self._stage: dict = {}  # stage -> Histogram child (labels() lookups cost per call)
 
     def run(self) -> None:
         journal = Journal(self.journal_path, self.cfg.journal.synchronous)
+        # Every published verdict carries the next sequence number, continued across restarts from the
+        # journal, so a subscriber sees a gap and asks the control socket to replay it (zguide's Clone).
+        self.seq = journal.last_seq()
         hb_s = self.cfg.heartbeat_interval_s
         next_hb = next_prune = time.monotonic()
         try:
@@ -140,11 +144,13 @@ class Publisher(threading.Thread):
         wire, entries = [], []
         for out in batch:
             h, mask_png = verdict_header(out)
+            self.seq += 1
+            h["seq"] = v_seq = self.seq
             body = encode_header(h)
             v = out.verdict
             entries.append(Entry(v.frame_id, v.camera_id, v.decided_by, v.status, v.decision, v.pending,
                                  v.ts_verdict or time.time(), body, out.pending_request, out.pending_payload,
-                                 out.pending_deadline, out.resolves_pending))
+                                 out.pending_deadline, out.resolves_pending, seq=v_seq))
             parts = [TOPIC_PREFIX + v.camera_id.encode(), body]
             if mask_png is not None:
                 parts.append(mask_png)

@@ -48,6 +48,7 @@ class Verdict:
     ts_frame: float = 0.0  # the frame's timestamp from its header (s, epoch)
     ts_verdict: float = 0.0  # when this verdict was made (s, epoch)
     supersedes: Optional[str] = None  # decided_by of the verdict this one replaces
+    seq: Optional[int] = None  # the daemon's sequence number, set when published (runtime.publisher)
     anomaly_map: Optional[np.ndarray] = field(default=None, repr=False)  # float32 (H, W), not in header
     mask: Optional[np.ndarray] = field(default=None, repr=False)  # bool (H, W), PNG payload on request
 

@@ -1,5 +1,11 @@
 """`lineside watch --from tcp://HOST:PORT`: print a daemon's verdicts (one JSON line each), optionally save
-overlays (mask in red, region boxes) drawn on the frame found in --images by frame id, else on black."""
+overlays (mask in red, region boxes) drawn on the frame found in --images by frame id, else on black.
+
+Every verdict carries the daemon's sequence number ``seq``. ``--since SEQ --control EP`` first replays what
+the journal holds after SEQ (subscribed before asking, so nothing falls between replay and live stream),
+then follows the live stream, skipping what the replay already gave. A jump in ``seq`` on the live stream
+(the subscriber was too slow, or disconnected) is reported on stderr with the command that recovers it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+SUBSCRIBE_SETTLE_S = 0.2  # zguide's slow joiner: a SUB's subscription takes a moment to reach the PUB
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, help="the daemon's verdict PUB endpoint")
@@ -18,8 +26,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds without a verdict (0: never)")
     p.add_argument("--save", help="write an overlay PNG per verdict into this folder")
     p.add_argument("--images", help="folder of the sent images (file stem = frame id) to draw overlays on")
-    p.add_argument("--curve-secret")
-    p.add_argument("--server-key")
+    p.add_argument("--since", type=int, help="first replay the journaled verdicts after this seq (needs --control)")
+    p.add_argument("--control", help="the daemon's control endpoint, for --since replays")
+    p.add_argument("--curve-secret", help="this client's CURVE secret key file")
+    p.add_argument("--server-key", help="the daemon's CURVE public key file")
 
 
 def overlay(v, image: np.ndarray | None) -> np.ndarray:
@@ -45,16 +55,25 @@ def run(args: argparse.Namespace) -> int:
 
     from runtime.client import LinesideClient
 
-    client = LinesideClient(verdicts=args.source, camera_id=args.camera_id, curve_secret=args.curve_secret,
-                            server_public=args.server_key)
+    if args.since is not None and not args.control:
+        print("lineside watch: --since needs --control (the daemon's control endpoint) to replay from", file=sys.stderr)
+        return 2
+    client = LinesideClient(verdicts=args.source, control=args.control, camera_id=args.camera_id,
+                            curve_secret=args.curve_secret, server_public=args.server_key)
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
     images = Path(args.images) if args.images else None
     timeout = args.timeout if args.timeout > 0 else 3600.0 * 24 * 365
-    n = 0
+    n, last = 0, None
     try:
-        for v in client.verdicts(timeout, args.count):
+        for v in _stream(client, args, timeout):
+            if v.seq is not None and last is not None and v.seq <= last:
+                continue  # already replayed
+            if v.seq is not None and last is not None and v.seq > last + 1 and not args.camera_id:
+                print(f"lineside watch: missed {v.seq - last - 1} verdicts (seq {last + 1}..{v.seq - 1}); "
+                      f"recover them with --since {last} --control ENDPOINT", file=sys.stderr, flush=True)
+            last = v.seq if v.seq is not None else last
             print(json.dumps(v.to_header()), flush=True)
             n += 1
             if save:
@@ -72,3 +91,14 @@ def run(args: argparse.Namespace) -> int:
         client.close()
     print(f"{n} verdicts", file=sys.stderr)
     return 0
+
+
+def _stream(client, args, timeout: float):
+    """The replay after --since (filtered to --camera-id), then the live stream; --count bounds both."""
+    import itertools
+
+    replayed = ()
+    if args.since is not None:
+        time.sleep(SUBSCRIBE_SETTLE_S)  # the subscription reaches the daemon before the replay is asked for
+        replayed = (v for v in client.replay(args.since) if not args.camera_id or v.camera_id == args.camera_id)
+    return itertools.islice(itertools.chain(replayed, client.verdicts(timeout)), args.count)
