@@ -114,6 +114,9 @@ class Journal(_Section):
     retention_rows: int = Field(1_000_000, ge=100)
     retention_age_s: float = Field(7 * 86400.0, gt=0)
     prune_interval_s: float = Field(60.0, gt=0)
+    # payloads of acknowledged frames not yet judged, kept so a restart judges them (runtime/journal.py);
+    # over this, ingress answers busy rather than acknowledge a frame it could not keep
+    spool_max_bytes: int = Field(256 << 20, ge=1 << 20)
 
 
 class Limits(_Section):

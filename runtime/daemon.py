@@ -32,7 +32,7 @@ from runtime.judge import EngineHolder, InOrder, Judge
 from runtime.math_threads import MathThreadLimit
 from runtime.protocol import ProtocolError
 from runtime.publisher import Publisher
-from runtime.queues import BoundedQueue, Outgoing
+from runtime.queues import BoundedQueue, FrameJob, Outgoing
 from runtime.telemetry import Telemetry
 from runtime.verdict import Verdict
 
@@ -53,7 +53,7 @@ class Daemon:
         self.shutdown_requested = threading.Event()
         self.shutdown_reason = ""
         self.endpoints: dict[str, str] = {}
-        self.recovered = {"unjudged": 0, "pending_resumed": 0, "pending_expired": 0}
+        self.recovered = {"judged": 0, "unjudged": 0, "pending_resumed": 0, "pending_expired": 0}
         self.cascade = None
         self.camera = None
         self.started_at = 0.0
@@ -114,7 +114,16 @@ class Daemon:
     def _recover(self, j: Journal) -> None:
         """Frames acknowledged but never judged, and frames still waiting for the teacher, from the journal."""
         since = time.time() - self.cfg.journal.retention_age_s
-        for fid, cam in j.unjudged(since):
+        judged = set()
+        for fid, cam, header, payload in j.spooled_unjudged():  # acknowledged, so judged now
+            self.judges[0].judge_now(FrameJob(frame_id=fid, camera_id=cam, ts_frame=float(header.get("ts", 0.0)),
+                                              t_recv=time.perf_counter(), header=header, payload=payload,
+                                              want_mask=bool(header.get("want_mask"))))
+            judged.add((fid, cam))
+            self.recovered["judged"] += 1
+        for fid, cam in j.unjudged(since):  # acknowledged before the spool existed, or its bytes were lost
+            if (fid, cam) in judged:
+                continue
             v = Verdict.failure(fid, "dropped", "daemon stopped before judging this frame (recovered at restart)",
                                 camera_id=cam, ts_verdict=time.time())
             self.publish_q.put(Outgoing(v))

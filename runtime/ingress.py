@@ -119,7 +119,7 @@ class Ingress(threading.Thread):
                 log.info("ingress peer disconnected", extra={"fields": {"endpoint": ev["endpoint"].decode(errors="replace")}})
 
     def _batch(self, journal: Journal) -> None:
-        accepted: list[tuple[list[bytes], FrameJob]] = []
+        accepted: list[tuple[list[bytes], FrameJob, list[bytes]]] = []
         for _ in range(BATCH_MAX):
             try:
                 msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -133,12 +133,16 @@ class Ingress(threading.Thread):
                 self._refuse(env, frames, "internal", f"could not be checked ({e.__class__.__name__}); refused")
                 job = None
             if job is not None:
-                accepted.append((env, job))
+                accepted.append((env, job, frames))
         if not accepted:
             return
-        # journal before ack: an acknowledged frame is in the journal even if the process dies now
-        journal.record_received([(j.frame_id, j.camera_id, time.time(), env[0].hex()) for env, j in accepted])
-        for env, job in accepted:
+        accepted = self._spool_room(journal, accepted)
+        # journal and spool before ack: an acknowledged frame is in the journal, its bytes in the spool, even if
+        # the process dies now; the restart judges it (runtime.daemon recovery)
+        now = time.time()
+        journal.record_received([(j.frame_id, j.camera_id, now, env[0].hex()) for env, j, _ in accepted],
+                                [(j.frame_id, j.camera_id, bytes(f[0]), bytes(f[1])) for _, j, f in accepted])
+        for env, job, _ in accepted:
             ok, evicted = self.queue.put(job)
             if evicted is not None:
                 self._dropped(evicted, f"queue full ({self.queue.maxsize}): dropped oldest for a newer frame")
@@ -153,6 +157,23 @@ class Ingress(threading.Thread):
                 self._reply(env, {"kind": "busy", "frame_id": job.frame_id, "message": "queue full, frame dropped"})
         self.tm.queue_depth.set(len(self.queue))
         self.tm.queue_max.set(self.queue.max_seen)
+
+    def _spool_room(self, journal: Journal, accepted: list) -> list:
+        """The frames the spool has room for; the rest are answered busy (refused before the ack, so no
+        acknowledged frame is ever without its bytes). Judged frames leave the spool first."""
+        room = self.cfg.journal.spool_max_bytes - journal.release_spool()
+        keep = []
+        for env, job, frames in accepted:
+            if len(frames[1]) <= room:
+                room -= len(frames[1])
+                keep.append((env, job, frames))
+                continue
+            self.tm.drops.labels("spool_full").inc()
+            v = Verdict.failure(job.frame_id, "dropped", "spool full (journal.spool_max_bytes): refused before the ack",
+                                camera_id=job.camera_id, ts_frame=job.ts_frame, ts_verdict=time.time())
+            self.publish_q.put(Outgoing(v, t_recv=job.t_recv))
+            self._reply(env, {"kind": "busy", "frame_id": job.frame_id, "message": "spool full, frame not accepted"})
+        return keep
 
     def _seen(self, camera_id: str, frame_id: str) -> bool:
         """Whether a recent accepted frame had these ids (then counted and logged); remembers them."""

@@ -17,8 +17,12 @@ sleeps in steps of >= 1 ms): ``PATH`` holds verdicts and pending frames (written
 ``PATH.frames`` (``journal.frames.sqlite3`` beside ``journal.sqlite3``) the received frames (written by
 ingress); each connection attaches both for reads.
 
-A restart (``recover``) finds frames received but never judged (they get a ``dropped`` verdict saying
-so) and the frames still waiting for the teacher (resumed if their deadline has not passed, else
+Acknowledged means judged: ingress spools each pushed frame's header and payload (``spool``, in the
+frames file, in the same transaction as its received row) before the ack, and drops the spooled bytes once
+the frame has a verdict, so the spool holds only frames in flight (bounded by ``journal.spool_max_bytes``:
+over it, ingress answers busy instead of acknowledging). A restart (``recover``) judges the spooled frames
+that have no verdict, gives the few acknowledged frames without a spooled payload a ``dropped`` verdict
+saying so and the frames still waiting for the teacher (resumed if their deadline has not passed, else
 resolved ``teacher_unreachable``). Retention deletes by row count and by age.
 """
 from __future__ import annotations
@@ -35,6 +39,9 @@ CREATE TABLE IF NOT EXISTS fr.frames (
     seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, ts_recv REAL NOT NULL, sender TEXT);
 CREATE INDEX IF NOT EXISTS fr.frames_id ON frames(frame_id, camera_id);
 CREATE INDEX IF NOT EXISTS fr.frames_ts ON frames(ts_recv);
+CREATE TABLE IF NOT EXISTS fr.spool (
+    seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, header TEXT NOT NULL,
+    payload BLOB NOT NULL, nbytes INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS verdicts (
     seq INTEGER PRIMARY KEY, frame_id TEXT NOT NULL, camera_id TEXT NOT NULL, decided_by TEXT NOT NULL,
     status TEXT NOT NULL, decision TEXT NOT NULL, pending INTEGER NOT NULL, ts REAL NOT NULL, header TEXT NOT NULL);
@@ -112,12 +119,24 @@ class Journal:
         _retry_locked(lambda: self._db.executescript(SCHEMA))
 
     # -- writes -------------------------------------------------------------------------------
-    def record_received(self, rows: list[tuple[str, str, float, str]]) -> None:
-        """(frame_id, camera_id, ts_recv, sender) rows in one transaction; returns once committed."""
+    def record_received(self, rows: list[tuple[str, str, float, str]],
+                        spool: list[tuple[str, str, bytes, bytes]] = ()) -> None:
+        """(frame_id, camera_id, ts_recv, sender) rows, and (frame_id, camera_id, header JSON, payload) of
+        the frames to spool, in one transaction; returns once committed."""
         if not rows:
             return
         with self._tx():
             self._db.executemany("INSERT INTO fr.frames(frame_id, camera_id, ts_recv, sender) VALUES (?,?,?,?)", rows)
+            if spool:
+                self._db.executemany("INSERT INTO fr.spool(frame_id, camera_id, header, payload, nbytes) "
+                                     "VALUES (?,?,?,?,?)", [(f, c, h.decode(), p, len(p)) for f, c, h, p in spool])
+
+    def release_spool(self) -> int:
+        """Drop the spooled frames that have a verdict; -> bytes still spooled (frames in flight)."""
+        with self._tx():
+            self._db.execute("DELETE FROM fr.spool WHERE EXISTS (SELECT 1 FROM verdicts v WHERE "
+                             "v.frame_id = spool.frame_id AND v.camera_id = spool.camera_id)")
+        return int(self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM fr.spool").fetchone()[0])
 
     def write(self, entries: list[Entry]) -> None:
         """Verdicts (and their pending rows) in one transaction; returns once committed."""
@@ -154,6 +173,13 @@ class Journal:
             "SELECT f.frame_id, f.camera_id FROM frames f WHERE f.ts_recv >= ? AND NOT EXISTS "
             "(SELECT 1 FROM verdicts v WHERE v.frame_id = f.frame_id AND v.camera_id = f.camera_id) ORDER BY f.seq",
             (since_ts,)).fetchall()
+
+    def spooled_unjudged(self) -> list[tuple[str, str, dict, bytes]]:
+        """(frame_id, camera_id, header, payload) of spooled frames without a verdict, oldest first."""
+        rows = self._db.execute(
+            "SELECT s.frame_id, s.camera_id, s.header, s.payload FROM spool s WHERE NOT EXISTS (SELECT 1 FROM "
+            "verdicts v WHERE v.frame_id = s.frame_id AND v.camera_id = s.camera_id) ORDER BY s.seq").fetchall()
+        return [(f, c, json.loads(h), bytes(p)) for f, c, h, p in rows]
 
     def pending(self) -> list[PendingRow]:
         rows = self._db.execute("SELECT frame_id, camera_id, deadline_ts, request, payload, edge FROM pending").fetchall()

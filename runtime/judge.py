@@ -125,6 +125,17 @@ class Judge(threading.Thread):
                 self.queue.done()
                 self.tm.queue_depth.set(len(self.queue))
 
+    def judge_now(self, job: FrameJob) -> None:
+        """Judge one frame in the caller's thread and hand its verdict over (the restart's recovery of
+        spooled frames, before the workers start); a failure becomes an error verdict, as in ``run``."""
+        try:
+            self._judge(job)()
+        except Exception as e:
+            log.exception("judging recovered frame %s failed", job.frame_id)
+            self.publish_q.put(Outgoing(Verdict.failure(job.frame_id, "error", f"internal: {e.__class__.__name__}: "
+                                                        f"{e}", camera_id=job.camera_id, ts_verdict=time.time())))
+        self.judged += 1
+
     def _publish(self, out: Outgoing) -> Callable[[], None]:
         return lambda: self.publish_q.put(out)
 

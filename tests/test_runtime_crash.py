@@ -68,7 +68,9 @@ def test_kill9_mid_stream_every_acked_frame_in_journal(art, tmp_path, procs):
     j = Journal(journal)
     assert set(acked) <= set(j.received_ids())  # acknowledged => journaled, even under kill -9
     unjudged = {f for f, _ in j.unjudged()}
-    # restart on the same journal: frames acked but never judged get a verdict saying so
+    spooled = {f for f, _, _, _ in j.spooled_unjudged()}
+    assert unjudged <= spooled  # every acknowledged, unjudged frame has its bytes in the spool
+    # restart on the same journal: frames acked but never judged are judged now, from the spool
     p2, ready2 = start(art, journal, procs)
     c2 = client(ready2)
     close(c2)
@@ -81,11 +83,12 @@ def test_kill9_mid_stream_every_acked_frame_in_journal(art, tmp_path, procs):
         with_verdict = {v["frame_id"] for v in j.verdicts()}
         missing = set(acked) - with_verdict
     assert not missing
-    assert ready2["recovered"]["unjudged"] == len(unjudged)
+    assert ready2["recovered"]["judged"] == len(spooled) and ready2["recovered"]["unjudged"] == 0
     for f in unjudged:
         (v,) = j.verdicts(f)
-        assert v["status"] == "dropped" and "restart" in v["error"]
-    print(f"acked {len(acked)}, unjudged at the kill {len(unjudged)}")
+        assert v["status"] == "ok" and v["decision"] == "good"  # judged, not dropped
+    assert not j.spooled_unjudged() and j.release_spool() == 0  # nothing left in flight, no bytes kept
+    print(f"acked {len(acked)}, unjudged at the kill {len(unjudged)}, judged at the restart {len(spooled)}")
 
 
 def test_pending_teacher_frames_survive_a_crash(art, tmp_path, procs):

@@ -138,6 +138,21 @@ def test_journal_roundtrip_recovery_and_retention(tmp_path):
     assert j.counts()["verdicts"] == 100
 
 
+def test_journal_spools_frames_until_they_are_judged(tmp_path):
+    """Spooled bytes stay only while a frame has no verdict; a restart finds exactly those, and the verdict
+    sequence continues where the journal left it."""
+    from runtime.journal import Entry, Journal
+
+    j = Journal(tmp_path / "j.sqlite3")
+    j.record_received([("a", "c", 1.0, "x"), ("b", "c", 1.0, "x")],
+                      [("a", "c", b'{"kind":"frame","frame_id":"a"}', b"A" * 10),
+                       ("b", "c", b'{"kind":"frame","frame_id":"b","ts":5.0}', b"B" * 7)])
+    assert j.release_spool() == 17 and j.last_seq() == 0
+    j.write([Entry("a", "c", "edge", "ok", "good", False, 3.0, b'{"frame_id":"a","seq":41}', seq=41)])
+    assert j.spooled_unjudged() == [("b", "c", {"kind": "frame", "frame_id": "b", "ts": 5.0}, b"B" * 7)]
+    assert j.release_spool() == 7 and j.last_seq() == 41 and [h["seq"] for h in j.since(40, 10)] == [41]
+
+
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_newest"])
 def test_bounded_queue_policies(policy):
     from runtime.queues import BoundedQueue
