@@ -235,9 +235,9 @@ def test_export_refuses_a_broken_int8_model(pipeline, tmp_path):
     assert not (tmp_path / "art" / "manifest.json").exists()
 
 
-def test_export_ships_fp32_ir_when_openvino_int8_fails_the_guard(pipeline, tmp_path):
-    """The guard holds per runtime: when the QDQ model passes in ONNX Runtime but not as OpenVINO runs it,
-    OpenVINO gets IR of the FP32 model, checked against torch like every FP32 model."""
+def _export_with_ort_guard(pipeline, tmp_path, ort_passed: bool, openvino_drop_pt: float) -> dict:
+    """Export a copy of the fixture's run as if quantize had chosen ORT with this guard outcome (forced when it
+    failed) and OpenVINO had run the QDQ model with this drop (failing its guard)."""
     from distill.export import export_run
 
     run = tmp_path / "run"
@@ -245,10 +245,17 @@ def test_export_ships_fp32_ir_when_openvino_int8_fails_the_guard(pipeline, tmp_p
     rep_path = run / "quantize" / "report.json"
     rep = json.loads(rep_path.read_text())
     rep["chosen"] = "ort"
-    rep["methods"]["ort"].update(passed=True, forced=False)
-    rep["methods"]["ort"]["openvino"] = {"passed": False, "failures": ["image AUROC drop 1.33 pt > 0.5 pt"]}
+    rep["methods"]["ort"].update(passed=ort_passed, forced=not ort_passed)
+    rep["methods"]["ort"]["openvino"] = {"passed": False,
+                                         "failures": [f"image AUROC drop {openvino_drop_pt} pt > 0.5 pt"]}
     rep_path.write_text(json.dumps(rep))
-    res = export_run(run, tmp_path / "art")
+    return export_run(run, tmp_path / "art")
+
+
+def test_export_ships_fp32_ir_when_openvino_int8_fails_the_guard(pipeline, tmp_path):
+    """The guard holds per runtime: when the QDQ model passes in ONNX Runtime but not as OpenVINO runs it,
+    OpenVINO gets IR of the FP32 model, checked against torch like every FP32 model."""
+    res = _export_with_ort_guard(pipeline, tmp_path, ort_passed=True, openvino_drop_pt=1.33)
     assert res["models"]["openvino_xml"] == "openvino/model.xml"
     assert "openvino-int8" not in res["export_check"]
     assert res["export_check"]["openvino-ir-fp32"]["score_max_abs_diff"] <= res["tolerance"]["openvino-ir-fp32"]
@@ -258,19 +265,10 @@ def test_export_ships_fp32_ir_when_openvino_int8_fails_the_guard(pipeline, tmp_p
 def test_export_marks_forced_models_and_the_edge_refuses_them(pipeline, tmp_path):
     """An INT8 model written past its failed guard (--force) is marked in the manifest; the engine refuses it
     unless allowed, and each backend's model has its own hash."""
-    from distill.export import export_run
     from runtime.engine import Engine
     from runtime.featurespec import ContractError
 
-    run = tmp_path / "run"
-    shutil.copytree(pipeline["run"], run)
-    rep_path = run / "quantize" / "report.json"
-    rep = json.loads(rep_path.read_text())
-    rep["chosen"] = "ort"
-    rep["methods"]["ort"].update(passed=False, forced=True)
-    rep["methods"]["ort"]["openvino"] = {"passed": False, "failures": ["image AUROC drop 8.3 pt > 0.5 pt"]}
-    rep_path.write_text(json.dumps(rep))
-    res = export_run(run, tmp_path / "art")
+    res = _export_with_ort_guard(pipeline, tmp_path, ort_passed=False, openvino_drop_pt=8.3)
     assert res["forced"] == ["int8", "openvino_xml"] == load_manifest(tmp_path / "art").forced
     for backend in ("onnxruntime", "openvino"):
         with pytest.raises(ContractError, match="--allow-forced"):
