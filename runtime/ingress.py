@@ -160,18 +160,15 @@ class Ingress(threading.Thread):
 
     def _spool_room(self, journal: Journal, accepted: list) -> list:
         """The frames the spool has room for; the rest are answered busy (refused before the ack, so no
-        acknowledged frame is ever without its bytes). Judged frames leave the spool first."""
-        room = self.cfg.journal.spool_max_bytes - journal.release_spool()
+        acknowledged frame is ever without its bytes). Judged frames' bytes do not count."""
+        room = self.cfg.journal.spool_max_bytes - journal.spooled_bytes()
         keep = []
         for env, job, frames in accepted:
             if len(frames[1]) <= room:
                 room -= len(frames[1])
                 keep.append((env, job, frames))
                 continue
-            self.tm.drops.labels("spool_full").inc()
-            v = Verdict.failure(job.frame_id, "dropped", "spool full (journal.spool_max_bytes): refused before the ack",
-                                camera_id=job.camera_id, ts_frame=job.ts_frame, ts_verdict=time.time())
-            self.publish_q.put(Outgoing(v, t_recv=job.t_recv))
+            self._dropped(job, "spool full (journal.spool_max_bytes): refused before the ack", reason="spool_full")
             self._reply(env, {"kind": "busy", "frame_id": job.frame_id, "message": "spool full, frame not accepted"})
         return keep
 
@@ -259,8 +256,8 @@ class Ingress(threading.Thread):
             b = self.buckets[ident] = TokenBucket(self.cfg.limits.sender_rate_hz, self.cfg.limits.sender_burst)
         return b
 
-    def _dropped(self, job: FrameJob, why: str) -> None:
-        self.tm.drops.labels("queue_full").inc()
+    def _dropped(self, job: FrameJob, why: str, reason: str = "queue_full") -> None:
+        self.tm.drops.labels(reason).inc()
         v = Verdict.failure(job.frame_id, "dropped", why, camera_id=job.camera_id, ts_frame=job.ts_frame,
                             ts_verdict=time.time())
         self.publish_q.put(Outgoing(v, t_recv=job.t_recv))

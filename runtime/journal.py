@@ -122,21 +122,23 @@ class Journal:
     def record_received(self, rows: list[tuple[str, str, float, str]],
                         spool: list[tuple[str, str, bytes, bytes]] = ()) -> None:
         """(frame_id, camera_id, ts_recv, sender) rows, and (frame_id, camera_id, header JSON, payload) of
-        the frames to spool, in one transaction; returns once committed."""
+        the frames to spool, in one transaction; returns once committed. The same transaction drops the
+        spooled bytes of frames judged since, so the spool costs ingress no commit of its own."""
         if not rows:
             return
         with self._tx():
             self._db.executemany("INSERT INTO fr.frames(frame_id, camera_id, ts_recv, sender) VALUES (?,?,?,?)", rows)
+            self._db.execute("DELETE FROM fr.spool WHERE EXISTS (SELECT 1 FROM verdicts v WHERE "
+                             "v.frame_id = spool.frame_id AND v.camera_id = spool.camera_id)")
             if spool:
                 self._db.executemany("INSERT INTO fr.spool(frame_id, camera_id, header, payload, nbytes) "
                                      "VALUES (?,?,?,?,?)", [(f, c, h.decode(), p, len(p)) for f, c, h, p in spool])
 
-    def release_spool(self) -> int:
-        """Drop the spooled frames that have a verdict; -> bytes still spooled (frames in flight)."""
-        with self._tx():
-            self._db.execute("DELETE FROM fr.spool WHERE EXISTS (SELECT 1 FROM verdicts v WHERE "
-                             "v.frame_id = spool.frame_id AND v.camera_id = spool.camera_id)")
-        return int(self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM fr.spool").fetchone()[0])
+    def spooled_bytes(self) -> int:
+        """Bytes spooled for frames still without a verdict (in flight); a read, no write."""
+        return int(self._db.execute(
+            "SELECT COALESCE(SUM(s.nbytes), 0) FROM spool s WHERE NOT EXISTS (SELECT 1 FROM verdicts v WHERE "
+            "v.frame_id = s.frame_id AND v.camera_id = s.camera_id)").fetchone()[0])
 
     def write(self, entries: list[Entry]) -> None:
         """Verdicts (and their pending rows) in one transaction; returns once committed."""

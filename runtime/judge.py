@@ -115,10 +115,7 @@ class Judge(threading.Thread):
             try:
                 hand_over = self._judge(job)
             except Exception as e:  # one bad frame must not stop the line
-                log.exception("judging frame %s failed", job.frame_id)
-                v = Verdict.failure(job.frame_id, "error", f"internal: {e.__class__.__name__}: {e}",
-                                    camera_id=job.camera_id, ts_frame=job.ts_frame, ts_verdict=time.time())
-                hand_over = self._publish(Outgoing(v, t_recv=job.t_recv))
+                hand_over = self._publish(self._failed(job, e))
             finally:
                 self.order.release(ticket, hand_over or (lambda: None))
                 self.judged += 1
@@ -129,12 +126,18 @@ class Judge(threading.Thread):
         """Judge one frame in the caller's thread and hand its verdict over (the restart's recovery of
         spooled frames, before the workers start); a failure becomes an error verdict, as in ``run``."""
         try:
-            self._judge(job)()
+            hand_over = self._judge(job)
         except Exception as e:
-            log.exception("judging recovered frame %s failed", job.frame_id)
-            self.publish_q.put(Outgoing(Verdict.failure(job.frame_id, "error", f"internal: {e.__class__.__name__}: "
-                                                        f"{e}", camera_id=job.camera_id, ts_verdict=time.time())))
+            hand_over = self._publish(self._failed(job, e))
+        hand_over()
         self.judged += 1
+
+    def _failed(self, job: FrameJob, e: Exception) -> Outgoing:
+        """The error verdict of a frame whose judging raised (logged with its traceback)."""
+        log.exception("judging frame %s failed", job.frame_id)
+        v = Verdict.failure(job.frame_id, "error", f"internal: {e.__class__.__name__}: {e}",
+                            camera_id=job.camera_id, ts_frame=job.ts_frame, ts_verdict=time.time())
+        return Outgoing(v, t_recv=job.t_recv)
 
     def _publish(self, out: Outgoing) -> Callable[[], None]:
         return lambda: self.publish_q.put(out)

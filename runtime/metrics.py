@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
-    "roc_curve", "image_auroc", "pixel_auroc", "auroc", "pro_curve", "au_pro", "precision_recall_curve",
+    "roc_curve", "image_auroc", "pixel_auroc", "auroc", "pro_curve", "au_pro", "pro_area", "precision_recall_curve",
     "average_precision", "f1_max", "iou", "dice", "accuracy", "mask_boxes", "map_boxes", "box_iou",
     "box_ap", "box_map", "box_map_from_maps", "compute_all",
 ]
@@ -197,6 +197,12 @@ def au_pro(masks, maps, fpr_limit: float = FPR_LIMIT) -> float:
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
     fpr, pro, _ = pro_curve(masks, maps)
+    return pro_area(fpr, pro, fpr_limit)
+
+
+def pro_area(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float = FPR_LIMIT) -> float:
+    """AU-PRO of an exact PRO curve (``pro_curve``'s fpr, pro), normalised by ``fpr_limit``: for a caller
+    that also keeps the curve, so it is computed once."""
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
 
 

@@ -46,10 +46,14 @@ def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequ
     y = np.asarray(labels, int)
     s = np.asarray(scores, float)
     d = np.asarray(decisions, int)
+    try:  # the exact PRO curve, once: AU-PRO and the plotted points both come from it
+        pro = M.pro_curve(masks, maps)[:2]
+    except ValueError:  # no defect regions, or no good pixels
+        pro = None
     out = {"n_images": int(len(y)), "n_defect": int(y.sum()),
            "image_auroc": safe_metric(M.image_auroc, y, s),
            "pixel_auroc": safe_metric(M.pixel_auroc, masks, maps),
-           "au_pro": safe_metric(M.au_pro, masks, maps),
+           "au_pro": None if pro is None else safe_metric(M.pro_area, *pro),
            "f1_max": safe_metric(lambda a, b: M.f1_max(a, b)[0], y, s),
            "accuracy": float(M.accuracy(y, d)) if len(y) else None,
            "false_reject_rate": float(d[y == 0].mean()) if (y == 0).any() else None,
@@ -59,24 +63,22 @@ def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequ
                               for t in sorted(set(types[y == 1].tolist()))}
     out["confusion"] = {"tp": int(((y == 1) & (d == 1)).sum()), "fp": int(((y == 0) & (d == 1)).sum()),
                         "fn": int(((y == 1) & (d == 0)).sum()), "tn": int(((y == 0) & (d == 0)).sum())}
-    out["curves"] = curve_points(y, s, maps, masks)
+    out["curves"] = curve_points(y, s, pro)
     return out
 
 
-def curve_points(labels, scores, maps, masks) -> dict:
+def curve_points(labels, scores, pro: tuple[np.ndarray, np.ndarray] | None) -> dict:
     """{"roc": [fpr, tpr], "pro": [fpr, pro]} as short lists (ROC thinned to :data:`ROC_POINTS` exact
-    points, PRO interpolated on :data:`PRO_GRID`); a curve the images cannot support is left out."""
+    points, the exact PRO curve ``pro`` interpolated on :data:`PRO_GRID`); a curve the images cannot
+    support (one class only; ``pro`` None) is left out."""
     out = {}
     try:
         fpr, tpr, _ = M.roc_curve(labels, scores, max_points=ROC_POINTS)
         out["roc"] = [np.round(fpr, 4).tolist(), np.round(tpr, 4).tolist()]
     except ValueError:  # one class only
         pass
-    try:
-        fpr, pro, _ = M.pro_curve(masks, maps)
-        out["pro"] = [np.round(PRO_GRID, 4).tolist(), np.round(np.interp(PRO_GRID, fpr, pro), 4).tolist()]
-    except ValueError:  # no defect regions, or no good pixels
-        pass
+    if pro is not None:
+        out["pro"] = [np.round(PRO_GRID, 4).tolist(), np.round(np.interp(PRO_GRID, *pro), 4).tolist()]
     return out
 
 

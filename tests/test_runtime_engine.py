@@ -147,10 +147,12 @@ def test_journal_spools_frames_until_they_are_judged(tmp_path):
     j.record_received([("a", "c", 1.0, "x"), ("b", "c", 1.0, "x")],
                       [("a", "c", b'{"kind":"frame","frame_id":"a"}', b"A" * 10),
                        ("b", "c", b'{"kind":"frame","frame_id":"b","ts":5.0}', b"B" * 7)])
-    assert j.release_spool() == 17 and j.last_seq() == 0
+    assert j.spooled_bytes() == 17 and j.last_seq() == 0
     j.write([Entry("a", "c", "edge", "ok", "good", False, 3.0, b'{"frame_id":"a","seq":41}', seq=41)])
     assert j.spooled_unjudged() == [("b", "c", {"kind": "frame", "frame_id": "b", "ts": 5.0}, b"B" * 7)]
-    assert j.release_spool() == 7 and j.last_seq() == 41 and [h["seq"] for h in j.since(40, 10)] == [41]
+    assert j.spooled_bytes() == 7 and j.last_seq() == 41 and [h["seq"] for h in j.since(40, 10)] == [41]
+    j.record_received([("c", "c", 2.0, "x")])  # the next batch's transaction drops the judged frame's bytes
+    assert j._db.execute("SELECT frame_id FROM spool").fetchall() == [("b",)]
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_newest"])
