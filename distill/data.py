@@ -58,3 +58,23 @@ def load_images(ds: Dataset, splits: tuple[str, ...], size: int) -> ImageSet:
             masks[i] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 0
     labels = np.asarray([1 if r.is_defect else 0 for r in recs], np.int64)
     return ImageSet(recs, imgs, labels, masks)
+
+
+def pseudo_defect_set(images: ImageSet, per_image: int, seed: int) -> ImageSet:
+    """``per_image`` pseudo-defects (teacher/data/pseudo_defects.py, as `teacher finetune --pseudo-defects`
+    plants them) on every good image of ``images``, as defect images with their masks. Each keeps the
+    record of the good image it was planted on (targets come from the teacher, not from a manifest)."""
+    from teacher.data.pseudo_defects import pseudo_defect_images
+
+    good = images.good
+    planted = pseudo_defect_images(list(images.images[good]), per_image, seed)
+    if not planted:
+        raise ValueError("no good images to plant pseudo-defects on")
+    recs = [images.records[i] for i in good for _ in range(per_image)]
+    return ImageSet(recs, np.stack([im for im, _, _ in planted]), np.ones(len(planted), np.int64),
+                    np.stack([m for _, m, _ in planted]))
+
+
+def concat(a: ImageSet, b: ImageSet) -> ImageSet:
+    return ImageSet(a.records + b.records, np.concatenate([a.images, b.images]), np.r_[a.labels, b.labels],
+                    np.concatenate([a.masks, b.masks]))

@@ -7,6 +7,9 @@
                                          OpenVINO runs it
     ARTIFACT/bank.npy                    float16 (N, D) memory bank
     ARTIFACT/manifest.json               runtime.manifest.ArtifactManifest, sha256 of every file
+    ARTIFACT/manifest.sig                with --sign KEY: the manifest's Ed25519 signature (runtime/signing.py);
+                                         through the sha256s it covers every file. An edge given
+                                         --trusted-signers serves only artifacts signed by a key it trusts
 
 Every model is re-run in its runtime on val images and compared with torch: outputs (max relative error)
 and image scores (max absolute difference), against the stated tolerances recorded in
@@ -49,7 +52,10 @@ class ExportError(RuntimeError):
     pass
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_images: int = CHECK_IMAGES) -> dict:
+def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_images: int = CHECK_IMAGES,
+               sign: str | Path | None = None) -> dict:
+    """``sign``: an Ed25519 private key file (``lineside keys DIR --name NAME --signing``) to sign the
+    artifact with; read before anything is exported, so a wrong key costs nothing."""
     from distill.data import load_images
     from distill.quantize import QUANT_DIR, REPORT
     from distill.run import load_run
@@ -57,6 +63,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     from runtime.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, Preprocess, Scoring,
                                   load_manifest, write_manifest)
 
+    if sign is not None:
+        from runtime.signing import load_signing_key
+
+        load_signing_key(sign)
     run = load_run(run_dir)
     qdir = run.dir / QUANT_DIR
     if not (qdir / REPORT).is_file():
@@ -207,9 +217,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     )
     write_manifest(out, manifest)
     load_manifest(out)  # what the edge will do: versions and checksums
+    signer = None
+    if sign is not None:
+        from runtime.signing import sign_artifact
+
+        signer = sign_artifact(out, sign)
+        log(f"signed {out} with key {signer} ({Path(sign).name})")
     log(f"wrote {out} ({quant}; models {sorted(models)})")
     return {"artifact": str(out), "quantization": quant, "models": models, "forced": forced, "tolerance": tolerance,
-            "export_check": check}
+            "export_check": check, "signer": signer}
 
 
 def forced_roles(qrep: dict, models: dict[str, str]) -> list[str]:
@@ -234,12 +250,14 @@ def configure(p) -> None:
     p.add_argument("run", help="run directory (distill fit, then distill quantize)")
     p.add_argument("--out", required=True, help="artifact directory to write (replaced)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key "
+                   "(lineside keys DIR --name NAME --signing); edges with --trusted-signers serve only signed ones")
     p.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
     try:
-        res = export_run(args.run, args.out, threads=args.threads)
+        res = export_run(args.run, args.out, threads=args.threads, sign=args.sign)
     except ExportError as e:
         print(f"distill export: {e}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import torch
 
 from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, fit_head_norms, score_outputs
 from distill.calibrate import calibrate
-from distill.data import ImageSet, load_images
+from distill.data import concat, load_images, pseudo_defect_set
 from distill.embedding import fit_pca, reference_embedding, teacher_recipe
 from distill.head_targets import KINDS as HEAD_KINDS
 from distill.head_targets import head_targets, load_teacher_head
@@ -28,7 +28,7 @@ from distill.run import save_run
 from distill.students import create_student, list_students
 from distill.targets import cache_key, cached_targets, compute_targets, read_shards
 from distill.trainer import fit_student, level_cosine, plot_curves
-from runtime.commands import positive_int
+from runtime.commands import non_negative_int, positive_int
 from runtime.manifest import Preprocess
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 
@@ -56,6 +56,10 @@ def configure(p) -> None:
     p.add_argument("--mse-weight", type=float, default=1.0)
     p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--pseudo-defects", type=non_negative_int, default=0, metavar="K",
+                   help="also train on K pseudo-defects planted on every good train image (as `teacher finetune "
+                        "--pseudo-defects`), so the student sees the teacher's response to defects, not only to "
+                        "good surfaces")
     p.add_argument("--no-pretrained", action="store_true",
                    help="start the backbone from random weights even where it has ImageNet ones (lite0)")
     p.add_argument("--no-early-stop", action="store_true",
@@ -86,7 +90,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         embed_dim: int | None = DEFAULT_EMBED_DIM, bank_budget: int = DEFAULT_BANK_BUDGET,
         scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
-        proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True) -> dict:
+        proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True,
+        pseudo_defects: int = 0) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
     the checkpoint has a head or bank) or "labels"."""
     from runtime.dataset import load_dataset
@@ -107,8 +112,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     log(f"{len(train)} train ({int(train.labels.sum())} defect), {len(val)} val images at {size}px; "
         f"teacher {teacher.checkpoint_hash[:16]}")
 
-    both = ImageSet(train.records + val.records, np.concatenate([train.images, val.images]),
-                    np.r_[train.labels, val.labels], np.concatenate([train.masks, val.masks]))
+    both = concat(train, val)
     if features:
         targets = read_shards(features, both.records, spec.names, teacher.checkpoint_hash)
         log(f"targets read from {features}")
@@ -125,6 +129,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     ntr = len(train)
     tr_t = {k: v[:ntr] for k, v in targets.items()}
     va_t = {k: v[ntr:] for k, v in targets.items()}
+    del targets
 
     # embedding basis: PCA of the teacher's bank embedding of the training images
     recipe = teacher_recipe()
@@ -135,6 +140,15 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     recipe = teacher_recipe(dim=dim)
     basis, mean, share = fit_pca(temb, dim)
     del temb
+    if pseudo_defects:  # after the PCA: the embedding basis describes the line's own images
+        planted = pseudo_defect_set(train, pseudo_defects, seed)
+        key = cache_key(teacher.checkpoint_hash, planted.images, noise_draws, seed)
+        pt, hit = cached_targets(out / "cache", key, lambda: compute_targets(
+            teacher, planted.teacher_inputs(), noise_draws=noise_draws, seed=seed, progress=progress))
+        tr_t = {k: torch.cat([v, pt[k]]) for k, v in tr_t.items()}
+        train = concat(train, planted)
+        log(f"{len(planted)} pseudo-defect images ({pseudo_defects} per good train image), targets "
+            f"{'from cache' if hit else 'computed'}")
 
     # teacher head (CKPT/head): distil its outputs too
     head_state = load_teacher_head(teacher_ckpt)
@@ -142,10 +156,9 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     tr_h: dict = {}
     labels = ds.labels()
     if head_state is not None:
-        ht, head_specs = head_targets(head_state, targets, size)
-        tr_h = {k: v[:ntr] for k, v in ht.items()}
+        tr_h, head_specs = head_targets(head_state, tr_t, size)
         labels = list(head_state.vocabulary)
-        log(f"teacher head: distilling {', '.join(f'{h.name} {tuple(ht[h.name].shape[1:])}' for h in head_specs)}")
+        log(f"teacher head: distilling {', '.join(f'{h.name} {tuple(tr_h[h.name].shape[1:])}' for h in head_specs)}")
 
     # optional reduced basis per level: the projection emits ``proj_rank`` PCA coefficients of the
     # teacher's features, a frozen 1×1 conv maps them back to the teacher's channels
@@ -234,7 +247,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly",
-                  "early_stop": early_stop, "best_step": best_step, "init": init or "random"},
+                  "early_stop": early_stop, "best_step": best_step, "init": init or "random",
+                  "pseudo_defects": pseudo_defects},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
         "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline,
                                                        "val_cosine_centred": centred}, "val_metrics": val_metrics, "n_params": n_params,
@@ -264,7 +278,8 @@ def run(args) -> int:
                   scoring=ScoringParams(k=args.k, blur_sigma_px=args.blur_sigma),
                   target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
-                  proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained)
+                  proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained,
+                  pseudo_defects=args.pseudo_defects)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0

@@ -78,10 +78,12 @@ def _proc_cpu_s(pid: int) -> Optional[float]:
 
 def start_daemon(artifact_dir, backend: str, threads: int, queue_size: int, journal: Path,
                  extra: Optional[list[str]] = None, workers: int = 1) -> tuple[subprocess.Popen, dict]:
-    """`lineside run` on free loopback ports; returns the process and its ready line."""
+    """`lineside run` on free loopback ports, control on an ipc:// socket file beside the journal; returns the
+    process and its ready line."""
+    control = f"ipc://{Path(journal).with_suffix('.control.sock')}"
     cmd = [sys.executable, "-m", "runtime", "run", "--artifact", str(artifact_dir), "--backend", backend,
            "--threads", str(threads), "--workers", str(workers), "--ingress", "tcp://127.0.0.1:*", "--verdicts", "tcp://127.0.0.1:*",
-           "--control", "tcp://127.0.0.1:*", "--journal", str(journal), "--queue-size", str(queue_size),
+           "--control", control, "--journal", str(journal), "--queue-size", str(queue_size),
            "--overload", "reject_newest", "--log-level", "WARNING", *(extra or [])]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

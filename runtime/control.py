@@ -1,8 +1,13 @@
 """The control socket: status, metrics snapshot, reload an artifact, shut down.
 
-A ROUTER bound to loopback or ipc:// by default. Bound to a network address it must be a CURVE server
-(no --insecure escape here: reload and shutdown are operator actions). Requests are protocol messages,
-from a DEALER (``lineside control``/``status``) or a REQ (an empty delimiter is echoed):
+A ROUTER on an ipc:// socket file by default, made mode 0600 as it is bound: only the daemon's user (and
+root) may connect, so no other local user can reload or shut the line down. Without CURVE it must be such a
+file. A TCP port on loopback is open to every local user: refused unless ``security.insecure_control``. A
+network address (open to everyone) and an abstract ``ipc://@name`` (no permissions at all) are always
+refused. With CURVE (``security.control_secret``) it admits only the operators' keys
+(``control_allowed_keys``, else ``allowed_keys``), never a camera's unless that directory holds it.
+Requests are protocol messages, from a DEALER (``lineside control``/``status``) or a REQ (an empty
+delimiter is echoed):
 
     {"kind": "control", "cmd": "status" | "metrics" | "reload" | "shutdown", "path": DIR?}   or {"kind": "status"}
     {"kind": "control", "cmd": "replay", "since": SEQ, "limit": N?}   journaled verdicts after SEQ, oldest first
@@ -13,11 +18,13 @@ the journal). A subscriber that sees a gap, or starts late, asks ``replay`` for 
 Clone pattern: the journal is the snapshot, the PUB stream the updates); ``lineside watch --since``.
 
 ``reload`` only takes an artifact under the configured artifacts directory, and refuses one whose
-manifest or checksums fail (runtime.manifest.load_manifest); the running model stays in place then.
+manifest or checksums fail (runtime.manifest.load_manifest), or, with ``security.trusted_signers``, whose
+signature does (runtime/signing.py); the running model stays in place then.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import zmq
@@ -31,6 +38,39 @@ log = logging.getLogger("lineside.control")
 POLL_MS = 100
 COMMANDS = ("status", "metrics", "reload", "shutdown", "replay")
 REPLAY_MAX = 1000  # verdicts per replay reply: a bounded message; "more" asks for the next page
+IPC_MODE = 0o600  # the control socket file: this user only
+IPC_BIND_UMASK = 0o077  # while binding: the file (and the directory of an ipc://* wildcard) is created private
+
+
+def check_control_policy(endpoint: str, secured: bool, insecure_control: bool) -> None:
+    """Refuse a control endpoint anyone but the operator could reach (see the module docstring)."""
+    if secured:
+        return
+    if endpoint.startswith("tcp://") and not is_loopback(endpoint):
+        raise CurveError(f"control: refusing to bind {endpoint} without CURVE (security.control_secret); "
+                         "use an ipc:// socket file or loopback")
+    if endpoint.startswith("ipc://@"):
+        raise CurveError(f"control: refusing to bind the abstract socket {endpoint} without CURVE: it has no file "
+                         "permissions, any local user could connect; use an ipc:// socket file")
+    if endpoint.startswith("tcp://") and not insecure_control:
+        raise CurveError(f"control: refusing to bind {endpoint} without CURVE: any local user could reload or shut "
+                         "down the daemon; use ipc://PATH (file permissions), give security.control_secret, or "
+                         "pass --insecure-control")
+
+
+def bind_control(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind; an ipc:// socket file is created under a private umask and set to IPC_MODE. Returns the endpoint."""
+    if not endpoint.startswith("ipc://"):
+        sock.bind(endpoint)
+        return sock.last_endpoint.decode()
+    old = os.umask(IPC_BIND_UMASK)  # process-wide, for the instant of the bind; only ever stricter
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(old)
+    bound = sock.last_endpoint.decode()
+    os.chmod(bound[len("ipc://"):], IPC_MODE)  # whatever the umask was: the mode is this, not "at most this"
+    return bound
 
 
 class Control(threading.Thread):
@@ -39,16 +79,13 @@ class Control(threading.Thread):
         self.daemon_ref = daemon
         self.stop_event = threading.Event()
         ep, secret = cfg.sockets.control, cfg.security.control_secret
-        if not is_loopback(ep) and not secret:
-            raise CurveError(f"control: refusing to bind {ep} without CURVE (security.control_secret); "
-                             "bind loopback or ipc:// instead")
+        check_control_policy(ep, bool(secret), cfg.security.insecure_control)
         s = self.sock = ctx.socket(zmq.ROUTER)
         s.linger = 0
         s.maxmsgsize = 1 << 20
         if secret:
-            make_server(s, secret)
-        s.bind(ep)
-        self.endpoint = s.last_endpoint.decode()
+            make_server(s, secret, domain="control")
+        self.endpoint = bind_control(s, ep)
 
     def run(self) -> None:
         try:

@@ -4,6 +4,11 @@ Keys are the certificate files ``zmq.auth.create_certificates`` writes (``linesi
 ``NAME.key`` (public) and ``NAME.key_secret`` (both). A server loads its secret file and admits only
 clients whose public certificates sit in an allowed-keys directory; a client loads its own secret
 and the server's public key.
+
+One authenticator (ZAP handler) serves every socket of a context. A socket names its ZAP domain
+(``make_server(..., domain="control")``) and the authenticator admits, for that domain, only the keys of
+the directory configured for it: a camera's key in the ingress directory opens ingress, not control.
+Note that pyzmq's "*" domain is not a wildcard: it is the domain of sockets that name none.
 """
 from __future__ import annotations
 
@@ -37,23 +42,30 @@ def _load(path: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
     return public, secret
 
 
-def start_authenticator(context: zmq.Context, allowed_keys_dir: str | Path) -> ThreadAuthenticator:
-    """Admit only CURVE clients whose public certificates are in ``allowed_keys_dir``."""
-    d = Path(allowed_keys_dir)
-    if not d.is_dir():
-        raise CurveError(f"allowed-keys directory {d} does not exist")
+def start_authenticator(context: zmq.Context, allowed_keys_dir: str | Path | None = None,
+                        domains: dict[str, str | Path] | None = None) -> ThreadAuthenticator:
+    """Admit only CURVE clients whose public certificates are in the directory of their socket's ZAP domain:
+    ``domains`` maps a domain to its directory; ``allowed_keys_dir`` serves sockets that name no domain."""
+    wanted = {**({"*": allowed_keys_dir} if allowed_keys_dir else {}), **(domains or {})}
+    for d in map(Path, wanted.values()):
+        if not d.is_dir():
+            raise CurveError(f"allowed-keys directory {d} does not exist")
     auth = ThreadAuthenticator(context)
     auth.start()
-    auth.configure_curve(domain="*", location=str(d))
+    for domain, d in wanted.items():
+        auth.configure_curve(domain=domain, location=str(d))
     return auth
 
 
-def make_server(sock: zmq.Socket, secret_file: str | Path) -> bytes:
-    """Make ``sock`` a CURVE server (before bind). Returns its public key."""
+def make_server(sock: zmq.Socket, secret_file: str | Path, domain: str = "") -> bytes:
+    """Make ``sock`` a CURVE server (before bind), authenticated in ZAP ``domain`` ("": the default one).
+    Returns its public key."""
     public, secret = _load(secret_file, need_secret=True)
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_server = True
+    if domain:
+        sock.zap_domain = domain.encode()
     return public
 
 

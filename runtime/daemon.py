@@ -22,7 +22,7 @@ from pathlib import Path
 import zmq
 
 from runtime.cascade import Cascade, resolve_without_teacher
-from runtime.config import Config
+from runtime.config import ROLES, Config
 from runtime.control import Control
 from runtime.curve import start_authenticator
 from runtime.engine import Engine
@@ -61,17 +61,17 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Daemon":
         c = self.cfg
-        engine = Engine(self.artifact_dir, c.backend.name, c.backend.threads, device=c.backend.device,
-                        allow_forced=c.backend.allow_forced)
+        engine = self._open(self.artifact_dir)
         self.holder = EngineHolder(engine)
-        self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
-                           "artifact": str(self.artifact_dir)})
+        self._publish_info(engine)
         self.queue = BoundedQueue(c.queue.size, c.queue.overload)
         # bounded too: a stuck publisher (journal disk full) back-pressures the judge and ingress, then ZeroMQ's
         # high-water marks push back on the senders, instead of memory growing
         self.publish_q: queue.Queue = queue.Queue(maxsize=c.queue.publish_size)
         self.ctx = zmq.Context()
-        self.auth = start_authenticator(self.ctx, c.security.allowed_keys) if c.security.allowed_keys else None
+        # one ZAP domain per CURVE socket, each with its own allowed keys: cameras, subscribers, operators
+        domains = {r: c.security.allowed_keys_for(r) for r in ROLES if getattr(c.security, f"{r}_secret")}
+        self.auth = start_authenticator(self.ctx, domains=domains) if domains else None
         try:
             self.publisher = Publisher(self.ctx, c, self.publish_q, self.tm, c.journal.path)
             if c.teacher.address:
@@ -204,7 +204,8 @@ class Daemon:
         dead = self.dead_threads()
         return {"alive": not dead, "dead_threads": dead, "uptime_s": round(time.time() - self.started_at, 3),
                 "artifact": str(e.artifact_dir),
-                "model_hash": e.model_hash, "backend": e.backend_name, "generation": self.holder.generation,
+                "model_hash": e.model_hash, "signer": e.signer, "backend": e.backend_name,
+                "generation": self.holder.generation,
                 "queue": {"depth": len(self.queue), "max_seen": self.queue.max_seen, "size": self.queue.maxsize,
                           "policy": self.queue.policy},
                 "judged": sum(j.judged for j in self.judges), "workers": len(self.judges),
@@ -228,20 +229,31 @@ class Daemon:
             journal.close()
         return {"verdicts": rows[:limit], "more": len(rows) > limit, "seq": self.publisher.seq}
 
+    def _open(self, path: Path) -> Engine:
+        """The one opening policy of start and reload: backend, forced models, trusted signers."""
+        b, sec = self.cfg.backend, self.cfg.security
+        return Engine(path, b.name, b.threads, device=b.device, allow_forced=b.allow_forced,
+                      trusted_signers=sec.trusted_signers)
+
+    def _publish_info(self, engine: Engine) -> None:
+        # /metrics is plain HTTP: the model's name and hash identify it; the artifact's path is the control
+        # socket's (status) to tell
+        self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash,
+                           "model": engine.manifest.name, "signer": engine.signer or ""})
+
     def reload(self, path: str) -> dict:
         p = Path(path).resolve()
         if not p.is_relative_to(self.artifacts_root):
             raise ProtocolError("path", f"{p} is outside the artifacts directory {self.artifacts_root}; refused")
-        c = self.cfg.backend
         with self.holder.lock:
             try:
-                engine = Engine(p, c.name, c.threads, device=c.device, allow_forced=c.allow_forced)
-            except Exception as e:  # ContractError (manifest/checksums), BackendError, bad bank ...
+                engine = self._open(p)
+            except Exception as e:  # ContractError (manifest/checksums/signature), BackendError, bad bank ...
                 raise ProtocolError("path", f"artifact refused, still serving {self.holder.engine.model_hash}: {e}") from None
         old = self.holder.swap(engine)
-        self.tm.info.info({"backend": engine.backend_name, "model_hash": engine.model_hash, "artifact": str(p)})
+        self._publish_info(engine)
         log.info("artifact reloaded", extra={"fields": {"artifact": str(p), "model_hash": engine.model_hash,
-                                                        "previous": old.model_hash}})
+                                                        "signer": engine.signer, "previous": old.model_hash}})
         return {"reloaded": True, "artifact": str(p), "model_hash": engine.model_hash, "previous": old.model_hash,
                 "generation": self.holder.generation}
 

@@ -31,23 +31,30 @@ OVERRIDES = {
     "journal": "journal.path", "synchronous": "journal.synchronous",
     "camera": "camera.source", "camera_id": "camera.camera_id", "trigger": "camera.trigger", "rate": "camera.rate_hz",
     "metrics_port": "metrics_port", "metrics_host": "metrics_host", "artifacts_dir": "artifacts_dir",
-    "allowed_keys": "security.allowed_keys",
+    "allowed_keys": "security.allowed_keys", "ingress_allowed_keys": "security.ingress_allowed_keys",
+    "verdicts_allowed_keys": "security.verdicts_allowed_keys", "control_allowed_keys": "security.control_allowed_keys",
     "ingress_secret": "security.ingress_secret", "verdicts_secret": "security.verdicts_secret",
-    "control_secret": "security.control_secret", "max_message_bytes": "limits.max_message_bytes",
+    "control_secret": "security.control_secret", "insecure_control": "security.insecure_control",
+    "trusted_signers": "security.trusted_signers", "max_message_bytes": "limits.max_message_bytes",
     "max_frame_bytes": "limits.max_frame_bytes",
     "sender_rate_hz": "limits.sender_rate_hz", "log_level": "log_level",
 }
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from runtime.config import Config, Sockets
+
     p.add_argument("--artifact", required=True, help="student artifact directory (manifest.json)")
     p.add_argument("--config", help="lineside.toml; flags below override it")
     g = p.add_argument_group("sockets")
-    g.add_argument("--ingress", help="ROUTER bind endpoint for pushed frames (default tcp://127.0.0.1:5555)")
-    g.add_argument("--verdicts", help="PUB bind endpoint for verdicts (default tcp://127.0.0.1:5556)")
-    g.add_argument("--control", help="control ROUTER bind endpoint (default tcp://127.0.0.1:5557)")
+    default = {k: f.default for k, f in Sockets.model_fields.items()}
+    g.add_argument("--ingress", help=f"ROUTER bind endpoint for pushed frames (default {default['ingress']})")
+    g.add_argument("--verdicts", help=f"PUB bind endpoint for verdicts (default {default['verdicts']})")
+    g.add_argument("--control", help=f"control ROUTER bind endpoint (default {default['control']}, a socket file "
+                                     "only this user may open)")
     g.add_argument("--metrics-port", type=int, help="Prometheus /metrics on --metrics-host:PORT (0: any free port)")
-    g.add_argument("--metrics-host", help="address the metrics endpoint listens on (default 127.0.0.1)")
+    g.add_argument("--metrics-host", help="address the metrics endpoint listens on "
+                                          f"(default {Config.model_fields['metrics_host'].default})")
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
     g.add_argument("--threads", type=int, help="threads per judged frame: backend, BLAS scoring, OpenCV (default 1)")
@@ -56,6 +63,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-forced", action="store_true", default=None,
                    help="serve a model its INT8 guard failed (distill quantize --force), with a warning")
     g.add_argument("--artifacts-dir", help="reload accepts only artifacts under this directory")
+    g.add_argument("--trusted-signers", metavar="DIR",
+                   help="serve only artifacts signed by a key in DIR (*.ed25519.pub), on start and on reload")
     g = p.add_argument_group("queue")
     g.add_argument("--queue-size", type=int)
     g.add_argument("--overload", choices=["drop_oldest", "reject_newest"])
@@ -74,11 +83,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trigger", help="SUB endpoint for trigger messages (else free-running at --rate)")
     g.add_argument("--rate", type=float, help="free-running grab rate, Hz")
     g = p.add_argument_group("security and limits")
-    g.add_argument("--allowed-keys", help="directory of client public keys (CURVE)")
+    g.add_argument("--allowed-keys", help="directory of client public keys (CURVE), for every socket without its own")
+    g.add_argument("--ingress-allowed-keys", help="cameras' public keys: the only ones ingress admits")
+    g.add_argument("--verdicts-allowed-keys", help="subscribers' public keys: the only ones the verdict PUB admits")
+    g.add_argument("--control-allowed-keys", help="operators' public keys: the only ones control admits")
     g.add_argument("--ingress-secret")
     g.add_argument("--verdicts-secret")
     g.add_argument("--control-secret")
     g.add_argument("--insecure", action="store_true", help="allow non-loopback binds without CURVE")
+    g.add_argument("--insecure-control", action="store_true", default=None,
+                   help="allow control on TCP loopback without CURVE (any local user could reload or shut down)")
     g.add_argument("--max-frame-bytes", type=int, help="larger frame payloads get an error verdict (default 64 MiB)")
     g.add_argument("--max-message-bytes", type=int,
                    help="ZMQ_MAXMSGSIZE: a larger message part disconnects its sender (default 128 MiB)")

@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels import dispatch
 from runtime.backends import model_file, open_backend
-from runtime.manifest import MANIFEST_NAME, ArtifactManifest, load_manifest
+from runtime.manifest import ArtifactManifest, load_manifest, read_manifest_bytes
 from runtime.scoring import decide, find_regions, score_outputs
 from runtime.verdict import Region, Verdict
 
@@ -29,13 +29,26 @@ log = logging.getLogger("lineside.engine")
 
 class Engine:
     def __init__(self, artifact_dir: str | Path, backend: str = "auto", threads: int = 1, verify: bool = True,
-                 manifest: ArtifactManifest | None = None, device: str | None = None, allow_forced: bool = False):
+                 manifest: ArtifactManifest | None = None, device: str | None = None, allow_forced: bool = False,
+                 trusted_signers: str | Path | None = None):
         """``allow_forced``: serve a model the manifest marks as shipped past its INT8 guard (with a
-        warning); without it such a model is refused with a ContractError naming it."""
+        warning); without it such a model is refused with a ContractError naming it. ``trusted_signers``: a
+        directory of Ed25519 public keys; the artifact is opened only if one of them signed its manifest
+        (runtime/signing.py), else a SignatureError (a ContractError) says why."""
         from runtime.featurespec import ContractError
 
         self.artifact_dir = Path(artifact_dir).resolve()
-        self.manifest = manifest or load_manifest(self.artifact_dir, verify=verify)
+        # the manifest is read once: the bytes a signature is checked over are the ones parsed and hashed
+        data = read_manifest_bytes(self.artifact_dir) if manifest is None else None
+        self.signer = None
+        if trusted_signers is not None:
+            if manifest is not None or not verify:
+                raise ValueError("trusted_signers needs the manifest read and its files verified here "
+                                 "(no manifest=, verify=True)")
+            from runtime.signing import verify_manifest
+
+            self.signer = verify_manifest(self.artifact_dir, data, trusted_signers)
+        self.manifest = manifest or load_manifest(self.artifact_dir, verify=verify, data=data)
         m = self.manifest
         bank_path = self.artifact_dir / m.scoring.bank_file
         if not bank_path.is_file():
@@ -58,8 +71,7 @@ class Engine:
         # Over the manifest's own bytes too: its threshold, band and scoring decide verdicts as much as the
         # weights do, so an edited manifest is a different model in every verdict and in the journal. And over
         # the file this backend runs: the ONNX INT8 model and OpenVINO's IR are different models.
-        mpath = self.artifact_dir / MANIFEST_NAME
-        h = hashlib.sha256(mpath.read_bytes() if mpath.is_file() else m.model_dump_json().encode())
+        h = hashlib.sha256(data if data is not None else m.model_dump_json().encode())
         stem = Path(m.models.get(self.model_role, "bank.npy")).with_suffix("")  # an IR's .xml and its .bin
         for rel in sorted(r for r in m.files if Path(r).with_suffix("") == stem):
             h.update(m.files[rel].encode())

@@ -78,7 +78,7 @@ class Ingress(threading.Thread):
         s.maxmsgsize = cfg.limits.max_message_bytes
         s.rcvhwm = s.sndhwm = 10_000
         if sec.ingress_secret:
-            make_server(s, sec.ingress_secret)
+            make_server(s, sec.ingress_secret, domain="ingress")
         check_bind_policy(cfg.sockets.ingress, bool(sec.ingress_secret), sec.insecure, "ingress")
         s.bind(cfg.sockets.ingress)
         self.endpoint = s.last_endpoint.decode()

@@ -1,13 +1,17 @@
-"""`lineside keys OUTDIR --name NAME`: a CURVE key pair for a daemon, a teacher server or a client.
+"""`lineside keys OUTDIR --name NAME [--signing]`: a CURVE key pair for a daemon, a teacher server or a
+client; with ``--signing``, an Ed25519 pair that signs artifacts.
 
 Writes ``OUTDIR/NAME.key`` (public certificate: copy it to the peers, or into a server's allowed-keys
 directory) and ``OUTDIR/NAME.key_secret`` (both keys: keep it on this machine, mode 0600), in the
-format ``zmq.auth.create_certificates`` writes and ``runtime/curve.py`` loads. Existing keys are
+format ``zmq.auth.create_certificates`` writes and ``runtime/curve.py`` loads. ``--signing`` writes
+``NAME.ed25519`` (private, 0600: for ``distill export --sign``) and ``NAME.ed25519.pub`` (copy it into
+each edge's ``--trusted-signers`` directory), as ``runtime/signing.py`` reads them. Existing keys are
 never overwritten unless ``--force`` is given: a replaced server key locks out every client.
 
     lineside keys /etc/lineside/keys --name teacher
     lineside keys /etc/lineside/keys --name edge-cam0
     cp /etc/lineside/keys/edge-cam0.key /etc/lineside/allowed/   # on the teacher server
+    lineside keys ~/keys --name release --signing                 # on the workstation that exports
 """
 from __future__ import annotations
 
@@ -25,19 +29,25 @@ class KeysError(ValueError):
     pass
 
 
-def make_keypair(outdir: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:
-    """Create ``NAME.key`` and ``NAME.key_secret`` in ``outdir``; returns (public_file, secret_file)."""
+def make_keypair(outdir: str | Path, name: str, force: bool = False, signing: bool = False) -> tuple[Path, Path]:
+    """Create ``NAME.key`` and ``NAME.key_secret`` in ``outdir`` (``signing``: ``NAME.ed25519.pub`` and
+    ``NAME.ed25519``); returns (public_file, secret_file)."""
     import zmq
     import zmq.auth
 
+    from runtime import signing as sig
+
     if not NAME_PATTERN.match(name):
         raise KeysError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, no path separators)")
-    if not zmq.has("curve"):
+    if not signing and not zmq.has("curve"):
         raise KeysError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE support")
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise KeysError(f"{out} exists and is not a directory")
-    public, secret = out / f"{name}.key", out / f"{name}.key_secret"
+    if signing:
+        public, secret = out / f"{name}{sig.PUBLIC_SUFFIX}", out / f"{name}{sig.SECRET_SUFFIX}"
+    else:
+        public, secret = out / f"{name}.key", out / f"{name}.key_secret"
     existing = [p for p in (public, secret) if p.exists()]
     if existing and not force:
         raise KeysError(f"{', '.join(str(p) for p in existing)} already exist(s); refusing to overwrite "
@@ -45,6 +55,8 @@ def make_keypair(outdir: str | Path, name: str, force: bool = False) -> tuple[Pa
     out.mkdir(parents=True, exist_ok=True)
     for p in existing:
         p.unlink()
+    if signing:
+        return sig.write_keypair(out, name)
     pub_file, sec_file = zmq.auth.create_certificates(str(out), name)
     os.chmod(sec_file, 0o600)
     return Path(pub_file), Path(sec_file)
@@ -53,13 +65,16 @@ def make_keypair(outdir: str | Path, name: str, force: bool = False) -> tuple[Pa
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("outdir", help="directory for the key files (created if missing)")
     parser.add_argument("--name", required=True, help="key name: NAME.key (public) and NAME.key_secret")
+    parser.add_argument("--signing", action="store_true",
+                        help="an Ed25519 artifact-signing pair (distill export --sign, lineside run --trusted-signers) "
+                        "instead of a CURVE pair")
     parser.add_argument("--force", action="store_true", help="overwrite existing keys of that name")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        public, secret = make_keypair(args.outdir, args.name, force=args.force)
+        public, secret = make_keypair(args.outdir, args.name, force=args.force, signing=args.signing)
     except KeysError as e:
         print(f"lineside keys: {e}", file=sys.stderr)
         if args.json:

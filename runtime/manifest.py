@@ -17,6 +17,7 @@ from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
 
 MANIFEST_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"  # runtime/signing.py: the manifest's signature, written after it, never in ``files``
 
 
 class Preprocess(BaseModel):
@@ -91,8 +92,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def write_manifest(directory: str | Path, manifest: ArtifactManifest) -> Path:
-    """Hash every file under the directory (manifest excluded) into ``files`` and write manifest.json."""
+    """Hash every file under the directory (manifest and signature excluded) into ``files`` and write
+    manifest.json. A signature left from before no longer matches it, so it is removed."""
     d = Path(directory)
+    (d / SIGNATURE_NAME).unlink(missing_ok=True)
     files = {str(p.relative_to(d)): sha256_file(p)
              for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME}
     manifest = manifest.model_copy(update={"files": files})
@@ -100,14 +103,25 @@ def write_manifest(directory: str | Path, manifest: ArtifactManifest) -> Path:
     return d / MANIFEST_NAME
 
 
-def load_manifest(directory: str | Path, verify: bool = True) -> ArtifactManifest:
-    """Read and check an artifact directory's manifest; ``verify`` re-hashes every listed file."""
+def read_manifest_bytes(directory: str | Path) -> bytes:
     d = Path(directory)
     p = d / MANIFEST_NAME
     if not p.is_file():
         raise ContractError(f"{d}: not an artifact (no {MANIFEST_NAME})")
+    return p.read_bytes()
+
+
+def load_manifest(directory: str | Path, verify: bool = True, data: bytes | None = None) -> ArtifactManifest:
+    """Read and check an artifact directory's manifest; ``verify`` re-hashes every listed file. ``data``: the
+    manifest.json bytes already read (the ones a signature was checked over), parsed instead of re-reading."""
+    d = Path(directory)
+    p = d / MANIFEST_NAME
+    if data is None:
+        data = read_manifest_bytes(d)
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(data)
+    except UnicodeDecodeError:
+        raise ContractError(f"{p}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ContractError(f"{p}: not valid JSON ({e.msg})") from None
     v = raw.get("format_version") if isinstance(raw, dict) else None
@@ -128,7 +142,8 @@ def load_manifest(directory: str | Path, verify: bool = True) -> ArtifactManifes
             if actual != digest:
                 raise ContractError(f"{d}: file {rel} fails its checksum (sha256 {actual[:12]}… != manifest {digest[:12]}…); "
                                     "the artifact was modified or damaged")
-        for role, rel in m.models.items():
+        read = {f"model {role}": rel for role, rel in m.models.items()} | {"bank_file": m.scoring.bank_file}
+        for what, rel in read.items():  # everything the engine reads is covered by the manifest (and its signature)
             if rel not in m.files:
-                raise ContractError(f"{d}: model {role} = {rel} is not among the manifest's checksummed files")
+                raise ContractError(f"{d}: {what} = {rel} is not among the manifest's checksummed files")
     return m

@@ -38,6 +38,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="inference threads of the backend")
     p.add_argument("--allow-forced", action="store_true",
                    help="judge with a model its INT8 guard failed (distill quantize --force)")
+    p.add_argument("--trusted-signers", metavar="DIR",
+                   help="judge only with an artifact signed by a key in DIR (*.ed25519.pub), as `lineside run` does")
     p.add_argument("--no-overlays", action="store_true", help="write verdicts (and metrics) only")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
 
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     todo = list(items(args.source, args.split))
     out = Path(args.out)
     (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
-    engine = Engine(args.artifact, backend=args.backend, threads=args.threads, allow_forced=args.allow_forced)
+    engine = Engine(args.artifact, backend=args.backend, threads=args.threads, allow_forced=args.allow_forced,
+                    trusted_signers=args.trusted_signers)
     cols = {k: [] for k in ("products", "labels", "types", "scores", "maps", "masks", "decisions")}
     counts: dict[str, int] = {}
     try:
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     finally:
         engine.close()
-    summary = {"artifact": str(engine.artifact_dir), "model_hash": engine.model_hash, "backend": engine.backend_name,
+    summary = {"artifact": str(engine.artifact_dir), "model_hash": engine.model_hash, "signer": engine.signer,
+               "backend": engine.backend_name,
                "n_images": len(todo), "decisions": counts, "verdicts": str(out / VERDICTS_FILE),
                "overlays": None if args.no_overlays else str(out / OVERLAY_DIR)}
     if cols["labels"] and 0 < sum(cols["labels"]) < len(cols["labels"]):

@@ -88,7 +88,7 @@ class Publisher(threading.Thread):
         s.linger = 0
         s.sndhwm = 100_000
         if sec.verdicts_secret:
-            make_server(s, sec.verdicts_secret)
+            make_server(s, sec.verdicts_secret, domain="verdicts")
         check_bind_policy(cfg.sockets.verdicts, bool(sec.verdicts_secret), sec.insecure, "verdicts")
         s.bind(cfg.sockets.verdicts)
         self.endpoint = s.last_endpoint.decode()

@@ -173,6 +173,7 @@ def build_tiny_artifact(directory: str | Path, n_good: int = 6, seed: int = 0, s
 
 # -- a fake teacher server (zguide ppworker-style flags: slow, crash, busy) ---------------------------
 import heapq  # noqa: E402
+import itertools  # noqa: E402
 import json as _json  # noqa: E402
 import threading  # noqa: E402
 import time as _time  # noqa: E402
@@ -272,12 +273,18 @@ class FakeTeacher:
             self.sock.close(linger=0)
 
 
+_control_ids = itertools.count()
+
+
 def daemon_config(tmp_path, **overrides):
-    """A loopback config on free ports with the journal in ``tmp_path``; overrides by dotted field."""
+    """A loopback config on free ports with the journal in ``tmp_path``, control on its own ipc:// socket
+    file there (the shipped default's transport; one per daemon, as a test may run two); overrides by dotted
+    field."""
     from runtime.config import load_config
 
     base = {"sockets.ingress": "tcp://127.0.0.1:*", "sockets.verdicts": "tcp://127.0.0.1:*",
-            "sockets.control": "tcp://127.0.0.1:*", "journal.path": str(tmp_path / "journal.sqlite3"),
+            "sockets.control": f"ipc://{tmp_path}/control-{next(_control_ids)}.sock",
+            "journal.path": str(tmp_path / "journal.sqlite3"),
             "heartbeat_interval_s": 0.05, "drain_timeout_s": 2.0}
     base.update(overrides)
     return load_config(overrides=base)

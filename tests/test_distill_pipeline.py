@@ -278,6 +278,28 @@ def test_export_marks_forced_models_and_the_edge_refuses_them(pipeline, tmp_path
     assert ort.model_hash != ov.model_hash
 
 
+def test_export_signs_the_artifact_an_edge_then_trusts(pipeline, tmp_path):
+    """`distill export --sign KEY` writes manifest.sig; an engine trusting that key serves the artifact, one
+    trusting another key does not. A missing key is refused before anything is exported."""
+    from runtime.engine import Engine
+    from runtime.keys import make_keypair
+    from runtime.signing import SignatureError
+
+    pub, key = make_keypair(tmp_path / "keys", "release", signing=True)
+    other, _ = make_keypair(tmp_path / "keys", "other", signing=True)
+    rc, _ = _cli("export", pipeline["run"], "--out", tmp_path / "none", "--sign", tmp_path / "missing.ed25519")
+    assert rc == 2 and not (tmp_path / "none").exists()
+    rc, res = _cli("export", pipeline["run"], "--out", tmp_path / "art", "--sign", key, "--json")
+    assert rc == 0 and res["signer"] and (tmp_path / "art" / "manifest.sig").is_file()
+    for name, src in (("trusted", pub), ("others", other)):
+        (tmp_path / name).mkdir()
+        shutil.copy(src, tmp_path / name / src.name)
+    e = Engine(tmp_path / "art", backend="onnxruntime", allow_forced=True, trusted_signers=tmp_path / "trusted")
+    assert e.signer.endswith(f"({res['signer']})")
+    with pytest.raises(SignatureError, match="not in the trusted-signers directory"):
+        Engine(tmp_path / "art", backend="onnxruntime", allow_forced=True, trusted_signers=tmp_path / "others")
+
+
 def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     rc, res = _cli("eval", pipeline["art"], "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--json",
                    "--report", tmp_path / "report", "--runs", "3", "--teacher-runs", "1",
@@ -328,6 +350,37 @@ def test_fit_from_teacher_extract_shards(pipeline, tmp_path):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["train"]["targets"].startswith("shards:")
     assert not (tmp_path / "run" / "cache").exists()  # nothing computed on the fly
+
+
+def test_pseudo_defect_set_plants_on_good_images_only(pipeline):
+    from distill.data import load_images, pseudo_defect_set
+    from runtime.dataset import load_dataset
+
+    train = load_images(load_dataset(pipeline["data"]), ("train",), 64)
+    planted = pseudo_defect_set(train, 2, seed=3)
+    assert len(planted) == 2 * len(train.good) and planted.labels.tolist() == [1] * len(planted)
+    assert planted.images.shape[1:] == (64, 64, 3) and planted.images.dtype == np.uint8
+    assert all(m.any() for m in planted.masks)  # every plant is visible somewhere
+    src = train.images[train.good].repeat(2, axis=0)
+    changed = np.abs(planted.images.astype(int) - src).max(axis=-1) > 0
+    assert not changed[~planted.masks].all() and changed[planted.masks].mean() > 0.5
+    assert np.array_equal(pseudo_defect_set(train, 2, seed=3).images, planted.images)  # seeded
+
+
+def test_fit_with_pseudo_defects_trains_on_them_and_banks_good_images_only(pipeline, tmp_path):
+    rc, fit = _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
+                   "--out", tmp_path / "run", "--steps", "3", "--noise-draws", "2", "--embed-dim", "32",
+                   "--pseudo-defects", "1", "--json")
+    assert rc == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["pseudo_defects"] == 1
+    assert len(list((tmp_path / "run" / "cache").glob("targets-*.safetensors"))) == 2  # the line's, the plants'
+    # the bank holds the good train images' patches, not the plants'
+    assert fit["bank"]["n_images"] == pipeline["fit"]["bank"]["n_images"] == 12
+    with pytest.raises(SystemExit) as e:  # refused at parse time, by name
+        _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
+             "--out", tmp_path / "bad", "--pseudo-defects", "-1")
+    assert e.value.code == 2 and not (tmp_path / "bad").exists()
 
 
 def test_shards_of_another_teacher_are_refused(pipeline, tmp_path):

@@ -406,6 +406,92 @@ def test_curve_on_verdicts_and_per_camera_topics(arts, tmp_path):
         d.stop()
 
 
+def test_each_socket_admits_only_its_own_role_keys(arts, tmp_path):
+    """Cameras on ingress, operators on control, and the shared allowed_keys for the verdict PUB (no directory
+    of its own): a camera's key, valid on ingress, is refused on control; an operator's is refused on ingress."""
+    import zmq.auth
+
+    from runtime.client import LinesideClient
+
+    keys = tmp_path / "keys"
+    dirs = {name: tmp_path / name for name in ("cameras", "operators", "shared")}
+    keys.mkdir()
+    for name in ("daemon", "cam1", "op1", "hmi"):
+        zmq.auth.create_certificates(keys, name)
+    for (where, who) in (("cameras", "cam1"), ("operators", "op1"), ("shared", "hmi")):
+        dirs[where].mkdir()
+        shutil.copy(keys / f"{who}.key", dirs[where] / f"{who}.key")
+    secret = str(keys / "daemon.key_secret")
+    runs = DaemonRuns(tmp_path)  # its client subscribes as hmi
+    d, c = runs.start(arts[0].dir, {**{f"security.{r}_secret": secret for r in ("ingress", "verdicts", "control")},
+                                    "security.ingress_allowed_keys": str(dirs["cameras"]),
+                                    "security.control_allowed_keys": str(dirs["operators"]),
+                                    "security.allowed_keys": str(dirs["shared"])},
+                      curve_secret=keys / "hmi.key_secret", server_public=keys / "daemon.key", timeout_s=5.0)
+
+    def as_(who, timeout_s=1.0, **eps):
+        return LinesideClient(**eps, context=c.ctx, curve_secret=keys / f"{who}.key_secret",
+                              server_public=keys / "daemon.key", timeout_s=timeout_s)
+
+    cam_in, cam_ctl = as_("cam1", 5.0, ingress=d.endpoints["ingress"]), as_("cam1", control=d.endpoints["control"])
+    op_ctl, op_in = as_("op1", 5.0, control=d.endpoints["control"]), as_("op1", ingress=d.endpoints["ingress"])
+    try:
+        assert cam_in.send(T.good(), frame_id="cam-ok")["kind"] == "status"  # ingress: cameras' keys
+        with pytest.raises(TimeoutError):
+            cam_ctl.shutdown()  # never reaches control: the CURVE handshake is refused
+        assert op_ctl.status()["alive"]  # control: operators' keys
+        with pytest.raises(TimeoutError):
+            op_in.send(T.good(), frame_id="op-frame")
+        got = c.collect(["cam-ok"], timeout_s=5.0)  # the subscriber (hmi, the shared directory) sees verdicts
+        assert "cam-ok" in got and not d.shutdown_requested.is_set() and "op-frame" not in got
+    finally:
+        for cl in (cam_in, cam_ctl, op_ctl, op_in):
+            cl.close()
+        runs.close()
+
+
+def test_role_keys_need_their_socket_secret():
+    from runtime.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="control_allowed_keys.*control_secret is not"):
+        load_config(overrides={"security.control_allowed_keys": "/etc/lineside/operators"})
+    with pytest.raises(ConfigError, match="ingress_allowed_keys.*no allowed-keys"):
+        load_config(overrides={"security.ingress_secret": "/k/edge.key_secret"})
+    cfg = load_config(overrides={"security.ingress_secret": "/k/s", "security.control_secret": "/k/s",
+                                 "security.allowed_keys": "/k/all", "security.control_allowed_keys": "/k/ops"})
+    assert [cfg.security.allowed_keys_for(r) for r in ("ingress", "control")] == ["/k/all", "/k/ops"]
+
+
+def test_control_is_an_ipc_file_only_this_user_opens(run_daemon, tmp_path):
+    """The default transport: the socket file is 0600 whatever the umask was at start."""
+    import os
+    import stat
+
+    old = os.umask(0)  # a permissive umask must not leave the control socket open
+    try:
+        d, c = run_daemon(**{"sockets.control": f"ipc://{tmp_path}/ctl.sock"})
+    finally:
+        os.umask(old)
+    path = tmp_path / "ctl.sock"
+    assert d.endpoints["control"] == f"ipc://{path}" and stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert c.status()["alive"]
+    from runtime.config import Sockets
+
+    assert Sockets().control.startswith("ipc://")  # the shipped default
+
+
+def test_control_on_tcp_without_curve_needs_the_insecure_flag(arts, tmp_path, run_daemon):
+    from runtime.curve import CurveError
+    from runtime.daemon import Daemon
+
+    for ep, match in (("tcp://127.0.0.1:*", "any local user could reload"), ("ipc://@lineside-test", "abstract")):
+        with pytest.raises(CurveError, match=match):
+            Daemon(arts[0].dir, daemon_config(tmp_path, **{"sockets.control": ep})).start()
+    d, c = run_daemon(**{"sockets.control": "tcp://127.0.0.1:*", "security.insecure_control": True})
+    assert d.endpoints["control"].startswith("tcp://127.0.0.1:") and c.status()["alive"]
+
+
 def test_camera_folder_free_running(run_daemon, tmp_path):
     import cv2
 
@@ -457,6 +543,9 @@ def test_prometheus_endpoint(run_daemon):
     body = urllib.request.urlopen(d.endpoints["metrics"], timeout=5).read().decode()
     assert 'lineside_verdicts_total{decided_by="edge",decision="defect",status="ok"} 1.0' in body
     assert 'lineside_stage_latency_ms_count{stage="backend"}' in body and "lineside_backend_info" in body
+    # plain HTTP names the model by its name and hash, never by where it lives on disk
+    assert f'model_hash="{d.holder.engine.model_hash}"' in body and 'model="tiny"' in body
+    assert str(d.artifact_dir) not in body and str(d.artifact_dir.parent) not in body
 
 
 def test_control_on_ipc(run_daemon, tmp_path):

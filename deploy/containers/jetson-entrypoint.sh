@@ -2,11 +2,14 @@
 # Jetson container entry: on first start (or when the artifact changed) copy the artifact into the
 # state volume, build its TensorRT plan from the FP32 ONNX on this device with
 # deploy/tensorrt/build_engine.py, record the plan in the copy's manifest (models.tensorrt_plan,
-# re-hashed by runtime.manifest), then exec the daemon on the TensorRT backend.
+# re-hashed by runtime.manifest), then exec the daemon on the TensorRT backend. The re-written manifest
+# carries no signature (the plan is built here, after signing), so `--trusted-signers` would refuse the
+# copy: signed artifacts are not yet supported on the Jetson path.
 # Extra arguments go to `lineside run` (e.g. --teacher tcp://HOST:5560 --insecure).
 #
 #   LINESIDE_ARTIFACT       mounted artifact (read-only is fine)       default /artifact
 #   LINESIDE_STATE          state volume (plans, journal)              default /var/lib/lineside
+#   LINESIDE_CONTROL        control endpoint                           default ipc://$LINESIDE_STATE/control.sock
 #   LINESIDE_TRT_PRECISION  fp16 | int8                                default fp16
 #   LINESIDE_TRT_CALIB_DIR  calibration images, required for int8
 set -euo pipefail
@@ -60,6 +63,6 @@ exec lineside run \
     --backend tensorrt \
     --ingress "${LINESIDE_INGRESS:-tcp://0.0.0.0:5555}" \
     --verdicts "${LINESIDE_VERDICTS:-tcp://0.0.0.0:5556}" \
-    --control "${LINESIDE_CONTROL:-tcp://127.0.0.1:5557}" \
+    --control "${LINESIDE_CONTROL:-ipc://$state/control.sock}" \
     --journal "$state/journal.sqlite" \
     "$@"

@@ -126,28 +126,29 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
 
     from runtime.demo import stream as st
 
-    p_teacher, p_ingress, p_verdicts, p_control = st.free_ports(4)
+    p_teacher, p_ingress, p_verdicts = st.free_ports(3)
     ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
+    control = st.control_endpoint(out)
     logs = out / "logs"
     teacher = st.Service("teacher-serve", "teacher",
                          ["serve", "--checkpoint", ckpt, "--bind", ep(p_teacher), "--max-batch", 4], logs / "teacher-serve.log", env)
     daemon = st.Service("lineside-run", "lineside",
                         ["run", "--artifact", art, "--teacher", ep(p_teacher), "--ingress", ep(p_ingress),
-                         "--verdicts", ep(p_verdicts), "--control", ep(p_control), "--journal", out / "journal.sqlite"]
+                         "--verdicts", ep(p_verdicts), "--control", control, "--journal", out / "journal.sqlite"]
                         + (["--allow-forced"] if s.force_int8 else []),  # the quick demo's INT8 is forced, knowingly
                         logs / "lineside-run.log", env)
     store = st.Collected()
     ctx = zmq.Context()
     collector = None
     info: dict = {"endpoints": {"teacher": ep(p_teacher), "ingress": ep(p_ingress), "verdicts": ep(p_verdicts),
-                                "control": ep(p_control)}}
+                                "control": control}}
     t0 = time.perf_counter()
     try:
         say("start [bold]teacher serve[/] and [bold]lineside run[/] …", start="services")
         teacher.start()
         daemon.start()
         info["teacher_status"] = st.wait_ready(ctx, teacher, ep(p_teacher), {"kind": "status"}, sock_type=zmq.DEALER)
-        info["daemon_status"] = st.wait_ready(ctx, daemon, ep(p_control), {"kind": "control", "cmd": "status"})
+        info["daemon_status"] = st.wait_ready(ctx, daemon, control, {"kind": "control", "cmd": "status"})
         info["startup_s"] = time.perf_counter() - t0
         say(f"services up in {info['startup_s']:.1f} s ({ep(p_ingress)} → daemon → {ep(p_teacher)})", end="services")
         collector = st.VerdictCollector(ctx, ep(p_verdicts), store)

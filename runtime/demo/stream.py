@@ -34,6 +34,20 @@ TEACHER_GRACE_S = 60.0
 HEARTBEAT_TOPIC = b"hb"  # the daemon's PUB heartbeats (runtime/publisher.py); verdicts come as "verdict.<camera>"  # after the last frame, wait this long for teacher verdicts of pending frames
 
 
+IPC_PATH_MAX = 100  # a Unix socket path holds ~107 bytes (sun_path); longer run dirs use a short temp dir
+
+
+def control_endpoint(out: Path) -> str:
+    """The daemon's control socket for a demo run in ``out``: a private ipc:// file (never an open TCP
+    port), in ``out`` when its path fits a Unix socket address, else in a fresh temp dir."""
+    path = (Path(out) / "control.sock").resolve()
+    if len(str(path)) > IPC_PATH_MAX:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp(prefix="lineside-demo-")) / "control.sock"
+    return f"ipc://{path}"
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """n distinct free TCP ports on loopback (held together while choosing, so they differ)."""
     socks = []
