@@ -51,11 +51,12 @@ def build_bank(embeddings: np.ndarray, budget: int = DEFAULT_BANK_BUDGET, seed: 
                   "size": int(bank.shape[0]), "dim": int(d), "coreset": "teacher.bank.greedy_coreset", "seed": seed}
 
 
-def score_outputs(outputs: list[dict], bank: np.ndarray, size: int, params: ScoringParams) -> Scores:
-    """Network outputs per image (name -> array with batch 1) -> Scores with maps at (size, size)."""
+def score_outputs(outputs: list[dict], bank: np.ndarray, size: int, params: ScoringParams, index=None) -> Scores:
+    """Network outputs per image (name -> array with batch 1) -> Scores with maps at (size, size).
+    ``index``: a runtime.bank_index.BankIndex of ``bank`` searched instead of the exact scan."""
     from runtime.scoring import score_outputs as score_one
 
-    res = [score_one(o, bank, (size, size), **params.to_dict()) for o in outputs]
+    res = [score_one(o, bank, (size, size), **params.to_dict(), index=index) for o in outputs]
     return Scores(np.asarray([r.score for r in res], np.float64), np.asarray([r.mean_nn_distance for r in res], np.float64),
                   np.stack([r.anomaly_map for r in res]).astype(np.float32))
 

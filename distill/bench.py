@@ -5,8 +5,8 @@
 
 Each backend is timed in its own subprocess, so its peak RSS is its own (``peak_rss_mb``; ``model_rss_mb``
 is the growth over the process after imports). At a size other than the artifact's, timing-only models
-are built from the artifact's torch weights (FP32 ONNX at that size, INT8 with random calibration data:
-right for speed, not for decisions) and the result says so. Threads default to 1 (set per backend).
+are built from the artifact's torch weights (the edge graph, FP32 ONNX at that size, INT8 with random
+calibration data: right for speed, not for decisions) and the result says so. Threads default to 1 (set per backend).
 """
 from __future__ import annotations
 
@@ -39,10 +39,12 @@ def _files(artifact: Path, manifest) -> dict[str, Path]:
     return f
 
 
-def _timing_models(artifact: Path, size: int, out: Path) -> dict[str, Path]:
-    """FP32/INT8 models at another input size, from the artifact's torch weights (timing only)."""
+def _timing_models(artifact: Path, size: int, out: Path, outputs: list[str]) -> dict[str, Path]:
+    """FP32/INT8 edge graphs (``outputs``: the manifest's) at another input size, from the artifact's torch
+    weights (timing only)."""
     import torch
 
+    from distill.edge_graph import prune_onnx
     from distill.export_targets import export_onnx, export_openvino
     from distill.quantize import attempts, quantize_ort
     from distill.run import build_model
@@ -50,7 +52,7 @@ def _timing_models(artifact: Path, size: int, out: Path) -> dict[str, Path]:
     cfg = json.loads((artifact / "torch" / "config.json").read_text())
     model = build_model(cfg)
     model.load_state_dict(torch.load(artifact / "torch" / "student.pt", map_location="cpu", weights_only=True))
-    fp32 = export_onnx(model.eval(), out / "model.onnx", size)
+    fp32 = prune_onnx(export_onnx(model.eval(), out / "model.full.onnx", size), out / "model.onnx", outputs)
     calib = np.random.default_rng(0).standard_normal((4, 3, size, size)).astype(np.float32)
     int8 = quantize_ort(fp32, out / "model.int8.onnx", calib, attempts(fp32)[0][1])
     xml = export_openvino(int8, out / "openvino" / "model.int8.xml")
@@ -74,7 +76,7 @@ def student_latency(artifact_dir: str | Path, backends=None, size: int | None = 
     result = {"artifact": str(art), "student": man.student, "size": s, "threads": threads, "runs": runs,
               "timing_only_models": s != man.preprocess.size, "backends": {}}
     with tempfile.TemporaryDirectory() as td:
-        files = _files(art, man) if s == man.preprocess.size else _timing_models(art, s, Path(td))
+        files = _files(art, man) if s == man.preprocess.size else _timing_models(art, s, Path(td), man.outputs)
         for b in backends:
             if b not in files:
                 result["backends"][b] = {"error": f"the artifact has no model for {b}"}

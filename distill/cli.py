@@ -10,6 +10,7 @@ COMMANDS = {
     "quantize": ("distill.quantize", "INT8 post-training quantization (NNCF, ONNX Runtime), accuracy-guarded"),
     "export": ("distill.export", "write the student artifact directory for the edge"),
     "eval": ("distill.evaluate", "student vs teacher: fidelity, detection metrics, latency; HTML report"),
+    "retarget": ("distill.retarget", "a timing-only copy of an artifact at another input size (lineside bench edge)"),
 }
 
 

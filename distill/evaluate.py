@@ -3,7 +3,8 @@
     distill eval ARTIFACT --teacher CKPT --data D/manifest.jsonl --json [--report DIR] [--split test]
     distill eval ARTIFACT --student-only --json [--size 256]        (timing only, no teacher)
 
-* fidelity: per-level cosine of the student's projections (FP32, onnxruntime) to the teacher's t=50 features;
+* fidelity: per-level cosine of the student's projections (the artifact's full FP32 graph, onnxruntime) to the
+  teacher's t=50 features;
 * detection (runtime.metrics.compute_all) for the teacher (TeacherPipeline; absent if the checkpoint has
   neither head nor bank), student FP32, student INT8 (onnxruntime and OpenVINO), and the cascade: the INT8
   student's decision, except inside the band or out of distribution, where the teacher's decision is used
@@ -136,8 +137,9 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     except FileNotFoundError as e:
         res["teacher"] = {"mode": None, "note": f"no head or bank: {e}"}
 
-    # students
-    runs = {"fp32": ("onnxruntime", man.models["fp32"])}
+    # students; the FP32 row runs the full graph: it computes the edge graph's outputs with the same nodes
+    # (distill/edge_graph.py) and also the projected levels the fidelity needs
+    runs = {"fp32": ("onnxruntime", man.full_model)}
     if "int8" in man.models:
         runs["int8"] = ("onnxruntime", man.models["int8"])
     if "openvino_xml" in man.models:

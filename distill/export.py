@@ -1,11 +1,17 @@
 """`distill export RUN --out ARTIFACT`: the student artifact directory the edge runs.
 
-    ARTIFACT/model.onnx                  FP32, BN folded (onnxruntime; source of OpenVINO / TensorRT)
-    ARTIFACT/model.int8.onnx             ONNX Runtime static INT8 (QDQ, per-channel), if it passed the guard
+    ARTIFACT/model.onnx                  FP32 edge graph, BN folded (onnxruntime; source of OpenVINO / TensorRT):
+                                         only the outputs the edge scores with (distill/edge_graph.py)
+    ARTIFACT/model.full.onnx             FP32 full graph, every output (s8..s64 too): distill eval's fidelity;
+                                         the edge never opens it
+    ARTIFACT/model.int8.onnx             ONNX Runtime static INT8 (QDQ, per-channel) edge graph, if it passed
+                                         the guard
     ARTIFACT/openvino/model.int8.xml/bin OpenVINO IR of the best INT8 model (NNCF's, or the QDQ ONNX converted),
                                          or openvino/model.xml/bin (FP32) when the INT8 model fails the guard as
                                          OpenVINO runs it
     ARTIFACT/bank.npy                    float16 (N, D) memory bank
+    ARTIFACT/bank.index                  with --index ivf|hnsw: its faiss index, search parameter checked
+                                         against exact search (distill/export_index.py)
     ARTIFACT/manifest.json               runtime.manifest.ArtifactManifest, sha256 of every file
     ARTIFACT/manifest.sig                with --sign KEY: the manifest's Ed25519 signature (runtime/signing.py);
                                          through the sha256s it covers every file. An edge given
@@ -31,8 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from distill.bank import ScoringParams, score_outputs
+from distill.edge_graph import edge_outputs, onnx_outputs, openvino_outputs, prune_onnx, prune_openvino
 from distill.export_targets import export_onnx, export_openvino, max_rel_error
 from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
+from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
 
 # Stated tolerances, relative to the calibrated threshold (scores are distances, their scale is the run's).
 FP32_SCORE_RTOL = 1e-3  # FP32 runtimes vs torch
@@ -53,20 +61,30 @@ class ExportError(RuntimeError):
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_images: int = CHECK_IMAGES,
-               sign: str | Path | None = None) -> dict:
+               sign: str | Path | None = None, index: str = DEFAULT_INDEX) -> dict:
     """``sign``: an Ed25519 private key file (``lineside keys DIR --name NAME --signing``) to sign the
-    artifact with; read before anything is exported, so a wrong key costs nothing."""
+    artifact with; read before anything is exported, so a wrong key costs nothing. ``index``: the bank's
+    nearest-neighbour search (runtime/bank_index.py INDEX_KINDS); faiss is needed here for ivf/hnsw."""
     from distill.data import load_images
-    from distill.quantize import QUANT_DIR, REPORT
+    from distill.quantize import FULL_FILE, QUANT_DIR, REPORT
     from distill.run import load_run
     from runtime.dataset import load_dataset
-    from runtime.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, Preprocess, Scoring,
-                                  load_manifest, write_manifest)
+    from runtime.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, IndexSpec, Preprocess,
+                                  Scoring, load_manifest, write_manifest)
 
     if sign is not None:
         from runtime.signing import load_signing_key
 
         load_signing_key(sign)
+    if index not in INDEX_KINDS:
+        raise ExportError(f"--index must be one of {INDEX_KINDS}, got {index!r}")
+    if index != "exact":
+        from runtime.bank_index import require_faiss
+
+        try:
+            require_faiss()  # before anything is exported, like the key
+        except ImportError as e:
+            raise ExportError(f"--index {index}: {e}") from None
     run = load_run(run_dir)
     qdir = run.dir / QUANT_DIR
     if not (qdir / REPORT).is_file():
@@ -77,18 +95,22 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    cfg = run.config
+    scoring = ScoringParams(**cfg["scoring"])
+    outputs = edge_outputs(run.model.output_names, scoring.mode)
     models: dict[str, str] = {}
-    export_onnx(run.model, out / "model.onnx", run.size)
+    export_onnx(run.model, out / FULL_FILE, run.size)
+    models["full"] = FULL_FILE
+    prune_onnx(out / FULL_FILE, out / "model.onnx", outputs)
     models["fp32"] = "model.onnx"
     ort_int8 = qrep["methods"].get("ort", {})
     if ort_int8.get("file"):
-        shutil.copyfile(qdir / ort_int8["file"], out / "model.int8.onnx")
+        _edge_copy(qdir / ort_int8["file"], out / "model.int8.onnx", outputs, onnx_outputs, prune_onnx)
         models["int8"] = "model.int8.onnx"
     chosen = qrep.get("chosen")
     if chosen == "nncf":
-        (out / "openvino").mkdir()
-        for suf in (".xml", ".bin"):
-            shutil.copyfile((qdir / qrep["methods"]["nncf"]["file"]).with_suffix(suf), out / "openvino" / f"model.int8{suf}")
+        _edge_copy(qdir / qrep["methods"]["nncf"]["file"], out / "openvino" / "model.int8.xml", outputs,
+                   openvino_outputs, prune_openvino)
         models["openvino_xml"] = "openvino/model.int8.xml"
     elif chosen == "ort":
         in_ov = qrep["methods"]["ort"].get("openvino") or {}
@@ -114,7 +136,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     bank = np.load(out / "bank.npy").astype(np.float32)
 
     # re-run every model in its runtime and compare with torch
-    cfg = run.config
     manifest_path = Path(cfg["dataset"]["manifest"])
     if manifest_path.is_file():
         val = load_images(load_dataset(manifest_path), ("val",), run.size)
@@ -139,7 +160,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     if not int8_measured:
         log("WARNING: INT8 models are checked against the fallback tolerance "
             f"{INT8_SCORE_RTOL} x threshold (no quantize measurement on these images)")
-    scoring = ScoringParams(**cfg["scoring"])
     thr = abs(float(cfg["calibration"]["threshold"])) or 1.0
     fused = run.model.fused()
     refs = {}
@@ -163,7 +183,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
 
     # backend -> (runner factory, where quantize's measurement of that model is in its report; None: FP32)
     backends = {"onnxruntime-fp32": (lambda: OrtRunner(out / "model.onnx", threads), None),
-                "openvino-fp32": (lambda: OvRunner(out / "model.onnx", threads), None)}
+                "openvino-fp32": (lambda: OvRunner(out / "model.onnx", threads), None),
+                "onnxruntime-full": (lambda: OrtRunner(out / FULL_FILE, threads), None)}
     if "int8" in models:
         backends["onnxruntime-int8"] = (lambda: OrtRunner(out / models["int8"], threads), ("ort",))
     if models.get("openvino_xml") == "openvino/model.xml":  # FP32 IR: torch parity like any FP32 model
@@ -198,14 +219,28 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         log(f"{name}: matches torch (score diff {diff:.2e} <= {tol:.2e}; worst output rel. error "
             f"{max(rel.values()):.2e})" + (" as quantized, but FORCED past its INT8 guard" if role in forced else ""))
 
+    index_spec = IndexSpec()
+    if index != "exact":
+        from distill.export_index import IndexCheckError, build_checked_index
+
+        ref_out, _ = reference(x)
+        try:
+            index_spec = IndexSpec(**build_checked_index(bank, ref_out, run.size, scoring, index,
+                                                         float(cfg["calibration"]["threshold"]), out, threads))
+        except IndexCheckError as e:
+            raise ExportError(str(e)) from None
+        c = index_spec.check
+        log(f"{index} index {index_spec.params}: image scores within {c['score_max_abs_diff']:.2e} of exact search "
+            f"(<= {c['score_tolerance']:.2e}); kNN {c['knn_ms_per_image']}")
+
     spec = run.spec
     cal = cfg["calibration"]
     quant = f"int8-{chosen}" if chosen else "fp32"
     manifest = ArtifactManifest(
         format_version=MANIFEST_FORMAT_VERSION, name=f"student-{cfg['student']}", student=cfg["student"],
         feature_spec=spec.to_dict(), preprocess=Preprocess(**cfg["preprocess"]),
-        outputs=list(run.model.output_names),
-        scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", **scoring.to_dict()),
+        outputs=outputs, full_outputs=list(run.model.output_names),
+        scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", index=index_spec, **scoring.to_dict()),
         calibration=Calibration(**cal), labels=list(cfg["dataset"].get("labels", [])),
         teacher_hash=cfg["teacher"]["hash"], quantization=quant, models=models, forced=forced, tolerance=tolerance,
         metrics={"fidelity": cfg.get("fidelity", {}), "val": cfg.get("val_metrics", {}), "bank": cfg.get("bank", {}),
@@ -225,7 +260,21 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         log(f"signed {out} with key {signer} ({Path(sign).name})")
     log(f"wrote {out} ({quant}; models {sorted(models)})")
     return {"artifact": str(out), "quantization": quant, "models": models, "forced": forced, "tolerance": tolerance,
-            "export_check": check, "signer": signer}
+            "export_check": check, "signer": signer, "outputs": outputs, "index": index_spec.model_dump()}
+
+
+def _edge_copy(src: Path, dst: Path, outputs: list[str], read_outputs, prune) -> None:
+    """Ship a quantized model as the edge graph: copied as it is when quantize already wrote the edge graph,
+    pruned to ``outputs`` when it holds more (a run quantized before the edge graph existed)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    have = read_outputs(src)
+    if have == outputs:
+        for suf in (".xml", ".bin") if src.suffix == ".xml" else (src.suffix,):
+            shutil.copyfile(src.with_suffix(suf), dst.with_suffix(suf))
+        return
+    log(f"{src.name} has outputs {have}: pruned to the edge graph's {outputs} (re-run distill quantize to guard "
+        "the edge graph itself; pruning keeps every value it computes for those outputs)")
+    prune(src, dst, outputs)
 
 
 def forced_roles(qrep: dict, models: dict[str, str]) -> list[str]:
@@ -250,6 +299,9 @@ def configure(p) -> None:
     p.add_argument("run", help="run directory (distill fit, then distill quantize)")
     p.add_argument("--out", required=True, help="artifact directory to write (replaced)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--index", choices=INDEX_KINDS, default=DEFAULT_INDEX,
+                   help="the bank's nearest-neighbour search: exact BLAS, or a faiss IVF / HNSW index "
+                        "(needs lineside[ann]) tuned until scores match exact search")
     p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key "
                    "(lineside keys DIR --name NAME --signing); edges with --trusted-signers serve only signed ones")
     p.add_argument("--json", action="store_true")
@@ -257,7 +309,7 @@ def configure(p) -> None:
 
 def run(args) -> int:
     try:
-        res = export_run(args.run, args.out, threads=args.threads, sign=args.sign)
+        res = export_run(args.run, args.out, threads=args.threads, sign=args.sign, index=args.index)
     except ExportError as e:
         print(f"distill export: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,8 @@
 
     distill quantize RUN --data D/manifest.jsonl [--method nncf|ort|both] [--max-drop 0.5] [--force] [--json]
 
-Methods, both on the FP32 ONNX export (BN folded) and a calibration split (train images, good and defect):
+Methods, both on the FP32 edge graph (the ONNX export, BN folded, cut to the outputs the edge scores with:
+distill/edge_graph.py) and a calibration split (train images, good and defect):
 
 * ``ort``: ONNX Runtime static quantization, QDQ, per-channel INT8 weights, uint8 activations, Conv only
   (pooling/resize stay FP32: ORT's QLinearAveragePool/Resize are slower than the float ones).
@@ -11,7 +12,7 @@ Methods, both on the FP32 ONNX export (BN folded) and a calibration split (train
 Guard: each INT8 model runs in its own runtime on the val split and is scored with the run's bank exactly
 as the edge scores; image AUROC and AU-PRO (runtime.metrics) must not drop by more than ``--max-drop``
 points against the FP32 model, decisions must agree on at least ``--min-agreement`` of the images, and
-every output must keep a per-location cosine of ``--min-cosine`` to FP32 (a sabotaged calibration shows
+every output of the edge graph must keep a per-location cosine of ``--min-cosine`` to FP32 (a sabotaged calibration shows
 there even when a small val split hides it in AUROC).
 A failing model is not written (unless ``--force``); the message names the metric and the outputs with
 the largest relative error. Before giving up, mixed precision is tried: the first conv, the projection
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.bank import ScoringParams, score_outputs
+from distill.edge_graph import edge_outputs, prune_onnx
 from distill.export_targets import export_onnx, export_openvino, max_rel_error
 from distill.runners import OrtRunner, OvRunner, run_all
 
@@ -47,6 +49,8 @@ DEFAULT_CALIB_SIZE = 64
 QUANT_DIR = "quantize"
 REPORT = "report.json"
 INT8_FILES = {"ort": "model.int8.onnx", "nncf": "openvino/model.int8.xml"}
+FULL_FILE = "model.full.onnx"  # every output (s8..s64 too): distill eval's fidelity; never quantized
+EDGE_FILE = "model.onnx"  # the edge graph: what is quantized, guarded and served
 
 
 def log(msg: str) -> None:
@@ -258,7 +262,10 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
         raise SystemExit(f"{run_dir}: the run has no bank.npy; rerun distill fit")
     qdir = run.dir / QUANT_DIR
     qdir.mkdir(exist_ok=True)
-    fp32 = export_onnx(run.model, qdir / "model.onnx", run.size)
+    scoring = ScoringParams(**run.config["scoring"])
+    full = export_onnx(run.model, qdir / FULL_FILE, run.size)
+    outputs = edge_outputs(run.model.output_names, scoring.mode)
+    fp32 = prune_onnx(full, qdir / EDGE_FILE, outputs)  # quantized and guarded: the graph the edge serves
     ds = load_dataset(data)
     train = load_images(ds, ("train",), run.size)
     val = load_images(ds, ("val",), run.size)
@@ -269,11 +276,11 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
         calib = np.asarray(calib_override, np.float32)
     x_val = val.student_inputs(run.mean, run.std).numpy()
     cal = run.config["calibration"]
-    scoring = ScoringParams(**run.config["scoring"])
     ev = lambda r: evaluate(r, x_val, val.labels, val.masks, run.bank, run.size, scoring, cal["threshold"])  # noqa: E731
     ref = ev(OrtRunner(fp32, threads))
     log(f"FP32 (onnxruntime) on {len(val)} val images: image AUROC {ref['image_auroc']}, AU-PRO {ref['au_pro']}")
     report = {"run": str(run.dir), "data": str(Path(data).resolve()), "fp32": str(fp32.relative_to(run.dir)),
+              "full": str(full.relative_to(run.dir)), "edge_outputs": outputs,
               "max_drop_pt": max_drop,
               "min_agreement": min_agreement, "min_cosine": min_cosine, "force": force, "calibration_images": int(len(calib)),
               "validation_images": int(len(val)),

@@ -9,7 +9,7 @@ operation       preference on an NVIDIA GPU                 CPU (production path
 ==============  =========================================  ==========================================
 preprocess      cuda (pycuda, no torch needed) > triton     cpu-opencv (cv2.resize + one numpy pass)
 knn_score       triton (tensor cores via tl.dot) > cuda     cpu-blas (chunked float32 GEMM)
-anomaly_map     cuda > triton                               cpu-opencv (cv2.resize + GaussianBlur)
+anomaly_map     cuda > triton                               cpu-fused (blur·upsample as two GEMMs)
 ==============  =========================================  ==========================================
 
 ``LINESIDE_KERNELS=cpu|triton|cuda|auto`` forces a choice; an unavailable forced choice falls back
@@ -35,7 +35,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from kernels.anomaly_map import anomaly_map_reference, gaussian_weights
+from kernels.anomaly_map import anomaly_map_fused, gaussian_weights
 from kernels.knn_score import knn_score_reference, prepare_bank
 from kernels.preprocess import preprocess_reference
 
@@ -43,7 +43,7 @@ log = logging.getLogger("lineside.kernels")
 
 ENV_FORCE = "LINESIDE_KERNELS"
 OPS = ("preprocess", "knn_score", "anomaly_map")
-CPU_IMPL = {"preprocess": "cpu-opencv", "knn_score": "cpu-blas", "anomaly_map": "cpu-opencv"}
+CPU_IMPL = {"preprocess": "cpu-opencv", "knn_score": "cpu-blas", "anomaly_map": "cpu-fused"}
 GPU_PREFERENCE = {"preprocess": ("cuda", "triton"), "knn_score": ("triton", "cuda"), "anomaly_map": ("cuda", "triton")}
 BANK_CACHE_ENTRIES = 4
 _CUDA_KNN_KMAX = 16  # kernels.cuda_runtime.KNN_KMAX (not imported here: the module stays numpy-only)
@@ -288,8 +288,8 @@ def anomaly_map(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1):
     ``sigma`` px (radius int(4σ + 0.5), reflected borders), score = mean of the ``topk`` largest."""
     impl = _select()["anomaly_map"]
     kind = _kind(grid)
-    if impl == "cpu-opencv" or kind == "torch-cpu":
-        return anomaly_map_reference(_host(grid), out_hw, sigma, topk)
+    if impl == "cpu-fused" or kind == "torch-cpu":
+        return anomaly_map_fused(_host(grid), out_hw, sigma, topk)
     if impl == "cuda":
         from kernels import cuda_runtime
 

@@ -6,6 +6,8 @@
     lineside bench --artifact ART        # an existing student artifact (else: see below)
     lineside bench kernels --json        # only the kernels part
     lineside bench quality --data M      # detection quality beside reference detectors (runtime/bench_quality.py)
+    lineside bench edge --json           # the whole edge path per stage, 256 px, 1 thread / all cores, bank x1 / x4,
+                                         # beside EfficientAD-S and PatchCore (runtime/bench_edge.py)
 
 Sections: ``teacher`` (`teacher bench --preset tiny --json`, and sd15 at 256 px with --full: a
 subprocess, torch stays out of this process), ``student`` (FP32 and INT8 on every backend this
@@ -37,7 +39,8 @@ from runtime.demo.steps import StepError, child_env, command, last_json_line
 from runtime.timing import time_calls
 
 PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
-SEPARATE_PARTS = ("quality",)  # asked for by name only: it trains and evaluates
+SEPARATE_PARTS = ("quality", "edge")  # asked for by name only: quality trains and evaluates; edge re-exports
+# the student at 256 px and times the peers in torch
 STUDENT_WARMUP = 5
 STUDENT_RUNS = 50
 SUBPROCESS_TIMEOUT_S = 900
@@ -329,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
         from runtime import bench_quality
 
         return bench_quality.run(args, child_env(None), _say)
+    if args.part == "edge":
+        return _edge(args, env)
     report: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
                                 "python": platform.python_version()}, "part": args.part}
     t0 = time.perf_counter()
@@ -366,6 +371,27 @@ def run(args: argparse.Namespace) -> int:
         print_table(report)
     failed = [n for n in want if (report.get(n) or {}).get("status") == "error"]
     return 1 if failed else 0
+
+
+def _edge(args: argparse.Namespace, env: dict) -> int:
+    from runtime import bench_edge
+
+    try:
+        art, _, how = ensure_artifact(args, env)
+    except (StepError, OSError) as e:
+        print(json.dumps({"part": "edge", **_error(e)}) if args.json else f"lineside bench edge: {e}")
+        return 1
+    _say(f"edge path of {art} …")
+    t0 = time.perf_counter()
+    report = {"part": "edge", "machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
+                                          "python": platform.python_version()},
+              "artifact_source": how, **bench_edge.run_edge_bench(art, env=env, quick=args.quick, runs=args.runs)}
+    report["wall_s"] = round(time.perf_counter() - t0, 2)
+    if args.json:
+        print(json.dumps(report, separators=(",", ":"), default=str))
+    else:
+        bench_edge.print_edge_table(report)
+    return 0
 
 
 def _f(v, fmt: str = ".2f") -> str:

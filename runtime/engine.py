@@ -1,8 +1,9 @@
 """Engine: one artifact, one backend, frame -> Verdict. The judge of the daemon and of ``lineside bench``.
 
     image (H, W[, 3]) uint8 RGB -> kernels.dispatch.preprocess (manifest's size, mean, std)
-      -> backend.run -> outputs -> scoring.score_outputs (the bank, and the distilled head if the
-         manifest's scoring.mode says so)
+      -> backend.run (the edge graph: only the outputs scoring reads) -> outputs
+      -> scoring.score_outputs (the bank, searched exactly or through the artifact's index, and the
+         distilled head if the manifest's scoring.mode says so)
       -> scoring.decide (threshold, band) ; ood from mean_nn_distance > ood_limit
       -> regions (and mask on request), scaled back to the frame's pixels
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from kernels import dispatch
 from runtime.backends import model_file, open_backend
+from runtime.bank_index import open_index
 from runtime.manifest import ArtifactManifest, load_manifest, read_manifest_bytes
 from runtime.scoring import decide, find_regions, score_outputs
 from runtime.verdict import Region, Verdict
@@ -54,6 +56,7 @@ class Engine:
         if not bank_path.is_file():
             raise ContractError(f"{self.artifact_dir}: bank file {m.scoring.bank_file} is missing")
         self.bank = np.ascontiguousarray(np.load(bank_path), dtype=np.float32)  # (N, D)
+        self.index = open_index(self.artifact_dir, m.scoring.index, threads)  # None: exact search
         self.backend = open_backend(self.artifact_dir, m, backend, threads=threads, device=device)
         self.size = m.preprocess.size
         # the model this backend runs ("auto" decides only when it opens one)
@@ -103,12 +106,14 @@ class Engine:
         s = m.scoring
         res = score_outputs(out, self.bank, (self.size, self.size), mode=s.mode, k=s.k, blur_sigma_px=s.blur_sigma_px,
                             score_topk=s.score_topk, bank_norm=s.bank_norm, head_norm=s.head_norm,
-                            embedding_output=s.embedding_output)
+                            embedding_output=s.embedding_output, index=self.index)
         decision, conf, in_band = decide(res.score, self.threshold, self.band)
         ood = bool(res.mean_nn_distance > self.ood_limit)
         regions: list[Region] = []
         mask = None
-        if res.score >= self.region_level and not ood:
+        # regions only for a frame judged defect: a good or unknown verdict carries none, so their cost
+        # (connected components over the map) is paid only when the decision needs them
+        if decision == "defect" and not ood and res.score >= self.region_level:
             regions, keep = find_regions(res.anomaly_map, self.region_level, s.min_region_px, "anomaly",
                                          threshold=self.threshold)
             regions = _scale_regions(regions, image.shape[:2], self.size)

@@ -2,6 +2,11 @@
 
 Written by ``distill export``, read by ``lineside run``. A reader refuses a format version it does not
 know and any file whose sha256 differs from the manifest, naming the file.
+
+Versions: 2 ships two graphs, the edge graph (``models.fp32``/``int8``/``openvino_xml``, returning only
+``outputs``, what the edge scores with) and the full graph (``models.full``, every output: ``full_outputs``),
+and may name an approximate nearest-neighbour index of the bank (``scoring.index``). Version 1 artifacts
+are still read: their one graph is both (``full_model``), and their search is exact.
 """
 from __future__ import annotations
 
@@ -13,9 +18,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.featurespec import ContractError, FeatureSpec
+from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK, SCORING_MODES
 
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # what this reader accepts (see the module doc)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"  # runtime/signing.py: the manifest's signature, written after it, never in ``files``
 
@@ -27,6 +34,16 @@ class Preprocess(BaseModel):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on [0, 1] pixels
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     resize: Literal["bilinear"] = "bilinear"  # cv2.INTER_LINEAR, half-pixel centres
+
+
+class IndexSpec(BaseModel):
+    """The bank's nearest-neighbour search (runtime/bank_index.py): exact BLAS, or a faiss index built at
+    export with the search parameters export verified against exact search."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal[INDEX_KINDS] = DEFAULT_INDEX
+    file: str = ""  # faiss.write_index file, checksummed like the models ("" for exact)
+    params: dict[str, int] = Field(default_factory=dict)  # ivf: nlist, nprobe; hnsw: m, ef_search
+    check: dict = Field(default_factory=dict)  # export's measurement against exact search
 
 
 class Scoring(BaseModel):
@@ -44,6 +61,7 @@ class Scoring(BaseModel):
     mode: Literal[SCORING_MODES] = "bank"
     bank_norm: float = Field(1.0, gt=0)
     head_norm: float = Field(1.0, gt=0)
+    index: IndexSpec = Field(default_factory=IndexSpec)
 
 
 class Calibration(BaseModel):
@@ -64,13 +82,16 @@ class ArtifactManifest(BaseModel):
     student: str = ""  # registry name, e.g. "s"
     feature_spec: dict  # FeatureSpec.to_dict()
     preprocess: Preprocess
-    outputs: list[str]  # ONNX output names, in order
+    outputs: list[str]  # the served (edge) graph's output names, in order
+    full_outputs: list[str] = Field(default_factory=list)  # models["full"]'s (v1: the one graph's = outputs)
     scoring: Scoring = Field(default_factory=Scoring)
     calibration: Calibration
     labels: list[str] = Field(default_factory=list)  # defect vocabulary of the head, if any
     teacher_hash: str = ""  # sha256 of the teacher checkpoint's config + weights
     quantization: str = "fp32"  # fp32 | int8-nncf | int8-ort
-    models: dict[str, str] = Field(default_factory=dict)  # role -> file: fp32, int8, openvino_xml
+    # role -> file: fp32, int8, openvino_xml (edge graph: what the backends serve), full (every output: eval),
+    # torch, tensorrt_plan
+    models: dict[str, str] = Field(default_factory=dict)
     # roles of models shipped past a failed INT8 accuracy guard (`distill quantize --force`): the edge serves
     # them only when told to (`lineside run --allow-forced`), so a forced model is never served silently
     forced: list[str] = Field(default_factory=list)
@@ -81,6 +102,11 @@ class ArtifactManifest(BaseModel):
     @property
     def spec(self) -> FeatureSpec:
         return FeatureSpec.from_dict(self.feature_spec)
+
+    @property
+    def full_model(self) -> str:
+        """The FP32 graph with every output (s8..s64 for fidelity): ``models.full``, or a v1 artifact's one graph."""
+        return self.models.get("full") or self.models["fp32"]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -125,8 +151,9 @@ def load_manifest(directory: str | Path, verify: bool = True, data: bytes | None
     except json.JSONDecodeError as e:
         raise ContractError(f"{p}: not valid JSON ({e.msg})") from None
     v = raw.get("format_version") if isinstance(raw, dict) else None
-    if v != MANIFEST_FORMAT_VERSION:
-        raise ContractError(f"{p}: manifest format_version {v!r} is not supported (this lineside reads {MANIFEST_FORMAT_VERSION})")
+    if v not in READABLE_FORMAT_VERSIONS:
+        raise ContractError(f"{p}: manifest format_version {v!r} is not supported (this lineside reads "
+                            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))})")
     try:
         m = ArtifactManifest(**raw)
     except ValidationError as e:
@@ -143,6 +170,8 @@ def load_manifest(directory: str | Path, verify: bool = True, data: bytes | None
                 raise ContractError(f"{d}: file {rel} fails its checksum (sha256 {actual[:12]}… != manifest {digest[:12]}…); "
                                     "the artifact was modified or damaged")
         read = {f"model {role}": rel for role, rel in m.models.items()} | {"bank_file": m.scoring.bank_file}
+        if m.scoring.index.file:
+            read["scoring.index.file"] = m.scoring.index.file
         for what, rel in read.items():  # everything the engine reads is covered by the manifest (and its signature)
             if rel not in m.files:
                 raise ContractError(f"{d}: {what} = {rel} is not among the manifest's checksummed files")

@@ -1,7 +1,8 @@
 """From a student's (or the teacher's) patch embedding to an anomaly map, score, regions and decision.
 
-PatchCore-style: each embedding location's distance to its nearest good-image bank vector, upsampled
-and blurred to image size; the image score is the map's max (or top-k mean). One implementation for
+PatchCore-style: each embedding location's distance to its nearest good-image bank vector (exact, or through
+the artifact's approximate index: runtime/bank_index.py), upsampled and blurred to image size in one pass
+(kernels.dispatch.anomaly_map); the image score is the map's max (or top-k mean). One implementation for
 distill's calibration, the teacher's good-images-only mode and the edge, so their numbers agree.
 
 A student distilled from a teacher with a mask head also emits the head's outputs ("class_logits",
@@ -43,9 +44,11 @@ def embedding_to_queries(embedding: np.ndarray) -> tuple[np.ndarray, tuple[int, 
 
 
 def score_embedding(embedding: np.ndarray, bank: np.ndarray, image_hw: tuple[int, int], *, k: int = DEFAULT_K,
-                    blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, score_topk: int = DEFAULT_SCORE_TOPK) -> ScoreResult:
+                    blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, score_topk: int = DEFAULT_SCORE_TOPK,
+                    index=None) -> ScoreResult:
+    """``index``: a runtime.bank_index.BankIndex of ``bank`` to search instead of the exact scan."""
     q, (h, w) = embedding_to_queries(embedding)
-    dist = dispatch.knn_score(q, bank, k=k).reshape(h, w)
+    dist = (dispatch.knn_score(q, bank, k=k) if index is None else index.knn(q, k)).reshape(h, w)
     amap, score = dispatch.anomaly_map(dist, image_hw, blur_sigma_px, score_topk)
     return ScoreResult(anomaly_map=amap, score=score, mean_nn_distance=float(dist.mean()))
 
@@ -95,13 +98,14 @@ def top_score(amap: np.ndarray, score_topk: int = DEFAULT_SCORE_TOPK) -> float:
 def score_outputs(outputs: dict[str, np.ndarray], bank: np.ndarray, image_hw: tuple[int, int], *,
                   mode: str = "bank", k: int = DEFAULT_K, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX,
                   score_topk: int = DEFAULT_SCORE_TOPK,
-                  bank_norm: float = 1.0, head_norm: float = 1.0, embedding_output: str = "embedding") -> ScoreResult:
+                  bank_norm: float = 1.0, head_norm: float = 1.0, embedding_output: str = "embedding",
+                  index=None) -> ScoreResult:
     """Score one image from the network's outputs. The bank's nearest-neighbour distances always give the
-    OOD statistic; ``mode`` picks the map (see the module doc)."""
+    OOD statistic; ``mode`` picks the map (see the module doc); ``index`` as in ``score_embedding``."""
     if mode not in SCORING_MODES:
         raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
     r = score_embedding(outputs[embedding_output], bank, image_hw, k=k, blur_sigma_px=blur_sigma_px,
-                        score_topk=score_topk)
+                        score_topk=score_topk, index=index)
     if mode == "bank":
         return r
     hm = head_map(outputs, image_hw)

@@ -18,6 +18,7 @@ COMMANDS = {
     "baselines": ("teacher.reference", "reference PatchCore detectors (pixels, random CNN, ImageNet EfficientNet-Lite0)"),
     "serve": ("teacher.serve.cli", "GPU fallback server for line-side daemons (ZeroMQ)"),
     "bench": ("teacher.bench", "feature-extraction latency and peak memory per image"),
+    "peers": ("teacher.peers", "per-frame latency of EfficientAD-S and PatchCore-Lite0 (lineside bench edge)"),
 }
 
 

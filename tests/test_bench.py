@@ -138,3 +138,38 @@ def test_artifact_is_built_once_then_reused(tmp_path, monkeypatch):
     args.rebuild = True  # starts clean (the build commands refuse an existing --out)
     bench.ensure_artifact(args, {})
     assert len(calls) == 2
+
+
+EDGE_STAGES = {"decode", "preprocess", "backend", "scoring", "knn", "map", "regions"}
+
+
+def test_edge_part_times_every_stage(artifact):
+    """`lineside bench edge`: rows per size × threads × bank, every stage timed; the 64 px fixture has no
+    torch weights, so the 256 px row says why it is missing; --quick skips the peers."""
+    rep = _bench("edge", "--artifact", artifact, "--quick")
+    assert rep["part"] == "edge" and rep["status"] == "ok" and rep["artifact_size"] == 64
+    rows = rep["rows"]
+    assert {(r["threads"], r["bank_factor"]) for r in rows} == {(t, f) for t in rep["threads"] for f in (1, 4)}
+    assert 1 in rep["threads"] and max(rep["threads"]) == (os.cpu_count() or 1)
+    for r in rows:
+        assert set(r["stages_ms"]) == EDGE_STAGES and all(v > 0 for v in r["stages_ms"].values()), r
+        assert r["total_ms"] > 0 and r["scoring_over_backend"] > 0 and not r["timing_only"]
+    x1, x4 = (next(r for r in rows if r["threads"] == 1 and r["bank_factor"] == f) for f in (1, 4))
+    assert x4["bank_rows"] == 4 * x1["bank_rows"] and x4["bank_dim"] == x1["bank_dim"]
+    assert rep["at_256"]["status"] == "skipped" and "torch weights" in rep["at_256"]["reason"]
+    assert rep["peers"]["status"] == "skipped"
+    t = {r["target"]: r for r in rep["targets"]}
+    assert t["edge_vs_efficientad_s"]["pass"] is None and t["edge_vs_efficientad_s"]["why"]
+
+
+def test_edge_bench_at_256_reports_the_scoring_targets(tmp_path):
+    """At 256 px (the fixture built at that size) the scoring / backend target is measured per bank size."""
+    from runtime.bench_edge import EDGE_SIZE_PX, run_edge_bench
+
+    art = build_tiny_artifact(tmp_path / "tiny256", size=EDGE_SIZE_PX)
+    rep = run_edge_bench(art.dir, env=dict(os.environ), runs=2, quick=True)
+    assert rep["sizes"] == [EDGE_SIZE_PX] and "at_256" not in rep
+    t = {r["target"]: r for r in rep["targets"]}
+    for f in (1, 4):
+        row = t[f"scoring_over_backend_{EDGE_SIZE_PX}_bank_x{f}"]
+        assert row["measured"] > 0 and row["pass"] == (row["measured"] <= 0.25)

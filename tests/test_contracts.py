@@ -181,3 +181,28 @@ def test_mask_png_roundtrip():
     m = np.zeros((9, 11), bool)
     m[2:5, 3:8] = True
     np.testing.assert_array_equal(decode_mask_png(encode_mask_png(m)), m)
+
+
+def test_manifest_v1_still_reads_and_its_one_graph_is_the_full_one(tmp_path):
+    """Version 1 artifacts (one graph, exact search) open as before; version 2 adds the full graph's role."""
+    d = _artifact(tmp_path)  # written as format_version 1
+    m = load_manifest(d)
+    assert m.format_version == 1 and m.full_model == "model.onnx" and m.scoring.index.kind == "exact"
+    (d / "model.full.onnx").write_bytes(b"the full graph")
+    write_manifest(d, m.model_copy(update={"format_version": 2, "models": {"fp32": "model.onnx",
+                                                                           "full": "model.full.onnx"},
+                                           "full_outputs": ["embedding", "s8"]}))
+    m2 = load_manifest(d)
+    assert m2.full_model == "model.full.onnx" and m2.outputs == ["embedding"]
+
+
+def test_manifest_index_file_must_be_checksummed(tmp_path):
+    from runtime.manifest import IndexSpec
+
+    d = _artifact(tmp_path)
+    m = load_manifest(d)
+    raw = json.loads(m.model_copy(update={"scoring": m.scoring.model_copy(update={
+        "index": IndexSpec(kind="hnsw", file="bank.index", params={"m": 8, "ef_search": 16})})}).model_dump_json())
+    (d / "manifest.json").write_text(json.dumps(raw))  # names an index file the checksums do not cover
+    with pytest.raises(ContractError, match="scoring.index.file = bank.index"):
+        load_manifest(d)

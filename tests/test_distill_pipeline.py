@@ -83,10 +83,13 @@ def test_targets_are_cached_once_per_run(pipeline):
 def test_artifact_layout_and_manifest(pipeline):
     art = pipeline["art"]
     m = load_manifest(art)
-    assert m.format_version == 1 and m.student == "tiny"
-    assert m.outputs == ["embedding", "s8", "s16", "s32", "s64", "mask_logits", "class_logits", "defect_map"]
+    assert m.format_version == 2 and m.student == "tiny"
+    # the edge graph returns what scoring mode "both" reads; the full graph keeps every output for eval
+    assert m.outputs == ["embedding", "defect_map"]
+    assert m.full_outputs == ["embedding", "s8", "s16", "s32", "s64", "mask_logits", "class_logits", "defect_map"]
     assert m.labels == ["crack", "scratch", "stain"]  # the head's vocabulary
-    assert m.models["fp32"] == "model.onnx"
+    assert m.models["fp32"] == "model.onnx" and m.models["full"] == m.full_model == "model.full.onnx"
+    assert m.scoring.index.kind == "exact" and not m.scoring.index.file
     assert "openvino_xml" in m.models
     for rel in m.models.values():
         assert rel in m.files
@@ -126,11 +129,57 @@ def test_artifact_runs_on_the_edge_and_matches_torch(pipeline, backend):
     run = load_run(pipeline["run"])
     with torch.no_grad():
         ref = run.model.fused()(torch.from_numpy(x))._asdict()
-    r = OrtRunner(art / "model.onnx") if backend == "onnxruntime" else OvRunner(art / "model.onnx")
-    out = r.run(x)
-    for k in m.outputs:
-        err = np.abs(out[k] - ref[k].numpy()).max() / (np.abs(ref[k].numpy()).max() + 1e-12)
-        assert err < 1e-3, (k, err)
+    for rel, names in (("model.onnx", m.outputs), (m.full_model, m.full_outputs)):
+        r = OrtRunner(art / rel) if backend == "onnxruntime" else OvRunner(art / rel)
+        out = r.run(x)
+        assert sorted(out) == sorted(names), rel
+        for k in names:
+            err = np.abs(out[k] - ref[k].numpy()).max() / (np.abs(ref[k].numpy()).max() + 1e-12)
+            assert err < 1e-3, (rel, k, err)
+
+
+def test_every_served_model_is_the_edge_graph(pipeline):
+    """The INT8 models quantize guarded and the engine serves return only the edge graph's outputs, and
+    computing fewer outputs is fewer nodes."""
+    import onnx
+
+    from distill.edge_graph import onnx_outputs, openvino_outputs
+    from runtime.engine import Engine
+
+    art = pipeline["art"]
+    m = load_manifest(art)
+    assert onnx_outputs(art / m.models["int8"]) == m.outputs
+    assert openvino_outputs(art / m.models["openvino_xml"]) == m.outputs
+    assert pipeline["quant"]["edge_outputs"] == m.outputs
+    nodes = {r: len(onnx.load(str(art / m.models[r])).graph.node) for r in ("fp32", "full")}
+    assert nodes["fp32"] < nodes["full"]
+    eng = Engine(art, backend="onnxruntime", allow_forced=True)
+    assert eng.model_role == "int8" and eng.index is None
+    assert sorted(eng.backend.run(np.zeros((1, 3, m.preprocess.size, m.preprocess.size), np.float32))) == \
+        sorted(m.outputs)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_export_with_an_approximate_index(pipeline, tmp_path, kind):
+    """--index: a faiss index in the artifact, checksummed, its search parameter checked against exact
+    search; the engine searches through it and scores within the recorded tolerance of exact search."""
+    pytest.importorskip("faiss")
+    from runtime.dataset import load_dataset
+    from runtime.engine import Engine
+
+    art = tmp_path / "art"
+    rc, exp = _cli("export", pipeline["run"], "--out", art, "--index", kind, "--json")
+    assert rc == 0 and exp["index"]["kind"] == kind
+    m = load_manifest(art)
+    ix = m.scoring.index
+    assert ix.kind == kind and ix.file == "bank.index" and ix.file in m.files
+    assert ix.check["score_max_abs_diff"] <= ix.check["score_tolerance"] and ix.check["tried"]
+    ds = load_dataset(pipeline["data"])
+    approx, exact = Engine(art, allow_forced=True), Engine(pipeline["art"], allow_forced=True)
+    assert approx.index is not None and approx.index.kind == kind
+    for r in ds.split("test")[:4]:
+        img = ds.read_image(r)
+        assert abs(approx.judge(img).score - exact.judge(img).score) <= 2 * ix.check["score_tolerance"]
 
 
 def test_tampered_artifact_is_refused(pipeline, tmp_path):
@@ -396,3 +445,21 @@ def test_shards_of_another_teacher_are_refused(pipeline, tmp_path):
     assert read_shards(feats, recs[:3], ["s8"])["s8"].shape[0] == 3
     with pytest.raises(ContractError, match="not of the teacher given"):
         read_shards(feats, recs, ["s8"], teacher_hash="0" * 64)
+
+
+def test_retarget_writes_a_timing_only_edge_artifact_at_another_size(pipeline, tmp_path):
+    """`distill retarget`: what `lineside bench edge` times at 256 px when the artifact is smaller."""
+    from distill.edge_graph import onnx_outputs
+    from runtime.engine import Engine
+
+    out = tmp_path / "art96"
+    rc, res = _cli("retarget", pipeline["art"], "--size", "96", "--out", out, "--json")
+    assert rc == 0 and res["size"] == 96
+    m = load_manifest(out)
+    src = load_manifest(pipeline["art"])
+    assert m.preprocess.size == 96 and m.metrics["timing_only"]["from_size"] == src.preprocess.size
+    assert set(m.models) == {"fp32", "int8", "openvino_xml"} and onnx_outputs(out / m.models["int8"]) == src.outputs
+    eng = Engine(out, backend="onnxruntime")
+    v = eng.judge(np.zeros((96, 96, 3), np.uint8))
+    assert v.status == "ok" and v.latencies_ms["backend"] > 0
+    assert eng.backend.run(np.zeros((1, 3, 96, 96), np.float32))["embedding"].shape[-1] == 96 // 8

@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from kernels import anomaly_map as am  # noqa: E402
 from kernels import dispatch  # noqa: E402
 
 MEAN = (0.485, 0.456, 0.406)
@@ -36,7 +37,7 @@ def machine(monkeypatch):
 def test_no_gpu_uses_cpu_and_says_why(machine):
     machine(gpus=0)
     assert dispatch.implementations() == {"preprocess": "cpu-opencv", "knn_score": "cpu-blas",
-                                          "anomaly_map": "cpu-opencv"}
+                                          "anomaly_map": "cpu-fused"}
     assert all("no NVIDIA driver" in why for why in dispatch.implementation_notes().values())
 
 
@@ -134,7 +135,7 @@ def test_simulated_gpu_routes_through_triton_kernels(machine, monkeypatch):
     assert isinstance(d, np.ndarray) and d.shape == (30,)
     np.testing.assert_allclose(d, dispatch.knn_score_reference(q, bank, 1), rtol=2e-3, atol=2e-3)  # float16 inputs
     amap, score = dispatch.anomaly_map(d.reshape(5, 6), (12, 10), 1.0, 2)
-    ref_map, ref_score = dispatch.anomaly_map_reference(d.reshape(5, 6), (12, 10), 1.0, 2)
+    ref_map, ref_score = am.anomaly_map_reference(d.reshape(5, 6), (12, 10), 1.0, 2)
     np.testing.assert_allclose(amap, ref_map, rtol=1e-5, atol=1e-5)
     assert score == pytest.approx(ref_score, rel=1e-5)
 

@@ -92,3 +92,20 @@ def test_anomaly_map_reference_peak_and_topk():
     assert abs(y - 20) <= 4 and abs(x - 44) <= 4 and score == pytest.approx(float(amap.max()))
     _, s5 = am.anomaly_map_reference(grid, (64, 64), 2.0, 5)
     assert s5 == pytest.approx(float(np.sort(amap.ravel())[-5:].mean()), rel=1e-6) and s5 <= score
+
+
+@pytest.mark.parametrize("grid_hw,out_hw,sigma,topk", [
+    ((32, 32), (256, 256), 4.0, 1),  # the edge's 256 px map
+    ((7, 13), (61, 45), 2.0, 3),  # ragged, different scale per axis
+    ((3, 5), (5, 9), 3.0, 1),  # blur radius larger than the image: repeated reflection
+    ((1, 4), (1, 9), 2.0, 1),  # a single row
+    ((16, 12), (9, 7), 1.5, 2),  # downsampling
+    ((8, 8), (64, 64), 0.0, 1),  # no blur
+])
+def test_anomaly_map_fused_matches_reference(grid_hw, out_hw, sigma, topk):
+    grid = np.random.default_rng(3).random(grid_hw).astype(np.float32) * 5.0
+    ref, ref_score = am.anomaly_map_reference(grid, out_hw, sigma, topk)
+    got, score = am.anomaly_map_fused(grid, out_hw, sigma, topk)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=am.RTOL, atol=am.ATOL * float(np.ptp(grid)))
+    assert score == pytest.approx(ref_score, rel=am.RTOL, abs=am.ATOL * float(np.ptp(grid)))
