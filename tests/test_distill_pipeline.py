@@ -77,7 +77,8 @@ def test_fit_writes_a_calibrated_run(pipeline):
 
 
 def test_targets_are_cached_once_per_run(pipeline):
-    assert len(list((pipeline["run"] / "cache").glob("targets-*.safetensors"))) == 1
+    # the line's images and, by default, one pseudo-defect per good train image (distill fit --pseudo-defects)
+    assert len(list((pipeline["run"] / "cache").glob("targets-*.safetensors"))) == 2
 
 
 def test_artifact_layout_and_manifest(pipeline):
@@ -398,7 +399,8 @@ def test_fit_from_teacher_extract_shards(pipeline, tmp_path):
     assert rc == 0 and set(fit["val_cosine"]) == {"s8", "s16", "s32", "s64"}
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["train"]["targets"].startswith("shards:")
-    assert not (tmp_path / "run" / "cache").exists()  # nothing computed on the fly
+    # the line's targets come from the shards; only the pseudo-defects' (planted here, in no shard) are computed
+    assert len(list((tmp_path / "run" / "cache").glob("targets-*.safetensors"))) == 1
 
 
 def test_pseudo_defect_set_plants_on_good_images_only(pipeline):
@@ -419,13 +421,17 @@ def test_pseudo_defect_set_plants_on_good_images_only(pipeline):
 def test_fit_with_pseudo_defects_trains_on_them_and_banks_good_images_only(pipeline, tmp_path):
     rc, fit = _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
                    "--out", tmp_path / "run", "--steps", "3", "--noise-draws", "2", "--embed-dim", "32",
-                   "--pseudo-defects", "1", "--json")
+                   "--pseudo-defects", "2", "--json")
     assert rc == 0
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["train"]["pseudo_defects"] == 1
+    assert cfg["train"]["pseudo_defects"] == 2
     assert len(list((tmp_path / "run" / "cache").glob("targets-*.safetensors"))) == 2  # the line's, the plants'
     # the bank holds the good train images' patches, not the plants'
     assert fit["bank"]["n_images"] == pipeline["fit"]["bank"]["n_images"] == 12
+    rc, _ = _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
+                 "--out", tmp_path / "plain", "--steps", "2", "--noise-draws", "2", "--embed-dim", "32",
+                 "--pseudo-defects", "0", "--json")
+    assert rc == 0 and len(list((tmp_path / "plain" / "cache").glob("targets-*.safetensors"))) == 1
     with pytest.raises(SystemExit) as e:  # refused at parse time, by name
         _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
              "--out", tmp_path / "bad", "--pseudo-defects", "-1")
