@@ -403,6 +403,16 @@ def test_fit_from_teacher_extract_shards(pipeline, tmp_path):
     assert len(list((tmp_path / "run" / "cache").glob("targets-*.safetensors"))) == 1
 
 
+def test_fit_scores_with_the_mode_asked_for(pipeline, tmp_path):
+    assert json.loads((pipeline["run"] / "config.json").read_text())["scoring"]["mode"] == "both"  # the default
+    rc, _ = _cli("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny",
+                 "--out", tmp_path / "run", "--steps", "2", "--noise-draws", "2", "--embed-dim", "32",
+                 "--pseudo-defects", "0", "--scoring", "head", "--json")
+    assert rc == 0
+    sc = json.loads((tmp_path / "run" / "config.json").read_text())["scoring"]
+    assert sc["mode"] == "head" and sc["head_norm"] > 0
+
+
 def test_pseudo_defect_set_plants_on_good_images_only(pipeline):
     from distill.data import load_images, pseudo_defect_set
     from runtime.dataset import load_dataset
