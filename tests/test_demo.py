@@ -47,8 +47,11 @@ def test_demo_ran_every_step(demo):
     # services were real processes, stopped cleanly by SIGTERM (not killed)
     assert s["services"]["daemon_exit"] == 0 and s["services"]["teacher_exit"] == 0
     assert s["services"]["killed"] == []
-    for ep in s["services"]["endpoints"].values():
-        assert ep.startswith("tcp://127.0.0.1:")
+    eps = s["services"]["endpoints"]
+    assert eps["control"].startswith("ipc://")  # control is a private socket file, never an open port
+    for name, ep in eps.items():
+        if name != "control":
+            assert ep.startswith("tcp://127.0.0.1:"), name
     # nothing written outside --out (the daemon's journal included)
     assert list(demo["cwd"].iterdir()) == []
     assert (demo["out"] / "journal.sqlite").is_file()
