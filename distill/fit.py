@@ -37,7 +37,7 @@ from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, SCORING_MODES
 DEFAULT_EMBED_DIM = 128
 # One pseudo-defect per good train image (distill.data.pseudo_defect_set): a student trained on good images only
 # never sees the teacher respond to a defect. On the public evaluation set (128 px, same teacher, lite0, 800
-# steps, 2026-12-03) it lifted student FP32 I-AUROC 0.575 -> 0.647 and AU-PRO 0.479 -> 0.501.
+# steps, 2026-12-03) it lifted student FP32 I-AUROC 0.580 -> 0.647 and AU-PRO 0.470 -> 0.501.
 DEFAULT_PSEUDO_DEFECTS = 1
 
 
@@ -60,7 +60,7 @@ def configure(p) -> None:
                    help="what the edge scores with: the bank, the distilled head's map, or both averaged in units "
                         "of their good-image levels (default: both when the teacher has a head, else bank). On the "
                         "public evaluation set head alone localised better (AU-PRO +5 pt) and ranked parts "
-                        "slightly worse (I-AUROC -2 pt) than both")
+                        "slightly worse (I-AUROC -2 to -4 pt) than both")
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX)
     p.add_argument("--target-agreement", type=float, default=0.995)
@@ -171,6 +171,10 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         labels = list(head_state.vocabulary)
         log(f"teacher head: distilling {', '.join(f'{h.name} {tuple(tr_h[h.name].shape[1:])}' for h in head_specs)}")
 
+    mode = scoring_mode or ("both" if head_specs else "bank")
+    if mode != "bank" and not head_specs:  # refused before any training
+        raise SystemExit(f"--scoring {mode} needs the teacher's mask head ({teacher_ckpt}/head: `teacher finetune`)")
+
     # optional reduced basis per level: the projection emits ``proj_rank`` PCA coefficients of the
     # teacher's features, a frozen 1×1 conv maps them back to the teacher's channels
     ranks, rank_share = {}, {}
@@ -225,9 +229,6 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                                     for x in train.student_inputs(pre.mean, pre.std)[train.good]])
         out_val = [{k: v.numpy() for k, v in fused(x[None])._asdict().items()} for x in x_val]
     bank, bank_info = build_bank(emb_train, bank_budget, seed)
-    mode = scoring_mode or ("both" if head_specs else "bank")
-    if mode != "bank" and not head_specs:
-        raise SystemExit(f"--scoring {mode} needs the teacher's mask head ({teacher_ckpt}/head: `teacher finetune`)")
     if mode != "bank":  # the student carries the teacher's head: score as the teacher does
         goods = [o for o, y in zip(out_val, val.labels) if y == 0] or out_val
         scoring = replace(fit_head_norms(goods, bank, size, scoring), mode=mode)
