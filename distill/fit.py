@@ -30,7 +30,7 @@ from distill.run import save_run
 from distill.students import create_student, list_students
 from distill.targets import cache_key, cached_targets, compute_targets, read_shards
 from distill.trainer import fit_student, level_cosine, plot_curves
-from runtime.commands import non_negative_int, positive_int
+from runtime.commands import non_negative_float, non_negative_int, positive_int
 from runtime.manifest import Preprocess
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, SCORING_MODES
 
@@ -39,6 +39,17 @@ DEFAULT_EMBED_DIM = 128
 # never sees the teacher respond to a defect. On the public evaluation set (128 px, same teacher, lite0, 800
 # steps, 2026-12-03) it lifted student FP32 I-AUROC 0.580 -> 0.647 and AU-PRO 0.470 -> 0.501.
 DEFAULT_PSEUDO_DEFECTS = 1
+DEFAULT_MASK_WEIGHT = 0.0
+
+
+def known_masks(images, stride: int) -> torch.Tensor:
+    """(N, 1, S/stride, S/stride) share of each map cell inside the image's defect mask: what the defect map
+    should say where the truth is known (good images, masked defects); NaN for a defect without a mask."""
+    m = torch.from_numpy(images.masks.astype(np.float32))[:, None]
+    cells = torch.nn.functional.avg_pool2d(m, stride) if stride > 1 else m
+    unknown = torch.from_numpy((images.labels == 1) & ~images.masks.any(axis=(1, 2)))
+    cells[unknown] = float("nan")
+    return cells
 
 
 def configure(p) -> None:
@@ -71,6 +82,10 @@ def configure(p) -> None:
                    help="train also on K pseudo-defects planted on every good train image (as `teacher finetune "
                         "--pseudo-defects`), so the student sees the teacher's response to defects, not only to "
                         "good surfaces")
+    p.add_argument("--mask-weight", type=non_negative_float, default=DEFAULT_MASK_WEIGHT, metavar="W",
+                   help="weight of a BCE that teaches the distilled defect map the masks known on the train images "
+                        "(0 on good images, the planted region on pseudo-defects, labelled masks), beside the "
+                        "teacher's map; 0 distils the teacher's map alone")
     p.add_argument("--no-pretrained", action="store_true",
                    help="start the backbone from random weights even where it has ImageNet ones (lite0)")
     p.add_argument("--no-early-stop", action="store_true",
@@ -102,7 +117,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
         proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True,
-        pseudo_defects: int = DEFAULT_PSEUDO_DEFECTS, scoring_mode: str | None = None) -> dict:
+        pseudo_defects: int = DEFAULT_PSEUDO_DEFECTS, scoring_mode: str | None = None,
+        mask_weight: float = DEFAULT_MASK_WEIGHT) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
     the checkpoint has a head or bank) or "labels"."""
     from runtime.dataset import load_dataset
@@ -171,6 +187,11 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         labels = list(head_state.vocabulary)
         log(f"teacher head: distilling {', '.join(f'{h.name} {tuple(tr_h[h.name].shape[1:])}' for h in head_specs)}")
 
+    mask_t = None
+    if mask_weight > 0 and head_specs:
+        mask_t = known_masks(train, next(h for h in head_specs if h.name == "defect_map").stride)
+        log(f"defect map also learns the known masks of {int((~torch.isnan(mask_t[:, 0, 0, 0])).sum())} train "
+            f"images (weight {mask_weight})")
     mode = scoring_mode or ("both" if head_specs else "bank")
     if mode != "bank" and not head_specs:  # refused before any training
         raise SystemExit(f"--scoring {mode} needs the teacher's mask head ({teacher_ckpt}/head: `teacher finetune`)")
@@ -205,6 +226,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                        mean=pre.mean, std=pre.std, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                        augment=augment, jitter=jitter, mse_weight=mse_weight, metrics_path=metrics_path,
                        head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress,
+                       mask_targets=mask_t, mask_weight=mask_weight,
                        val=(val.student_inputs(pre.mean, pre.std), va_t) if early_stop else None)
     best_step = rows[-1].get("best_step", steps - 1) if rows else None
     if early_stop:
@@ -263,7 +285,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly",
                   "early_stop": early_stop, "best_step": best_step, "init": init or "random",
-                  "pseudo_defects": pseudo_defects},
+                  "pseudo_defects": pseudo_defects, "mask_weight": mask_weight if mask_t is not None else 0.0},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
         "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline,
                                                        "val_cosine_centred": centred}, "val_metrics": val_metrics, "n_params": n_params,
@@ -294,7 +316,7 @@ def run(args) -> int:
                   target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
                   proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained,
-                  pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring)
+                  pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring, mask_weight=args.mask_weight)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from distill.losses import binary_kl_distill, feature_loss, kl_distill
 from distill.preprocess import normalize
@@ -30,7 +31,9 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 mean, std, steps: int, batch_size: int = 8, lr: float = 2e-3, weight_decay: float = 1e-4,
                 seed: int = 0, augment: bool = True, jitter: float = 0.0, mse_weight: float = 1.0,
                 head_targets: dict[str, torch.Tensor] | None = None, head_kinds: dict[str, str] | None = None,
-                kd_temperature: float = 2.0, kd_weight: float = 1.0, log_every: int = 10,
+                kd_temperature: float = 2.0, kd_weight: float = 1.0,
+                mask_targets: torch.Tensor | None = None, mask_weight: float = 0.0, mask_output: str = "defect_map",
+                log_every: int = 10,
                 metrics_path: Path | None = None, progress: bool = True,
                 val: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None, eval_every: int = 50) -> list[dict]:
     """images_u8 (N, 3, S, S) uint8 resized frames; targets level -> (N, C, h, w). Returns the log rows.
@@ -39,7 +42,12 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     cosine is logged (``val_cos_<level>``) and the best state is kept (early stopping: with a few dozen
     training images the coarse levels, 2×2 to 4×4 maps, overfit long before the fine ones converge).
 
-    head_kinds: output name -> "softmax" (class logits over the last dim) or "sigmoid" (mask logits)."""
+    head_kinds: output name -> "softmax" (class logits over the last dim) or "sigmoid" (mask logits).
+
+    mask_targets: (N, 1, h, w) where each image's defect is known (the share of each map cell inside the
+    defect mask: 0 on good images, the planted region on pseudo-defects), NaN where it is not (a defect
+    image without a mask). With ``mask_weight`` > 0 the ``mask_output`` map also learns it (BCE), beside
+    the teacher's map it distils."""
     n = images_u8.shape[0]
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -66,12 +74,14 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
             x = images_u8[idx]
             tgt = {k: targets[k][idx] for k in levels}
             htgt = {k: v[idx] for k, v in head_targets.items()}
+            mtgt = mask_targets[idx] if mask_targets is not None and mask_weight > 0 else None
             if augment:
                 hf = torch.rand(len(idx), generator=g) < 0.5
                 vf = torch.rand(len(idx), generator=g) < 0.5
                 x = _flip(x, hf, vf)
                 tgt = {k: _flip(v, hf, vf) for k, v in tgt.items()}
                 htgt = {k: _flip(v, hf, vf) for k, v in htgt.items()}
+                mtgt = None if mtgt is None else _flip(mtgt, hf, vf)
             xin = normalize(x, mean, std)
             if jitter > 0:  # brightness/contrast on the [0, 1] scale, student side only
                 b = (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
@@ -86,6 +96,12 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                     kl_distill(out[name], t, kd_temperature, dim=-1)
                 loss = loss + kd_weight * kd
                 logs[f"kd_{name}"] = float(kd.detach())
+            if mtgt is not None:
+                known = ~torch.isnan(mtgt[:, 0, 0, 0])
+                if known.any():
+                    bce = F.binary_cross_entropy_with_logits(out[mask_output][known], mtgt[known])
+                    loss = loss + mask_weight * bce
+                    logs["mask_bce"] = float(bce.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)

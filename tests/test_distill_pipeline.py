@@ -448,6 +448,38 @@ def test_fit_with_pseudo_defects_trains_on_them_and_banks_good_images_only(pipel
     assert e.value.code == 2 and not (tmp_path / "bad").exists()
 
 
+def test_known_masks_are_cell_shares_and_nan_where_a_defect_has_no_mask():
+    from distill.data import ImageSet
+    from distill.fit import known_masks
+
+    masks = np.zeros((3, 8, 8), bool)
+    masks[1, :4, :2] = True  # a planted defect: half of the top-left 4x4 cell
+    imgs = ImageSet([None] * 3, np.zeros((3, 8, 8, 3), np.uint8), np.array([0, 1, 1]), masks)
+    m = known_masks(imgs, 4)
+    assert m.shape == (3, 1, 2, 2)
+    assert m[0].eq(0).all()  # a good image: no defect anywhere
+    assert m[1, 0].tolist() == [[0.5, 0.0], [0.0, 0.0]]
+    assert m[2].isnan().all()  # labelled defect, no mask: unknown, left out of the loss
+
+
+def test_fit_teaches_the_defect_map_the_known_masks(pipeline, tmp_path):
+    args = ("fit", "--teacher", pipeline["ckpt"], "--data", pipeline["data"], "--student", "tiny", "--steps", "3",
+            "--noise-draws", "2", "--embed-dim", "32", "--pseudo-defects", "1", "--json")
+    rc, _ = _cli(*args, "--out", tmp_path / "run", "--mask-weight", "2")
+    assert rc == 0
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["train"]["mask_weight"] == 2.0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["mask_bce"] > 0 for r in rows)
+    rc, _ = _cli(*args, "--out", tmp_path / "off", "--mask-weight", "0")  # off: the teacher's map alone
+    assert rc == 0
+    rows = [json.loads(x) for x in (tmp_path / "off" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("mask_bce" in r for r in rows)
+    with pytest.raises(SystemExit) as e:
+        _cli(*args, "--out", tmp_path / "bad", "--mask-weight", "-1")
+    assert e.value.code == 2
+
+
 def test_shards_of_another_teacher_are_refused(pipeline, tmp_path):
     from distill.targets import read_shards
     from runtime.dataset import load_dataset
