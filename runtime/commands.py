@@ -65,6 +65,17 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")  # as runtime/config.py's socket fields accept
+
+
+def endpoint(text: str) -> str:
+    """argparse type for a ZeroMQ endpoint: refused at parse time, with the form it should take."""
+    if not text.startswith(ENDPOINT_PREFIXES):
+        hint = f"; did you mean tcp://{text}?" if ":" in text and "//" not in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH){hint}")
+    return text
+
+
 def version() -> str:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as _version

@@ -181,8 +181,31 @@ class Config(_Section):
 
 
 def _describe(e: ValidationError) -> str:
-    err = e.errors()[0]
-    return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+    """Every error at once (a typo'd key would otherwise show up only on the next run), each naming its key; an
+    unknown key gets the nearest known one of its section."""
+    import difflib
+
+    out = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            model = Config
+            for k in loc[:-1]:
+                ann = model.model_fields.get(k)
+                model = ann.annotation if ann is not None and isinstance(ann.annotation, type) else None
+                if model is None or not issubclass(model, BaseModel):
+                    model = None
+                    break
+            known = list(model.model_fields) if model is not None else []
+            near = [".".join(loc[:-1] + [k]) for k in difflib.get_close_matches(loc[-1], known, n=1)]
+            if not near:  # a key put in the wrong section: look in every section
+                leaves = {f"{s}.{k}": k for s, f in Config.model_fields.items() if isinstance(f.annotation, type)
+                          and issubclass(f.annotation, BaseModel) for k in f.annotation.model_fields}
+                near = [d for d, k in leaves.items() if k in difflib.get_close_matches(loc[-1], leaves.values(), n=1)]
+            msg = "unknown key" + (f" (did you mean {near[0]!r}?)" if near else "")
+        out.append(f"{'.'.join(loc)}: {msg}")
+    return "; ".join(out)
 
 
 def _set(d: dict, dotted: str, value) -> None:

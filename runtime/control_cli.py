@@ -5,14 +5,16 @@ import argparse
 import json
 import sys
 
+from runtime.commands import endpoint
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cmd", choices=["reload", "shutdown", "status", "metrics"])
-    p.add_argument("--to", required=True, help="the daemon's control endpoint")
+    p.add_argument("cmd", choices=["reload", "shutdown", "status", "metrics"], help="what to ask the daemon")
+    p.add_argument("--to", required=True, type=endpoint, help="the daemon's control endpoint")
     p.add_argument("--artifact", help="artifact directory for reload (must be under the daemon's artifacts dir)")
-    p.add_argument("--timeout", type=float, default=30.0)
-    p.add_argument("--curve-secret")
-    p.add_argument("--server-key")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the reply")
+    p.add_argument("--curve-secret", help="this client's CURVE secret key file")
+    p.add_argument("--server-key", help="the daemon's CURVE public key file")
     p.add_argument("--json", action="store_true", help="(always JSON)")
 
 

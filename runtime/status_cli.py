@@ -5,12 +5,14 @@ import argparse
 import json
 import sys
 
+from runtime.commands import endpoint
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--to", required=True, help="control endpoint of a daemon, or a teacher server's endpoint")
-    p.add_argument("--timeout", type=float, default=5.0)
-    p.add_argument("--curve-secret")
-    p.add_argument("--server-key")
+    p.add_argument("--to", required=True, type=endpoint, help="control endpoint of a daemon, or a teacher server's endpoint")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    p.add_argument("--curve-secret", help="this client's CURVE secret key file")
+    p.add_argument("--server-key", help="the server's CURVE public key file")
     p.add_argument("--json", action="store_true", help="(always JSON; kept for symmetry with other commands)")
 
 

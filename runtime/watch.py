@@ -16,18 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.commands import endpoint
+
 SUBSCRIBE_SETTLE_S = 0.2  # zguide's slow joiner: a SUB's subscription takes a moment to reach the PUB
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="source", required=True, help="the daemon's verdict PUB endpoint")
+    p.add_argument("--from", dest="source", required=True, type=endpoint, help="the daemon's verdict PUB endpoint")
     p.add_argument("--camera-id", help="only this camera's verdicts")
     p.add_argument("--count", type=int, help="stop after this many verdicts")
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many seconds without a verdict (0: never)")
     p.add_argument("--save", help="write an overlay PNG per verdict into this folder")
     p.add_argument("--images", help="folder of the sent images (file stem = frame id) to draw overlays on")
     p.add_argument("--since", type=int, help="first replay the journaled verdicts after this seq (needs --control)")
-    p.add_argument("--control", help="the daemon's control endpoint, for --since replays")
+    p.add_argument("--control", type=endpoint, help="the daemon's control endpoint, for --since replays")
     p.add_argument("--curve-secret", help="this client's CURVE secret key file")
     p.add_argument("--server-key", help="the daemon's CURVE public key file")
 

@@ -64,3 +64,15 @@ def test_help_shows_defaults_but_not_empty_ones(tmp_path, monkeypatch, capsys):
     assert "optimiser steps (default: 600)" in text
     assert "output folder" in text and "(default: None)" not in text and "(default: False)" not in text
     assert "reproducible) (default" not in text  # a help line that states its default is left as written
+
+
+def test_a_config_file_reports_every_error_and_the_nearest_key(tmp_path):
+    from runtime.config import ConfigError, load_config
+
+    bad = tmp_path / "lineside.toml"
+    bad.write_text('[backend]\nnmae = "onnxruntime"\nthreads = -1\n[ingres]\nx = 1\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    msg = str(e.value)
+    assert "backend.threads:" in msg and "backend.nmae: unknown key (did you mean 'backend.name'?)" in msg
+    assert "ingres: unknown key (did you mean 'sockets.ingress'?)" in msg

@@ -588,3 +588,48 @@ def test_memory_flat_under_sustained_overload(run_daemon):
     assert st["queue"]["max_seen"] <= 4 and st["drops"] > 0
     print(f"rss {before:.1f} -> {after:.1f} MB, judged {st['judged']}, dropped {st['drops']:.0f}")
     assert after - before < 20, (before, after)
+
+
+def test_send_counts_the_drops_from_the_verdicts_it_saw(run_daemon, tmp_path, capsys):
+    """`lineside send --rate 0 --json`: an ack only means queued; with --verdicts the summary says how many of
+    the accepted frames the daemon dropped, as its own drop counter does."""
+    import argparse
+
+    import cv2
+
+    from runtime import send
+
+    d, c = run_daemon(**{"queue.size": 2, "queue.overload": "drop_oldest"})
+    eng = d.holder.engine
+    real = eng.judge
+
+    def slow(*a, **kw):
+        time.sleep(0.03)
+        return real(*a, **kw)
+
+    eng.judge = slow
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(folder / f"s{i:02d}.png"), T.good(i)[..., ::-1])
+    p = argparse.ArgumentParser()
+    send.configure(p)
+    args = p.parse_args([str(folder), "--to", d.endpoints["ingress"], "--verdicts", d.endpoints["verdicts"],
+                         "--rate", "0", "--timeout", "5", "--json"])
+    assert send.run(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    v = out["verdicts"]
+    assert out["accepted"] == 20 and v["unseen"] == 0
+    assert v["dropped"] > 0 and v["dropped"] == c.status()["drops"]
+    assert v["judged"] + v["dropped"] == 20
+
+
+@pytest.mark.parametrize("tool", ["send x", "watch", "status", "control status"])
+def test_an_endpoint_without_its_transport_is_refused_in_one_line(tool, capsys):
+    from runtime.cli import main
+
+    argv = tool.split() + ["--from" if tool == "watch" else "--to", "127.0.0.1:6999"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and "did you mean tcp://127.0.0.1:6999?" in err
