@@ -88,6 +88,8 @@ def configure(p) -> None:
                         "teacher's map; 0 distils the teacher's map alone")
     p.add_argument("--no-pretrained", action="store_true",
                    help="start the backbone from random weights even where it has ImageNet ones (lite0)")
+    p.add_argument("--pretrained-lr-scale", type=non_negative_float, default=1.0, metavar="F",
+                   help="learning rate of the backbone's pretrained (ImageNet) weights relative to --lr")
     p.add_argument("--no-early-stop", action="store_true",
                    help="keep the last weights instead of those with the best held-out (val) cosine")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -118,7 +120,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
         proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True,
         pseudo_defects: int = DEFAULT_PSEUDO_DEFECTS, scoring_mode: str | None = None,
-        mask_weight: float = DEFAULT_MASK_WEIGHT) -> dict:
+        mask_weight: float = DEFAULT_MASK_WEIGHT, pretrained_lr_scale: float = 1.0) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
     the checkpoint has a head or bank) or "labels"."""
     from runtime.dataset import load_dataset
@@ -227,6 +229,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                        augment=augment, jitter=jitter, mse_weight=mse_weight, metrics_path=metrics_path,
                        head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress,
                        mask_targets=mask_t, mask_weight=mask_weight,
+                       pretrained_lr_scale=pretrained_lr_scale if init else 1.0,
                        val=(val.student_inputs(pre.mean, pre.std), va_t) if early_stop else None)
     best_step = rows[-1].get("best_step", steps - 1) if rows else None
     if early_stop:
@@ -285,7 +288,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly",
                   "early_stop": early_stop, "best_step": best_step, "init": init or "random",
-                  "pseudo_defects": pseudo_defects, "mask_weight": mask_weight if mask_t is not None else 0.0},
+                  "pseudo_defects": pseudo_defects, "mask_weight": mask_weight if mask_t is not None else 0.0,
+                  "pretrained_lr_scale": pretrained_lr_scale if init else 1.0},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
         "fidelity": {"val_cosine": fidelity, "val_cosine_mean_predictor": baseline,
                                                        "val_cosine_centred": centred}, "val_metrics": val_metrics, "n_params": n_params,
@@ -316,7 +320,8 @@ def run(args) -> int:
                   target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
                   proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained,
-                  pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring, mask_weight=args.mask_weight)
+                  pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring, mask_weight=args.mask_weight,
+                  pretrained_lr_scale=args.pretrained_lr_scale)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0

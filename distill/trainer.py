@@ -33,6 +33,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 head_targets: dict[str, torch.Tensor] | None = None, head_kinds: dict[str, str] | None = None,
                 kd_temperature: float = 2.0, kd_weight: float = 1.0,
                 mask_targets: torch.Tensor | None = None, mask_weight: float = 0.0, mask_output: str = "defect_map",
+                pretrained_lr_scale: float = 1.0,
                 log_every: int = 10,
                 metrics_path: Path | None = None, progress: bool = True,
                 val: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None, eval_every: int = 50) -> list[dict]:
@@ -47,12 +48,18 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     mask_targets: (N, 1, h, w) where each image's defect is known (the share of each map cell inside the
     defect mask: 0 on good images, the planted region on pseudo-defects), NaN where it is not (a defect
     image without a mask). With ``mask_weight`` > 0 the ``mask_output`` map also learns it (BCE), beside
-    the teacher's map it distils."""
+    the teacher's map it distils.
+
+    pretrained_lr_scale: the learning rate of the backbone's pretrained weights (``pretrained_parameters``)
+    relative to ``lr``; below 1 they move less from what ImageNet taught them."""
     n = images_u8.shape[0]
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    pre = {id(p) for p in getattr(student, "pretrained_parameters", list)()} if pretrained_lr_scale != 1 else set()
+    groups = [{"params": [p for p in params if id(p) not in pre], "lr": lr},
+              {"params": [p for p in params if id(p) in pre], "lr": lr * pretrained_lr_scale}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))

