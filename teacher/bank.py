@@ -1,6 +1,10 @@
 """Good-images-only mode: a PatchCore memory bank of teacher features (`teacher bank`).
 
     teacher bank --checkpoint CKPT --data D/manifest.jsonl [--budget N] [--json]
+    torchrun --nproc-per-node 8 -m teacher bank --checkpoint CKPT --data D/manifest.jsonl [--merge coresets]
+
+Under torchrun each rank embeds its shard of the records (records[rank::world]) and rank 0 merges
+(``fit_bank``: ``--merge features`` gives the one-process bank, ``coresets`` bounds rank 0's memory).
 
 writes CKPT/bank/: ``bank.npy`` (float16 (N, D), the same format as a student artifact's bank) and
 ``bank.json`` (embedding recipe, scoring parameters, calibrated threshold and band, figures).
@@ -159,8 +163,8 @@ def embedding_recipe() -> dict:
 
 
 @torch.no_grad()
-def embed_images(teacher, images: list[np.ndarray], batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """uint8 RGB images (any size) -> list of (1, D, h, w) float32 patch embeddings."""
+def embed_images(teacher, images, batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """uint8 RGB images (any size; a list or a LazyImages) -> list of (1, D, h, w) float32 patch embeddings."""
     from teacher.pipeline import to_teacher_batch
 
     out = []
@@ -172,8 +176,104 @@ def embed_images(teacher, images: list[np.ndarray], batch_size: int = 8, seed: i
     return out
 
 
-def _flat(emb: np.ndarray) -> np.ndarray:
-    return emb[0].reshape(emb.shape[1], -1).T  # (h*w, D)
+@torch.no_grad()
+def embed_flat(teacher, images, batch_size: int = 8, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Images -> ((n·h·w, D) float32 patch vectors, image after image, each row-major over its (h, w) grid;
+    (h, w)). Built batch by batch into one preallocated array: the only copy of the set."""
+    from teacher.pipeline import to_teacher_batch
+
+    size = teacher.feature_spec.image_size
+    allv, hw = None, (0, 0)
+    for s in range(0, len(images), batch_size):
+        x = to_teacher_batch(images[s:s + batch_size], size)
+        emb = patch_embedding(teacher.extract_features(x, seed=seed)).cpu().numpy()  # (B, D, h, w)
+        b, d, h, w = emb.shape
+        if allv is None:
+            allv, hw = np.empty((len(images) * h * w, d), np.float32), (h, w)
+        allv[s * h * w:(s + b) * h * w] = emb.transpose(0, 2, 3, 1).reshape(-1, d)
+    if allv is None:
+        d = sum(lv.channels for lv in teacher.feature_spec.levels if lv.name in BANK_LEVELS)
+        allv = np.zeros((0, d), np.float32)
+    return allv, hw
+
+
+def _image_embedding(allv: np.ndarray, j: int, hw: tuple[int, int]) -> np.ndarray:
+    """Image j's (1, D, h, w) embedding back out of embed_flat's rows."""
+    n = hw[0] * hw[1]
+    return np.ascontiguousarray(allv[j * n:(j + 1) * n].T.reshape(1, -1, *hw))
+
+
+class LazyImages:
+    """A dataset's records as a sequence of uint8 RGB images, decoded when indexed: fit_bank then holds
+    one batch of images at a time, not the whole split."""
+
+    def __init__(self, ds, records):
+        self.ds, self.records = ds, list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.ds.read_image(r) for r in self.records[i]]
+        return self.ds.read_image(self.records[i])
+
+
+class Comm:
+    """The collectives fit_bank needs, over torch.distributed (gloo or NCCL, as torchrun set it up);
+    world 1 is one process and needs no process group."""
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    def gather(self, obj) -> list | None:
+        """Every rank's obj, in rank order, on rank 0 (None elsewhere)."""
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def all_gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        """Rank 0's obj on every rank."""
+        if self.world == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def interleave(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-rank results of items[rank::world] -> the results in item order (item i: rank i % world)."""
+    world = len(parts)
+    n = sum(len(p) for p in parts)
+    out = np.empty((n,) + np.asarray(parts[0]).shape[1:], np.asarray(parts[0]).dtype)
+    for r, p in enumerate(parts):
+        out[r::world] = p
+    return out
+
+
+def covering_radius(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> float:
+    """max over rows of x of the Euclidean distance to the nearest row of ``centres`` (k-centre cost)."""
+    c = torch.from_numpy(np.ascontiguousarray(centres, np.float32))
+    r = 0.0
+    for s in range(0, len(x), chunk):
+        d = torch.cdist(torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], np.float32)), c)
+        r = max(r, float(d.min(1).values.max()))
+    return r
 
 
 def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | None
@@ -194,48 +294,123 @@ def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | Non
     return float(thr), (float(thr - half), float(thr + half)), method
 
 
-def fit_bank(teacher, train_images: list[np.ndarray], val_good: list[np.ndarray] | None = None,
-             val_defect: list[np.ndarray] | None = None, *, budget: int | None = None, seed: int = 0,
+MERGES = ("features", "coresets")
+
+
+def fit_bank(teacher, train_images, val_good=None, val_defect=None, *, budget: int | None = None, seed: int = 0,
              k: int = DEFAULT_K, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, min_region_px: int = 16,
-             batch_size: int = 8, log=None) -> MemoryBank:
-    """Build and calibrate a bank from good training images; val images (good / defect) calibrate."""
+             batch_size: int = 8, log=None, comm: Comm | None = None, merge: str = "features") -> MemoryBank | None:
+    """Build and calibrate a bank from good training images; val images (good / defect) calibrate.
+    Images: lists of uint8 RGB arrays or LazyImages.
+
+    Under torchrun (``comm`` of world W > 1) each rank passes its shard of every list (items[rank::W]);
+    rank 0 returns the bank, the others None. ``merge`` says how rank 0 builds it:
+      - "features": every rank's patch vectors go to rank 0, which runs the one-process coreset on their
+        union in image order: the same bank as one process (extraction, the costly part, is what is
+        shared out; rank 0 holds the O(N·D) union once, as one process does).
+      - "coresets": each rank keeps its own greedy coreset of its shard and rank 0 runs the final one on
+        the union of those (at most W·budget vectors, so rank 0's memory does not grow with N). This is
+        the composable k-centre coreset (Indyk et al., PODS 2014; Malkomes et al., NeurIPS 2015): greedy
+        farthest-point is a 2-approximation of the k-centre cost PatchCore's coreset minimises (§3.2), a
+        shard's optimum is at most twice the whole set's, and by the triangle inequality every patch
+        vector lies within r_shard + r_final of the bank, so the bank still covers every good patch
+        within a bounded radius (≤ 8 × the optimum; in practice close to the one-process radius). Both
+        radii are recorded in ``info["merge"]``. The bank differs from the one-process bank by design.
+    Calibration is shared out too: each rank scores its own val (or leave-image-out train) images
+    against the final bank, broadcast from rank 0, and rank 0 calibrates on all the scores."""
+    comm = comm or Comm()
+    if merge not in MERGES:
+        raise ValueError(f"merge {merge!r} is not one of {MERGES}")
     t0 = time.time()
     size = teacher.feature_spec.image_size
-    embs = embed_images(teacher, train_images, batch_size)
-    allv = np.concatenate([_flat(e) for e in embs], 0)
-    budget = default_budget(len(allv)) if budget is None else int(budget)
-    idx = greedy_coreset(allv, budget, seed, device=teacher.device)
-    bank = MemoryBank(bank=allv[idx].astype(np.float32), threshold=0.0, band=(0.0, 0.0), k=k,
+    rank, world = comm.rank, comm.world
+    allv, hw = embed_flat(teacher, train_images, batch_size)
+    n_img = comm.all_gather(len(train_images))
+    if world > 1:  # a rank with no images (more ranks than images) has no grid of its own
+        hw = max(comm.all_gather(hw))
+    n_per = hw[0] * hw[1]
+    n_vectors = sum(n_img) * n_per
+    budget = default_budget(n_vectors) if budget is None else int(budget)
+    merge_info: dict = {"world_size": world, "merge": merge if world > 1 else "one process"}
+    bank_v = owner = None
+    if world == 1:
+        idx = greedy_coreset(allv, budget, seed, device=teacher.device)
+        bank_v, owner = allv[idx], idx // n_per  # owner: the image each bank vector came from
+    elif merge == "features":
+        parts = comm.gather(allv)
+        if rank == 0:
+            union = np.empty((n_vectors, allv.shape[1]), np.float32)
+            u3 = union.reshape(-1, n_per, allv.shape[1])
+            for r in range(world):  # image i came from rank i % world (records[rank::world])
+                u3[r::world] = parts[r].reshape(-1, n_per, allv.shape[1])
+                parts[r] = None
+            idx = greedy_coreset(union, budget, seed, device=teacher.device)
+            bank_v, owner = union[idx], idx // n_per
+            del union, u3
+    else:
+        local = greedy_coreset(allv, budget, seed, device=teacher.device)
+        r_local = covering_radius(allv, allv[local])
+        parts = comm.gather((allv[local], (local // n_per) * world + rank, r_local))
+        if rank == 0:
+            union = np.concatenate([p[0] for p in parts])
+            owners = np.concatenate([p[1] for p in parts])
+            idx = greedy_coreset(union, budget, seed, device=teacher.device)
+            bank_v, owner = union[idx], owners[idx]
+            merge_info.update(union_size=int(len(union)), local_radius=[float(p[2]) for p in parts],
+                              final_radius_over_union=covering_radius(union, bank_v),
+                              bound="every patch vector within local_radius[rank] + final_radius_over_union")
+            del union
+    bank_v, owner = comm.broadcast((bank_v, owner))
+    bank = MemoryBank(bank=bank_v.astype(np.float32), threshold=0.0, band=(0.0, 0.0), k=k,
                       blur_sigma_px=blur_sigma_px, min_region_px=min_region_px)
-    if log:
-        log(f"bank: {len(allv)} patch vectors from {len(train_images)} images -> coreset {len(idx)} "
-            f"({time.time() - t0:.1f}s)")
+    if log and rank == 0:
+        log(f"bank: {n_vectors} patch vectors from {sum(n_img)} images -> coreset {len(bank_v)} "
+            f"({time.time() - t0:.1f}s{f', {world} ranks, merged {merge}' if world > 1 else ''})")
 
     def scores(imgs):
-        return np.asarray([bank.score(e, (size, size)).score for e in embed_images(teacher, imgs, batch_size)])
+        out = []
+        for s in range(0, len(imgs or ()), batch_size):  # one batch of embeddings at a time
+            out += [bank.score(e, (size, size)).score for e in embed_images(teacher, imgs[s:s + batch_size],
+                                                                              batch_size)]
+        return np.asarray(out, np.float64)
 
-    if val_good:
+    n_good, n_defect = (np.sum(c, axis=0) for c in zip(*comm.all_gather((len(val_good or ()),
+                                                                         len(val_defect or ())))))
+    if n_good:
         good = scores(val_good)
-        defect = scores(val_defect) if val_defect else None
+        defect = scores(val_defect) if n_defect else None
         source = "val"
     else:  # leave-image-out scores of the train images against a bank without their own patches
         good, defect, source = [], None, "train (leave-image-out)"
-        n_per = [(_flat(e)).shape[0] for e in embs]
-        owner = np.repeat(np.arange(len(embs)), n_per)[idx]
-        for i, e in enumerate(embs):
-            keep = owner != i
+        for j in range(len(train_images)):
+            keep = owner != j * world + rank
             if keep.sum() == 0:
+                good.append(np.nan)  # an image that is the whole bank has no leave-image-out score
                 continue
             sub = MemoryBank(bank=bank.bank[keep], threshold=0, band=(0, 0), k=k, blur_sigma_px=blur_sigma_px)
-            good.append(sub.score(e, (size, size)).score)
-        good = np.asarray(good if good else [bank.score(embs[0], (size, size)).score])
+            good.append(sub.score(_image_embedding(allv, j, hw), (size, size)).score)
+        good = np.asarray(good, np.float64)
+    del allv
+    good_all = comm.gather(good)
+    defect_all = comm.gather(defect)
+    if rank != 0:
+        return None
+    good = interleave(good_all)
+    defect = interleave(defect_all) if defect is not None else None
+    if source != "val":
+        good = good[~np.isnan(good)]
+        if not len(good):
+            e0 = embed_images(teacher, train_images[0:1], batch_size)[0]
+            good = np.asarray([bank.score(e0, (size, size)).score])
     thr, band, method = calibrate_threshold(good, defect)
     bank.threshold, bank.band = thr, band
-    bank.info = {"calibration": method, "calibration_source": source, "n_train_images": len(train_images),
-                 "n_patch_vectors": int(len(allv)), "budget": int(budget), "seed": int(seed),
+    bank.info = {"calibration": method, "calibration_source": source, "n_train_images": int(sum(n_img)),
+                 "n_patch_vectors": int(n_vectors), "budget": int(budget), "seed": int(seed),
                  "good_score_mean": float(np.mean(good)), "good_score_max": float(np.max(good)),
                  "defect_score_mean": float(np.mean(defect)) if defect is not None else None,
-                 "n_val_good": len(val_good or []), "n_val_defect": len(val_defect or [])}
+                 "n_val_good": int(n_good), "n_val_defect": int(n_defect)}
+    if world > 1:
+        bank.info["merge"] = merge_info
     return bank
 
 
@@ -255,38 +430,53 @@ def configure(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--out", default=None, help="bank directory (default CKPT/bank)")
+    p.add_argument("--merge", choices=MERGES, default="features",
+                   help="under torchrun: rank 0 runs the coreset on every rank's patch vectors (features: the "
+                        "one-process bank) or on the union of the ranks' own coresets (coresets: rank 0's memory "
+                        "bounded by world x budget); see fit_bank")
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
 
 
 def run(args) -> int:
     from runtime.dataset import load_dataset
     from teacher.checkpoint import load_teacher
+    from teacher.extract import dist_setup, dist_teardown
+
+    rank, world, device = dist_setup(args.device)
 
     def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+        if rank == 0:
+            print(msg, file=sys.stderr, flush=True)
 
-    device = default_device(args.device)
     ds = load_dataset(args.data)
     train = [r for r in ds.split("train") if not r.is_defect]
     if args.max_images:
         train = train[: args.max_images]
     if not train:
         log(f"error: {args.data} has no good images in the train split; the bank is built from them")
+        dist_teardown(world)
         return 2
     val = ds.split("val")
-    teacher = load_teacher(args.checkpoint, device=device)
+    teacher = load_teacher(args.checkpoint, device=device if world > 1 else default_device(args.device))
     t0 = time.time()
-    bank = fit_bank(teacher, [ds.read_image(r) for r in train],
-                    [ds.read_image(r) for r in val if not r.is_defect],
-                    [ds.read_image(r) for r in val if r.is_defect],
+    # images are decoded a batch at a time (LazyImages); under torchrun each rank takes its records[rank::world]
+    bank = fit_bank(teacher, LazyImages(ds, train[rank::world]),
+                    LazyImages(ds, [r for r in val if not r.is_defect][rank::world]),
+                    LazyImages(ds, [r for r in val if r.is_defect][rank::world]),
                     budget=args.budget, seed=args.seed, k=args.k, blur_sigma_px=args.blur_sigma,
-                    batch_size=args.batch_size, log=log)
+                    batch_size=args.batch_size, log=log, comm=Comm(rank, world), merge=args.merge)
+    if rank != 0:
+        dist_teardown(world)
+        return 0
     bank.info.update(teacher_hash=teacher.checkpoint_hash, dataset_hash=ds.content_hash(),
                      feature_spec=teacher.feature_spec.to_dict())
     out = bank.save(args.out or Path(args.checkpoint) / "bank")
+    dist_teardown(world)
     summary = {"bank_dir": str(out), "n_vectors": int(bank.bank.shape[0]), "dim": int(bank.bank.shape[1]),
                "threshold": bank.threshold, "band": list(bank.band), "calibration": bank.info["calibration"],
                "seconds": round(time.time() - t0, 2)}
+    if world > 1:
+        summary["world_size"], summary["merge"] = world, args.merge
     log(f"bank: wrote {out} ({summary['n_vectors']}x{summary['dim']}), threshold {bank.threshold:.4f} "
         f"({bank.info['calibration']})")
     if args.json:
