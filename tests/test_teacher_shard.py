@@ -124,3 +124,14 @@ def test_sharded_bank_with_merged_coresets_covers_every_patch(tiny):
     radius = float(torch.cdist(torch.from_numpy(allv), torch.from_numpy(b.bank)).min(1).values.max())
     assert radius <= max(m["local_radius"]) + m["final_radius_over_union"] + 5e-3
     assert b.info["n_patch_vectors"] == len(allv) and np.isfinite(b.threshold)
+
+
+def test_slurm_extraction_job_runs_extract_then_bank_under_torchrun():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "teacher_extract.sbatch"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    for needle in ("#SBATCH --gpus-per-node=8", "srun", "torchrun", "--rdzv-backend c10d",
+                   "--nnodes \"$SLURM_JOB_NUM_NODES\"", "launch extract", "launch bank", "--merge \"$MERGE\""):
+        assert needle in text, needle
