@@ -6,6 +6,8 @@
     lineside bench --artifact ART        # an existing student artifact (else: see below)
     lineside bench kernels --json        # only the kernels part
     lineside bench quality --data M      # detection quality beside reference detectors (runtime/bench_quality.py)
+    lineside bench soak --duration 3600  # the daemon at --load of its capacity for an hour: RSS slope, latency drift
+                                         # (runtime/bench_soak.py)
     lineside bench edge --json           # the whole edge path per stage, 256 px, 1 thread / all cores, bank x1 / x4,
                                          # beside EfficientAD-S and PatchCore (runtime/bench_edge.py)
 
@@ -35,11 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import bench_soak
+from runtime.commands import positive_float
 from runtime.demo.steps import StepError, child_env, command, last_json_line
 from runtime.timing import time_calls
 
 PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
-SEPARATE_PARTS = ("quality", "edge")  # asked for by name only: quality trains and evaluates; edge re-exports
+SEPARATE_PARTS = ("quality", "edge", "soak")  # asked for by name only: quality trains and evaluates; soak runs for
+# --duration (an hour by default); edge re-exports
 # the student at 256 px and times the peers in torch
 STUDENT_WARMUP = 5
 STUDENT_RUNS = 50
@@ -77,6 +82,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--size", type=int, default=128, help="quality: input size of the reference detectors and of "
                                                         "the recipe's teacher (a multiple of 64)")
     q.add_argument("--report", help="quality: write an HTML report to this directory")
+    s = p.add_argument_group("soak")
+    s.add_argument("--duration", type=positive_float, default=bench_soak.DEFAULT_DURATION_S, help="soak: seconds")
+    s.add_argument("--load", type=positive_float, default=bench_soak.DEFAULT_LOAD,
+                   help="soak: share of the daemon's measured capacity to send (at most 1)")
+    s.add_argument("--window", type=positive_float, default=bench_soak.DEFAULT_WINDOW_S,
+                   help="soak: seconds per sample of RSS and latency")
 
 
 def _say(msg: str) -> None:
@@ -334,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
         return bench_quality.run(args, child_env(None), _say)
     if args.part == "edge":
         return _edge(args, env)
+    if args.part == "soak":
+        return _soak(args, env)
     report: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
                                 "python": platform.python_version()}, "part": args.part}
     t0 = time.perf_counter()
@@ -392,6 +405,22 @@ def _edge(args: argparse.Namespace, env: dict) -> int:
     else:
         bench_edge.print_edge_table(report)
     return 0
+
+
+def _soak(args: argparse.Namespace, env: dict) -> int:
+    try:
+        art, _, how = ensure_artifact(args, env)
+        report = {"part": "soak", "machine": {"node": platform.node(), "cpus": os.cpu_count()},
+                  "artifact_source": how, **bench_soak.run_soak(art, duration_s=args.duration, load=args.load,
+                                                                window_s=args.window, threads=args.threads, say=_say)}
+    except (StepError, OSError, RuntimeError, ValueError) as e:
+        print(json.dumps({"part": "soak", **_error(e)}) if args.json else f"lineside bench soak: {e}")
+        return 1
+    if args.json:
+        print(json.dumps(report, separators=(",", ":"), default=str))
+    else:
+        bench_soak.print_soak(report)
+    return 0 if report["lost"] == 0 and report["exit_code"] == 0 else 1
 
 
 def _f(v, fmt: str = ".2f") -> str:

@@ -54,6 +54,14 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def positive_float(text: str) -> float:
+    """argparse type for durations and shares that must be above 0: a finite number, refused at parse time."""
+    v = non_negative_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be above 0, got 0")
+    return v
+
+
 def non_negative_float(text: str) -> float:
     """argparse type for weights where 0 means "off": a finite number >= 0, refused at parse time."""
     try:

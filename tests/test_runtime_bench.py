@@ -24,3 +24,26 @@ def test_run_daemon_bench_reports_raw_and_end_to_end(tmp_path):
     assert math.isclose(sc["ratio_vs_raw_unpinned"], sc["sustained_rate_hz"] / un["rate_hz"]) and un["rate_hz"] > 0
     assert "daemon_scaled" not in run_daemon_bench(art.dir, backend="onnxruntime", n_frames=5, warmup=1,
                                                    scale_workers=1)
+
+
+def test_soak_samples_rss_and_latency_per_window_and_loses_nothing(tmp_path):
+    from runtime.bench_soak import run_soak, slope_per_h
+
+    art = build_tiny_artifact(tmp_path / "tiny")
+    r = run_soak(art.dir, backend="onnxruntime", duration_s=3.0, window_s=0.5, load=0.5, capacity_frames=30)
+    assert r["exit_code"] == 0 and r["lost"] == 0 and r["sent"] > 0 and r["capacity_hz"] > 0
+    assert math.isclose(r["rate_hz"], 0.5 * r["capacity_hz"])
+    assert len(r["windows"]) >= 4 and all(w["rss_mb"] > 0 for w in r["windows"])
+    assert [w["sent"] for w in r["windows"]] == sorted(w["sent"] for w in r["windows"])
+    assert r["rss_slope_mb_per_h"] is not None and math.isfinite(r["p50_drift_ms_per_h"])
+    assert math.isclose(slope_per_h([0, 1800, 3600], [10, 15, 20]), 10.0) and slope_per_h([0], [1]) is None
+
+
+def test_bench_soak_command_refuses_a_load_above_capacity(tmp_path, capsys):
+    import json
+
+    from runtime.cli import main
+
+    art = build_tiny_artifact(tmp_path / "tiny")
+    rc = main(["bench", "soak", "--artifact", str(art.dir), "--duration", "1", "--load", "1.5", "--json"])
+    assert rc == 1 and "load must be in (0, 1]" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
