@@ -91,7 +91,7 @@ class Daemon:
         self.endpoints = {"ingress": self.ingress.endpoint, "verdicts": self.publisher.endpoint,
                           "control": self.control.endpoint}
         if c.metrics_port is not None:
-            port = self.tm.serve_http(c.metrics_port, c.metrics_host)
+            port = self.tm.serve_http(c.metrics_port, c.metrics_host, health=self._health)
             self.endpoints["metrics"] = f"http://{c.metrics_host}:{port}/metrics"
         # BLAS/OpenCV follow the backend's threads from here on (process-wide; stop() restores them): set after
         # the sockets and the metrics port are bound, so a start refused there leaves the process as it was
@@ -198,6 +198,11 @@ class Daemon:
     def dead_threads(self) -> list[str]:
         """Threads that should be running and are not (the camera may end with its source)."""
         return [t.name for t in self.threads if t is not self.camera and not t.is_alive()]
+
+    def _health(self) -> tuple[bool, dict]:
+        dead = self.dead_threads()
+        return not dead, {"dead_threads": dead, "model_hash": self.holder.engine.model_hash,
+                          "uptime_s": round(time.time() - self.started_at, 3)}
 
     def status(self) -> dict:
         e = self.holder.engine

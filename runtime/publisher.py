@@ -173,8 +173,8 @@ class Publisher(threading.Thread):
     def _observe(self, stage: str, ms: float) -> None:
         h = self._stage.get(stage)
         if h is None:
-            h = self._stage[stage] = self.tm.stage_ms.labels(stage)
-        h.observe(ms)
+            h = self._stage[stage] = self.tm.stage_seconds.labels(stage)
+        h.observe(ms / 1e3)
 
     def _heartbeat(self) -> None:
         h = protocol.encode({"kind": "status", "status": {"alive": True, "published": self.published}})[0]

@@ -1,15 +1,26 @@
 """Prometheus metrics of one daemon (its own registry, so several daemons can live in one test process),
-and structured JSON-lines logging. (runtime/metrics.py is the evaluation metrics module, not this.)"""
+and structured JSON-lines logging. (runtime/metrics.py is the evaluation metrics module, not this.)
+
+Names follow Prometheus' conventions: latencies are histograms in seconds (``lineside_stage_latency_seconds``),
+the process' own RSS, CPU seconds and open fds come from prometheus_client's process collector
+(``process_*``), and ``lineside_build_info{version, commit}`` is 1. The HTTP endpoint serves ``/metrics`` and
+``/healthz`` (200 while every daemon thread runs, else 503, with the status as JSON)."""
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import threading
 import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info,
+                               PlatformCollector, ProcessCollector, generate_latest)
 
-LATENCY_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 200, 500, 1000, 2500, 10000)
+LATENCY_BUCKETS_S = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                     0.1, 0.2, 0.5, 1.0, 2.5, 10.0)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -27,26 +38,34 @@ class Telemetry:
         self.duplicates = Counter("lineside_duplicate_frames", "accepted frames whose (camera_id, frame_id) a recent "
                                   "frame already had (judged again; the ack says duplicate)", registry=r)
         self.fallback = Counter("lineside_fallback", "frames sent to the teacher, by outcome", ["outcome"], registry=r)
-        self.stage_ms = Histogram("lineside_stage_latency_ms", "per-stage latency", ["stage"],
-                                  buckets=LATENCY_BUCKETS_MS, registry=r)
+        self.stage_seconds = Histogram("lineside_stage_latency_seconds", "per-stage latency", ["stage"],
+                                       buckets=LATENCY_BUCKETS_S, registry=r)
         self.queue_depth = Gauge("lineside_queue_depth", "frames waiting for the judge", registry=r)
         self.queue_max = Gauge("lineside_queue_max_depth", "largest queue depth seen", registry=r)
         self.circuit = Gauge("lineside_teacher_circuit", "teacher circuit: 0 closed, 1 half-open, 2 open", registry=r)
         self.teacher_pending = Gauge("lineside_teacher_pending", "frames waiting for the teacher", registry=r)
         self.info = Info("lineside_backend", "backend and model in use", registry=r)
+        from runtime.report import build_info
+
+        b = build_info()
+        Info("lineside_build", "the lineside release and commit this daemon runs", registry=r).info(
+            {"version": b["lineside"], "commit": b.get("commit", "unknown")})
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds
+        PlatformCollector(registry=r)
         self.started = time.time()
         self._http = None
 
-    def serve_http(self, port: int, host: str = "127.0.0.1") -> int:
-        from prometheus_client import start_http_server
-
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return server.server_port
+    def serve_http(self, port: int, host: str = "127.0.0.1",
+                   health: Optional[Callable[[], tuple[bool, dict]]] = None) -> int:
+        """``/metrics`` and ``/healthz`` on ``host:port`` (0: any free port); returns the bound port.
+        ``health()``: (healthy, details) for /healthz."""
+        self._http = serve_metrics(self.registry, port, host, health)
+        return self._http.server_port
 
     def close(self) -> None:
         if self._http is not None:
             self._http.shutdown()
+            self._http.server_close()
             self._http = None
 
     def snapshot(self) -> dict:
@@ -65,9 +84,47 @@ class Telemetry:
         return 0.0 if v is None else v
 
 
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1",
+                  health: Optional[Callable[[], tuple[bool, dict]]] = None) -> ThreadingHTTPServer:
+    """A daemon-thread HTTP server: GET /metrics (Prometheus text format), GET /healthz (200 or 503, JSON);
+    anything else 404. Shared by the daemon and the teacher server."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                code, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+            elif path == "/healthz":
+                ok, details = health() if health else (True, {})
+                code, ctype = (200 if ok else 503), "application/json"
+                body = json.dumps({"healthy": bool(ok), **details}, default=str).encode()
+            else:
+                code, ctype, body = 404, "text/plain", b"not found: try /metrics or /healthz\n"
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):  # scrapes are not log lines
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
+
+
+def iso_time(ts: float) -> str:
+    """ISO-8601 with milliseconds and the zone: 2026-12-03T14:05:09.123+00:00."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``ts`` ISO-8601 UTC with its zone, level, logger, msg, and the record's fields."""
+
     def format(self, record: logging.LogRecord) -> str:
-        d = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+        d = {"ts": iso_time(record.created), "level": record.levelname, "logger": record.name,
              "msg": record.getMessage()}
         extra = getattr(record, "fields", None)
         if extra:
@@ -77,11 +134,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(d, default=str)
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr for the ``lineside`` loggers."""
+def setup_logging(level: str = "INFO", loggers: tuple[str, ...] = ("lineside",)) -> None:
+    """JSON lines on stderr for the named loggers: the daemon's ``lineside``, the teacher server's
+    ``teacher.serve`` (one format for both)."""
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(JsonFormatter())
-    root = logging.getLogger("lineside")
-    root.handlers[:] = [h]
-    root.setLevel(level)
-    root.propagate = False
+    for name in loggers:
+        root = logging.getLogger(name)
+        root.handlers[:] = [h]
+        root.setLevel(level)
+        root.propagate = False

@@ -542,10 +542,28 @@ def test_prometheus_endpoint(run_daemon):
     time.sleep(0.1)
     body = urllib.request.urlopen(d.endpoints["metrics"], timeout=5).read().decode()
     assert 'lineside_verdicts_total{decided_by="edge",decision="defect",status="ok"} 1.0' in body
-    assert 'lineside_stage_latency_ms_count{stage="backend"}' in body and "lineside_backend_info" in body
+    assert "lineside_backend_info" in body
     # plain HTTP names the model by its name and hash, never by where it lives on disk
     assert f'model_hash="{d.holder.engine.model_hash}"' in body and 'model="tiny"' in body
     assert str(d.artifact_dir) not in body and str(d.artifact_dir.parent) not in body
+    # as Prometheus users expect: the text format parses, latencies are histograms in seconds, the process'
+    # own metrics and build_info are there
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runtime.commands import version
+
+    fams = {f.name: f for f in text_string_to_metric_families(body)}
+    lat = fams["lineside_stage_latency_seconds"]
+    assert lat.type == "histogram" and not any(n.endswith("_ms") for n in fams)
+    backend_sum = [s.value for s in lat.samples if s.name.endswith("_sum") and s.labels["stage"] == "backend"]
+    assert backend_sum and 0 < backend_sum[0] < 5  # seconds, not milliseconds
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds"):
+        assert name in fams and fams[name].samples[0].value > 0, name
+    (build,) = fams["lineside_build_info"].samples
+    assert build.value == 1 and build.labels["version"] == version() and "commit" in build.labels
+    health = urllib.request.urlopen(d.endpoints["metrics"].replace("/metrics", "/healthz"), timeout=5)
+    h = json.loads(health.read())
+    assert health.status == 200 and h["healthy"] and h["model_hash"] == d.holder.engine.model_hash
 
 
 def test_control_on_ipc(run_daemon, tmp_path):
@@ -633,3 +651,15 @@ def test_an_endpoint_without_its_transport_is_refused_in_one_line(tool, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err and "did you mean tcp://127.0.0.1:6999?" in err
+
+
+def test_log_lines_carry_iso8601_timestamps_with_a_zone():
+    import logging
+    from datetime import datetime
+
+    from runtime.telemetry import JsonFormatter
+
+    rec = logging.LogRecord("lineside.daemon", logging.INFO, __file__, 1, "started", None, None)
+    rec.created = 1_764_000_000.25
+    d = json.loads(JsonFormatter().format(rec))
+    assert d["ts"] == "2025-11-24T16:00:00.250+00:00" and datetime.fromisoformat(d["ts"]).timestamp() == rec.created

@@ -170,9 +170,26 @@ def test_prometheus_metrics(ctx):
         assert c.infer(image(1), "m")[0]["kind"] == "verdict"
         wait_status(c, lambda s: s["counts"]["served"] == 1)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read())
     assert 'lineside_teacher_requests_total{outcome="served"} 1.0' in text
-    assert 'lineside_teacher_batches_total{size="1"} 1.0' in text
     assert "lineside_teacher_queue_depth" in text and "lineside_teacher_workers_alive 1.0" in text
+    assert health["healthy"] and health["workers_alive"] == 1
+    # Prometheus users' expectations: the outcomes sum without counting a request twice (received apart),
+    # latency and batch size are histograms, latency in seconds; process metrics and build_info are there
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    outcomes = {s.labels["outcome"] for s in fams["lineside_teacher_requests"].samples if s.name.endswith("_total")}
+    assert "received" not in outcomes and "served" in outcomes
+    assert fams["lineside_teacher_requests_received"].samples[0].value >= 1
+    for name in ("lineside_teacher_latency_seconds", "lineside_teacher_batch_size"):
+        assert fams[name].type == "histogram", name
+        count = [s.value for s in fams[name].samples if s.name == name + "_count"]
+        assert count == [1.0], (name, count)
+    lat_sum = [s.value for s in fams["lineside_teacher_latency_seconds"].samples if s.name.endswith("_sum")][0]
+    assert 0 < lat_sum < 10  # seconds
+    assert not any(n.endswith("_ms") for n in fams)
+    assert "process_resident_memory_bytes" in fams and fams["lineside_build_info"].samples[0].value == 1
 
 
 def test_bench_function_and_cli_json():

@@ -14,6 +14,9 @@ import numpy as np
 
 COUNTERS = ("received", "served", "cache_hits", "deduplicated", "busy", "expired", "errors", "model_errors")
 LATENCY_WINDOW = 2048  # replies kept per worker for the percentiles
+# upper bounds (s) of the Prometheus latency histogram: counts since start, unlike the percentiles' window
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def percentiles(samples, qs=(50, 90, 99)) -> dict:
@@ -35,6 +38,8 @@ class WorkerStats:
         self.batch_hist: dict[int, int] = {}
         self.batch_ms: deque[float] = deque(maxlen=256)
         self.latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # per bucket (not cumulative), last: +Inf
+        self.latency_sum_s = 0.0
         self.queue_depth = 0
         self._lock = threading.Lock()
 
@@ -50,6 +55,8 @@ class WorkerStats:
     def latency(self, ms: float) -> None:
         with self._lock:
             self.latency_ms.append(ms)
+            self.latency_buckets[int(np.searchsorted(LATENCY_BUCKETS_S, ms / 1e3, side="left"))] += 1
+            self.latency_sum_s += ms / 1e3
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -57,7 +64,9 @@ class WorkerStats:
                     "model_hash": self.model_hash, "queue_depth": self.queue_depth,
                     "counts": dict(self.counts), "batch_hist": {str(k): v for k, v in self.batch_hist.items()},
                     "batch_ms_mean": round(float(np.mean(self.batch_ms)), 3) if self.batch_ms else None,
-                    "latency_ms": [round(x, 3) for x in self.latency_ms], "ts": time.time()}
+                    "latency_ms": [round(x, 3) for x in self.latency_ms],
+                    "latency_buckets": list(self.latency_buckets), "latency_sum_s": round(self.latency_sum_s, 6),
+                    "ts": time.time()}
 
 
 def merge(snapshots: list[dict], config: dict, workers_meta: list[dict], started: float) -> dict:
@@ -65,6 +74,8 @@ def merge(snapshots: list[dict], config: dict, workers_meta: list[dict], started
     counts = {k: 0 for k in COUNTERS}
     hist: dict[int, int] = {}
     lat: list[float] = []
+    lat_buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
+    lat_sum = 0.0
     depth = 0
     hashes = set()
     for s in snapshots:
@@ -73,6 +84,9 @@ def merge(snapshots: list[dict], config: dict, workers_meta: list[dict], started
         for size, n in s["batch_hist"].items():
             hist[int(size)] = hist.get(int(size), 0) + int(n)
         lat.extend(s["latency_ms"])
+        for i, n in enumerate(s.get("latency_buckets", [])[:len(lat_buckets)]):
+            lat_buckets[i] += int(n)
+        lat_sum += float(s.get("latency_sum_s", 0.0))
         depth += int(s["queue_depth"])
         if s.get("model_hash"):
             hashes.add(s["model_hash"])
@@ -93,16 +107,27 @@ def merge(snapshots: list[dict], config: dict, workers_meta: list[dict], started
         "batch_size_histogram": {str(k): hist[k] for k in sorted(hist)},
         "mean_batch_size": round(sum(k * v for k, v in hist.items()) / n_batches, 3) if n_batches else None,
         "latency_ms": percentiles(lat),
+        "latency_histogram": {"le_s": list(LATENCY_BUCKETS_S), "counts": lat_buckets, "sum_s": round(lat_sum, 6)},
         "workers": workers,
         "config": config,
     }
 
 
+def _cumulative(counts) -> list[int]:
+    return [int(x) for x in np.cumsum(counts)] if len(counts) else []
+
+
 def start_metrics_server(port: int, get_status, host: str = "127.0.0.1"):
-    """Serve Prometheus metrics built from ``get_status()`` on ``host:port``; returns the HTTP server."""
-    from prometheus_client import start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    """Serve Prometheus metrics built from ``get_status()`` on ``host:port`` (/metrics, and /healthz: 200 while
+    a model worker is alive); returns the HTTP server. Requests by outcome (``received`` apart: it is the sum
+    of the others, and summing the outcomes must not count a request twice), latency and batch size as
+    histograms, the process' own metrics and ``lineside_build_info``."""
+    from prometheus_client import Info, PlatformCollector, ProcessCollector
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import CollectorRegistry
+
+    from runtime.report import build_info
+    from runtime.telemetry import serve_metrics
 
     class _Collector:
         def collect(self):
@@ -110,24 +135,39 @@ def start_metrics_server(port: int, get_status, host: str = "127.0.0.1"):
             c = CounterMetricFamily("lineside_teacher_requests", "teacher serve requests by outcome",
                                     labels=["outcome"])
             for k, v in st["counts"].items():
-                c.add_metric([k], v)
+                if k != "received":
+                    c.add_metric([k], v)
             yield c
-            b = CounterMetricFamily("lineside_teacher_batches", "model batches run, by batch size", labels=["size"])
-            for k, v in st["batch_size_histogram"].items():
-                b.add_metric([k], v)
-            yield b
+            yield CounterMetricFamily("lineside_teacher_requests_received", "requests that reached a worker",
+                                      value=st["counts"].get("received", 0))
+            sizes = {int(k): int(v) for k, v in st["batch_size_histogram"].items()}
+            cum = [sum(n for k, n in sizes.items() if k <= b) for b in BATCH_SIZE_BUCKETS] + [sum(sizes.values())]
+            yield HistogramMetricFamily(
+                "lineside_teacher_batch_size", "images per model batch",
+                buckets=[(str(float(b)), cum[i]) for i, b in enumerate(BATCH_SIZE_BUCKETS)] + [("+Inf", cum[-1])],
+                sum_value=float(sum(k * n for k, n in sizes.items())))
+            lh = st.get("latency_histogram") or {"le_s": list(LATENCY_BUCKETS_S),
+                                                 "counts": [0] * (len(LATENCY_BUCKETS_S) + 1), "sum_s": 0.0}
+            cum = _cumulative(lh["counts"])
+            yield HistogramMetricFamily(
+                "lineside_teacher_latency_seconds", "server-side latency: request arrival to reply",
+                buckets=[(str(float(b)), cum[i]) for i, b in enumerate(lh["le_s"])] + [("+Inf", cum[-1])],
+                sum_value=float(lh["sum_s"]))
             yield GaugeMetricFamily("lineside_teacher_queue_depth", "requests waiting for a batch",
                                     value=st["queue_depth"])
-            q = GaugeMetricFamily("lineside_teacher_latency_ms", "server-side latency percentiles (ms)",
-                                  labels=["quantile"])
-            for name, val in st["latency_ms"].items():
-                if name.startswith("p") and val is not None:
-                    q.add_metric([str(int(name[1:]) / 100)], val)
-            yield q
             yield GaugeMetricFamily("lineside_teacher_workers_alive", "model workers alive",
                                     value=sum(1 for w in st["workers"] if w.get("alive")))
 
+    def health():
+        st = get_status()
+        alive = sum(1 for w in st["workers"] if w.get("alive"))
+        return alive > 0, {"workers_alive": alive, "model_hash": st.get("model_hash"), "uptime_s": st.get("uptime_s")}
+
     registry = CollectorRegistry()
     registry.register(_Collector())
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server
+    b = build_info()
+    Info("lineside_build", "the lineside release and commit this server runs", registry=registry).info(
+        {"version": b["lineside"], "commit": b.get("commit", "unknown")})
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return serve_metrics(registry, port, host, health)
