@@ -10,6 +10,12 @@ Lazy Pirate (zguide ch. 4) over one DEALER with several requests in flight, matc
   * every pending frame resolves: the teacher's verdict (``supersedes="edge"``), its error, or
     ``teacher_unreachable`` once ``deadline_ms`` has passed.
 Results go through the publisher (journal, then PUB). The judge never waits on this thread.
+
+Several teacher addresses ([teacher] address as a list): the DEALER connects to every one with
+ZMQ_IMMEDIATE, so requests are spread round-robin over the servers whose connection is up and a server
+that is down gets none; what a server held when it died is resent after the try deadline, like any
+silence. One `teacher serve broker` endpoint does better (heartbeats, re-queueing on its side); the
+edge talks to it exactly as to a server.
 """
 from __future__ import annotations
 
@@ -97,6 +103,10 @@ class Cascade(threading.Thread):
                 "waiting": len(self.waiting), "parked": len(self.parked), "reopens": self.reopens,
                 "address": self.cfg.address}
 
+    @property
+    def where(self) -> str:
+        return ",".join(self.cfg.addresses)
+
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
         try:
@@ -123,9 +133,13 @@ class Cascade(threading.Thread):
         s = self.ctx.socket(zmq.DEALER)
         s.linger = 0
         s.sndhwm = s.rcvhwm = 10_000
+        addresses = self.cfg.addresses
+        if len(addresses) > 1:
+            s.immediate = True  # queue only on connections that are up: a dead server gets no requests
         if self.cfg.secret_file:
             make_client(s, self.cfg.secret_file, self.cfg.server_public_file)
-        s.connect(self.cfg.address)
+        for a in addresses:
+            s.connect(a)
         self.sock = s
 
     def _take_inbox(self) -> None:
@@ -155,7 +169,7 @@ class Cascade(threading.Thread):
         if not any(now - p.sent_at > timeout for p in self.inflight.values()):
             return
         log.warning("teacher silent for %.0f ms: reopening the connection (Lazy Pirate)", timeout * 1e3,
-                    extra={"fields": {"inflight": len(self.inflight), "address": self.cfg.address}})
+                    extra={"fields": {"inflight": len(self.inflight), "address": self.where}})
         self._failure(now)
         self._open()
         resend = sorted(self.inflight.values(), key=lambda p: p.t_submit)
@@ -308,7 +322,7 @@ class Cascade(threading.Thread):
 
     def _unreachable(self, p: Pending, why: str) -> None:
         v = self._final(p, status="teacher_unreachable",
-                        error=f"teacher {self.cfg.address}: {why} within {self.cfg.deadline_ms} ms "
+                        error=f"teacher {self.where}: {why} within {self.cfg.deadline_ms} ms "
                               f"(circuit {self.state}); the edge verdict stands")
         self._resolve(p, v, "unreachable")
 

@@ -8,6 +8,7 @@ journal in the working directory). An invalid value is refused at start with the
     [security] ingress_secret = ...  ingress_allowed_keys = "cameras/"  allowed_keys = ...  trusted_signers = ...
     [queue]    size = 8   overload = "drop_oldest"
     [teacher]  address = "tcp://gpu-server:5560"  secret_file = ...  server_public_file = ...
+               address = ["tcp://gpu-a:5560", "tcp://gpu-b:5560"]   (or "tcp://gpu-a:5560,tcp://gpu-b:5560")
     [journal]  path = "lineside-journal.sqlite3"  synchronous = "NORMAL"  retention_rows = 1000000
 """
 from __future__ import annotations
@@ -109,7 +110,11 @@ class Camera(_Section):
 
 
 class Teacher(_Section):
-    address: Optional[str] = None  # DEALER connects here; None: edge only
+    # DEALER connects here: a `teacher serve` or `teacher serve broker` endpoint; None: edge only. Several
+    # (a list, or one string with commas): the DEALER connects to all and spreads requests over those whose
+    # connection is up; a server that goes down drops out, and what it held is resent by Lazy Pirate. For
+    # heartbeats and re-queueing on the server side, put the servers behind one broker instead.
+    address: Optional[str | list[str]] = None
     secret_file: Optional[str] = None  # this edge's CURVE secret
     server_public_file: Optional[str] = None  # the teacher server's public certificate
     request_timeout_ms: int = Field(2500, ge=10)  # silence after which Lazy Pirate reopens and resends
@@ -120,7 +125,27 @@ class Teacher(_Section):
     breaker_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
     breaker_reset_s: float = Field(5.0, gt=0)  # open -> half-open probe after this
     replay_on_recovery: int = Field(64, ge=0)  # parked frames resent when the teacher answers again
-    _check = field_validator("address")(_endpoint)
+
+    @field_validator("address")
+    @classmethod
+    def _check_addresses(cls, v):
+        if isinstance(v, str) and "," in v:
+            v = [a.strip() for a in v.split(",")]
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list: give one endpoint or more, or leave address unset (edge only)")
+            if len(set(v)) != len(v):
+                raise ValueError(f"{v!r} names an endpoint twice")
+            for a in v:
+                _endpoint(a)
+            return v[0] if len(v) == 1 else v
+        return _endpoint(v)
+
+    @property
+    def addresses(self) -> list[str]:
+        if self.address is None:
+            return []
+        return [self.address] if isinstance(self.address, str) else list(self.address)
 
     @model_validator(mode="after")
     def _keys_in_pairs(self):
@@ -242,6 +267,8 @@ def to_toml(cfg: Config) -> str:
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     top, sections = [], []

@@ -168,6 +168,57 @@ def test_backlog_bound_makes_extra_frames_final(run_daemon, teacher):
     assert c.status()["teacher"]["pending"] <= 2
 
 
+def test_teacher_address_accepts_a_list_of_servers():
+    import tomllib
+
+    from runtime.config import ConfigError, load_config, to_toml
+
+    cfg = load_config(overrides={"teacher.address": "tcp://gpu-a:5560, tcp://gpu-b:5560"})  # --teacher a,b
+    assert cfg.teacher.address == ["tcp://gpu-a:5560", "tcp://gpu-b:5560"] == cfg.teacher.addresses
+    assert tomllib.loads(to_toml(cfg))["teacher"]["address"] == cfg.teacher.address  # round-trips
+    assert load_config(overrides={"teacher.address": ["tcp://gpu-a:5560"]}).teacher.address == "tcp://gpu-a:5560"
+    assert load_config().teacher.addresses == []
+    for bad, says in ((["tcp://gpu-a:5560", "gpu-b"], "not a ZeroMQ endpoint"), ([], "empty list"),
+                      (["tcp://a:1", "tcp://a:1"], "twice")):
+        with pytest.raises(ConfigError, match=f"teacher.address: .*{says}"):
+            load_config(overrides={"teacher.address": bad})
+
+
+def test_teacher_address_list_spreads_over_live_servers_and_skips_a_dead_one(run_daemon, teacher):
+    dead = teacher()
+    dead.stop()  # nothing listens there: ZMQ_IMMEDIATE keeps requests off it
+    a, b = teacher(), teacher()
+    d, c = run_daemon([dead.endpoint, a.endpoint, b.endpoint])
+    ids = [f"m{i}" for i in range(8)]
+    for i, fid in enumerate(ids):
+        c.send(T.in_band(i), frame_id=fid)
+    got = finals(c, ids)
+    assert all(got[f][-1].decided_by == "teacher" and got[f][-1].status == "ok" for f in ids)
+    assert sorted(a.received + b.received) == sorted(ids) and a.received and b.received  # spread, none lost
+    st = c.status()["teacher"]
+    assert st["address"] == [dead.endpoint, a.endpoint, b.endpoint] and st["reopens"] == 0
+
+
+def test_edge_talks_to_a_broker_as_to_a_server(run_daemon):
+    """`teacher serve broker` in front of `teacher serve --broker` workers, as the edge's [teacher] address."""
+    from teacher.serve import ServeConfig, TeacherServer
+    from teacher.serve.broker import Broker, BrokerConfig
+
+    with Broker(BrokerConfig(bind="tcp://127.0.0.1:*", backend="tcp://127.0.0.1:*")) as broker:
+        with TeacherServer(ServeConfig(model="fake", broker=broker.backend_endpoint, workers=2,
+                                       worker_mode="thread", max_wait_ms=0)):
+            for _ in range(200):
+                if len(broker.status()["workers"]) == 2:
+                    break
+                time.sleep(0.02)
+            d, c = run_daemon(broker.endpoint, **{"teacher.request_timeout_ms": 3000, "teacher.deadline_ms": 8000})
+            c.send(T.in_band(3), frame_id="via-broker", want_mask=True)
+            edge, final = finals(c, ["via-broker"])["via-broker"]
+            assert edge.pending and final.decided_by == "teacher" and final.supersedes == "edge"
+            assert final.status == "ok" and final.frame_id == "via-broker" and final.mask is not None
+            assert broker.status()["counts"]["answered"] == 1
+
+
 def test_curve_teacher_link(run_daemon, teacher, tmp_path):
     import zmq.auth
 

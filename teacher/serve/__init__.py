@@ -1,6 +1,10 @@
 """`teacher serve`: the fallback server the line-side daemons send their unsure frames to.
 
-    server.py    ROUTER-DEALER proxy (zmq.proxy_steerable) in front of N workers, CURVE, status, shutdown
+    server.py    ROUTER-DEALER proxy (zmq.proxy_steerable) in front of N workers, CURVE, status, shutdown;
+                 with --broker no proxy: its workers register with a broker on another host
+    broker.py    `teacher serve broker`: one endpoint for workers on many hosts (Paranoid Pirate + credit):
+                 heartbeats, a dead or frozen worker's requests re-queued, each request answered once
+    pirate.py    the broker <-> worker wire (READY, REQUEST, REPLY, HEARTBEAT, DISCONNECT) and its timing
     workers.py   one model per worker; each batches what it receives (I/O thread + compute thread)
     worker_main.py  the process around a worker (process mode): env, signals, context, exit
     wire.py      envelope split, ids of a refused request, image size from PNG/JPEG headers, JSON-safe
@@ -11,7 +15,7 @@
     cli.py       the `teacher serve` command
 
 Requests and replies are runtime/protocol.py v1: "infer" in; "verdict", "busy", "error" (naming the
-field) or "status" out.
+field) or "status" out, the same from a server and from a broker.
 """
 from teacher.serve.server import ServeConfig, ServeError, TeacherServer
 

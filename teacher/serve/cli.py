@@ -5,6 +5,12 @@
         --curve-secret keys/teacher.key_secret --allowed-keys keys/allowed --metrics-port 9560
     teacher serve --bench --json [--checkpoint CKPT]     # throughput / latency at 1, 4, 16 clients
 
+Several GPU hosts behind one endpoint (teacher/serve/broker.py; the edges' [teacher] address names the broker):
+
+    teacher serve broker --bind tcp://*:5560 --backend tcp://10.0.0.5:5561 --insecure \
+        --curve-secret keys/teacher.key_secret --allowed-keys keys/allowed     # one host, no model
+    teacher serve --checkpoint CKPT --broker tcp://10.0.0.5:5561 --workers 8   # on every GPU host
+
 SIGTERM or Ctrl-C: the running batches finish and are answered, then the server exits 0.
 """
 from __future__ import annotations
@@ -22,6 +28,10 @@ MAIN_LOOP_S = 0.5  # signal / health / watchdog check period
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from teacher.serve.broker import BrokerConfig
+
+    p.add_argument("role", nargs="?", choices=("server", "broker"), default="server",
+                   help="server (default): model workers; broker: the endpoint in front of workers on many hosts")
     p.add_argument("--checkpoint", help="teacher checkpoint directory, or 'fake[:delay_ms=..,per_image_ms=..]' "
                                         "(a stand-in model for tests and benchmarks)")
     p.add_argument("--bind", default="tcp://127.0.0.1:5560", help="frontend endpoint (tcp://127.0.0.1:* picks a port)")
@@ -41,6 +51,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="ZMQ_MAXMSGSIZE: a peer sending a bigger message part is disconnected")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest frame (H*W) answered")
     p.add_argument("--cache-size", type=int, default=256, help="recent replies kept per worker for retries")
+    p.add_argument("--broker", metavar="ENDPOINT",
+                   help="register the workers with this `teacher serve broker` worker endpoint instead of binding --bind")
+    p.add_argument("--backend", default=BrokerConfig.backend,
+                   help="broker: the endpoint workers connect to (teacher serve --broker ...)")
+    p.add_argument("--broker-queue-size", type=int, default=BrokerConfig.queue_size,
+                   help="broker: requests waiting for a worker; beyond: reply busy")
     p.add_argument("--bench", action="store_true", help="benchmark a server in this process and exit")
     p.add_argument("--bench-clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--bench-requests", type=int, default=50, help="requests per client")
@@ -53,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from teacher.serve.models import ModelSpecError
     from teacher.serve.server import ServeConfig, ServeError, TeacherServer
 
+    if args.role == "broker":
+        return _run_broker(args)
     if args.bench:
         from teacher.serve.bench import run_server_bench
 
@@ -74,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                       queue_size=args.queue_size, workers=args.workers, worker_mode=args.worker_mode,
                       device=args.device, curve_secret=args.curve_secret, allowed_keys=args.allowed_keys,
                       insecure=args.insecure, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                      max_message_mb=args.max_message_mb, max_pixels=args.max_pixels, cache_size=args.cache_size)
+                      max_message_mb=args.max_message_mb, max_pixels=args.max_pixels, cache_size=args.cache_size,
+                      broker=args.broker)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -88,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from runtime.sdnotify import Notifier  # systemd Type=notify + WatchdogSec; no-op elsewhere
 
     notifier = Notifier.from_env()
-    print(f"teacher serve: listening on {server.endpoint}", file=sys.stderr, flush=True)
-    notifier.ready(status=f"serving {server.endpoint}, model {server.status()['model_hash']}")
+    where = f"registered with broker {args.broker}" if args.broker else f"listening on {server.endpoint}"
+    print(f"teacher serve: {where}", file=sys.stderr, flush=True)
+    notifier.ready(status=f"{where}, model {server.status()['model_hash']}")
     warned = False
     while not stop.wait(MAIN_LOOP_S):
         problem = server.health_problem()
@@ -104,4 +124,41 @@ def run(args: argparse.Namespace) -> int:
     server.stop()
     if args.json:  # the counters as the workers reported them when they stopped
         print(json.dumps({"ok": True, "endpoint": server.endpoint, "status": server.status()}))
+    return 0
+
+
+def _run_broker(args: argparse.Namespace) -> int:
+    from runtime.sdnotify import Notifier
+    from teacher.serve.broker import Broker, BrokerConfig, BrokerError
+
+    cfg = BrokerConfig(bind=args.bind, backend=args.backend, queue_size=args.broker_queue_size,
+                       curve_secret=args.curve_secret, allowed_keys=args.allowed_keys, insecure=args.insecure,
+                       max_message_mb=args.max_message_mb)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        broker = Broker(cfg).start()
+    except (BrokerError, CurveError) as e:
+        print(f"teacher serve broker: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e)}))
+        return 2
+    notifier = Notifier.from_env()
+    print(f"teacher serve broker: edges on {broker.endpoint}, workers on {broker.backend_endpoint}",
+          file=sys.stderr, flush=True)
+    notifier.ready(status=f"broker {broker.endpoint}")
+    warned = False
+    while not stop.wait(MAIN_LOOP_S):
+        problem = broker.health_problem()
+        if problem != "broker loop stopped":  # no worker yet is a state to report, not to restart for
+            notifier.watchdog()
+        if problem is not None and not warned:
+            print(f"teacher serve broker: {problem}", file=sys.stderr, flush=True)
+        warned = problem is not None
+    notifier.stopping()
+    status = broker.status()
+    broker.stop()
+    if args.json:
+        print(json.dumps({"ok": True, "endpoint": broker.endpoint, "status": status}))
     return 0

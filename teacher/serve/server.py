@@ -15,12 +15,18 @@ worker's queue fills while its model runs and the next batch is taken full.
 
 Workers are threads (default with one worker, and on CPU) or processes, one model each; with
 GPUs each worker process gets one GPU through CUDA_VISIBLE_DEVICES (worker i -> GPU i mod n).
-A worker process that dies is restarted (its queued requests are lost; Lazy Pirate clients retry).
+A worker process that dies is restarted (its queued requests are lost and Lazy Pirate clients retry;
+behind a broker, the broker re-queues them to another worker).
 
 Idempotency: a reply is a pure function of (camera_id, frame_id) and the frame, so a retry gets the
 same verdict. Each worker keeps an LRU of its recent replies and joins a retry to a request it is
 still computing; with several workers the proxy may hand a retry to another worker, which then
 recomputes it (same answer, more work): the LRU saves compute, it is not needed for correctness.
+
+With ``broker`` set (``teacher serve --broker tcp://broker:5561``) there is no frontend and no proxy:
+each worker connects to a `teacher serve broker` (teacher/serve/broker.py) on another host, registers
+and heartbeats, and the broker spreads the edges' requests over the workers of every host and re-queues
+those of a worker that dies. This server still starts, restarts and drains its own workers.
 
 Deadlines (deadline_ts, s since the epoch, edge and server clocks NTP-synchronised): a request
 already past it gets error "deadline_ts"/expired; one whose estimated wait (queue depth and the
@@ -84,6 +90,7 @@ class ServeConfig:
     max_pixels: int = 4096 * 4096
     cache_size: int = 256  # recent replies kept per worker (idempotent retries)
     start_timeout_s: float = 300.0
+    broker: Optional[str] = None  # a broker's worker endpoint: workers register there; `bind` is not used
 
     def check(self) -> None:
         for name in ("max_batch", "queue_size", "workers"):
@@ -97,7 +104,14 @@ class ServeConfig:
             raise ServeError(f"--worker-mode {self.worker_mode!r}: auto, thread or process")
         if (self.curve_secret is None) != (self.allowed_keys is None):
             raise ServeError("CURVE needs both --curve-secret and --allowed-keys")
-        check_bind_policy(self.bind, self.curve_secret is not None, self.insecure, "teacher serve")
+        if self.broker is not None:
+            if not self.broker.startswith(("tcp://", "ipc://")):
+                raise ServeError(f"--broker {self.broker!r}: a broker's worker endpoint, tcp://HOST:PORT or ipc://PATH")
+            if self.curve_secret is not None:
+                raise ServeError("--broker with --curve-secret: the broker <-> worker link has no CURVE; the edges' "
+                                 "CURVE keys go to `teacher serve broker`")
+        else:
+            check_bind_policy(self.bind, self.curve_secret is not None, self.insecure, "teacher serve")
         if is_fake(self.model):
             parse_fake_spec(self.model)
         elif not Path(self.model).is_dir():
@@ -163,6 +177,7 @@ class TeacherServer:
         self._stopping = threading.Event()
         self._agg_exit = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._control: Optional[zmq.Socket] = None  # the proxy's; none behind a broker
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def __enter__(self) -> "TeacherServer":
@@ -182,25 +197,28 @@ class TeacherServer:
         else:
             self._tmpdir = tempfile.mkdtemp(prefix="lineside-serve-")
             backend_ep, stats_ep = f"ipc://{self._tmpdir}/backend", f"ipc://{self._tmpdir}/stats"
+        if cfg.broker is not None:
+            backend_ep = cfg.broker
         try:
-            if cfg.curve_secret:
-                self._auth = start_authenticator(ctx, cfg.allowed_keys)
-            frontend = ctx.socket(zmq.ROUTER)
-            frontend.linger = 0
-            frontend.setsockopt(zmq.MAXMSGSIZE, int(cfg.max_message_mb * 2 ** 20))
-            if cfg.curve_secret:
-                make_server(frontend, cfg.curve_secret)
-            frontend.bind(cfg.bind)
-            self.endpoint = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
-            backend = ctx.socket(zmq.DEALER)
-            backend.linger = 0
-            backend.bind(backend_ep)
-            self._control = ctx.socket(zmq.PAIR)
-            self._control.linger = 0
-            self._control.bind(f"inproc://serve-control-{tag}")
-            control_in = ctx.socket(zmq.PAIR)
-            control_in.linger = 0
-            control_in.connect(f"inproc://serve-control-{tag}")
+            if cfg.broker is None:
+                if cfg.curve_secret:
+                    self._auth = start_authenticator(ctx, cfg.allowed_keys)
+                frontend = ctx.socket(zmq.ROUTER)
+                frontend.linger = 0
+                frontend.setsockopt(zmq.MAXMSGSIZE, int(cfg.max_message_mb * 2 ** 20))
+                if cfg.curve_secret:
+                    make_server(frontend, cfg.curve_secret)
+                frontend.bind(cfg.bind)
+                self.endpoint = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
+                backend = ctx.socket(zmq.DEALER)
+                backend.linger = 0
+                backend.bind(backend_ep)
+                self._control = ctx.socket(zmq.PAIR)
+                self._control.linger = 0
+                self._control.bind(f"inproc://serve-control-{tag}")
+                control_in = ctx.socket(zmq.PAIR)
+                control_in.linger = 0
+                control_in.connect(f"inproc://serve-control-{tag}")
             stats = ctx.socket(zmq.ROUTER)
             stats.linger = 0
             stats.bind(stats_ep)
@@ -215,14 +233,15 @@ class TeacherServer:
                 self._tmpdir = None
             raise ServeError(f"cannot serve on {cfg.bind}: {e}") from e
         # sockets move to their threads here; a thread start is the full barrier ZeroMQ asks for
-        self._spawn_thread(self._proxy_main, "serve-proxy", frontend, backend, control_in)
+        if cfg.broker is None:
+            self._spawn_thread(self._proxy_main, "serve-proxy", frontend, backend, control_in)
         self._spawn_thread(self._stats_main, "serve-stats", stats)
         for i, (device, cvd) in enumerate(devices):
             self._worker_cfgs[i] = WorkerConfig(
                 worker_id=i, model_spec=cfg.model, backend=backend_ep, stats=stats_ep, device=device,
                 cuda_visible_devices=cvd, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                 queue_size=cfg.queue_size, max_pixels=cfg.max_pixels, cache_size=cfg.cache_size,
-                parent_pid=os.getpid() if mode == "process" else None)
+                parent_pid=os.getpid() if mode == "process" else None, broker=cfg.broker is not None)
             self._meta[i] = {"id": i, "mode": mode, "device": device, "cuda_visible_devices": cvd,
                              "alive": False, "pid": None, "restarts": 0}
             self._start_worker(i)
@@ -242,8 +261,12 @@ class TeacherServer:
             time.sleep(0.02)
         if cfg.metrics_port:
             self._metrics = start_metrics_server(cfg.metrics_port, self.status, host=cfg.metrics_host)
-        log.info("teacher serve: %s on %s, %d %s worker(s), model %s", "CURVE" if cfg.curve_secret else "plain",
-                 self.endpoint, cfg.workers, mode, self.status()["model_hash"])
+        if cfg.broker is not None:
+            log.info("teacher serve: %d %s worker(s) registered with broker %s, model %s", cfg.workers, mode,
+                     cfg.broker, self.status()["model_hash"])
+        else:
+            log.info("teacher serve: %s on %s, %d %s worker(s), model %s", "CURVE" if cfg.curve_secret else "plain",
+                     self.endpoint, cfg.workers, mode, self.status()["model_hash"])
         return self
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
@@ -262,15 +285,17 @@ class TeacherServer:
             time.sleep(0.02)
         for i, h in list(self._handles.items()):
             self._join_worker(h, max(0.5, t_end - time.monotonic()))
-        time.sleep(FLUSH_BEFORE_TERMINATE_S)
-        try:
-            self._control.send(b"TERMINATE")
-        except zmq.ZMQError:
-            pass
+        if self._control is not None:
+            time.sleep(FLUSH_BEFORE_TERMINATE_S)
+            try:
+                self._control.send(b"TERMINATE")
+            except zmq.ZMQError:
+                pass
         self._agg_exit.set()
         for t in self._threads:
             t.join(timeout=5)
-        self._control.close(linger=0)
+        if self._control is not None:
+            self._control.close(linger=0)
         if self._metrics is not None:
             self._metrics.shutdown()
             self._metrics = None
@@ -441,7 +466,8 @@ class TeacherServer:
             meta = [dict(self._meta[i]) for i in sorted(self._meta)]
         config = {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms, "queue_size_per_worker": cfg.queue_size,
                   "workers": cfg.workers, "worker_mode": cfg.mode, "curve": cfg.curve_secret is not None,
-                  "max_message_mb": cfg.max_message_mb, "max_pixels": cfg.max_pixels, "endpoint": self.endpoint}
+                  "max_message_mb": cfg.max_message_mb, "max_pixels": cfg.max_pixels, "endpoint": self.endpoint,
+                  "broker": cfg.broker}
         st = merge(snaps, config, meta, self.started)
         if not st["model_hash"]:
             st["model_hash"] = next((m.get("model_hash") for m in meta if m.get("model_hash")), "")

@@ -2,7 +2,10 @@
 
 A worker is a DEALER connected to the backend of the server's ROUTER-DEALER proxy (zmq.proxy), so
 it receives ``[client identity, (empty delimiter), header, payload]`` and answers with the same
-envelope. Two threads:
+envelope. Behind a broker (``teacher serve --broker``, teacher/serve/broker.py) it speaks
+teacher/serve/pirate.py instead (_BrokerLink): READY with its credit, heartbeats both ways, requests
+under a broker token that stands in for the envelope, and a fresh socket when the broker falls silent
+(zguide's Paranoid Pirate worker). Two threads:
 
     I/O thread      owns every socket: validates requests, answers errors / busy / expired / cached
                     replies at once, queues the rest, sends the replies the compute thread produced
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -34,6 +38,7 @@ import zmq
 
 from runtime.protocol import ProtocolError, check_id, decode_header, decode_image, encode, error_frames
 from runtime.verdict import Verdict, encode_mask_png
+from teacher.serve import pirate
 from teacher.serve.batching import BatchQueue, ReplyCache, Request
 from teacher.serve.models import ServeModel, load_model
 from teacher.serve.status import WorkerStats, merge
@@ -54,7 +59,7 @@ BATCH_TIME_EMA_WEIGHT = 0.2  # weight of the latest batch in the mean batch time
 class WorkerConfig:
     worker_id: int
     model_spec: str  # checkpoint directory or "fake[:opts]" (teacher/serve/models.py)
-    backend: str  # the proxy's DEALER endpoint (connect)
+    backend: str  # the proxy's DEALER endpoint, or with broker=True a broker's worker endpoint (connect)
     stats: str  # the server's stats ROUTER endpoint (connect)
     device: str = "cpu"
     cuda_visible_devices: Optional[str] = None
@@ -64,6 +69,7 @@ class WorkerConfig:
     max_pixels: int = 4096 * 4096
     cache_size: int = 256
     parent_pid: Optional[int] = None  # process mode: stop when the server process is gone
+    broker: bool = False  # backend is a `teacher serve broker`: register, heartbeat, take requests by credit
 
 
 @dataclass
@@ -106,9 +112,14 @@ class Worker:
             stats.close()
             return 1
         self.stats.model_hash = self.model.model_hash
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(self.cfg.backend)  # only now: the proxy must not route to a worker still loading
+        # only now: neither the proxy nor a broker may route to a worker still loading its model
+        if self.cfg.broker:
+            sock = _BrokerLink(self.ctx, self.cfg.backend, {
+                "worker_id": self.cfg.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "device": self.cfg.device, "model_hash": self.model.model_hash,
+                "credit": pirate.credit_for(self.cfg.max_batch, self.cfg.queue_size)})
+        else:
+            sock = _ProxyLink(self.ctx, self.cfg.backend)
         wake = self.ctx.socket(zmq.PAIR)
         wake.linger = 0
         wake.bind(self._wake_addr)
@@ -122,28 +133,37 @@ class Worker:
         finally:
             self.queue.close()
             compute.join(timeout=30)
-            for s in (sock, wake, stats):
+            sock.close()
+            for s in (wake, stats):
                 s.close(linger=0)
         return 0
 
-    def _io_loop(self, sock: zmq.Socket, stats: zmq.Socket, wake: zmq.Socket, compute: threading.Thread) -> None:
+    def _io_loop(self, sock: "_ProxyLink | _BrokerLink", stats: zmq.Socket, wake: zmq.Socket,
+                 compute: threading.Thread) -> None:
         poller = zmq.Poller()
-        for s in (sock, stats, wake):
+        for s in (sock.sock, stats, wake):
             poller.register(s, zmq.POLLIN)
+        polled = sock.sock
         pending_status: dict[bytes, tuple[list[bytes], float]] = {}
         next_snap = last_snap = 0.0
         while True:
             events = dict(poller.poll(POLL_MS))
+            if sock.tick(time.monotonic()):  # the broker fell silent: a fresh socket (Paranoid Pirate)
+                poller.unregister(polled)
+                polled = sock.sock
+                poller.register(polled, zmq.POLLIN)
             if self.cfg.parent_pid is not None and os.getppid() != self.cfg.parent_pid:
                 self.stop_requested.set()  # orphaned: the server died without telling us
             if self.stop_requested.is_set() and not self._stopping:
                 self._begin_stop(sock)
-            if sock in events:
+            if polled in events:
                 for _ in range(RECV_BURST):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                        frames = sock.recv()
                     except zmq.Again:
                         break
+                    if frames is None:  # a broker heartbeat or command, handled by the link
+                        continue
                     try:
                         token = self._on_request(sock, stats, frames)
                     except Exception as e:  # a bug must cost one request, not the worker
@@ -190,9 +210,10 @@ class Worker:
                 stats.send_multipart([b"stopped", json.dumps(self._snapshot()).encode()])
                 return
 
-    def _begin_stop(self, sock: zmq.Socket) -> None:
+    def _begin_stop(self, sock: "_ProxyLink | _BrokerLink") -> None:
         """Drain: finish the batch being computed; what is still queued gets "busy" (retry elsewhere)."""
         self._stopping = True
+        sock.leaving()  # a broker routes nothing more here and re-queues the busy replies that follow
         self.queue.close()
         for r in self.queue.take_all():
             for envelope, _, _ in self.inflight.pop(r.key, []):
@@ -404,6 +425,98 @@ class Worker:
             v.latencies_ms = {**(v.latencies_ms or {}), "teacher_queue_ms": round((t0 - r.t_arrival) * 1e3, 3),
                               "teacher_batch_ms": round(batch_ms, 3)}
             self.results.put(("verdict", r, v))
+
+
+class _ProxyLink:
+    """The worker's DEALER to the server's proxy: frames in and out as they are."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+
+    def recv(self) -> list[bytes]:
+        return self.sock.recv_multipart(zmq.NOBLOCK)
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def tick(self, now: float) -> bool:
+        return False
+
+    def leaving(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class _BrokerLink:
+    """The worker's DEALER to a broker (teacher/serve/pirate.py): READY on connect, a heartbeat every
+    HEARTBEAT_INTERVAL_S, requests under the broker's token (the envelope the worker answers to), replies
+    sent as REPLY. A broker silent for HEARTBEAT_LIVENESS intervals gets a fresh socket and a new READY: a
+    half-open TCP connection to a host that vanished would otherwise look alive for hours."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, info: dict):
+        self.ctx, self.endpoint, self.info = ctx, endpoint, info
+        self.sock: Optional[zmq.Socket] = None
+        self.reconnects = 0
+        self._open()
+
+    def _open(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)  # what it queued for the silent broker goes with it
+            self.reconnects += 1
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(self.endpoint)
+        now = time.monotonic()
+        self._broker_expiry = now + pirate.HEARTBEAT_LIVENESS * pirate.HEARTBEAT_INTERVAL_S
+        self._next_heartbeat = now + pirate.HEARTBEAT_INTERVAL_S
+        self._send(pirate.ready(self.info))
+
+    def _send(self, frames: list[bytes]) -> None:
+        try:  # never block the I/O thread on a broker that is gone: it re-queues what we could not answer
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def recv(self) -> Optional[list[bytes]]:
+        """The next request as [token, header, payload?] (split_envelope's shape); None for a command."""
+        msg = self.sock.recv_multipart(zmq.NOBLOCK)
+        self._broker_expiry = time.monotonic() + pirate.HEARTBEAT_LIVENESS * pirate.HEARTBEAT_INTERVAL_S
+        try:
+            command, rest = pirate.parse(msg)
+        except pirate.PirateError as e:
+            log.warning("worker %s: refused a message from the broker: %s", self.info["worker_id"], e)
+            return None
+        if command == pirate.REQUEST:
+            return rest
+        if command == pirate.DISCONNECT:  # the broker does not know us (it restarted, or presumed us dead)
+            log.warning("worker %s: broker %s asked us to register again", self.info["worker_id"], self.endpoint)
+            self._send(pirate.ready(self.info))
+        return None
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self._send(pirate.message(pirate.REPLY, *frames))
+
+    def tick(self, now: float) -> bool:
+        """Heartbeat when due; True when the socket was replaced (the caller re-registers it with its poller)."""
+        if now >= self._next_heartbeat:
+            self._send(pirate.message(pirate.HEARTBEAT))
+            self._next_heartbeat = now + pirate.HEARTBEAT_INTERVAL_S
+        if now > self._broker_expiry:
+            log.warning("worker %s: broker %s silent for %.1f s; reconnecting", self.info["worker_id"], self.endpoint,
+                        pirate.HEARTBEAT_LIVENESS * pirate.HEARTBEAT_INTERVAL_S)
+            self._open()
+            return True
+        return False
+
+    def leaving(self) -> None:
+        self._send(pirate.message(pirate.DISCONNECT))
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
 
 
 def config_dict(cfg: WorkerConfig) -> dict:
