@@ -10,6 +10,8 @@
                                          # (runtime/bench_soak.py)
     lineside bench edge --json           # the whole edge path per stage, 256 px, 1 thread / all cores, bank x1 / x4,
                                          # beside EfficientAD-S and PatchCore (runtime/bench_edge.py)
+    lineside bench scale --report DIR    # time and peak RSS of every chain step at N = 100, 400, 1600 good images
+                                         # and once at 256 px, growth exponents, plot (runtime/bench_scale.py)
 
 Sections: ``teacher`` (`teacher bench --preset tiny --json`, and sd15 at 256 px with --full: a
 subprocess, torch stays out of this process), ``student`` (FP32 and INT8 on every backend this
@@ -37,15 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import bench_soak
+from runtime import bench_scale, bench_soak
 from runtime.commands import positive_float
 from runtime.demo.steps import StepError, child_env, command, last_json_line
 from runtime.timing import time_calls
 
 PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
-SEPARATE_PARTS = ("quality", "edge", "soak")  # asked for by name only: quality trains and evaluates; soak runs for
-# --duration (an hour by default); edge re-exports
-# the student at 256 px and times the peers in torch
+SEPARATE_PARTS = ("quality", "edge", "soak", "scale")  # asked for by name only: quality trains and evaluates;
+# soak runs for --duration (an hour by default); edge re-exports the student at 256 px and times the peers in
+# torch; scale runs the whole chain at several N
 STUDENT_WARMUP = 5
 STUDENT_RUNS = 50
 SUBPROCESS_TIMEOUT_S = 900
@@ -81,7 +83,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     q.add_argument("--split", default="test", choices=("train", "val", "test"), help="quality: split to judge")
     q.add_argument("--size", type=int, default=128, help="quality: input size of the reference detectors and of "
                                                         "the recipe's teacher (a multiple of 64)")
-    q.add_argument("--report", help="quality: write an HTML report to this directory")
+    q.add_argument("--report", help="quality: write an HTML report to this directory; scale: scale.json and "
+                                    "scale.png")
+    bench_scale.configure(p)
     s = p.add_argument_group("soak")
     s.add_argument("--duration", type=positive_float, default=bench_soak.DEFAULT_DURATION_S, help="soak: seconds")
     s.add_argument("--load", type=positive_float, default=bench_soak.DEFAULT_LOAD,
@@ -347,6 +351,8 @@ def run(args: argparse.Namespace) -> int:
         return _edge(args, env)
     if args.part == "soak":
         return _soak(args, env)
+    if args.part == "scale":
+        return _scale(args, env)
     report: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
                                 "python": platform.python_version()}, "part": args.part}
     t0 = time.perf_counter()
@@ -404,6 +410,19 @@ def _edge(args: argparse.Namespace, env: dict) -> int:
         print(json.dumps(report, separators=(",", ":"), default=str))
     else:
         bench_edge.print_edge_table(report)
+    return 0
+
+
+def _scale(args: argparse.Namespace, env: dict) -> int:
+    try:
+        report = bench_scale.run_scale(args, env, _say)
+    except (StepError, ValueError, OSError) as e:
+        print(json.dumps({"part": "scale", **_error(e)}) if args.json else f"lineside bench scale: {e}")
+        return 1
+    if args.json:
+        print(json.dumps(report, separators=(",", ":"), default=str))
+    else:
+        bench_scale.print_table(report)
     return 0
 
 
