@@ -15,7 +15,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("distill", COMMANDS, argv)
+    return dispatch("distill", COMMANDS, argv, config_commands=("fit",))
 
 
 if __name__ == "__main__":

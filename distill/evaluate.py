@@ -40,10 +40,10 @@ def configure(p) -> None:
     p.add_argument("--report", default=None, help="write an HTML report into this directory")
     p.add_argument("--runs", type=int, default=30, help="timed runs per backend")
     p.add_argument("--size", type=int, default=None, help="time at this input size (default: the artifact's)")
-    p.add_argument("--backends", nargs="*", default=list(BACKENDS))
+    p.add_argument("--backends", nargs="*", default=list(BACKENDS), help="backends to time the student on")
     p.add_argument("--teacher-preset", default=None,
                    help="time a random-init teacher of this preset (e.g. sd15) instead of the checkpoint")
-    p.add_argument("--teacher-runs", type=int, default=3)
+    p.add_argument("--teacher-runs", type=int, default=3, help="timed teacher runs")
     p.add_argument("--student-only", action="store_true", help="latency of the student only; no teacher, no data")
     p.add_argument("--noise-draws", type=int, default=4, help="teacher draws averaged for the fidelity targets")
     p.add_argument("--threads", type=int, default=1)

@@ -11,6 +11,7 @@ teacher's decisions.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -28,7 +29,9 @@ from distill.head_targets import KINDS as HEAD_KINDS
 from distill.head_targets import head_targets, load_teacher_head
 from distill.run import save_run
 from distill.students import create_student, list_students
-from distill.targets import cache_key, cached_targets, compute_targets, read_shards
+from distill.targets import (STREAM_ABOVE_BYTES, batches, cache_key, cached_targets, cat_levels, channel_mean,
+                             compute_targets, pca_streamed, read_shards, stream_computed, stream_shards,
+                             target_bytes, take)
 from distill.trainer import fit_student, level_cosine, plot_curves
 from runtime.commands import non_negative_float, non_negative_int, positive_int
 from runtime.manifest import Preprocess
@@ -59,6 +62,9 @@ def configure(p) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--steps", type=positive_int, default=2000)
     p.add_argument("--features", default=None, help="read targets from `teacher extract` shards in this directory")
+    p.add_argument("--stream-targets", action=argparse.BooleanOptionalAction, default=None,
+                   help="stream the teacher targets from memory-mapped files instead of holding them in RAM "
+                        f"(default: when they exceed {STREAM_ABOVE_BYTES >> 30} GiB as float32)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--noise-draws", type=int, default=4, help="teacher noise draws averaged per target")
@@ -66,16 +72,17 @@ def configure(p) -> None:
     p.add_argument("--embed-dim", type=int, default=DEFAULT_EMBED_DIM, help="PCA components of the embedding")
     p.add_argument("--proj-rank", type=int, default=None,
                    help="project each level through a frozen rank-R PCA basis of the teacher's features")
-    p.add_argument("--bank-budget", type=int, default=DEFAULT_BANK_BUDGET)
+    p.add_argument("--bank-budget", type=int, default=DEFAULT_BANK_BUDGET, help="memory-bank coreset size")
     p.add_argument("--scoring", choices=SCORING_MODES, default=None,
                    help="what the edge scores with: the bank, the distilled head's map, or both averaged in units "
                         "of their good-image levels (default: both when the teacher has a head, else bank). On the "
                         "public evaluation set head alone localised better (AU-PRO +5 pt) and ranked parts "
                         "slightly worse (I-AUROC -2 to -4 pt) than both")
-    p.add_argument("--k", type=int, default=1)
-    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX)
-    p.add_argument("--target-agreement", type=float, default=0.995)
-    p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--k", type=int, default=1, help="nearest bank neighbours averaged per location")
+    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="Gaussian blur of the map, px")
+    p.add_argument("--target-agreement", type=float, default=0.995, help="agreement with the teacher outside "
+                   "the uncertainty band that sets the band's width")
+    p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE term beside the cosine loss")
     p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--pseudo-defects", type=non_negative_int, default=DEFAULT_PSEUDO_DEFECTS, metavar="K",
@@ -120,9 +127,12 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
         proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True,
         pseudo_defects: int = DEFAULT_PSEUDO_DEFECTS, scoring_mode: str | None = None,
-        mask_weight: float = DEFAULT_MASK_WEIGHT, pretrained_lr_scale: float = 1.0) -> dict:
+        mask_weight: float = DEFAULT_MASK_WEIGHT, pretrained_lr_scale: float = 1.0,
+        stream_targets: bool | None = None) -> dict:
     """The whole fit; returns the summary printed by --json. ``reference``: "auto" (teacher pipeline if
-    the checkpoint has a head or bank) or "labels"."""
+    the checkpoint has a head or bank) or "labels". ``stream_targets``: targets memory-mapped from disk
+    instead of RAM (distill/targets.py; None: when they exceed STREAM_ABOVE_BYTES); the same results up
+    to float rounding of the batched statistics (PCA, channel means)."""
     from runtime.dataset import load_dataset
 
     t0 = time.time()
@@ -142,9 +152,21 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         f"teacher {teacher.checkpoint_hash[:16]}")
 
     both = concat(train, val)
-    if features:
+    n_targets = len(both) + pseudo_defects * len(train.good)
+    stream = target_bytes(spec, n_targets) > STREAM_ABOVE_BYTES if stream_targets is None else bool(stream_targets)
+    if stream:
+        log(f"targets stream from memory-mapped files ({target_bytes(spec, n_targets) / 2 ** 30:.2f} GiB as float32)")
+    if features and stream:
+        targets = stream_shards(features, both.records, spec.names, teacher.checkpoint_hash)
+        log(f"targets memory-mapped from {features}")
+    elif features:
         targets = read_shards(features, both.records, spec.names, teacher.checkpoint_hash)
         log(f"targets read from {features}")
+    elif stream:
+        key = cache_key(teacher.checkpoint_hash, both.images, noise_draws, seed)
+        targets, hit = stream_computed(teacher, both.images, out / "cache", key, noise_draws=noise_draws, seed=seed,
+                                       progress=progress)
+        log(f"targets {'from cache' if hit else 'computed'} ({noise_draws} noise draws, {time.time() - t0:.1f}s)")
     else:
         key = cache_key(teacher.checkpoint_hash, both.images, noise_draws, seed)
         targets, hit = cached_targets(out / "cache", key, lambda: compute_targets(
@@ -156,25 +178,41 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         if tuple(targets[lv.name].shape) != want:
             raise ValueError(f"teacher targets {lv.name}: {tuple(targets[lv.name].shape)} != FeatureSpec {want}")
     ntr = len(train)
-    tr_t = {k: v[:ntr] for k, v in targets.items()}
-    va_t = {k: v[ntr:] for k, v in targets.items()}
+    tr_t = {k: take(v, slice(None, ntr)) for k, v in targets.items()}
+    va_t = {k: take(v, slice(ntr, None)) for k, v in targets.items()}
     del targets
 
     # embedding basis: PCA of the teacher's bank embedding of the training images
     recipe = teacher_recipe()
-    with torch.no_grad():
-        temb = reference_embedding(tr_t, recipe)
-    full_dim = temb.shape[1]
-    dim = min(embed_dim or full_dim, full_dim)
-    recipe = teacher_recipe(dim=dim)
-    basis, mean, share = fit_pca(temb, dim)
-    del temb
+    if stream:  # the embedding batch by batch, twice (mean, then covariance): never the whole set
+        def embeddings():
+            n_tr = len(next(iter(tr_t.values())))
+            for s in range(0, n_tr, 64):
+                with torch.no_grad():
+                    yield reference_embedding({k: v[s:s + 64] for k, v in tr_t.items()}, recipe)
+
+        full_dim = next(embeddings()).shape[1]
+        dim = min(embed_dim or full_dim, full_dim)
+        basis, mean, share = pca_streamed(embeddings, dim)
+        recipe = teacher_recipe(dim=dim)
+    else:
+        with torch.no_grad():
+            temb = reference_embedding(tr_t, recipe)
+        full_dim = temb.shape[1]
+        dim = min(embed_dim or full_dim, full_dim)
+        recipe = teacher_recipe(dim=dim)
+        basis, mean, share = fit_pca(temb, dim)
+        del temb
     if pseudo_defects:  # after the PCA: the embedding basis describes the line's own images
         planted = pseudo_defect_set(train, pseudo_defects, seed)
         key = cache_key(teacher.checkpoint_hash, planted.images, noise_draws, seed)
-        pt, hit = cached_targets(out / "cache", key, lambda: compute_targets(
-            teacher, planted.teacher_inputs(), noise_draws=noise_draws, seed=seed, progress=progress))
-        tr_t = {k: torch.cat([v, pt[k]]) for k, v in tr_t.items()}
+        if stream:
+            pt, hit = stream_computed(teacher, planted.images, out / "cache", key, noise_draws=noise_draws, seed=seed,
+                                      progress=progress)
+        else:
+            pt, hit = cached_targets(out / "cache", key, lambda: compute_targets(
+                teacher, planted.teacher_inputs(), noise_draws=noise_draws, seed=seed, progress=progress))
+        tr_t = {k: cat_levels(v, pt[k]) for k, v in tr_t.items()}
         train = concat(train, planted)
         log(f"{len(planted)} pseudo-defect images ({pseudo_defects} per good train image), targets "
             f"{'from cache' if hit else 'computed'}")
@@ -211,12 +249,14 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     log(f"student backbone starts from {init or 'random weights'}")
     model.set_embedding_basis(basis, mean)
     for name, r in ranks.items():
-        comps, mu, rank_share[name] = fit_pca(tr_t[name], r)
+        comps, mu, rank_share[name] = pca_streamed(lambda: batches(tr_t[name]), r) if stream else \
+            fit_pca(tr_t[name], r)
         model.set_basis(name, comps, mu)
     with torch.no_grad():  # full projections start at the teacher's channel means (its features are far from 0)
         for lv in spec.levels:
             if lv.name not in ranks:
-                model.proj[lv.name].proj.bias.copy_(tr_t[lv.name].mean(dim=(0, 2, 3)))
+                model.proj[lv.name].proj.bias.copy_(channel_mean(tr_t[lv.name]) if stream else
+                                                    tr_t[lv.name].mean(dim=(0, 2, 3)))
     if ranks:
         log("reduced bases: " + ", ".join(f"{k} rank {ranks[k]} keeps {v:.3f}" for k, v in rank_share.items()))
     n_params = sum(p.numel() for p in model.parameters())
@@ -241,9 +281,15 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     fidelity = level_cosine(model, x_val, va_t)
     # baseline: a constant predictor at the train channel means; the student must beat it. Centred
     # cosine (both sides minus that mean) measures what it predicts beyond the mean
-    tr_mean = {k: v.mean(dim=(0, 2, 3)).view(1, -1, 1, 1) for k, v in tr_t.items()}
-    baseline = {k: float(torch.nn.functional.cosine_similarity(
-        tr_mean[k].expand_as(v), v, dim=1).mean()) for k, v in va_t.items()}
+    if stream:
+        tr_mean = {k: channel_mean(v).view(1, -1, 1, 1) for k, v in tr_t.items()}
+        baseline = {k: float(sum(float(torch.nn.functional.cosine_similarity(tr_mean[k].expand_as(b), b, dim=1).sum())
+                                 for b in batches(v)) / max(1, len(v) * v.shape[2] * v.shape[3]))
+                    for k, v in va_t.items()}
+    else:
+        tr_mean = {k: v.mean(dim=(0, 2, 3)).view(1, -1, 1, 1) for k, v in tr_t.items()}
+        baseline = {k: float(torch.nn.functional.cosine_similarity(
+            tr_mean[k].expand_as(v), v, dim=1).mean()) for k, v in va_t.items()}
     centred = level_cosine(model, x_val, va_t, center=tr_mean)
     log("val cosine per level: " + ", ".join(f"{k} {v:.3f} (mean predictor {baseline[k]:.3f}, centred "
                                              f"{centred[k]:.3f})" for k, v in fidelity.items()))
@@ -287,6 +333,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly",
+                  **({"targets_streamed": True} if stream else {}),
                   "early_stop": early_stop, "best_step": best_step, "init": init or "random",
                   "pseudo_defects": pseudo_defects, "mask_weight": mask_weight if mask_t is not None else 0.0,
                   "pretrained_lr_scale": pretrained_lr_scale if init else 1.0},
@@ -321,7 +368,7 @@ def run(args) -> int:
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
                   proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained,
                   pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring, mask_weight=args.mask_weight,
-                  pretrained_lr_scale=args.pretrained_lr_scale)
+                  pretrained_lr_scale=args.pretrained_lr_scale, stream_targets=args.stream_targets)
     if args.json:
         print(json.dumps(summary, default=float))
     return 0

@@ -409,12 +409,14 @@ def _choose(methods: dict) -> str | None:
 def configure(p) -> None:
     p.add_argument("run", help="run directory written by distill fit")
     p.add_argument("--data", required=True, help="dataset manifest.jsonl (train: calibration, val: guard)")
-    p.add_argument("--method", choices=("nncf", "ort", "both"), default="both")
+    p.add_argument("--method", choices=("nncf", "ort", "both"), default="both",
+                   help="INT8 toolchain: NNCF (OpenVINO), ONNX Runtime static, or both")
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="points of image AUROC / AU-PRO")
-    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT)
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help="share of val images where INT8 and FP32 must decide alike")
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
                    help="per-location cosine INT8 vs FP32 required of every output")
-    p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE)
+    p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE, help="calibration images (train split)")
     p.add_argument("--force", action="store_true", help="write the best INT8 model even if it fails the guard")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")

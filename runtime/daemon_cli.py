@@ -56,7 +56,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metrics-host", help="address the metrics endpoint listens on "
                                           f"(default {Config.model_fields['metrics_host'].default})")
     g = p.add_argument_group("model")
-    g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"])
+    g.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"],
+                   help="inference backend (auto: the fastest this machine has; default auto)")
     g.add_argument("--threads", type=int, help="threads per judged frame: backend, BLAS scoring, OpenCV (default 1)")
     g.add_argument("--workers", type=int, help="frames judged at once, verdicts still in frame order (default 1)")
     g.add_argument("--device", help="onnxruntime: auto, cpu or cuda; openvino: CPU or GPU")
@@ -66,17 +67,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trusted-signers", metavar="DIR",
                    help="serve only artifacts signed by a key in DIR (*.ed25519.pub), on start and on reload")
     g = p.add_argument_group("queue")
-    g.add_argument("--queue-size", type=int)
-    g.add_argument("--overload", choices=["drop_oldest", "reject_newest"])
+    g.add_argument("--queue-size", type=int, help="frames waiting for the judge (default 8)")
+    g.add_argument("--overload", choices=["drop_oldest", "reject_newest"],
+                   help="a full queue drops its oldest frame, or answers the newest busy (default drop_oldest)")
     g = p.add_argument_group("teacher fallback")
     g.add_argument("--teacher", help="teacher server endpoint (tcp://HOST:PORT); unset: edge only")
     g.add_argument("--teacher-secret", help="this edge's CURVE secret key file")
     g.add_argument("--teacher-key", help="the teacher server's CURVE public key file")
-    g.add_argument("--teacher-timeout-ms", type=int)
-    g.add_argument("--teacher-deadline-ms", type=int)
+    g.add_argument("--teacher-timeout-ms", type=int, help="silence after which the request is resent on a new socket "
+                   "(Lazy Pirate; default 2500)")
+    g.add_argument("--teacher-deadline-ms", type=int, help="after this the frame resolves as teacher_unreachable "
+                   "(default 10000)")
     g = p.add_argument_group("journal")
     g.add_argument("--journal", help="SQLite journal path")
-    g.add_argument("--synchronous", choices=["NORMAL", "FULL"])
+    g.add_argument("--synchronous", choices=["NORMAL", "FULL"],
+                   help="SQLite synchronous mode of the journal (FULL survives power loss; default NORMAL)")
     g = p.add_argument_group("camera")
     g.add_argument("--camera", help="device index, URL, GStreamer pipeline, video file or image folder")
     g.add_argument("--camera-id")
@@ -87,16 +92,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ingress-allowed-keys", help="cameras' public keys: the only ones ingress admits")
     g.add_argument("--verdicts-allowed-keys", help="subscribers' public keys: the only ones the verdict PUB admits")
     g.add_argument("--control-allowed-keys", help="operators' public keys: the only ones control admits")
-    g.add_argument("--ingress-secret")
-    g.add_argument("--verdicts-secret")
-    g.add_argument("--control-secret")
+    g.add_argument("--ingress-secret", help="ingress CURVE secret key file (lineside keys)")
+    g.add_argument("--verdicts-secret", help="verdict PUB CURVE secret key file")
+    g.add_argument("--control-secret", help="control CURVE secret key file")
     g.add_argument("--insecure", action="store_true", help="allow non-loopback binds without CURVE")
     g.add_argument("--insecure-control", action="store_true", default=None,
                    help="allow control on TCP loopback without CURVE (any local user could reload or shut down)")
     g.add_argument("--max-frame-bytes", type=int, help="larger frame payloads get an error verdict (default 64 MiB)")
     g.add_argument("--max-message-bytes", type=int,
                    help="ZMQ_MAXMSGSIZE: a larger message part disconnects its sender (default 128 MiB)")
-    g.add_argument("--sender-rate-hz", type=float)
+    g.add_argument("--sender-rate-hz", type=float, help="frames per second one sender may push "
+                   "(token bucket; default 1000)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")
 

@@ -24,10 +24,10 @@ from teacher.device import default_device
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny", help="teacher preset to time (random init)")
     p.add_argument("--checkpoint", help="time this checkpoint instead of a random-init preset")
     p.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: the preset's)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--noise-draws", type=int, default=1)
     p.add_argument("--device")

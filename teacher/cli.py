@@ -23,7 +23,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("teacher", COMMANDS, argv)
+    return dispatch("teacher", COMMANDS, argv, config_commands=("train",))
 
 
 if __name__ == "__main__":

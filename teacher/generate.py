@@ -23,10 +23,10 @@ from teacher.device import default_device
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="what to generate, e.g. \"metal plate with scratch\"")
     p.add_argument("--out", required=True, help="PNG grid")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--n", type=int, default=8, help="images to generate")
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")

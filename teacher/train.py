@@ -18,15 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from runtime.commands import positive_int
 from runtime.dataset import DatasetError, load_dataset
 from runtime.featurespec import ContractError
-from teacher import train_loop
-from teacher.device import default_device
 from teacher.presets import PRESETS, get_preset
-from teacher.trainset import caption_for, manifest_path
+
+# torch, the training loop and the torch dataset are imported in run(): `teacher train --help` must not pay for them
 
 CHECK_FILES_MAX = 20_000  # above this, a full decode pass at start-up costs more than it saves
 
@@ -49,16 +46,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="per process (default: the preset's)")
     p.add_argument("--image-size", type=int, help="training resolution (default: the preset's)")
     p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (default: the preset's)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the saved weights (default: the preset's)")
     p.add_argument("--align-weight", type=float, help="λ of the representation alignment to ImageNet "
                    "EfficientNet-Lite0 (teacher/align.py); 0 turns it off (default: the preset's)")
-    p.add_argument("--grad-clip", type=float)
+    p.add_argument("--grad-clip", type=float, help="gradient-norm clip (default: the preset's)")
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto: bf16 on a GPU that has it, else fp16 with a scaler; fp32 on CPU")
     p.add_argument("--init", choices=["paper", "default"], default="default",
                    help="U-Net init of a fresh run: paper = He (conv) / Xavier (linear), §11.3; default = diffusers'")
-    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute U-Net activations in the backward "
+                   "pass: less memory, more time (sd15 on one GPU)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--save-every", type=int, default=0, help="also save every N steps (0: only at the end)")
     p.add_argument("--stop-after", type=int, default=0, help="save and stop after this step (a planned interruption)")
@@ -70,6 +68,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _dist_setup(device_arg: str | None):
+    import torch
+
+    from teacher.device import default_device
+
     ddp = int(os.environ.get("RANK", -1)) != -1
     if ddp:
         import torch.distributed as dist
@@ -86,6 +88,9 @@ def _dist_setup(device_arg: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from teacher import train_loop
+    from teacher.trainset import caption_for, manifest_path
+
     try:
         preset = get_preset(args.preset)
     except KeyError as e:

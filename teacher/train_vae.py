@@ -38,7 +38,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, required=True)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--kl-weight", type=float)
+    p.add_argument("--kl-weight", type=float, help="weight of the KL term (default: the preset's)")
     p.add_argument("--image-size", type=int)
     p.add_argument("--crop-size", type=int, help="train on random square crops of this size (the VAE is fully "
                    "convolutional; default: the preset's, 64 px for tiny, 4x cheaper per image than 128 px)")

@@ -36,7 +36,7 @@ def test_debug_shows_the_traceback():
 def test_version_and_counts_checked_at_parse_time(capsys):
     with pytest.raises(SystemExit) as e:
         dispatch("teacher", {}, ["--version"])
-    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"teacher {version()}"
+    assert e.value.code == 0 and capsys.readouterr().out.strip().startswith(f"teacher {version()}")
     r = _run("teacher", "train", "--data", "d", "--out", "o", "--steps", "-3")
     assert r.returncode == 2 and "--steps: must be at least 1, got -3" in r.stderr
 
@@ -47,6 +47,9 @@ def test_a_missing_extra_is_named(tmp_path, monkeypatch, capsys):
     assert dispatch("teacher", {"x": ("needs_torch_cmd", "a command that imports torch")}, ["x"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "teacher x: needs 'torch', which is not installed: install the lineside[teacher] extra"
+    # a distill command names the distill extra (which brings the teacher's)
+    assert dispatch("distill", {"x": ("needs_torch_cmd", "a command that imports torch")}, ["x"]) == 2
+    assert capsys.readouterr().err.strip().endswith("install the lineside[distill] extra")
 
 
 def test_help_shows_defaults_but_not_empty_ones(tmp_path, monkeypatch, capsys):
@@ -76,3 +79,118 @@ def test_a_config_file_reports_every_error_and_the_nearest_key(tmp_path):
     msg = str(e.value)
     assert "backend.threads:" in msg and "backend.nmae: unknown key (did you mean 'backend.name'?)" in msg
     assert "ingres: unknown key (did you mean 'sockets.ingress'?)" in msg
+
+
+def _command_parser(prog: str, name: str):
+    """The parser `prog name` builds, as the dispatcher configures it (without running the command)."""
+    import argparse
+
+    import distill.cli
+    import runtime.cli
+    import teacher.cli
+
+    tools = {"lineside": runtime.cli, "teacher": teacher.cli, "distill": distill.cli}
+    grabbed = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def grab(self, *a, **k):
+        grabbed["top"] = self
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        with pytest.raises(SystemExit):
+            tools[prog].main([name, "--help"])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    sub = [a for a in grabbed["top"]._actions if isinstance(a, argparse._SubParsersAction)][0]
+    return sub.choices[name]
+
+
+def _all_commands():
+    import distill.cli
+    import runtime.cli
+    import teacher.cli
+
+    return [(prog, name) for prog, mod in (("lineside", runtime.cli), ("teacher", teacher.cli), ("distill", distill.cli))
+            for name in mod.COMMANDS]
+
+
+@pytest.mark.parametrize("prog,name", _all_commands())
+def test_every_flag_has_a_help_line_and_help_renders(prog, name):
+    import argparse
+
+    p = _command_parser(prog, name)
+
+    def walk(q):
+        for a in q._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for c in a.choices.values():
+                    yield from walk(c)
+            elif not a.help and a.dest != "help":
+                yield a.option_strings[0] if a.option_strings else a.dest
+
+    assert not list(walk(p)), f"{prog} {name}: flags without a help line"
+    assert "--no-progress" in p.format_help()  # and formatting it does not crash (a bare % in a help string)
+
+
+@pytest.mark.parametrize("argv", [("teacher", "train"), ("teacher", "eval"), ("distill", "export"), ("lineside", "run"),
+                                  ("lineside", "predict")])
+def test_help_does_not_import_torch(argv):
+    code = (f"import sys\nfrom {argv[0] if argv[0] != 'lineside' else 'runtime'}.cli import main\n"
+            f"try:\n    main([{argv[1]!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+
+
+def test_a_config_file_of_flags_and_print_config(tmp_path, capsys):
+    from teacher.cli import main
+
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('data = "d/manifest.jsonl"\nout = "ckpt"\nsteps = 50\nbatch-size = 4\n')
+    assert main(["train", "--config", str(cfg), "--steps", "70", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "steps = 70" in out and "batch-size = 4" in out and 'data = "d/manifest.jsonl"' in out
+    import tomllib
+
+    assert tomllib.loads(out)["steps"] == 70  # what it prints is a config file again
+    cfg.write_text("steps = -3\nlrr = 0.1\n")
+    assert main(["train", "--config", str(cfg), "--data", "d", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "steps: must be at least 1, got -3" in err and "lrr: unknown key (did you mean 'lr'?)" in err
+
+
+def test_no_progress_silences_progress_for_the_process(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    (tmp_path / "progress_cmd.py").write_text(
+        "def configure(p):\n    pass\n"
+        "def run(args):\n    from runtime.progress import disabled\n    return 0 if disabled() else 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert dispatch("tool", {"go": ("progress_cmd", "a command")}, ["go"]) == 1
+    assert dispatch("tool", {"go": ("progress_cmd", "a command")}, ["go", "--no-progress"]) == 0
+    assert os.environ["TQDM_DISABLE"] == "1"
+
+
+@pytest.mark.parametrize("argv,says", [
+    (("teacher", "train", "--data", "d", "--out", "o", "--steps", "-3"), "--steps: must be at least 1, got -3"),
+    (("runtime", "send", "x", "--to", "127.0.0.1:6999"), "did you mean tcp://127.0.0.1:6999?"),
+    (("runtime", "predict", "/nope", "/nope"), "/nope"),
+])
+def test_bad_arguments_are_one_line_with_exit_2(argv, says):
+    r = _run(*argv)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and says in r.stderr, r.stderr
+    assert len([x for x in r.stderr.splitlines() if x.strip() and not x.startswith((" ", "usage:", "["))]) == 1
+
+
+def test_version_names_the_commit_when_there_is_one():
+    from runtime.report import build_info
+
+    commit = build_info().get("commit")
+    for tool in ("runtime", "teacher", "distill"):  # python -m runtime is `lineside`
+        r = _run(tool, "--version")
+        name = "lineside" if tool == "runtime" else tool
+        assert r.returncode == 0 and r.stdout.strip() == f"{name} {version()}" + (f" (commit {commit})" if commit else "")

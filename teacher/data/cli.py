@@ -30,8 +30,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        description="Random crops of skimage.data brick/grass/gravel with planted defects, masks, "
                                    "severities and template captions. Same seed, same bytes.")
     s.add_argument("out", help="output directory (images/, masks/, manifest.jsonl)")
-    s.add_argument("--n-good", type=int, required=True)
-    s.add_argument("--n-defect", type=int, required=True)
+    s.add_argument("--n-good", type=int, required=True, help="good images per product")
+    s.add_argument("--n-defect", type=int, required=True, help="defect images per product")
     s.add_argument("--size", type=int, default=256, help="square image size in px (default 256)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--products", type=_csv, default=tuple(PRODUCTS),
@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     i = sub.add_parser("import", help="import MVTec AD, VisA or a good/defect folder",
                        description="Convert a public layout into a self-contained dataset (images hard-linked or "
                                    "copied, masks normalised to 0/255 PNG); skipped items are reported.")
-    i.add_argument("layout", choices=("mvtec", "visa", "folder"))
+    i.add_argument("layout", choices=("mvtec", "visa", "folder"), help="folder layout of the source")
     i.add_argument("root", help="source tree")
     i.add_argument("out", help="output directory")
     i.add_argument("--val-from", choices=("train", "test"), default="train",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import threading
@@ -58,14 +57,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker-queue-size", type=int, default=BrokerConfig.queue_size,
                    help="broker: requests waiting for a worker; beyond: reply busy")
     p.add_argument("--bench", action="store_true", help="benchmark a server in this process and exit")
-    p.add_argument("--bench-clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--bench-clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent clients per round")
     p.add_argument("--bench-requests", type=int, default=50, help="requests per client")
     p.add_argument("--bench-size", type=int, default=128, help="image side (px)")
     p.add_argument("--json", action="store_true", help="one JSON object as the last stdout line")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    from runtime.telemetry import setup_logging
+
+    setup_logging("INFO", loggers=("teacher", "lineside"))  # the daemon's JSON lines, ISO-8601 timestamps
     from teacher.serve.models import ModelSpecError
     from teacher.serve.server import ServeConfig, ServeError, TeacherServer
 
