@@ -208,6 +208,7 @@ class Daemon:
         e = self.holder.engine
         dead = self.dead_threads()
         return {"alive": not dead, "dead_threads": dead, "uptime_s": round(time.time() - self.started_at, 3),
+                "lineside": self.tm.build,
                 "artifact": str(e.artifact_dir),
                 "model_hash": e.model_hash, "signer": e.signer, "backend": e.backend_name,
                 "generation": self.holder.generation,

@@ -48,8 +48,8 @@ class Telemetry:
         from runtime.report import build_info
 
         b = build_info()
-        Info("lineside_build", "the lineside release and commit this daemon runs", registry=r).info(
-            {"version": b["lineside"], "commit": b.get("commit", "unknown")})
+        self.build = {"version": b["lineside"], "commit": b.get("commit", "unknown")}  # also in `lineside status`
+        Info("lineside_build", "the lineside release and commit this daemon runs", registry=r).info(self.build)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds
         PlatformCollector(registry=r)
         self.started = time.time()

@@ -564,6 +564,7 @@ def test_prometheus_endpoint(run_daemon):
     health = urllib.request.urlopen(d.endpoints["metrics"].replace("/metrics", "/healthz"), timeout=5)
     h = json.loads(health.read())
     assert health.status == 200 and h["healthy"] and h["model_hash"] == d.holder.engine.model_hash
+    assert c.status()["lineside"] == {"version": version(), "commit": build.labels["commit"]}  # lineside status
 
 
 def test_control_on_ipc(run_daemon, tmp_path):
