@@ -51,6 +51,7 @@ SEPARATE_PARTS = ("quality", "edge", "soak", "scale")  # asked for by name only:
 STUDENT_WARMUP = 5
 STUDENT_RUNS = 50
 SUBPROCESS_TIMEOUT_S = 900
+EXIT_TARGET_FAILED = 3  # --check: a measured target failed (1: a section could not run, 2: usage)
 FULL_TEACHER_SIZE = 256  # px: the sd15 comparison of the distill issue
 TARGETS = {
     # name: (what, comparison, limit, unit)
@@ -76,6 +77,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=STUDENT_RUNS, help="timed student runs per model and backend")
     p.add_argument("--threads", type=int, default=1, help="threads per backend / child BLAS threads")
     p.add_argument("--quick", action="store_true", help="small shapes and few runs (seconds; for tests)")
+    p.add_argument("--check", action="store_true", help="exit 3 when a measured target fails (CI, a plant's "
+                   "acceptance test); a target not measured here does not fail it")
     q = p.add_argument_group("quality")
     q.add_argument("--data", help="quality: dataset manifest.jsonl to judge")
     q.add_argument("--teacher", help="quality: teacher checkpoint with bank/ or head/ (default: train one with "
@@ -389,6 +392,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_table(report)
     failed = [n for n in want if (report.get(n) or {}).get("status") == "error"]
+    missed = [t["target"] for t in report["targets"] if t["pass"] is False]
+    if args.check and missed:
+        _say(f"--check: target(s) failed: {', '.join(missed)}")
+        return EXIT_TARGET_FAILED
     return 1 if failed else 0
 
 

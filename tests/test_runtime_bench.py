@@ -1,6 +1,7 @@
 """runtime.bench_daemon: the figures `lineside bench` reports (no timing asserts: the machine is shared)."""
 import math
 
+import pytest
 from runtime_fixtures import build_tiny_artifact
 
 
@@ -47,3 +48,18 @@ def test_bench_soak_command_refuses_a_load_above_capacity(tmp_path, capsys):
     art = build_tiny_artifact(tmp_path / "tiny")
     rc = main(["bench", "soak", "--artifact", str(art.dir), "--duration", "1", "--load", "1.5", "--json"])
     assert rc == 1 and "load must be in (0, 1]" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+
+
+@pytest.mark.parametrize("ratio,code", [(0.1, 3), (0.9, 0)])
+def test_bench_check_exits_non_zero_when_a_target_fails(monkeypatch, capsys, ratio, code):
+    """`lineside bench --check`: CI and a plant's acceptance test gate on the targets (knn_vs_matmul >= 0.5 here)."""
+    import argparse
+
+    from runtime import bench
+
+    monkeypatch.setattr(bench, "bench_kernels", lambda quick: {"status": "ok", "knn_vs_matmul": ratio})
+    p = argparse.ArgumentParser()
+    bench.configure(p)
+    assert bench.run(p.parse_args(["kernels", "--json", "--quick", "--check"])) == code
+    assert bench.run(p.parse_args(["kernels", "--json", "--quick"])) == 0  # without --check: figures only
+    assert "--check: target(s) failed: knn_vs_matmul" in capsys.readouterr().err or code == 0
