@@ -104,7 +104,11 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     labels, masks = test.labels, test.masks
     res: dict = {"artifact": str(art), "student": man.student, "student_name": man.student, "split": split,
                  "n_images": len(test), "n_defect": int(labels.sum()), "calibration": cal.model_dump(),
-                 "quantization": man.quantization}
+                 "quantization": man.quantization, "models": dict(man.models), "forced": list(man.forced), "data_hash": ds.content_hash(),
+                 # what a student that always predicts the teacher's mean feature reaches (fit.log's baseline, on
+                 # the val split): a fidelity figure means something only above it
+                 "fidelity_mean_predictor": dict((man.metrics.get("fidelity") or {}).get("val_cosine_mean_predictor")
+                                                 or {})}
 
     # teacher: features (fidelity) and, with a head or bank, its decisions
     from teacher.checkpoint import load_teacher
@@ -209,6 +213,19 @@ def quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves: dict, thr: float,
     return rows
 
 
+def report_warnings(res: dict) -> list[str]:
+    """Warnings a report must show above its figures: a model forced past its INT8 guard, a fidelity figure at
+    or below its mean-predictor baseline."""
+    out = [f"{role} ({res.get('models', {}).get(role, role)}) was shipped past its INT8 accuracy guard (distill "
+           "quantize --force): its figures below are of a model the guard refused" for role in res.get("forced") or []]
+    base = res.get("fidelity_mean_predictor") or {}
+    low = [k for k, v in (res.get("fidelity_cosine") or {}).items() if k in base and v <= base[k]]
+    if low:
+        out.append(f"fidelity of level(s) {', '.join(low)} is at or below the mean-predictor baseline: the student "
+                   "there is no closer to the teacher than a constant feature map")
+    return out
+
+
 def write_report(res: dict, out_dir: str | Path) -> Path:
     from runtime import report as R
     from runtime.metrics import pro_curve, roc_curve
@@ -217,22 +234,35 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
     # res["student"] holds the per-backend figures once evaluated; the student's name is kept apart
     name = res.get("student_name") or (res.get("student") if isinstance(res.get("student"), str) else "")
     rep = R.Report(f"lineside student {name}: distillation report", out,
-                   provenance={"artifact": res.get("artifact"), "split": res.get("split")})
+                   provenance={"artifact": res.get("artifact"), "data hash": (res.get("data_hash") or "")[:16],
+                               "split": res.get("split")})
+    for w in report_warnings(res):
+        rep.warning(w)
     plots = res.get("_plots")
     if plots:
         test = plots["test"]
         rep.section("Fidelity", "Mean per-location cosine of the student's projections to the teacher's t=50 features "
-                                f"({res['split']} split, {res['n_images']} images).")
-        rep.metrics(res["fidelity_cosine"])
+                                f"({res['split']} split, {res['n_images']} images), beside the baseline: the cosine a "
+                                "constant prediction (the teacher's mean feature) reaches on the val split (fit.log).")
+        base = res.get("fidelity_mean_predictor") or {}
+        rep.table([[k, v, base.get(k, "n/a"), (v - base[k]) if k in base else "n/a"]
+                   for k, v in res["fidelity_cosine"].items()],
+                  header=["level", "cosine", "mean-predictor baseline", "over the baseline"])
         rep.section("Detection", f"Threshold {res['calibration']['threshold']:.4g}, band "
                                  f"[{res['calibration']['band'][0]:.4g}, {res['calibration']['band'][1]:.4g}]; "
                                  f"reference for calibration: {res['calibration'].get('reference', '?')}.")
+        rep.text(R.calibration_words(res["calibration"]), note=True)
         rows = []
         for name, m in [("teacher", res["teacher"])] + [(f"student {k}", v) for k, v in res["student"].items()] + \
                 [("cascade", res["cascade"])]:
             rows.append({"model": name, **{k: m.get(k) for k in ("image_auroc", "au_pro", "accuracy", "precision",
                                                                  "recall", "agreement_with_teacher", "fallback_rate")}})
+        for r in rows:
+            for w in R.chance_warnings(r["model"], r, keys=("image_auroc",)):
+                rep.warning(w)
         rep.table(rows)
+        for row_name, qrow in (res.get("quality") or {}).items():
+            rep.decisions(qrow, row_name)
         rocs, pros = {}, {}
         labels = test.labels
         series = {k: (v[0].scores, v[0].maps) for k, v in plots["curves"].items()}
@@ -268,8 +298,19 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         if lat:
             rep.figure(R.plot_bars(rep.path("latency.png"), lat, ylabel="median ms"), "median latency")
         if "teacher_latency" in res:
-            rep.metrics({"teacher": res["teacher_latency"], "speedup": res.get("speedup", {})})
+            tl = res["teacher_latency"]
+            rep.text(f"The teacher timed here: {teacher_words(tl)}, {tl.get('size')} px, feature extraction at "
+                     "batch 1; the speedups below are over that teacher.", note=True)
+            rep.metrics({"teacher": tl, "speedup": res.get("speedup", {})})
     return rep.write()
+
+
+def teacher_words(tl: dict) -> str:
+    """Which teacher a latency figure is of: the full-size preset timed at random init, or the checkpoint's."""
+    preset = tl.get("preset") or "?"
+    if tl.get("random_init"):
+        return f"a random-init {preset} teacher (`--teacher-preset {preset}`)"
+    return f"the evaluated checkpoint (preset {preset})"
 
 
 def run(args) -> int:
@@ -292,6 +333,7 @@ def run(args) -> int:
         log(f"timing a random-init {args.teacher_preset} teacher at {lat['size']} px")
         tl = teacher_latency(build_random_teacher(args.teacher_preset, image_size=lat["size"]), lat["size"],
                              runs=args.teacher_runs)
+        tl["random_init"] = True
     elif args.teacher and not args.student_only:
         from teacher.checkpoint import load_teacher
 

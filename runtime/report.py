@@ -9,10 +9,14 @@ Builder::
     rep.table([{"image": "a.png", "score": 0.3}], caption="worst")  # list of dicts -> table
     rep.figure(plot_roc(rep.path("roc.png"), fpr, tpr, auc=0.97), caption="ROC")  # a written PNG
     rep.image(overlay(img, anomaly_map=amap, regions=v.regions, gt_mask=gt), "worst 1", name="w1.png")
+    rep.decisions(quality_row(...), "student INT8")   # confusion matrix, rates, per-type recall, warnings
+    rep.warning("I-AUROC 0.30: at or below chance")   # a visible warning box
     rep.write()                                       # -> out_dir / "index.html"
 
 Figure helpers: ``plot_roc``, ``plot_pro``, ``plot_curves`` (any x/y lines), ``plot_histogram``
-(e.g. latencies), ``plot_bars`` write a PNG and return its path; matplotlib (Agg) is imported inside
+(scores; latencies spanning decades get log bins), ``plot_stage_panels`` (one latency panel per stage, so
+an n=1 stage is a labelled point, not a bar on a shared 0-900 ms axis), ``plot_bars`` write a PNG and return
+its path; matplotlib (Agg) is imported inside
 them only, so importing this module costs numpy + OpenCV. ``overlay`` draws an anomaly map (jet
 heat map), predicted regions (boxes + labels), the predicted mask contour (yellow) and the ground
 truth contour (green) on an RGB image with OpenCV and returns an RGB uint8 array.
@@ -37,7 +41,10 @@ h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-botto
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:.9em}
 th{background:#f2f2f2}figure{display:inline-block;margin:6px;vertical-align:top}
 figcaption{font-size:.8em;color:#555;max-width:320px}img{max-width:360px;border:1px solid #ddd}
-p.note{color:#555;font-size:.9em}"""
+p.note{color:#555;font-size:.9em}
+p.warning{background:#fff3cd;border:1px solid #e0a800;padding:6px 10px;font-weight:600;color:#5c4300}
+table.confusion td.hit{background:#e6f4ea}table.confusion td.miss{background:#fde8e8}"""
+CHANCE_AUROC = 0.5  # an AUROC at or below this ranks no better than a coin: a report says so in words
 
 
 def _fmt(v) -> str:
@@ -142,6 +149,41 @@ class Report:
         self._blocks.append(_figure_html(name, caption))
         return self
 
+    def warning(self, text: str) -> "Report":
+        """A warning a reader cannot miss (a figure at or below chance, a model forced past its guard)."""
+        self._blocks.append(f"<p class='warning'>\u26a0 {html.escape(text)}</p>")
+        return self
+
+    def confusion(self, counts: Mapping[str, int], caption: str = "") -> "Report":
+        """The confusion matrix at the deployed threshold ({"tp", "fp", "fn", "tn"}; "defect" is positive),
+        with the false-reject rate (good parts rejected) and the escape rate (defective parts passed)."""
+        tp, fp, fn, tn = (int(counts.get(k, 0)) for k in ("tp", "fp", "fn", "tn"))
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self._blocks.append(
+            f"<table class='confusion'>{cap}<tr><th></th><th>judged defect</th><th>judged good</th></tr>"
+            f"<tr><th>defective part</th><td class='hit'>{tp} (TP)</td><td class='miss'>{fn} (FN, escape)</td></tr>"
+            f"<tr><th>good part</th><td class='miss'>{fp} (FP, false reject)</td><td class='hit'>{tn} (TN)</td></tr>"
+            "</table>")
+        return self.table([["false-reject rate (good parts rejected)", _rate(fp, fp + tn)],
+                           ["escape rate (defective parts passed)", _rate(fn, fn + tp)]], header=["", "value"])
+
+    def decisions(self, row: Mapping, name: str) -> "Report":
+        """What one detector did at its deployed threshold, from a runtime.quality row (``quality_row``): the
+        warnings of runtime.quality.warnings_for, the confusion matrix and rates, and recall per defect type."""
+        from runtime.quality import warnings_for
+
+        m = row["mean"]
+        for w in warnings_for(row):  # I-AUROC near chance, escapes, false rejects
+            self.warning(f"{name}: {w}")
+        for w in chance_warnings(name, m, keys=("pixel_auroc",)):
+            self.warning(w)
+        self.confusion(m.get("confusion") or {}, caption=f"{name} at its deployed threshold")
+        types = m.get("recall_per_type") or {}
+        if types:
+            self.table([[t, _fmt(r), _fmt(1 - r)] for t, r in types.items()],
+                       header=["defect type", "recall", "escape rate"], caption=f"{name}, per defect type")
+        return self
+
     def html(self, raw: str) -> "Report":
         """Append raw HTML (trusted callers only)."""
         self._blocks.append(raw)
@@ -176,6 +218,43 @@ def build_info() -> dict[str, str]:
         pass
     info["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return info
+
+
+def _rate(k: int, n: int) -> str:
+    return f"{k / n:.1%} ({k} of {n})" if n else "n/a (none in the split)"
+
+
+def chance_warnings(name: str, figures: Mapping[str, object], keys: Sequence[str] = ("image_auroc", "pixel_auroc")
+                    ) -> list[str]:
+    """Plain words for each ranking figure of ``figures`` at or below chance (AUROC <= 0.5)."""
+    out = []
+    for key, what in (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC")):
+        if key not in keys:
+            continue
+        v = figures.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v) and v <= CHANCE_AUROC:
+            out.append(f"{name}: {what} {v:.3f} is at or below chance (0.5): its scores do not rank defects "
+                       "above good parts")
+    return out
+
+
+def calibration_words(cal: Mapping) -> str:
+    """How `distill fit` chose an artifact's threshold and band (distill/calibrate.py), in plain words, from its
+    calibration figures (manifest ``calibration``)."""
+    ref = cal.get("reference", "labels")
+    who = "the ground-truth labels" if ref == "labels" else f"the reference decisions ({ref})"
+    n = cal.get("n_val")
+    on = f"the {n} val images" if n else "the val images"
+    lo, hi = cal["band"]
+    text = (f"The threshold {cal['threshold']:.4g} is the student score cut that agrees best with {who} on {on}. "
+            f"The uncertainty band [{lo:.4g}, {hi:.4g}] is the narrowest range around it outside which the student "
+            f"agrees with {who} on at least {cal.get('target_agreement', 0.995):.1%} of {on}")
+    if cal.get("val_agreement_outside_band") is not None:
+        text += f" (measured {cal['val_agreement_outside_band']:.1%})"
+    text += "; a frame inside the band, or out of distribution, is sent to the teacher."
+    if hi <= lo:
+        text += " The band has zero width here: the student's decisions alone met the target on val."
+    return text
 
 
 def _figure_html(src: str, caption: str) -> str:
@@ -241,17 +320,31 @@ def plot_pro(path: str | Path, fpr, pro, au_pro: float | None = None, fpr_limit:
                        title=title, xlim=(0, fpr_limit))
 
 
+LOG_SPAN = 20.0  # max/min of positive values beyond which a histogram's x axis is logarithmic
+
+
+def _wants_log(values: np.ndarray) -> bool:
+    return values.size > 1 and bool((values > 0).all()) and float(values.max() / values.min()) > LOG_SPAN
+
+
 def plot_histogram(path: str | Path, series: Mapping[str, Iterable[float]], *, xlabel: str = "latency (ms)",
-                   title: str = "", bins: int = 30, vlines: Mapping[str, float] | None = None) -> Path:
-    """Overlaid histograms (e.g. latency per stage, or good vs defect scores); ``vlines`` marks values
-    such as a threshold."""
+                   title: str = "", bins: int = 30, vlines: Mapping[str, float] | None = None,
+                   log: bool | None = None) -> Path:
+    """Overlaid histograms (e.g. good vs defect scores); ``vlines`` marks values such as a threshold.
+    ``log``: a logarithmic x axis with log-spaced bins (None: when positive values span more than
+    :data:`LOG_SPAN`x, as stage latencies of ~1 ms and ~900 ms do)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=FIG_SIZE_IN)
-    for name, vals in series.items():
-        v = np.asarray(list(vals), float)
-        v = v[np.isfinite(v)]
+    clean = {n: np.asarray(list(v), float) for n, v in series.items()}
+    clean = {n: v[np.isfinite(v)] for n, v in clean.items()}
+    every = np.concatenate([v for v in clean.values()] + [np.zeros(0)])
+    log = _wants_log(every) if log is None else log
+    edges = np.geomspace(every.min(), every.max() * 1.0001, bins + 1) if log and every.size > 1 else bins
+    for name, v in clean.items():
         if v.size:
-            ax.hist(v, bins=bins, alpha=0.55, label=f"{name} (n={v.size})")
+            ax.hist(v, bins=edges, alpha=0.55, label=f"{name} (n={v.size})")
+    if log:
+        ax.set_xscale("log")
     for name, x in (vlines or {}).items():
         ax.axvline(x, ls="--", color="k", lw=1)
         ax.text(x, ax.get_ylim()[1] * 0.95, f" {name}", fontsize=8, va="top")
@@ -261,6 +354,48 @@ def plot_histogram(path: str | Path, series: Mapping[str, Iterable[float]], *, x
         ax.set_title(title, fontsize=10)
     if series:
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_stage_panels(path: str | Path, series: Mapping[str, Iterable[float]], *, xlabel: str = "ms",
+                      title: str = "", bins: int = 20) -> Path:
+    """One small panel per series (e.g. per latency stage), each on its own x range (logarithmic where it
+    spans decades) with its p50 and p99 marked; a series of fewer than 5 values is drawn as labelled
+    points, since a histogram of one value says nothing."""
+    plt = _plt()
+    names = [n for n, v in series.items() if np.isfinite(np.asarray(list(v), float)).any()] or ["(no samples)"]
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows + (0.4 if title else 0)), squeeze=False)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.ravel(), names):
+        v = np.asarray(list(series.get(name, [])), float)
+        v = v[np.isfinite(v)]
+        ax.set_title(f"{name} (n={v.size})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
+        if v.size == 0:
+            continue
+        log = v.size >= 5 and _wants_log(v)
+        if v.size < 5:
+            ax.plot(v, np.zeros_like(v), "o", color="#4c72b0")
+            for x in v:
+                ax.annotate(f"{x:.3g}", (x, 0), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+            ax.set_yticks([])
+            lo, hi = float(v.min()), float(v.max())
+            pad = 0.3 * (hi - lo) if hi > lo else 0.3 * abs(hi) + 1e-3
+            ax.set_xlim(lo - pad, hi + pad)
+        else:
+            edges = np.geomspace(v.min(), v.max() * 1.0001, bins + 1) if log else bins
+            ax.hist(v, bins=edges, color="#4c72b0", alpha=0.8)
+            for q, ls in ((50, "--"), (99, ":")):
+                ax.axvline(np.percentile(v, q), color="k", ls=ls, lw=0.9, label=f"p{q} {np.percentile(v, q):.3g}")
+            ax.legend(fontsize=6)
+        if log:
+            ax.set_xscale("log")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -83,16 +83,49 @@ def compute_metrics(verdicts, records, gt_masks: list[np.ndarray], threshold: fl
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
+def threshold_words(pipe) -> str:
+    """How the pipeline's threshold and band were chosen, in a sentence a plant engineer can check."""
+    from teacher.pipeline import HEAD_BAND
+
+    parts = []
+    if pipe.bank is not None:
+        how = (pipe.bank.info or {}).get("calibration", "calibrated at `teacher bank`")
+        parts.append(f"the memory bank's threshold {pipe.bank.threshold:.4g} was chosen by {how} (`teacher bank`); "
+                     f"its band [{pipe.bank.band[0]:.4g}, {pipe.bank.band[1]:.4g}] is the threshold ± half the gap "
+                     "to the good val images' 95th percentile score, at least 5 % of the threshold")
+    if pipe.head is not None:
+        how = (getattr(pipe.head, "info", None) or {}).get("calibration", "calibrated at `teacher finetune`")
+        parts.append(f"the mask head's threshold {pipe.head.threshold:.4g} on its defect probability was chosen by "
+                     f"{how} (`teacher finetune`); its band is ± {HEAD_BAND}")
+    text = "; ".join(parts)
+    if pipe.head is not None and pipe.bank is not None:
+        text += ". In mode both each part's map is divided by its own threshold and the two averaged, so the " \
+                "deployed threshold is 1 and the band the mean of the parts' bands in those units"
+    return text[:1].upper() + text[1:] + "."
+
+
 def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, gt_masks, threshold: float,
-                 info: dict) -> Path:
+                 info: dict, quality: dict | None = None, threshold_note: str = "") -> Path:
+    """``quality``: the runtime.quality row of these verdicts (confusion matrix, rates, per defect type);
+    ``threshold_note``: how the threshold and band were chosen (``threshold_words``)."""
     from runtime import metrics as M
     from runtime import report as R
 
     rep = R.Report(title, out_dir, provenance={"model": info.get("model_hash"), "data": info.get("data"),
+                                               "data hash": (info.get("data_hash") or "")[:16],
                                                "split": info.get("split")})
     rep.section("Summary", f"{info['n_images']} images of split {info['split']!r}; mode {info['mode']}; "
                            f"model hash {info['model_hash']}; threshold {threshold:.4g}.")
+    if threshold_note:
+        rep.text(threshold_note, note=True)
+    if quality is None:  # else rep.decisions below says it, with the rates
+        for w in R.chance_warnings("teacher", metrics):
+            rep.warning(w)
     rep.metrics(metrics)
+    if quality is not None:
+        rep.section("Decisions at the deployed threshold",
+                    f"threshold {threshold:.4g}; 'defect' is the positive class")
+        rep.decisions(quality, "teacher")
     y = np.asarray([int(r.is_defect) for r in records])
     s = np.asarray([v.score for v in verdicts], float)
     rep.section("Curves")
@@ -136,7 +169,9 @@ def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, 
     rep.section("Best cases")
     for k, i in enumerate(order[::-1][:N_CASES]):
         case(i, "best", k)
-    rep.section("Run", json.dumps(info))
+    rep.section("Run")
+    rep.table([[k, ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v] for k, v in info.items()],
+              header=["", "value"])
     return rep.write()
 
 
@@ -188,7 +223,7 @@ def run(args) -> int:
     info = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "mode": pipe.mode,
             "model_hash": pipe.model_hash, "n_images": len(records), "batch_size": args.batch_size,
             "device": device, "seconds": round(secs, 2), "ms_per_image": round(1e3 * secs / len(records), 2),
-            "vocabulary": pipe.vocabulary}
+            "vocabulary": pipe.vocabulary, "data_hash": ds.content_hash()}
     result = {**info, "metrics": metrics,
               "quality": quality_row([r.product for r in records], [int(r.is_defect) for r in records],
                                      [r.defect_type for r in records], [v.score for v in verdicts],
@@ -196,7 +231,8 @@ def run(args) -> int:
                                      [int(v.decision == "defect") for v in verdicts])}
     if args.report:
         page = write_report(args.report, f"teacher eval — {Path(args.checkpoint).name} ({args.split})", metrics,
-                            verdicts, records, images, gt, threshold, info)
+                            verdicts, records, images, gt, threshold, info, quality=result["quality"],
+                            threshold_note=threshold_words(pipe))
         result["report"] = str(page)
         log(f"eval: report {page}")
     log("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))

@@ -122,9 +122,14 @@ def test_report_figures_present(demo):
     html = (out / "index.html").read_text()
     for needle in ("Teacher vs student vs cascade", "I-AUROC", "P-AUROC", "AU-PRO", "fallback rate", "roc.png",
                    "PatchCore, ImageNet EfficientNet-Lite0",
-                   "pro.png", "latency_edge.png", "cosine.png", "speedup over the teacher", "teacher-eval/index.html",
+                   "pro.png", "latency_edge.png", "cosine.png", "speedup over the tiny teacher", "teacher-eval/index.html",
                    "student-eval/index.html"):
         assert needle in html, needle
+    # every report as a new user sees it (tests/report_check.py: html.parser, no browser offline)
+    from report_check import check_report_page
+
+    for index in (out / "index.html", out / "teacher-eval" / "index.html", out / "student-eval" / "index.html"):
+        check_report_page(index)
     pngs = [p for p in out.glob("*.png")]
     assert any(p.name.startswith("frame_") for p in pngs)
     assert all(p.stat().st_size > 500 for p in pngs)

@@ -204,6 +204,9 @@ def test_verdict_figures():
     assert fig["edge"]["f1_at_threshold"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 2))
     assert fig["cascade"]["f1_at_threshold"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
     assert fig["confusion"]["d3"] == "FN" and fig["confusion"]["g3"] == "FP"
+    assert fig["edge"]["confusion"] == {"tp": 1, "fp": 1, "fn": 2, "tn": 2}  # g3 0.55 >= 0.5: a false reject
+    assert fig["edge"]["false_reject_rate"] == pytest.approx(1 / 3) and fig["edge"]["escape_rate"] == pytest.approx(2 / 3)
+    assert fig["edge"]["recall_per_type"] == {"defect": pytest.approx(1 / 3)}  # no types given: one bucket
     assert fig["latency_ms"]["edge.backend"]["p50"] == pytest.approx(3.0)
     assert fig["latency_ms"]["teacher.model"]["n"] == 2
     assert fig["end_to_end_ms"]["teacher"]["p50"] == pytest.approx(200.0, rel=1e-3)
@@ -259,7 +262,7 @@ def test_report_written_from_figures(tmp_path):
     store = _store(rows)
     labels = {r[0]: r[1] for r in rows}
     ids = [r[0] for r in rows]
-    vfig = an.verdict_figures(ids, labels, store, (0.4, 0.6), 0.5)
+    vfig = an.verdict_figures(ids, labels, store, (0.4, 0.6), 0.5, types={"d1": "crack", "d2": "stain"})
     rng = np.random.default_rng(0)
     imgs = {f: (rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), np.zeros((32, 32), bool)) for f in ids}
     imgs["d1"][1][4:9, 4:9] = True
@@ -272,7 +275,11 @@ def test_report_written_from_figures(tmp_path):
            "speed": {"size_ratio": 100.0, "teacher_ms": 100.0, "student_ms": 1.0, "speedup": 100.0},
            "speed_sd15": {"size": 256, "teacher_ms": 3000.0, "student_ms": 1.5, "speedup": 2000.0, "note": "n"},
            "student_local": {"image_auroc": 1.0, "au_pro": 0.5},
-           "student_pro": ([0, 0.1, 0.3], [0, 0.5, 0.9])}
+           "student_pro": ([0, 0.1, 0.3], [0, 0.5, 0.9]),
+           "fidelity_mean_predictor": {"s8": 0.95}, "forced": {"int8": "model.int8.onnx"},
+           "calibration": {"threshold": 0.5, "band": [0.4, 0.6], "reference": "teacher (both)", "n_val": 12,
+                           "target_agreement": 0.995}, "teacher_preset": "tiny"}
+    fig["table_sources"]["student INT8"] = {"image_auroc": 0.3, "source": "distill eval --json"}
     picks = an.sample_by_outcome(vfig["confusion"], 1)
     panels = overlay_panels(imgs, picks, store, {f: rng.random((32, 32)).astype(np.float32) for f in ids})
     index = write_report(tmp_path, fig, panels)
@@ -282,6 +289,13 @@ def test_report_written_from_figures(tmp_path):
         assert s in html, s
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert (tmp_path / "frame_TP_d1.png").is_file()
+    # issue 14: what a report owes its reader
+    assert "class='confusion'" in html and "escape rate" in html and "false-reject rate" in html
+    assert "crack" in html and "stain" in html  # recall per defect type
+    assert "mean-predictor baseline" in html and "at or below the mean-predictor baseline" in html  # 0.9 <= 0.95
+    assert "past its INT8 accuracy guard" in html and "student INT8: I-AUROC 0.300 is at or below chance" in html
+    assert "agrees best with the reference decisions (teacher (both)) on the 12 val images" in html
+    assert "tiny teacher (this demo&#x27;s) ms / image" in html and "speedup over the tiny teacher" in html
 
 
 def test_bench_targets_from_report():

@@ -371,6 +371,21 @@ def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<title>lineside student tiny: distillation report</title>" in page  # a name, not a dict
     assert "provenance" in page and str(pipeline["art"]) in page
+    # as a new user sees it (tests/report_check.py: html.parser, no browser offline)
+    from report_check import check_report_page
+
+    text = " ".join(check_report_page(tmp_path / "report" / "index.html").texts)
+    assert "escape rate" in text and "false-reject rate" in text and "mean-predictor baseline" in text
+    base = res["fidelity_mean_predictor"]  # fit.log's baseline, carried from the run config through the manifest
+    assert set(base) == set(res["fidelity_cosine"]) and all(-1 <= v <= 1 for v in base.values())
+    assert ("past its INT8 accuracy guard" in text) == bool(res["forced"])  # --force, but the guard may pass
+    from distill.evaluate import report_warnings
+
+    warned = report_warnings({"forced": ["int8"], "models": {"int8": "model.int8.onnx"},
+                              "fidelity_cosine": {"s8": 0.9, "s16": 0.99}, "fidelity_mean_predictor": {"s8": 0.94}})
+    assert "int8 (model.int8.onnx) was shipped past its INT8 accuracy guard" in warned[0]
+    assert "level(s) s8 is at or below the mean-predictor baseline" in warned[1] and len(warned) == 2
+    assert "agrees best with" in text and "The teacher timed here: the evaluated checkpoint (preset tiny)" in text
 
 
 def test_student_only_latency(pipeline):

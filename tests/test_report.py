@@ -67,3 +67,30 @@ def test_every_report_names_its_provenance(tmp_path):
     head = page.split("provenance'>", 1)[1].split("</p>", 1)[0]
     assert f"lineside {version()}" in head and "model abc123" in head and "written 20" in head
     assert "empty" not in head  # an unknown field is left out, not printed blank
+
+
+def test_decisions_confusion_and_warnings(tmp_path):
+    from runtime.quality import quality_row
+
+    labels = [0, 1] * 4
+    masks = [np.zeros((8, 8), bool) if y == 0 else np.pad(np.ones((4, 4), bool), 2) for y in labels]
+    maps = [np.random.default_rng(i).random((8, 8)) for i in range(8)]
+    row = quality_row(["p"] * 8, labels, ["good", "crack", "good", "dent"] * 2, [0.0] * 8, maps, masks, [1] * 8)
+    rep = report.Report("eval", tmp_path / "r")
+    rep.decisions(row, "student")
+    page = rep.write().read_text()
+    assert "class='confusion'" in page and "4 (FP, false reject)" in page and "0 (FN, escape)" in page
+    assert "100.0% (4 of 4)" in page  # every good part rejected
+    assert "class='warning'" in page and "student: image ranking at chance" in page
+    assert "crack" in page and "dent" in page
+    assert report.chance_warnings("m", {"image_auroc": 0.5, "pixel_auroc": 0.9}) != []
+    assert report.chance_warnings("m", {"image_auroc": 0.51, "pixel_auroc": None}) == []
+
+
+def test_latency_figures_are_readable(tmp_path):
+    # a 1 ms stage beside a 900 ms one, and a stage seen once: log bins, one panel per stage, no exception
+    series = {"edge.backend": list(np.random.default_rng(0).lognormal(0, 0.5, 50)), "teacher.model": [880.0]}
+    p = report.plot_stage_panels(tmp_path / "lat.png", series, title="stages")
+    assert p.stat().st_size > 1000
+    assert report._wants_log(np.array([1.0, 900.0])) and not report._wants_log(np.array([1.0, 2.0]))
+    assert report.plot_histogram(tmp_path / "h.png", {"a": [1.0, 2.0, 900.0]}).stat().st_size > 1000

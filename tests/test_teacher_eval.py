@@ -54,6 +54,15 @@ def test_finetune_bank_eval_cli(ckpt, capsys, tmp_path):
     for png in ("roc_image.png", "roc_pixel.png", "pro.png", "scores.png", "latency.png", "worst_0.png", "best_0.png"):
         assert (rep / png).stat().st_size > 500, png
         assert png in (rep / "index.html").read_text()
+    # as a new user sees it (tests/report_check.py: html.parser, no browser offline): short title, no JSON dump
+    # (the Run section is a table now), images resolve, confusion matrix and provenance present
+    from report_check import check_report_page
+
+    page = check_report_page(rep / "index.html")
+    text = " ".join(page.texts)
+    assert "escape rate" in text and "false-reject rate" in text and "per defect type" in text
+    assert "threshold" in text and "was chosen by" in text  # how the threshold and band were chosen
+    assert f"data hash {res['data_hash'][:16]}" in text
 
 
 def test_pipeline_load_and_new_vocabulary(ckpt):

@@ -163,9 +163,11 @@ def percentiles(values: Iterable[float]) -> dict[str, float]:
 
 
 def verdict_figures(frame_ids: list[str], labels: Mapping[str, int], store, band: tuple[float, float],
-                    threshold: float) -> dict:
+                    threshold: float, types: Mapping[str, str] | None = None) -> dict:
     """Everything the daemon's verdicts tell: counts, fallback rate, edge and cascade detection
-    metrics, latency per stage. ``store`` is a stream.Collected (edge/resolution/final per frame)."""
+    metrics (with the confusion counts, false-reject and escape rates and, given each frame's defect
+    type in ``types``, recall per type), latency per stage. ``store`` is a stream.Collected
+    (edge/resolution/final per frame)."""
     n = len(frame_ids)
     edge = {f: store.edge(f) for f in frame_ids}
     res = {f: store.resolution(f) for f in frame_ids}
@@ -198,7 +200,8 @@ def verdict_figures(frame_ids: list[str], labels: Mapping[str, int], store, band
         d_edge = np.array([edge[f].decision == "defect" for f in ok])
         d_casc = np.array([(store.final(f).decision == "defect") for f in ok])
         for name, s, d in (("edge", s_edge, d_edge), ("cascade", s_casc, d_casc)):
-            m: dict = {"n": len(ok), "f1_at_threshold": _f1(y, d), "accuracy": float((d == y.astype(bool)).mean())}
+            m: dict = {"n": len(ok), "f1_at_threshold": _f1(y, d), "accuracy": float((d == y.astype(bool)).mean()),
+                       **decision_counts(y, d, [(types or {}).get(f, "defect") for f in ok])}
             if 0 < y.sum() < y.size:
                 m["image_auroc"] = metrics.image_auroc(y, s)
                 m["f1"] = metrics.f1_max(y, s)[0]
@@ -221,6 +224,18 @@ def verdict_figures(frame_ids: list[str], labels: Mapping[str, int], store, band
     out["latency_samples_ms"] = stages
     out["end_to_end_ms"] = {"edge": percentiles(e2e_edge), "teacher": percentiles(e2e_teacher)}
     out["end_to_end_samples_ms"] = {"edge": e2e_edge, "teacher": e2e_teacher}
+    return out
+
+
+def decision_counts(y: np.ndarray, d: np.ndarray, types: list[str]) -> dict:
+    """Confusion counts ("defect" positive), false-reject and escape rates, recall per defect type: the
+    figures runtime.quality keeps per row, from decisions alone."""
+    y, d, t = np.asarray(y).astype(bool), np.asarray(d).astype(bool), np.asarray(types)
+    out: dict = {"confusion": {"tp": int((y & d).sum()), "fp": int((~y & d).sum()), "fn": int((y & ~d).sum()),
+                               "tn": int((~y & ~d).sum())},
+                 "false_reject_rate": float(d[~y].mean()) if (~y).any() else None,
+                 "escape_rate": float(1 - d[y].mean()) if y.any() else None}
+    out["recall_per_type"] = {k: float(d[y & (t == k)].mean()) for k in sorted(set(t[y].tolist()))}
     return out
 
 

@@ -298,7 +298,8 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     say("compute figures and write the report …", start="report")
     t_rep = time.perf_counter()
     cal = manifest.calibration
-    vfig = an.verdict_figures([f for f, _ in frames], labels, store, tuple(cal.band), cal.threshold)
+    types = {fid: r.defect_type for (fid, _), r in zip(labelled, recs)}
+    vfig = an.verdict_figures([f for f, _ in frames], labels, store, tuple(cal.band), cal.threshold, types=types)
     maps, local_scores, local_note = student_local(art, labelled, masks)
     fe, fr = store.edge(FOREIGN_FRAME_ID), store.resolution(FOREIGN_FRAME_ID)
     foreign = {"frame_id": FOREIGN_FRAME_ID,
@@ -352,6 +353,11 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
                                   "logs/quantize.log.")
     fig["table_sources"] = sources
     fig["feature_cosine"] = an.feature_cosine(j.get("distill-eval"))
+    fig["fidelity_mean_predictor"] = (j.get("distill-eval") or {}).get("fidelity_mean_predictor") or \
+        ((manifest.metrics.get("fidelity") or {}).get("val_cosine_mean_predictor") or {})
+    fig["calibration"] = cal.model_dump()
+    fig["forced"] = {role: manifest.models.get(role, role) for role in manifest.forced}
+    fig["teacher_preset"] = PRESET
     sizes = an.model_sizes(ckpt, art, manifest)
     fig["model_bytes"] = sizes
     fig["speed"] = an.speed_figures(j, vfig, sizes)

@@ -10,7 +10,9 @@ from typing import Mapping
 import numpy as np
 
 from runtime.demo import analysis as an
-from runtime.report import Report, overlay, plot_bars, plot_curves, plot_histogram
+from runtime.quality import warnings_for
+from runtime.report import (Report, calibration_words, chance_warnings, overlay, plot_bars, plot_curves,
+                            plot_stage_panels)
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -45,10 +47,16 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
              f"from this run: the daemon's published verdicts, the artifact and checkpoints on disk, and the JSON "
              f"printed by `teacher eval` and `distill eval`.", note=True)
 
+    for role, rel in (fig.get("forced") or {}).items():
+        rep.warning(f"the artifact's {role} model ({rel}) was shipped past its INT8 accuracy guard (distill quantize "
+                    "--force): the edge served it only because the demo allowed forced models")
     rep.section("Teacher vs student vs cascade", "test split; F1 = best F1 over thresholds (F1-max), "
                 "'F1 @ thr' = F1 of the decisions actually made at the deployed threshold.")
     rows = []
     for r in metric_table(fig):
+        if not str(r["source"]).startswith("daemon"):  # the streamed rows are warned about with their rates below
+            for w in chance_warnings(r["model"], r):
+                rep.warning(w)
         rows.append([r["model"], _fmt(r["image_auroc"]), _fmt(r["pixel_auroc"]), _fmt(r["au_pro"]),
                      _fmt(r["f1"]), _fmt(r["f1_at_threshold"]), r["source"]])
     rep.table(rows, header=["model", "I-AUROC", "P-AUROC", "AU-PRO", "F1", "F1 @ thr", "from"])
@@ -64,6 +72,20 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
         ["teacher verdicts", v["teacher_verdicts"]], ["teacher unreachable", v["teacher_unreachable"]],
         ["decisions the teacher changed", v["decisions_changed_by_teacher"]],
     ], header=["", "value"])
+    if fig.get("calibration"):
+        rep.text(calibration_words(fig["calibration"]), note=True)
+    for name in ("edge", "cascade"):
+        m = v.get(name) or {}
+        if "confusion" not in m:
+            continue
+        for w in warnings_for({"mean": m}):  # runtime.quality's words: chance ranking, escapes, false rejects
+            rep.warning(f"{name}: {w}")
+        rep.confusion(m["confusion"], caption=f"{name} decisions at the deployed threshold "
+                                              f"({fig.get('calibration', {}).get('threshold', float('nan')):.4g}), "
+                                              f"{m['n']} labelled frames")
+        if m.get("recall_per_type"):
+            rep.table([[t, _fmt(r), _fmt(1 - r)] for t, r in m["recall_per_type"].items()],
+                      header=["defect type", "recall", "escape rate"], caption=f"{name}, per defect type")
     fo = fig.get("foreign") or {}
     if fo.get("edge"):
         e, r = fo["edge"], fo.get("resolution") or {}
@@ -98,9 +120,15 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
         rep.image(img, cap, name=name)
 
     cos = fig.get("feature_cosine") or {}
-    rep.section("Student fidelity", "cosine similarity of student and teacher features per level (distill eval)")
+    base = fig.get("fidelity_mean_predictor") or {}
+    rep.section("Student fidelity", "cosine similarity of student and teacher features per level (distill eval), "
+                "beside the baseline: the cosine a constant prediction (the teacher's mean feature) reaches (fit.log)")
     if cos:
-        rep.table([[k, _fmt(x)] for k, x in cos.items()], header=["level", "cosine"])
+        low = [k for k, x in cos.items() if k in base and x <= base[k]]
+        if low:
+            rep.warning(f"fidelity of level(s) {', '.join(low)} is at or below the mean-predictor baseline")
+        rep.table([[k, _fmt(x), _fmt(base.get(k)), _fmt(x - base[k]) if k in base else "—"] for k, x in cos.items()],
+                  header=["level", "cosine", "mean-predictor baseline", "over the baseline"])
         rep.figure(plot_bars(rep.path("cosine.png"), cos, ylabel="cosine", ylim=(0, 1), title="feature cosine"))
     else:
         rep.text("distill eval reported no per-level cosine.", note=True)
@@ -113,14 +141,16 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
                for k, s in v["end_to_end_ms"].items()], header=["stage", "n", "p50 ms", "p99 ms", "max ms"])
     edge_s = {k: x for k, x in v["latency_samples_ms"].items() if k.startswith("edge.")}
     teach_s = {k: x for k, x in v["latency_samples_ms"].items() if k.startswith("teacher.")}
+    # one panel per stage on its own axis (log where it spans decades): a 1 ms stage and a 900 ms one never share
+    # a linear axis, and a stage seen once is a labelled point
     if edge_s:
-        rep.figure(plot_histogram(rep.path("latency_edge.png"), edge_s, title="edge stages"), "edge, per stage")
+        rep.figure(plot_stage_panels(rep.path("latency_edge.png"), edge_s, title="edge stages"), "edge, per stage")
     if teach_s:
-        rep.figure(plot_histogram(rep.path("latency_teacher.png"), teach_s, title="teacher stages"),
+        rep.figure(plot_stage_panels(rep.path("latency_teacher.png"), teach_s, title="teacher stages"),
                    "teacher server, per stage")
     e2e = {k: x for k, x in v["end_to_end_samples_ms"].items() if x}
     if e2e:
-        rep.figure(plot_histogram(rep.path("latency_e2e.png"), e2e, title="frame sent → verdict"),
+        rep.figure(plot_stage_panels(rep.path("latency_e2e.png"), e2e, title="frame sent → verdict"),
                    "end to end, frame timestamp to verdict")
 
     rep.section("Size and speed")
@@ -131,14 +161,22 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
         student = next((v for k, v in params.items() if k.startswith("student")), None)
         rep.table([[k, f"{v / 1e6:.3f} M", (f"{v / student:.3g}×" if student else "—")] for k, v in params.items()],
                   header=["parameters", "count", "÷ student"])
-    labels = {"teacher": "teacher (inference weights: EMA U-Net, VAE, encoders, head, bank)",
+    # the demo's teacher is the tiny preset (a few M parameters, can be smaller than the student): every teacher
+    # row names which teacher it is, and the production sd15 teacher has its own table below
+    tp = fig.get("teacher_preset", "tiny")
+    tt = f"{tp} teacher (this demo's)"
+    labels = {"teacher": f"{tt}: inference weights (EMA U-Net, VAE, encoders, head, bank)",
               "student_fp32": "student FP32 (ONNX)", "student_int8": "student INT8 (ONNX)",
               "student_openvino_xml": "student (OpenVINO IR)", "student_torch": "student (torch weights, not used on the edge)"}
     rep.table([[labels.get(k, k), _mb(b)] for k, b in sizes.items()] +
-              [["teacher / student size", _fmt(sp.get("size_ratio"), 1) + "×"],
-               ["teacher ms / image", _fmt(sp.get("teacher_ms"), 2)],
+              [[f"{tt} / student size", _fmt(sp.get("size_ratio"), 1) + "×"],
+               [f"{tt} ms / image", _fmt(sp.get("teacher_ms"), 2)],
                ["student ms / image", _fmt(sp.get("student_ms"), 2)],
-               ["speedup over the teacher", _fmt(sp.get("speedup"), 1) + "×"]], header=["", "value"])
+               [f"speedup over the {tt}", _fmt(sp.get("speedup"), 1) + "×"]], header=["", "value"])
+    if sp.get("size_ratio") is not None and sp["size_ratio"] < 1:
+        rep.text(f"The {tp} teacher of this demo is smaller than the student: it is a test-size preset that runs "
+                 "the same code on two CPU cores. The speedup above is over it; the production sd15 teacher "
+                 "(860M-parameter U-Net) is compared below when measured.", note=True)
     if sp.get("note"):
         rep.text(sp["note"], note=True)
     s15 = fig.get("speed_sd15") or {}
