@@ -8,7 +8,8 @@ For each N the chain runs from nothing, tiny preset, ``--steps`` optimiser steps
 `teacher data synth` (N good, N/4 defect images), `train-vae`, `train`, `finetune`, `bank`, `distill fit`,
 `distill quantize`, `distill export`, each a subprocess exactly as a user types it (this process stays
 torch-free). Per step: wall time, and peak RSS from the kernel's own account of the finished child
-(``os.wait4``'s ``ru_maxrss``: the child's high-water mark, no sampling). Per step and figure, the growth
+(``os.wait4``'s ``ru_maxrss``: the child's high-water mark, no sampling, taken in a small launcher
+process so that the bench's own size never counts). Per step and figure, the growth
 exponent b of ``value ≈ a·N^b`` (least squares on log-log): b ≈ 0 is flat, 1 linear. With ``--once-size``
 the chain runs once more at that image size (at the largest N). ``--report DIR`` writes scale.json and
 scale.png (time and RSS against N, log-log, one line per step).
@@ -67,26 +68,44 @@ def parse_n(text: str) -> list[int]:
     return n
 
 
-def run_measured(argv: list[str], log: Path, env: dict, timeout_s: float = STEP_TIMEOUT_S) -> dict:
+# Runs the step as its own child and reports that child's rusage. A child's ru_maxrss starts at the RSS of the
+# process it was forked from (Linux carries the pre-exec high-water mark across exec), so the step is forked
+# from this small launcher, not from the bench process, whose size would otherwise count for every step.
+_LAUNCHER = """import json, os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, ru = os.wait4(p.pid, 0)
+code = os.waitstatus_to_exitcode(status)
+p.returncode = code
+open(sys.argv[1], "w").write(json.dumps({"maxrss_kb": ru.ru_maxrss, "returncode": code}))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_measured(argv: list[str], log: Path, env: dict | None, timeout_s: float = STEP_TIMEOUT_S) -> dict:
     """Run one command to completion: {wall_s, peak_rss_mb, returncode, result (its last-line JSON)}.
-    Peak RSS is ``ru_maxrss`` of this child from ``os.wait4`` (KiB on Linux), so concurrent processes and
-    earlier steps never count."""
-    out = log.with_suffix(".stdout")
+    Peak RSS is the command's own ``ru_maxrss`` (KiB on Linux) from ``os.wait4`` in a small launcher
+    (see _LAUNCHER), so neither this process, concurrent processes nor earlier steps count."""
+    import signal
+    import sys
+
+    out, usage = log.with_suffix(".stdout"), log.with_suffix(".rusage.json")
+    usage.unlink(missing_ok=True)
     with open(log, "w") as logf, open(out, "w") as outf:
         logf.write("$ " + shlex.join(argv) + "\n")
         logf.flush()
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=outf, stderr=logf, env=env)
-        timer = threading.Timer(timeout_s, p.kill)
+        p = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(usage)] + list(argv), stdout=outf, stderr=logf,
+                             env=env, start_new_session=True)
+        timer = threading.Timer(timeout_s, lambda: os.killpg(p.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(p.pid, 0)
+            code = p.wait()
         finally:
             timer.cancel()
         wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
-            "returncode": p.returncode, "result": last_json_line(out.read_text(errors="replace"))}
+    ru = json.loads(usage.read_text()) if usage.is_file() else {"maxrss_kb": 0, "returncode": code}
+    return {"wall_s": round(wall, 3), "peak_rss_mb": round(ru["maxrss_kb"] / 1024.0, 1),
+            "returncode": ru["returncode"], "result": last_json_line(out.read_text(errors="replace"))}
 
 
 def chain(n: int, size: int, steps: int, work: Path, env: dict, say) -> dict:
