@@ -81,6 +81,7 @@ class Engine:
         self.model_hash = h.hexdigest()[:16]
         cal = m.calibration
         self.threshold, self.band, self.ood_limit = cal.threshold, tuple(cal.band), cal.ood_limit
+        self.score_norm = cal.score_norm()  # the operator's 0-1 score; decisions stay on the raw score
         self.region_level = m.scoring.region_threshold or cal.threshold
 
     @property
@@ -107,7 +108,7 @@ class Engine:
         res = score_outputs(out, self.bank, (self.size, self.size), mode=s.mode, k=s.k, blur_sigma_px=s.blur_sigma_px,
                             score_topk=s.score_topk, bank_norm=s.bank_norm, head_norm=s.head_norm,
                             embedding_output=s.embedding_output, index=self.index)
-        decision, conf, in_band = decide(res.score, self.threshold, self.band)
+        decision, conf, in_band = decide(res.score, self.threshold, self.band, self.score_norm)
         ood = bool(res.mean_nn_distance > self.ood_limit)
         regions: list[Region] = []
         mask = None
@@ -125,7 +126,7 @@ class Engine:
         if ood:
             decision, conf = "unknown", 0.0
         return Verdict(frame_id=frame_id, camera_id=camera_id, decision=decision, score=float(res.score),
-                       confidence=conf, decided_by="edge", in_band=bool(in_band), ood=ood, regions=regions,
+                       score_norm=self.score_norm(res.score), confidence=conf, decided_by="edge", in_band=bool(in_band), ood=ood, regions=regions,
                        latencies_ms={"preprocess": (t1 - t0) * 1e3, "backend": (t2 - t1) * 1e3,
                                      "scoring": (t3 - t2) * 1e3},
                        model_hash=self.model_hash, ts_frame=ts_frame, ts_verdict=time.time(),

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 if not args.no_overlays:
                     rgb = overlay(img, anomaly_map=amap, regions=v.regions, gt_mask=gt,
                                   map_range=(0.0, max(engine.threshold, 1e-12) * 2),
-                                  text=f"{v.decision} {v.score:.3g} (thr {engine.threshold:.3g})")
+                                  text=f"{v.decision} {v.score_norm:.2f}/1 (raw {v.score:.3g}, thr {engine.threshold:.3g})")
                     cv2.imwrite(str(out / OVERLAY_DIR / f"{it.frame_id}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 if it.record is not None:
                     r = it.record

@@ -139,11 +139,64 @@ def find_regions(anomaly_map: np.ndarray, level: float, min_area_px: int = 16,
     return regions, keep
 
 
-def decide(score: float, threshold: float, band: tuple[float, float]) -> tuple[str, float, bool]:
-    """(decision, confidence, in_band). Confidence is 0 at the threshold and 1 at the band's edge or beyond."""
+@dataclass(frozen=True)
+class ScoreNorm:
+    """The operator's 0-1 score, as anomalib normalises: the calibrated threshold maps to 0.5.
+
+    Piecewise linear, clipped: [low .. threshold] -> [0, 0.5] and [threshold .. high] -> [0.5, 1], with ``low``
+    the lowest good validation score and ``high`` the highest validation score (distill export records them in
+    the manifest's ``calibration.normalization``). Two pieces rather than anomalib's one min-max line shifted to
+    the threshold: a threshold that sits near one end of the validation range (the usual case: good scores
+    crowd close below it) would saturate that side of a single line and squash the other, and the threshold
+    must land on exactly 0.5 either way. A monotone map: rankings, and so every AUROC, are those of the raw
+    score, which the verdict keeps (``score``) and every metric is computed from.
+    """
+    low: float
+    threshold: float
+    high: float
+
+    @classmethod
+    def default(cls, threshold: float, band: tuple[float, float] = (0.0, 0.0)) -> "ScoreNorm":
+        """Without validation figures (an artifact exported before they were recorded, the teacher): scores are
+        non-negative (distances, probabilities), so 0 -> 0, and the high side mirrors it, widened to the band."""
+        t = float(threshold)
+        low = min(0.0, float(band[0])) if t > 0 else t - max(abs(t), 1.0)
+        return cls.checked(low, t, max(t + (t - low), float(band[1])))
+
+    @classmethod
+    def checked(cls, low: float | None, threshold: float, high: float | None) -> "ScoreNorm":
+        """``low`` < ``threshold`` < ``high``, each side replaced by the default's where it is missing or not."""
+        t = float(threshold)
+        span = max(abs(t), 1e-6)
+        lo = float(low) if low is not None and np.isfinite(low) and low < t else (0.0 if t > 0 else t - span)
+        hi = float(high) if high is not None and np.isfinite(high) and high > t else t + (t - lo)
+        return cls(low=lo, threshold=t, high=hi)
+
+    def __call__(self, score: float) -> float:
+        s = float(score)
+        if not np.isfinite(s):
+            return float("nan")
+        if s <= self.threshold:
+            v = 0.5 * (s - self.low) / (self.threshold - self.low)
+        else:
+            v = 0.5 + 0.5 * (s - self.threshold) / (self.high - self.threshold)
+        return float(np.clip(v, 0.0, 1.0))
+
+
+def decide(score: float, threshold: float, band: tuple[float, float],
+           norm: ScoreNorm | None = None) -> tuple[str, float, bool]:
+    """(decision, confidence, in_band). The decision and in_band depend on the raw score only. Confidence is 0 at
+    the threshold and grows with the distance from it: with ``norm``, in normalised units (|norm(score) - 0.5| x 2,
+    1 at the validation range's ends); without, relative to the band's half-width (1 at its edge or beyond), and
+    for a band of zero width in the units of ``ScoreNorm.default`` (not 1.0 everywhere)."""
     decision = "defect" if score >= threshold else "good"
     lo, hi = band
     in_band = lo <= score <= hi
-    half = (hi - threshold) if score >= threshold else (threshold - lo)
-    conf = 1.0 if half <= 0 else float(np.clip(abs(score - threshold) / half, 0.0, 1.0))
+    if norm is None:
+        half = (hi - threshold) if score >= threshold else (threshold - lo)
+        if half > 0:
+            return decision, float(np.clip(abs(score - threshold) / half, 0.0, 1.0)), in_band
+        norm = ScoreNorm.default(threshold, band)
+    n = norm(score)
+    conf = float(np.clip(abs(n - 0.5) * 2.0, 0.0, 1.0)) if np.isfinite(n) else 0.0
     return decision, conf, in_band

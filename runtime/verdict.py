@@ -36,7 +36,7 @@ class Verdict:
     status: Status = "ok"
     decision: Decision = "unknown"
     score: float = float("nan")  # image anomaly score, same scale as the artifact's threshold
-    confidence: float = 0.0  # distance from the threshold relative to the band, in [0, 1]
+    confidence: float = 0.0  # distance from the threshold (normalised units), in [0, 1]: 0 at the threshold
     decided_by: Decider = "edge"
     pending: bool = False  # edge verdict whose frame went to the teacher; a superseding one follows
     in_band: bool = False
@@ -49,6 +49,9 @@ class Verdict:
     ts_verdict: float = 0.0  # when this verdict was made (s, epoch)
     supersedes: Optional[str] = None  # decided_by of the verdict this one replaces
     seq: Optional[int] = None  # the daemon's sequence number, set when published (runtime.publisher)
+    # the operator's 0-1 score (runtime.scoring.ScoreNorm): the threshold at 0.5; None from a peer that predates it.
+    # Last among the header fields, so positional construction is unchanged; readers that do not know it drop it
+    score_norm: Optional[float] = None
     anomaly_map: Optional[np.ndarray] = field(default=None, repr=False)  # float32 (H, W), not in header
     mask: Optional[np.ndarray] = field(default=None, repr=False)  # bool (H, W), PNG payload on request
 
@@ -58,6 +61,8 @@ class Verdict:
         d.pop("mask")
         d["regions"] = [asdict(r) for r in self.regions]
         d["score"] = None if not np.isfinite(self.score) else float(self.score)
+        if self.score_norm is not None:
+            d["score_norm"] = None if not np.isfinite(self.score_norm) else float(self.score_norm)
         return d
 
     @classmethod

@@ -1,5 +1,6 @@
-"""`lineside watch --from tcp://HOST:PORT`: print a daemon's verdicts (one JSON line each), optionally save
-overlays (mask in red, region boxes) drawn on the frame found in --images by frame id, else on black.
+"""`lineside watch --from tcp://HOST:PORT`: print a daemon's verdicts (one JSON line each: the raw ``score`` and
+the operator's 0-1 ``score_norm``, threshold at 0.5), optionally save overlays (mask in red, region boxes,
+decision and normalised score) drawn on the frame found in --images by frame id, else on black.
 
 Every verdict carries the daemon's sequence number ``seq``. ``--since SEQ --control EP`` first replays what
 the journal holds after SEQ (subscribed before asking, so nothing falls between replay and live stream),
@@ -47,7 +48,9 @@ def overlay(v, image: np.ndarray | None) -> np.ndarray:
     for r in v.regions:
         x0, y0, x1, y1 = r.bbox
         cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, 1)
-    label = f"{v.decision} {v.score:.2f} {v.decided_by}{' pending' if v.pending else ''}"
+    # the operator's 0-1 score (threshold 0.5) where the verdict has one, else the raw score
+    shown = f"{v.score_norm:.2f}/1" if v.score_norm is not None and np.isfinite(v.score_norm) else f"{v.score:.2f}"
+    label = f"{v.decision} {shown} {v.decided_by}{' pending' if v.pending else ''}"
     cv2.putText(out, label, (2, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
     return out
 

@@ -150,7 +150,7 @@ class TeacherPipeline:
 
     @torch.no_grad()
     def _predict_batch(self, images: list[np.ndarray], ids: list[str]) -> list[Verdict]:
-        from runtime.scoring import decide, find_regions
+        from runtime.scoring import ScoreNorm, decide, find_regions
 
         lat: dict[str, float] = {}
         t_start = t = time.perf_counter()
@@ -215,7 +215,9 @@ class TeacherPipeline:
                 if not regions and self.bank is not None:
                     regions, mask = find_regions(amap, level=thr, min_area_px=self.bank.min_region_px,
                                                  label="anomaly", threshold=thr)
+            # the operator's 0-1 score: the teacher has no recorded validation range, so the default's (0 -> 0)
             verdicts.append(Verdict(frame_id=ids[i], decision=decision, score=float(score), confidence=conf,
+                                    score_norm=ScoreNorm.default(thr, band)(score),
                                     decided_by="teacher", in_band=in_band, regions=regions, model_hash=self.model_hash,
                                     anomaly_map=amap.astype(np.float32), mask=mask, ts_verdict=time.time()))
         lap("postprocess")
