@@ -50,6 +50,11 @@ FP32_OUTPUT_RTOL = 1e-3  # max |Δ| / max |torch| per output
 INT8_MEASURED_MARGIN = 1.5
 INT8_SCORE_RTOL = 0.5  # fallback when nothing was measured (old report, or check images not from that split)
 CHECK_IMAGES = 8
+FORMATS = ("onnx", "openvino", "tensorrt")  # --format: what to write (ONNX FP32 always: every other is built from it)
+PRECISIONS = ("fp32", "int8")  # --precision
+DEFAULT_FORMATS = ("onnx", "openvino")  # what export has always written; a TensorRT plan needs TensorRT here
+DEFAULT_PRECISIONS = ("fp32", "int8")
+TENSORRT_PLAN = "model.plan"
 
 
 def log(msg: str) -> None:
@@ -60,17 +65,49 @@ class ExportError(RuntimeError):
     pass
 
 
+def parse_choice(text: str | list | tuple, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """"onnx,openvino" (or a list) -> ("onnx", "openvino"), in ``allowed``'s order; an unknown name raises."""
+    names = [t.strip().lower() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise ExportError(f"{what} must be a comma-separated choice of {', '.join(allowed)}; got {text!r}")
+    return tuple(a for a in allowed if a in names)
+
+
+def tensorrt_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
 def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_images: int = CHECK_IMAGES,
-               sign: str | Path | None = None, index: str = DEFAULT_INDEX) -> dict:
+               sign: str | Path | None = None, index: str = DEFAULT_INDEX,
+               formats: tuple[str, ...] | str = DEFAULT_FORMATS,
+               precisions: tuple[str, ...] | str = DEFAULT_PRECISIONS) -> dict:
     """``sign``: an Ed25519 private key file (``lineside keys DIR --name NAME --signing``) to sign the
     artifact with; read before anything is exported, so a wrong key costs nothing. ``index``: the bank's
-    nearest-neighbour search (runtime/bank_index.py INDEX_KINDS); faiss is needed here for ivf/hnsw."""
+    nearest-neighbour search (runtime/bank_index.py INDEX_KINDS); faiss is needed here for ivf/hnsw.
+    ``formats`` (FORMATS) and ``precisions`` (PRECISIONS): what to write. The FP32 ONNX graphs are always
+    written (every other model is built from them, and they are the edge's reference); "int8" adds the
+    quantized models (and needs `distill quantize` first), "openvino" the IR (INT8 where it passed its guard,
+    else FP32), "tensorrt" an FP32 plan built here (needs TensorRT: checked before anything is written)."""
+    formats = parse_choice(formats, FORMATS, "--format")
+    precisions = parse_choice(precisions, PRECISIONS, "--precision")
+    if "onnx" not in formats:
+        log("the FP32 ONNX graphs are written anyway: every other format is built from them")
+    if "fp32" not in precisions:
+        log("the FP32 models are written anyway: the INT8 ones are checked against them, and the edge falls back "
+            "to them")
+    if "tensorrt" in formats and not tensorrt_available():
+        raise ExportError("--format tensorrt needs TensorRT, which is not importable here; build the plan on the "
+                          "target (deploy/tensorrt/build_engine.py ARTIFACT/model.onnx) or leave tensorrt out")
+    want_int8 = "int8" in precisions
     from distill.data import load_images
     from distill.quantize import FULL_FILE, QUANT_DIR, REPORT
     from distill.run import load_run
     from runtime.dataset import load_dataset
     from runtime.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, IndexSpec, Preprocess,
-                                  Scoring, load_manifest, write_manifest)
+                                  Producer, Scoring, load_manifest, write_manifest)
 
     if sign is not None:
         from runtime.signing import load_signing_key
@@ -87,10 +124,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
             raise ExportError(f"--index {index}: {e}") from None
     run = load_run(run_dir)
     qdir = run.dir / QUANT_DIR
-    if not (qdir / REPORT).is_file():
+    if want_int8 and not (qdir / REPORT).is_file():
         raise ExportError(f"{run.dir}: not quantized yet; run `distill quantize {run.dir} --data D/manifest.jsonl` "
-                          "first (or it will have no INT8 model)")
-    qrep = json.loads((qdir / REPORT).read_text())
+                          "first (or export --precision fp32: no INT8 model)")
+    # without int8 the quantize report is not read: no INT8 model is shipped, so none is forced or checked
+    qrep = json.loads((qdir / REPORT).read_text()) if want_int8 else {"methods": {}}
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -108,7 +146,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         _edge_copy(qdir / ort_int8["file"], out / "model.int8.onnx", outputs, onnx_outputs, prune_onnx)
         models["int8"] = "model.int8.onnx"
     chosen = qrep.get("chosen")
-    if chosen == "nncf":
+    if "openvino" not in formats:
+        pass
+    elif not want_int8:
+        export_openvino(out / "model.onnx", out / "openvino" / "model.xml")
+        models["openvino_xml"] = "openvino/model.xml"
+    elif chosen == "nncf":
         _edge_copy(qdir / qrep["methods"]["nncf"]["file"], out / "openvino" / "model.int8.xml", outputs,
                    openvino_outputs, prune_openvino)
         models["openvino_xml"] = "openvino/model.int8.xml"
@@ -157,7 +200,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
             int8_source = f"{len(x_int8)} val images of {qdata} (the quantize split)"
         else:
             int8_measured = False
-    if not int8_measured:
+    if not int8_measured and want_int8:
         log("WARNING: INT8 models are checked against the fallback tolerance "
             f"{INT8_SCORE_RTOL} x threshold (no quantize measurement on these images)")
     thr = abs(float(cfg["calibration"]["threshold"])) or 1.0
@@ -185,6 +228,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     backends = {"onnxruntime-fp32": (lambda: OrtRunner(out / "model.onnx", threads), None),
                 "openvino-fp32": (lambda: OvRunner(out / "model.onnx", threads), None),
                 "onnxruntime-full": (lambda: OrtRunner(out / FULL_FILE, threads), None)}
+    if "openvino" not in formats:
+        backends.pop("openvino-fp32")
     if "int8" in models:
         backends["onnxruntime-int8"] = (lambda: OrtRunner(out / models["int8"], threads), ("ort",))
     if models.get("openvino_xml") == "openvino/model.xml":  # FP32 IR: torch parity like any FP32 model
@@ -219,6 +264,17 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         log(f"{name}: matches torch (score diff {diff:.2e} <= {tol:.2e}; worst output rel. error "
             f"{max(rel.values()):.2e})" + (" as quantized, but FORCED past its INT8 guard" if role in forced else ""))
 
+    if "tensorrt" in formats:  # FP32 plan from the edge graph, on this machine's GPU (a plan is tied to its GPU)
+        from distill.export_targets import export_tensorrt
+
+        export_tensorrt(out / "model.onnx", out / TENSORRT_PLAN)
+        models["tensorrt_plan"] = TENSORRT_PLAN
+        check["tensorrt-fp32"] = tensorrt_check(out / TENSORRT_PLAN, outputs, x, reference, bank, run.size, scoring,
+                                                thr)
+        tolerance["tensorrt-fp32"] = check["tensorrt-fp32"]["score_tolerance"]
+        log(f"tensorrt-fp32: plan {TENSORRT_PLAN}, score diff {check['tensorrt-fp32']['score_max_abs_diff']:.2e} "
+            f"<= {tolerance['tensorrt-fp32']:.2e}")
+
     index_spec = IndexSpec()
     if index != "exact":
         from distill.export_index import IndexCheckError, build_checked_index
@@ -234,7 +290,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
             f"(<= {c['score_tolerance']:.2e}); kNN {c['knn_ms_per_image']}")
 
     spec = run.spec
-    cal = cfg["calibration"]
+    cal = dict(cfg["calibration"])
+    if manifest_path.is_file():  # the val split calibration ran on, scored by the same FP32 model and scoring
+        val_sc = score_outputs(run_all(TorchRunner(fused), val.student_inputs(run.mean, run.std).numpy()), bank,
+                               run.size, scoring).scores
+        cal["normalization"] = score_normalization(cal, val.labels, val_sc)
+    else:
+        cal["normalization"] = score_normalization(cal, None, None)
     quant = f"int8-{chosen}" if chosen else "fp32"
     manifest = ArtifactManifest(
         format_version=MANIFEST_FORMAT_VERSION, name=f"student-{cfg['student']}", student=cfg["student"],
@@ -249,6 +311,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
                  "quantize": {m: {k: v for k, v in e.items() if k != "attempts"} for m, e in qrep["methods"].items()},
                  "quantize_fp32": qrep.get("fp32_metrics"), "export_check": check,
                  "export_check_inputs": check_source},
+        producer=Producer.now("distill export"),
     )
     write_manifest(out, manifest)
     load_manifest(out)  # what the edge will do: versions and checksums
@@ -260,7 +323,46 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
         log(f"signed {out} with key {signer} ({Path(sign).name})")
     log(f"wrote {out} ({quant}; models {sorted(models)})")
     return {"artifact": str(out), "quantization": quant, "models": models, "forced": forced, "tolerance": tolerance,
-            "export_check": check, "signer": signer, "outputs": outputs, "index": index_spec.model_dump()}
+            "export_check": check, "signer": signer, "outputs": outputs, "index": index_spec.model_dump(),
+            "formats": list(formats), "precisions": list(precisions)}
+
+
+TENSORRT_SCORE_RTOL = 1e-2  # TensorRT FP32 builds may use TF32 tensor cores: looser than the CPU runtimes
+
+
+def tensorrt_check(plan: Path, outputs: list[str], x: np.ndarray, reference, bank, size, scoring, thr: float) -> dict:
+    """The plan re-run through the edge's own TensorRT backend and its image scores compared with torch."""
+    from runtime.backends.tensorrt_backend import TensorRTBackend
+
+    ref_out, ref_sc = reference(x)
+    be = TensorRTBackend(plan, outputs)
+    try:
+        outs = [be.run(xi[None]) for xi in x]
+    finally:
+        getattr(be, "close", lambda: None)()
+    sc = score_outputs(outs, bank, size, scoring).scores
+    diff, tol = float(np.abs(sc - ref_sc).max()), TENSORRT_SCORE_RTOL * thr
+    if diff > tol:
+        raise ExportError(f"tensorrt-fp32 does not match torch: image score differs by {diff:.3g} > {tol:.3g}")
+    return {"score_max_abs_diff": diff, "score_tolerance": tol, "tolerance_basis": f"{TENSORRT_SCORE_RTOL} x threshold",
+            "images": len(x), "decision_agreement": float(((sc >= thr) == (ref_sc >= thr)).mean())}
+
+
+def score_normalization(cal: dict, labels, scores) -> dict:
+    """The constants of the operator's 0-1 score (runtime.scoring.ScoreNorm), written into the manifest's
+    calibration: the calibrated threshold (-> 0.5), the lowest good and the highest of the val ``scores`` the
+    threshold was calibrated on (-> 0 and 1). Raw scores, threshold and decisions are untouched. Without val
+    scores (the dataset moved): the default's."""
+    from runtime.scoring import ScoreNorm
+
+    thr = float(cal["threshold"])
+    if scores is None or not len(scores):
+        n = ScoreNorm.default(thr, tuple(cal["band"]))
+        return {"low": n.low, "threshold": thr, "high": n.high, "source": "default (val split not found)"}
+    scores, good = np.asarray(scores, float), np.asarray(labels) == 0
+    n = ScoreNorm.checked(float(scores[good].min()) if good.any() else None, thr, float(scores.max()))
+    return {"low": n.low, "threshold": thr, "high": n.high,
+            "source": f"{len(scores)} val images: lowest good and highest score, FP32 model"}
 
 
 def _edge_copy(src: Path, dst: Path, outputs: list[str], read_outputs, prune) -> None:
@@ -304,12 +406,19 @@ def configure(p) -> None:
                         "(needs lineside[ann]) tuned until scores match exact search")
     p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key "
                    "(lineside keys DIR --name NAME --signing); edges with --trusted-signers serve only signed ones")
+    p.add_argument("--format", dest="formats", default=",".join(DEFAULT_FORMATS),
+                   help=f"what to write, comma-separated of {', '.join(FORMATS)} (the FP32 ONNX graphs always: the "
+                        "source of the others); tensorrt builds an FP32 plan here and needs TensorRT")
+    p.add_argument("--precision", dest="precisions", default=",".join(DEFAULT_PRECISIONS),
+                   help=f"comma-separated of {', '.join(PRECISIONS)}: int8 ships the quantized models "
+                        "(needs distill quantize first)")
     p.add_argument("--json", action="store_true")
 
 
 def run(args) -> int:
     try:
-        res = export_run(args.run, args.out, threads=args.threads, sign=args.sign, index=args.index)
+        res = export_run(args.run, args.out, threads=args.threads, sign=args.sign, index=args.index,
+                         formats=args.formats, precisions=args.precisions)
     except ExportError as e:
         print(f"distill export: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.featurespec import ContractError, FeatureSpec
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
-from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK, SCORING_MODES
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK, SCORING_MODES, ScoreNorm
 
 MANIFEST_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)  # what this reader accepts (see the module doc)
@@ -64,6 +64,18 @@ class Scoring(BaseModel):
     index: IndexSpec = Field(default_factory=IndexSpec)
 
 
+class ScoreNormalization(BaseModel):
+    """runtime.scoring.ScoreNorm's constants: raw ``low`` -> 0, ``threshold`` -> 0.5, ``high`` -> 1 (clipped)."""
+    model_config = ConfigDict(extra="allow")
+    low: float  # the lowest good validation score
+    threshold: float  # the calibrated threshold (= Calibration.threshold)
+    high: float  # the highest validation score
+    source: str = ""  # where they were measured
+
+    def norm(self) -> ScoreNorm:
+        return ScoreNorm.checked(self.low, self.threshold, self.high)
+
+
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="allow")
     threshold: float  # score >= threshold -> defect
@@ -72,6 +84,33 @@ class Calibration(BaseModel):
     target_agreement: float = 0.995
     val_agreement_outside_band: Optional[float] = None
     val_fallback_rate: Optional[float] = None
+    # the operator's 0-1 score; absent from artifacts exported before it (runtime.scoring.ScoreNorm.default then)
+    normalization: Optional[ScoreNormalization] = None
+
+    def score_norm(self) -> ScoreNorm:
+        """The normalisation verdicts carry as ``score_norm``: the recorded one, else the default from the threshold."""
+        if self.normalization is not None:
+            return ScoreNorm.checked(self.normalization.low, self.threshold, self.normalization.high)
+        return ScoreNorm.default(self.threshold, self.band)
+
+
+class Producer(BaseModel):
+    """What wrote the artifact and when; in the manifest's bytes, so the model hash and the signature cover it."""
+    model_config = ConfigDict(extra="allow")
+    lineside: str  # the producing lineside's version
+    commit: str = ""  # its source commit, when it ran from a git checkout
+    created: str = ""  # ISO-8601 UTC, e.g. 2025-01-31T12:00:00Z
+    command: str = ""  # e.g. "distill export"
+
+    @classmethod
+    def now(cls, command: str = "") -> "Producer":
+        import time
+
+        from runtime.report import build_info
+
+        info = build_info()
+        return cls(lineside=info["lineside"], commit=info.get("commit", ""), command=command,
+                   created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 class ArtifactManifest(BaseModel):
@@ -98,6 +137,7 @@ class ArtifactManifest(BaseModel):
     tolerance: dict[str, float] = Field(default_factory=dict)  # backend -> max abs score diff vs torch
     metrics: dict = Field(default_factory=dict)  # calibration / validation figures
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+    producer: Optional[Producer] = None  # absent from artifacts exported before it was recorded
 
     @property
     def spec(self) -> FeatureSpec:

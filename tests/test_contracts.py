@@ -206,3 +206,24 @@ def test_manifest_index_file_must_be_checksummed(tmp_path):
     (d / "manifest.json").write_text(json.dumps(raw))  # names an index file the checksums do not cover
     with pytest.raises(ContractError, match="scoring.index.file = bank.index"):
         load_manifest(d)
+
+
+def test_manifest_producer_and_score_normalisation_are_optional(tmp_path):
+    """An artifact from before producer / calibration.normalization still loads; its 0-1 score is the default's."""
+    from runtime.manifest import Producer
+
+    d = _artifact(tmp_path)
+    raw = json.loads((d / "manifest.json").read_text())
+    raw.pop("producer", None)
+    raw["calibration"].pop("normalization", None)
+    (d / "manifest.json").write_text(json.dumps(raw))
+    m = load_manifest(d)
+    assert m.producer is None and m.calibration.normalization is None
+    n = m.calibration.score_norm()
+    assert n(1.0) == 0.5 and n(0.0) == 0.0 and n(2.0) == 1.0  # threshold 1: 0 -> 0, mirrored above
+    p = Producer.now("distill export")
+    assert p.lineside and p.created.endswith("Z") and p.created[:2] == "20"
+    write_manifest(d, m.model_copy(update={"producer": p, "calibration": m.calibration.model_copy(
+        update={"normalization": {"low": 0.5, "threshold": 1.0, "high": 3.0, "source": "test"}})}))
+    m2 = load_manifest(d)
+    assert m2.producer.command == "distill export" and m2.calibration.score_norm()(2.0) == 0.75

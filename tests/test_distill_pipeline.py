@@ -103,6 +103,12 @@ def test_artifact_layout_and_manifest(pipeline):
     assert m.teacher_hash and m.quantization.startswith("int8")
     # the student carries the teacher's head: the edge scores bank and head together, as the teacher does
     assert m.scoring.mode == "both" and m.scoring.bank_norm > 0 and m.scoring.head_norm > 0
+    # provenance: what wrote the artifact and when, inside the manifest's bytes (so model hash and signature cover it)
+    assert m.producer.lineside and m.producer.command == "distill export" and m.producer.created.endswith("Z")
+    # the operator's 0-1 score: calibrated threshold -> 0.5, the val split's lowest good / highest score -> 0 / 1
+    n = m.calibration.normalization
+    assert n.threshold == m.calibration.threshold and n.low < n.threshold < n.high and "val images" in n.source
+    assert m.calibration.score_norm()(m.calibration.threshold) == 0.5
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -122,6 +128,9 @@ def test_artifact_runs_on_the_edge_and_matches_torch(pipeline, backend):
     eng = Engine(art, backend=backend, allow_forced=True)  # the fixture quantizes with --force
     v = eng.judge(img)
     assert v.status == "ok" and v.decision in ("good", "defect", "unknown")
+    # the raw score decides; the normalised one agrees with it about the threshold, and both travel in the header
+    assert 0.0 <= v.score_norm <= 1.0 and (v.score_norm >= 0.5) == (v.score >= m.calibration.threshold)
+    assert v.to_header()["score_norm"] == v.score_norm and v.to_header()["score"] == v.score
     # FP32 parity through the edge's own preprocessing
     from kernels import dispatch
     from distill.runners import OrtRunner, OvRunner
@@ -526,3 +535,29 @@ def test_retarget_writes_a_timing_only_edge_artifact_at_another_size(pipeline, t
     v = eng.judge(np.zeros((96, 96, 3), np.uint8))
     assert v.status == "ok" and v.latencies_ms["backend"] > 0
     assert eng.backend.run(np.zeros((1, 3, 96, 96), np.float32))["embedding"].shape[-1] == 96 // 8
+
+
+def test_export_writes_the_formats_and_precisions_asked_for(pipeline, tmp_path):
+    """distill export --format/--precision: a choice of what to write; the default is what it always wrote."""
+    from distill.export import DEFAULT_FORMATS, DEFAULT_PRECISIONS, tensorrt_available
+
+    assert pipeline["exp"]["formats"] == list(DEFAULT_FORMATS) and pipeline["exp"]["precisions"] == list(DEFAULT_PRECISIONS)
+    art = tmp_path / "fp32"
+    rc, exp = _cli("export", pipeline["run"], "--out", art, "--format", "onnx", "--precision", "fp32", "--json")
+    assert rc == 0 and sorted(exp["models"]) == ["fp32", "full", "torch"]
+    m = load_manifest(art)
+    assert m.quantization == "fp32" and not m.forced and not (art / "openvino").exists()
+    assert set(m.metrics["export_check"]) == {"onnxruntime-fp32", "onnxruntime-full"}
+    rc, exp = _cli("export", pipeline["run"], "--out", tmp_path / "ov", "--format", "openvino", "--precision", "fp32",
+                   "--json")
+    assert rc == 0 and exp["models"]["openvino_xml"] == "openvino/model.xml" and "int8" not in exp["models"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc, _ = _cli("export", pipeline["run"], "--out", tmp_path / "bad", "--format", "onnx,tflite")
+    assert rc == 2 and "--format must be a comma-separated choice of onnx, openvino, tensorrt" in err.getvalue()
+    if not tensorrt_available():  # one clear line, before anything is written
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc, _ = _cli("export", pipeline["run"], "--out", tmp_path / "trt", "--format", "onnx,tensorrt")
+        assert rc == 2 and "needs TensorRT, which is not importable here" in err.getvalue()
+        assert len(err.getvalue().strip().splitlines()) == 1 and not (tmp_path / "trt").exists()
