@@ -43,11 +43,16 @@ class ImageSet:
 
 
 def load_images(ds: Dataset, splits: tuple[str, ...], size: int) -> ImageSet:
-    import cv2
-
     recs = ds.split(*splits)
     if not recs:
         raise ValueError(f"{ds.manifest}: no records in split(s) {splits}")
+    return load_records(ds, recs, size)
+
+
+def load_records(ds: Dataset, recs: list[Record], size: int) -> ImageSet:
+    """These records only, decoded and resized as ``load_images`` does (a bounded subset of a split)."""
+    import cv2
+
     imgs = np.empty((len(recs), size, size, 3), np.uint8)
     masks = np.zeros((len(recs), size, size), bool)
     for i, r in enumerate(recs):

@@ -45,7 +45,13 @@ DEFAULT_MAX_DROP = 0.5  # points of image AUROC / AU-PRO
 DEFAULT_MIN_AGREEMENT = 0.9  # share of val images where INT8 and FP32 decide alike
 DEFAULT_MIN_COSINE = 0.95  # per-location cosine INT8 vs FP32, every output (catches a broken calibration
 # that a small or weak validation split would not show in AUROC)
+# Calibration images, sampled deterministically (seed 0) from the train split; only these are decoded and only
+# these reach the NNCF / ORT calibrators, so quantize's memory does not grow with the split. MinMax ranges
+# and NNCF's statistics settle within a few dozen images of one product; a split smaller than the bound is
+# used whole. MAX_CALIB_SIZE caps --calib-size: every calibration input is held in RAM (and by ORT's
+# calibrator, its activations too).
 DEFAULT_CALIB_SIZE = 64
+MAX_CALIB_SIZE = 256
 QUANT_DIR = "quantize"
 REPORT = "report.json"
 INT8_FILES = {"ort": "model.int8.onnx", "nncf": "openvino/model.int8.xml"}
@@ -252,7 +258,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
                  threads: int = 1) -> dict:
     """Quantize a run with each method; keep the models that pass the guard. Returns the report.
     ``calib_override`` replaces the calibration inputs (tests sabotage it to check the guard)."""
-    from distill.data import load_images
+    from distill.data import load_images, load_records
     from distill.run import load_run
     from runtime.dataset import load_dataset
 
@@ -266,12 +272,16 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
     full = export_onnx(run.model, qdir / FULL_FILE, run.size)
     outputs = edge_outputs(run.model.output_names, scoring.mode)
     fp32 = prune_onnx(full, qdir / EDGE_FILE, outputs)  # quantized and guarded: the graph the edge serves
+    if not 0 < calib_size <= MAX_CALIB_SIZE:
+        raise SystemExit(f"--calib-size {calib_size}: must be between 1 and {MAX_CALIB_SIZE} images")
     ds = load_dataset(data)
-    train = load_images(ds, ("train",), run.size)
-    val = load_images(ds, ("val",), run.size)
+    train_recs = ds.split("train")
+    if not train_recs:
+        raise SystemExit(f"{data}: no train records to calibrate on")
     rng = np.random.default_rng(0)
-    pick = rng.permutation(len(train))[:calib_size]
-    calib = train.student_inputs(run.mean, run.std).numpy()[np.sort(pick)]
+    pick = np.sort(rng.permutation(len(train_recs))[:calib_size])  # the same images whatever the split's size
+    calib = load_records(ds, [train_recs[i] for i in pick], run.size).student_inputs(run.mean, run.std).numpy()
+    val = load_images(ds, ("val",), run.size)
     if calib_override is not None:
         calib = np.asarray(calib_override, np.float32)
     x_val = val.student_inputs(run.mean, run.std).numpy()
@@ -416,7 +426,7 @@ def configure(p) -> None:
                    help="share of val images where INT8 and FP32 must decide alike")
     p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
                    help="per-location cosine INT8 vs FP32 required of every output")
-    p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE, help="calibration images (train split)")
+    p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE, help=f"calibration images sampled from the train split (at most {MAX_CALIB_SIZE})")
     p.add_argument("--force", action="store_true", help="write the best INT8 model even if it fails the guard")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")

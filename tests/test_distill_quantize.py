@@ -1,0 +1,105 @@
+"""`distill quantize` calibrates on a bounded subset of the train split: only those images are decoded, only
+those reach the calibrator, and a split smaller than the bound is used whole, in order, as before."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+
+from teacher_fixtures import SPLITS, make_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from distill.fit import fit
+    from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
+
+    root = tmp_path_factory.mktemp("quantize")
+    data = make_dataset(root / "d")
+    ckpt = root / "ckpt"
+    save_teacher(build_random_teacher("tiny"), ckpt, {})
+    run = root / "run"
+    with contextlib.redirect_stderr(io.StringIO()):
+        fit(teacher=load_teacher(ckpt, device="cpu"), teacher_ckpt=str(ckpt), data=str(data), student="tiny",
+            out=run, steps=2, noise_draws=1, embed_dim=16, bank_budget=64, progress=False, pretrained=False)
+    return run, data
+
+
+def _quantize_counting(monkeypatch, run, data, calib_size):
+    """-> (report, images each quantize_static call was fed, train images decoded)."""
+    import onnxruntime.quantization as oq
+
+    from distill.quantize import quantize_run
+    from runtime.dataset import Dataset
+
+    fed: list[np.ndarray] = []
+    real_static = oq.quantize_static
+
+    def counting_static(model_in, model_out, reader, **kw):
+        class Counting:  # what the calibrator pulls, one batch-1 input per image
+            def __init__(self):
+                self.seen = []
+
+            def get_next(self):
+                item = reader.get_next()
+                if item is not None:
+                    self.seen.append(item["image"][0])
+                return item
+
+            def rewind(self):
+                pass
+
+        c = Counting()
+        out = real_static(model_in, model_out, c, **kw)
+        fed.append(np.stack(c.seen))
+        return out
+
+    decoded = []
+    real_read = Dataset.read_image
+
+    def counting_read(self, rec):
+        if rec.split == "train":
+            decoded.append(rec.image)
+        return real_read(self, rec)
+
+    monkeypatch.setattr(oq, "quantize_static", counting_static)
+    monkeypatch.setattr(Dataset, "read_image", counting_read)
+    with contextlib.redirect_stderr(io.StringIO()):
+        rep = quantize_run(run, str(data), methods=("ort",), force=True, calib_size=calib_size)
+    return rep, fed, decoded
+
+
+def test_calibration_uses_exactly_the_bound(tiny_run, monkeypatch):
+    run, data = tiny_run
+    n_train = sum(SPLITS["train"])
+    bound = 5
+    assert bound < n_train
+    rep, fed, decoded = _quantize_counting(monkeypatch, run, data, bound)
+    assert fed and all(len(f) == bound for f in fed)  # every plan's calibrator saw exactly the bound
+    assert len(decoded) == bound  # and only those train images were ever decoded
+    assert rep["calibration_images"] == bound
+    np.testing.assert_array_equal(fed[0], fed[-1])  # deterministic: the same subset for every plan
+
+
+def test_a_split_below_the_bound_is_used_whole_as_before(tiny_run, monkeypatch):
+    from distill.data import load_images
+    from distill.run import load_run
+    from runtime.dataset import load_dataset
+
+    run, data = tiny_run
+    n_train = sum(SPLITS["train"])
+    rep, fed, _ = _quantize_counting(monkeypatch, run, data, 64)
+    r = load_run(run)
+    every = load_images(load_dataset(data), ("train",), r.size).student_inputs(r.mean, r.std).numpy()
+    assert rep["calibration_images"] == n_train
+    np.testing.assert_array_equal(fed[0], every)  # the whole split, in manifest order: the old calibration
+
+
+def test_calib_size_beyond_the_cap_is_refused(tiny_run):
+    from distill.quantize import MAX_CALIB_SIZE, quantize_run
+
+    run, data = tiny_run
+    with pytest.raises(SystemExit, match="--calib-size"):
+        quantize_run(run, str(data), methods=("ort",), calib_size=MAX_CALIB_SIZE + 1)
