@@ -8,6 +8,16 @@ sees exactly the edge's preprocessing (kernels.dispatch.preprocess). Train split
 plus ``--pseudo-defects`` planted variants of each good one (their targets cached beside the others; the
 bank holds the good images' patches only). Val split: held-out cosine, bank-score calibration against the
 teacher's decisions.
+
+Several processes (DDP over shards of the train split; gloo, the student trains on the CPU):
+
+    torchrun --nproc-per-node 4 -m distill fit --teacher CKPT --data D/manifest.jsonl --student s --out RUN
+
+Under torchrun (RANK set) rank r trains on train records[r::world] (their targets only: computed, cached
+or read from shards per rank) in DistributedDataParallel; the embedding PCA and the projections' starting
+means are summed over ranks, so they are the whole split's. Every rank holds the val split (early stopping
+decides alike). Rank 0 alone then builds the bank from every good train image, calibrates and writes
+the run; the run's config records the world size and each rank's weights digest (DDP keeps them equal).
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ import torch
 
 from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, fit_head_norms, score_outputs
 from distill.calibrate import calibrate
-from distill.data import concat, load_images, pseudo_defect_set
+from distill.data import concat, load_images, load_records, pseudo_defect_set
 from distill.embedding import fit_pca, reference_embedding, teacher_recipe
 from distill.head_targets import KINDS as HEAD_KINDS
 from distill.head_targets import head_targets, load_teacher_head
@@ -107,6 +117,34 @@ def log(msg: str) -> None:
     print(f"[distill fit] {msg}", file=sys.stderr, flush=True)
 
 
+def _dist_rank_world() -> tuple[int, int]:
+    """(rank, world) of the process group `run` set up under torchrun; (0, 1) in one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state-dict order: equal digests, equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def reference_decisions(ckpt: str, images: np.ndarray) -> tuple[np.ndarray | None, str]:
     """The teacher pipeline's decisions on the val images (bool defect), or (None, why) without head/bank."""
     try:
@@ -143,7 +181,18 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     size = spec.image_size
     pre = Preprocess(size=size)
     ds = load_dataset(data)
-    train = load_images(ds, ("train",), size)
+    rank, world = _dist_rank_world()
+    reduce = _sum_over_ranks if world > 1 else None
+    train_all = None  # under DDP: rank 0's every train image, for the bank
+    if world > 1:
+        recs = ds.split("train")
+        if len(recs) < world:
+            raise SystemExit(f"{data}: {len(recs)} train images for {world} ranks; each rank needs at least one")
+        train = load_records(ds, recs[rank::world], size)  # this rank's shard
+        train_all = load_images(ds, ("train",), size) if rank == 0 else None
+        log(f"rank {rank}/{world}: trains on {len(train)} of {len(recs)} train images")
+    else:
+        train = load_images(ds, ("train",), size)
     try:
         val = load_images(ds, ("val",), size)
     except ValueError:
@@ -184,7 +233,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
 
     # embedding basis: PCA of the teacher's bank embedding of the training images
     recipe = teacher_recipe()
-    if stream:  # the embedding batch by batch, twice (mean, then covariance): never the whole set
+    if stream or world > 1:  # the embedding batch by batch, twice (mean, then covariance): never the whole set
         def embeddings():
             n_tr = len(next(iter(tr_t.values())))
             for s in range(0, n_tr, 64):
@@ -193,7 +242,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
 
         full_dim = next(embeddings()).shape[1]
         dim = min(embed_dim or full_dim, full_dim)
-        basis, mean, share = pca_streamed(embeddings, dim)
+        basis, mean, share = pca_streamed(embeddings, dim, reduce=reduce)
         recipe = teacher_recipe(dim=dim)
     else:
         with torch.no_grad():
@@ -249,28 +298,44 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     log(f"student backbone starts from {init or 'random weights'}")
     model.set_embedding_basis(basis, mean)
     for name, r in ranks.items():
-        comps, mu, rank_share[name] = pca_streamed(lambda: batches(tr_t[name]), r) if stream else \
-            fit_pca(tr_t[name], r)
+        comps, mu, rank_share[name] = pca_streamed(lambda: batches(tr_t[name]), r, reduce=reduce) \
+            if stream or world > 1 else fit_pca(tr_t[name], r)
         model.set_basis(name, comps, mu)
     with torch.no_grad():  # full projections start at the teacher's channel means (its features are far from 0)
         for lv in spec.levels:
             if lv.name not in ranks:
-                model.proj[lv.name].proj.bias.copy_(channel_mean(tr_t[lv.name]) if stream else
-                                                    tr_t[lv.name].mean(dim=(0, 2, 3)))
+                model.proj[lv.name].proj.bias.copy_(channel_mean(tr_t[lv.name], reduce) if stream or world > 1
+                                                    else tr_t[lv.name].mean(dim=(0, 2, 3)))
     if ranks:
         log("reduced bases: " + ", ".join(f"{k} rank {ranks[k]} keeps {v:.3f}" for k, v in rank_share.items()))
     n_params = sum(p.numel() for p in model.parameters())
     log(f"student {student}: {n_params / 1e6:.2f}M parameters; embedding {full_dim} -> {dim} "
         f"(PCA keeps {share:.3f} of the variance)")
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
+    metrics_path = out / "metrics.jsonl" if rank == 0 else None
+    if metrics_path is not None:
+        metrics_path.write_text("")
     rows = fit_student(model, torch.from_numpy(train.images).permute(0, 3, 1, 2).contiguous(), tr_t,
                        mean=pre.mean, std=pre.std, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                        augment=augment, jitter=jitter, mse_weight=mse_weight, metrics_path=metrics_path,
-                       head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress,
+                       head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress and rank == 0,
                        mask_targets=mask_t, mask_weight=mask_weight,
                        pretrained_lr_scale=pretrained_lr_scale if init else 1.0,
-                       val=(val.student_inputs(pre.mean, pre.std), va_t) if early_stop else None)
+                       val=(val.student_inputs(pre.mean, pre.std), va_t) if early_stop else None,
+                       ddp=world > 1)
+    ddp_info: dict = {}
+    if world > 1:
+        import torch.distributed as dist
+
+        digests: list = [None] * world
+        dist.all_gather_object(digests, weights_digest(model))
+        tr_mean_all = {k: channel_mean(v, reduce).view(1, -1, 1, 1) for k, v in tr_t.items()}  # the last collective
+        ddp_info = {"world_size": world, "weights_sha256": digests}
+        if rank != 0:  # rank 0 alone builds the bank, calibrates and writes the run
+            log(f"rank {rank}: trained ({digests[rank][:12]}); rank 0 writes the run")
+            return {"run": None, "rank": rank, **ddp_info, "steps": steps,
+                    "final_loss": rows[-1]["loss"] if rows else None, "seconds": round(time.time() - t0, 2)}
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks ended with different weights: {digests}")
     best_step = rows[-1].get("best_step", steps - 1) if rows else None
     if early_stop:
         log(f"kept the weights of step {best_step} (best mean val cosine)")
@@ -281,8 +346,8 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     fidelity = level_cosine(model, x_val, va_t)
     # baseline: a constant predictor at the train channel means; the student must beat it. Centred
     # cosine (both sides minus that mean) measures what it predicts beyond the mean
-    if stream:
-        tr_mean = {k: channel_mean(v).view(1, -1, 1, 1) for k, v in tr_t.items()}
+    if stream or world > 1:
+        tr_mean = tr_mean_all if world > 1 else {k: channel_mean(v).view(1, -1, 1, 1) for k, v in tr_t.items()}
         baseline = {k: float(sum(float(torch.nn.functional.cosine_similarity(tr_mean[k].expand_as(b), b, dim=1).sum())
                                  for b in batches(v)) / max(1, len(v) * v.shape[2] * v.shape[3]))
                     for k, v in va_t.items()}
@@ -296,8 +361,9 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
 
     fused = model.fused()
     with torch.no_grad():
+        banked = train_all if train_all is not None else train  # under DDP every rank's good images
         emb_train = np.concatenate([fused(x[None]).embedding.numpy()
-                                    for x in train.student_inputs(pre.mean, pre.std)[train.good]])
+                                    for x in banked.student_inputs(pre.mean, pre.std)[banked.good]])
         out_val = [{k: v.numpy() for k, v in fused(x[None])._asdict().items()} for x in x_val]
     bank, bank_info = build_bank(emb_train, bank_budget, seed)
     if mode != "bank":  # the student carries the teacher's head: score as the teacher does
@@ -333,7 +399,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "noise_draws": noise_draws, "seed": seed,
                   "mse_weight": mse_weight, "augment": augment, "jitter": jitter,
                   "targets": "shards:" + str(features) if features else "on the fly",
-                  **({"targets_streamed": True} if stream else {}),
+                  **({"targets_streamed": True} if stream else {}), **ddp_info,
                   "early_stop": early_stop, "best_step": best_step, "init": init or "random",
                   "pseudo_defects": pseudo_defects, "mask_weight": mask_weight if mask_t is not None else 0.0,
                   "pretrained_lr_scale": pretrained_lr_scale if init else 1.0},
@@ -347,7 +413,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
                "rank_variance": rank_share,
                "final_loss": rows[-1]["loss"] if rows else None, "val_cosine": fidelity,
                "val_cosine_mean_predictor": baseline, "val_cosine_centred": centred,
-               "calibration": cal, "bank": bank_info, "val_metrics": val_metrics,
+               "calibration": cal, "bank": bank_info, "val_metrics": val_metrics, **ddp_info,
                "seconds": round(time.time() - t0, 2)}
     log(f"wrote {out} in {summary['seconds']}s")
     return summary
@@ -357,7 +423,9 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from teacher.checkpoint import load_teacher
+    from teacher.extract import dist_setup, dist_teardown
 
+    _, world, _ = dist_setup("cpu")  # under torchrun: gloo, the student trains on the CPU; else one process
     teacher = load_teacher(args.teacher)
     summary = fit(teacher=teacher, teacher_ckpt=args.teacher, data=args.data, student=args.student, out=args.out,
                   steps=args.steps, features=args.features, batch_size=args.batch_size, lr=args.lr,
@@ -369,6 +437,7 @@ def run(args) -> int:
                   proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained,
                   pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring, mask_weight=args.mask_weight,
                   pretrained_lr_scale=args.pretrained_lr_scale, stream_targets=args.stream_targets)
-    if args.json:
+    dist_teardown(world)
+    if args.json and summary.get("run") is not None:  # rank 0 (or the one process) reports
         print(json.dumps(summary, default=float))
     return 0

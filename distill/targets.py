@@ -164,30 +164,39 @@ def batches(v, batch_size: int = STREAM_BATCH):
         yield v[s:s + batch_size].float()
 
 
-def channel_mean(v) -> torch.Tensor:
-    """(C,) mean over images and positions, accumulated in float64 batch by batch."""
+def channel_mean(v, reduce=None) -> torch.Tensor:
+    """(C,) mean over images and positions, accumulated in float64 batch by batch. ``reduce``: a sum over
+    processes (distill fit under torchrun: each rank holds a shard), applied to the sums and the count."""
     total, count = None, 0
     for b in batches(v):
         t = b.double().sum(dim=(0, 2, 3))
         total = t if total is None else total + t
         count += b.shape[0] * b.shape[2] * b.shape[3]
+    if reduce is not None:
+        total, count = reduce(total), int(reduce(torch.tensor([count], dtype=torch.float64)))
     return (total / max(count, 1)).float()
 
 
-def pca_streamed(make_batches, dim: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+def pca_streamed(make_batches, dim: int, reduce=None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """distill.embedding.fit_pca over (B, C, h, w) batches from ``make_batches()`` (called twice: the mean,
-    then the centred covariance, both in float64, as fit_pca computes them in one piece)."""
+    then the centred covariance, both in float64, as fit_pca computes them in one piece). ``reduce``: a sum
+    over processes, applied to the sums, the count and the scatter matrix, so every rank of a sharded fit
+    gets the PCA of the whole set."""
     total, n = None, 0
     for e in make_batches():
         x = e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]).double()
         total = x.sum(0) if total is None else total + x.sum(0)
         n += x.shape[0]
+    if reduce is not None:
+        total, n = reduce(total), int(reduce(torch.tensor([n], dtype=torch.float64)))
     mean = total / max(n, 1)
     cov = None
     for e in make_batches():
         xc = e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]).double() - mean
         c = xc.T @ xc
         cov = c if cov is None else cov + c
+    if reduce is not None:
+        cov = reduce(cov)
     cov = cov / max(1, n - 1)
     evals, evecs = torch.linalg.eigh(cov)  # ascending
     evals, evecs = evals.flip(0), evecs.flip(1)

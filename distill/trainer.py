@@ -33,7 +33,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 head_targets: dict[str, torch.Tensor] | None = None, head_kinds: dict[str, str] | None = None,
                 kd_temperature: float = 2.0, kd_weight: float = 1.0,
                 mask_targets: torch.Tensor | None = None, mask_weight: float = 0.0, mask_output: str = "defect_map",
-                pretrained_lr_scale: float = 1.0,
+                pretrained_lr_scale: float = 1.0, ddp: bool = False,
                 log_every: int = 10,
                 metrics_path: Path | None = None, progress: bool = True,
                 val: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None, eval_every: int = 50) -> list[dict]:
@@ -51,9 +51,22 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     the teacher's map it distils.
 
     pretrained_lr_scale: the learning rate of the backbone's pretrained weights (``pretrained_parameters``)
-    relative to ``lr``; below 1 they move less from what ImageNet taught them."""
+    relative to ``lr``; below 1 they move less from what ImageNet taught them.
+
+    ddp: the process group is up (distill fit under torchrun): the student trains wrapped in
+    DistributedDataParallel, each rank drawing its batches from the images it was given (its shard) with
+    its own generator (seed + rank); gradients are averaged, so every rank takes the same steps. The best
+    val step is rank 0's choice, broadcast; BatchNorm statistics are rank 0's, broadcast at the end (DDP
+    broadcasts them before each forward, and each rank's last forward moves its own)."""
     n = images_u8.shape[0]
-    g = torch.Generator().manual_seed(seed)
+    net, rank = student, 0
+    if ddp:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        rank = dist.get_rank()
+        net = DistributedDataParallel(student)  # broadcasts rank 0's parameters and buffers now
+    g = torch.Generator().manual_seed(seed + rank)  # rank 0 (and one process): the generator as before
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
     pre = {id(p) for p in getattr(student, "pretrained_parameters", list)()} if pretrained_lr_scale != 1 else set()
@@ -95,7 +108,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 c = 1 + (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
                 std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
                 xin = xin * c + b / std_t
-            out = student(xin)._asdict()
+            out = net(xin)._asdict()
             loss, logs = feature_loss({k: out[k] for k in levels}, tgt, mse_weight=mse_weight)
             for name, t in htgt.items():
                 kind = (head_kinds or {}).get(name, "softmax")
@@ -125,6 +138,10 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                     student.train()
                     row.update({f"val_cos_{k}": v for k, v in vc.items()})
                     score = float(np.mean(list(vc.values())))
+                    if ddp:  # rank 0's view decides, so every rank keeps the same step
+                        sc = torch.tensor([score], dtype=torch.float64)
+                        dist.broadcast(sc, 0)
+                        score = float(sc)
                     if score > best[0]:
                         best = (score, {k: v.detach().clone() for k, v in student.state_dict().items()}, step)
                 rows.append(row)
@@ -140,6 +157,10 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
         student.load_state_dict(best[1])
         if rows:
             rows[-1]["best_step"] = best[2]
+    if ddp:
+        with torch.no_grad():
+            for b in student.buffers():
+                dist.broadcast(b, 0)
     student.eval()
     return rows
 
