@@ -291,3 +291,73 @@ def test_compute_all_reports_what_the_data_allows():
     assert (out["image_f1_max"], out["image_f1_threshold"]) == M.f1_max(labels, scores)
     only_good = M.compute_all([0, 0], [0.1, 0.2], threshold=0.15)
     assert "image_auroc" not in only_good and only_good["accuracy"] == 0.5
+
+
+# ------------------------------------------------------------------------------- bounded pixel metrics
+
+def _smooth_case(seed, n=12, size=(48, 56)):
+    """Blurred noise maps with planted regions, the first image's range narrow (so the bins must grow)."""
+    rng = _rng(seed)
+    masks, maps = [], []
+    for i in range(n):
+        m = np.zeros(size, bool)
+        if i % 3:
+            y, x = rng.integers(4, size[0] - 12), rng.integers(4, size[1] - 12)
+            m[y:y + rng.integers(2, 9), x:x + rng.integers(2, 9)] = True
+            if i % 2:
+                m[1:3, -4:-1] = True  # a second, tiny region
+        a = ndimage.gaussian_filter(rng.random(size), 2) + m * rng.random() * 0.5
+        maps.append(a * (0.1 if i == 0 else rng.uniform(0.5, 3.0)) + (rng.normal() if i > 5 else 0.0))
+        masks.append(m)
+    return masks, maps
+
+
+def _accumulate(masks, maps, **kw):
+    acc = M.PixelAccumulator(**kw)
+    for m, a in zip(masks, maps):
+        acc.add(m, a)
+    return acc
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pixel_accumulator_is_within_0005_of_the_exact_metrics(seed):
+    cases = [_smooth_case(seed)]
+    rng = _rng(seed)  # the exact tests' own data: the brute-force AU-PRO case and compute_all's
+    bm, ba = [], []
+    for i in range(4):
+        m = ndimage.binary_opening(rng.random((14, 16)) > 0.75) if i else np.zeros((14, 16), bool)
+        m[1:3, 1:4] |= i == 3
+        bm.append(m)
+        a = m * rng.random() + rng.random(m.shape)
+        ba.append(np.round(a, 1) if seed % 2 else a)
+    cases.append((bm, ba))
+    for masks, maps in cases:
+        acc = _accumulate(masks, maps)
+        assert acc.pixel_auroc() == pytest.approx(M.pixel_auroc(masks, maps), abs=0.005)
+        for limit in (0.3, 0.05, 1.0):
+            assert acc.au_pro(limit) == pytest.approx(M.au_pro(masks, maps, fpr_limit=limit), abs=0.005)
+    masks, maps = cases[0]  # 2^16 bins on smooth maps: far inside the tolerance; 64 bins: visibly coarser
+    fine, coarse = _accumulate(masks, maps), _accumulate(masks, maps, bins=64)
+    exact = M.au_pro(masks, maps)
+    assert abs(fine.au_pro() - exact) < 1e-4 and abs(fine.au_pro() - exact) < abs(coarse.au_pro() - exact)
+
+
+def test_pixel_accumulator_memory_does_not_grow_with_the_images():
+    masks, maps = _smooth_case(0, n=30)
+    small, large = _accumulate(masks[:3], maps[:3]), _accumulate(masks, maps)
+    size = lambda acc: sum(h.nbytes for h in (acc.good, acc.defect, acc.region))  # noqa: E731
+    assert size(small) == size(large) == 3 * M.HIST_BINS * 8
+    assert large.n_images == 30 and large.n_regions > small.n_regions
+
+
+def test_pixel_accumulator_refuses_what_the_exact_path_refuses():
+    acc = M.PixelAccumulator()
+    acc.add(np.zeros((4, 4), bool), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="regions"):
+        acc.au_pro()
+    with pytest.raises(ValueError, match="both classes"):
+        acc.pixel_auroc()
+    with pytest.raises(ValueError, match="shape"):
+        acc.add(np.zeros((4, 4), bool), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        acc.add(np.zeros((2, 2), bool), np.full((2, 2), np.nan))
