@@ -59,14 +59,10 @@ def cached_targets(cache_dir: Path, key: str, compute) -> tuple[dict[str, torch.
     return t, False
 
 
-def read_shards(features_dir: str | Path, records, levels: list[str], teacher_hash: str | None = None
-                ) -> dict[str, torch.Tensor]:
-    """Targets from ``teacher extract`` output (teacher.features_io: index.json + sha256-checked float16
-    shards), in the order of ``records``; refuses features of another teacher checkpoint."""
+def _rows(features_dir, idx: dict, records, teacher_hash: str | None) -> list[int]:
+    """Each record's row in a `teacher extract` index; refuses another teacher's features or a missing image."""
     from runtime.featurespec import ContractError
-    from teacher.features_io import load_features
 
-    idx, feats = load_features(features_dir, levels)
     if teacher_hash and idx.get("checkpoint_hash") not in (None, teacher_hash):
         raise ContractError(f"{features_dir}: features of teacher {str(idx.get('checkpoint_hash'))[:16]}, "
                             f"not of the teacher given ({teacher_hash[:16]})")
@@ -75,7 +71,17 @@ def read_shards(features_dir: str | Path, records, levels: list[str], teacher_ha
     if missing:
         raise KeyError(f"{features_dir}: no features for {len(missing)} image(s), e.g. {missing[0]}; were they "
                        "extracted from this dataset (all splits)?")
-    take = torch.as_tensor([row[r.image] for r in records])
+    return [row[r.image] for r in records]
+
+
+def read_shards(features_dir: str | Path, records, levels: list[str], teacher_hash: str | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Targets from ``teacher extract`` output (teacher.features_io: index.json + sha256-checked float16
+    shards), in the order of ``records``; refuses features of another teacher checkpoint."""
+    from teacher.features_io import load_features
+
+    idx, feats = load_features(features_dir, levels)
+    take = torch.as_tensor(_rows(features_dir, idx, records, teacher_hash))
     return {lv: feats[lv][take] for lv in levels}
 
 
@@ -86,19 +92,10 @@ def target_bytes(spec, n_images: int) -> int:
 
 def stream_shards(features_dir: str | Path, records, levels: list[str], teacher_hash: str | None = None) -> dict:
     """As read_shards, memory-mapped: level -> MappedLevel in the order of ``records``."""
-    from runtime.featurespec import ContractError
     from teacher.features_io import open_features
 
     idx, feats = open_features(features_dir, levels)
-    if teacher_hash and idx.get("checkpoint_hash") not in (None, teacher_hash):
-        raise ContractError(f"{features_dir}: features of teacher {str(idx.get('checkpoint_hash'))[:16]}, "
-                            f"not of the teacher given ({teacher_hash[:16]})")
-    row = {r["image"]: i for i, r in enumerate(idx["records"])}
-    missing = [r.image for r in records if r.image not in row]
-    if missing:
-        raise KeyError(f"{features_dir}: no features for {len(missing)} image(s), e.g. {missing[0]}; were they "
-                       "extracted from this dataset (all splits)?")
-    take = np.asarray([row[r.image] for r in records], np.int64)
+    take = np.asarray(_rows(features_dir, idx, records, teacher_hash), np.int64)
     return {lv: feats[lv].select(take) for lv in levels}
 
 
