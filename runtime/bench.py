@@ -413,11 +413,16 @@ def _edge(args: argparse.Namespace, env: dict) -> int:
                                           "python": platform.python_version()},
               "artifact_source": how, **bench_edge.run_edge_bench(art, env=env, quick=args.quick, runs=args.runs)}
     report["wall_s"] = round(time.perf_counter() - t0, 2)
-    if args.json:
+    _emit(report, args.json, bench_edge.print_edge_table)
+    return 0
+
+
+def _emit(report: dict, as_json: bool, print_table) -> None:
+    """A separate part's report: one JSON line for machines, or its table for people."""
+    if as_json:
         print(json.dumps(report, separators=(",", ":"), default=str))
     else:
-        bench_edge.print_edge_table(report)
-    return 0
+        print_table(report)
 
 
 def _scale(args: argparse.Namespace, env: dict) -> int:
@@ -426,10 +431,7 @@ def _scale(args: argparse.Namespace, env: dict) -> int:
     except (StepError, ValueError, OSError) as e:
         print(json.dumps({"part": "scale", **_error(e)}) if args.json else f"lineside bench scale: {e}")
         return 1
-    if args.json:
-        print(json.dumps(report, separators=(",", ":"), default=str))
-    else:
-        bench_scale.print_table(report)
+    _emit(report, args.json, bench_scale.print_table)
     return 0
 
 
@@ -442,10 +444,7 @@ def _soak(args: argparse.Namespace, env: dict) -> int:
     except (StepError, OSError, RuntimeError, ValueError) as e:
         print(json.dumps({"part": "soak", **_error(e)}) if args.json else f"lineside bench soak: {e}")
         return 1
-    if args.json:
-        print(json.dumps(report, separators=(",", ":"), default=str))
-    else:
-        bench_soak.print_soak(report)
+    _emit(report, args.json, bench_soak.print_soak)
     return 0 if report["lost"] == 0 and report["exit_code"] == 0 else 1
 
 
