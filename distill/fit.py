@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from distill.bank import DEFAULT_BANK_BUDGET, ScoringParams, build_bank, fit_head_norms, score_outputs
-from distill.calibrate import calibrate
+from distill.calibrate import DEFAULT_MAX_FALLBACK, DEFAULT_TARGET_AGREEMENT, calibrate
 from distill.data import concat, load_images, load_records, pseudo_defect_set
 from distill.embedding import fit_pca, reference_embedding, teacher_recipe
 from distill.head_targets import KINDS as HEAD_KINDS
@@ -43,7 +43,7 @@ from distill.targets import (STREAM_ABOVE_BYTES, batches, cache_key, cached_targ
                              compute_targets, pca_streamed, read_shards, stream_computed, stream_shards,
                              target_bytes, take)
 from distill.trainer import fit_student, level_cosine, plot_curves
-from runtime.commands import non_negative_float, non_negative_int, positive_int
+from runtime.commands import fraction, non_negative_float, non_negative_int, positive_int
 from runtime.manifest import Preprocess
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, SCORING_MODES
 
@@ -95,8 +95,12 @@ def configure(p) -> None:
                         "slightly worse (I-AUROC -2 to -4 pt) than both")
     p.add_argument("--k", type=int, default=1, help="nearest bank neighbours averaged per location")
     p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="Gaussian blur of the map, px")
-    p.add_argument("--target-agreement", type=float, default=0.995, help="agreement with the teacher outside "
-                   "the uncertainty band that sets the band's width")
+    p.add_argument("--target-agreement", type=float, default=DEFAULT_TARGET_AGREEMENT, help="agreement with the "
+                   "teacher outside the uncertainty band that sets the band's width")
+    p.add_argument("--max-fallback", type=fraction, default=DEFAULT_MAX_FALLBACK, metavar="F",
+                   help="the most of the val frames the band (with the out-of-distribution ones) may send to the "
+                        "teacher; the band stops there even when the target agreement is not met, so the teacher "
+                        "servers are sized by it")
     p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE term beside the cosine loss")
     p.add_argument("--jitter", type=float, default=0.0, help="brightness/contrast jitter on the student input")
     p.add_argument("--no-augment", action="store_true")
@@ -166,7 +170,8 @@ def reference_decisions(ckpt: str, images: np.ndarray) -> tuple[np.ndarray | Non
 def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path, steps: int,
         features: str | None = None, batch_size: int = 8, lr: float = 2e-3, noise_draws: int = 4, seed: int = 0,
         embed_dim: int | None = DEFAULT_EMBED_DIM, bank_budget: int = DEFAULT_BANK_BUDGET,
-        scoring: ScoringParams | None = None, target_agreement: float = 0.995, mse_weight: float = 1.0,
+        scoring: ScoringParams | None = None, target_agreement: float = DEFAULT_TARGET_AGREEMENT,
+        max_fallback: float = DEFAULT_MAX_FALLBACK, mse_weight: float = 1.0,
         jitter: float = 0.0, augment: bool = True, progress: bool = True, reference: str = "auto",
         proj_rank: int | None = None, early_stop: bool = True, pretrained: bool = True,
         pseudo_defects: int = DEFAULT_PSEUDO_DEFECTS, scoring_mode: str | None = None,
@@ -380,7 +385,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     ref, ref_name = (None, "labels") if reference == "labels" or not teacher_ckpt else \
         reference_decisions(teacher_ckpt, val.images)
     cal = calibrate(val_scores.scores, val_scores.mean_nn, val.labels, reference=ref, reference_name=ref_name,
-                    target_agreement=target_agreement)
+                    target_agreement=target_agreement, max_fallback=max_fallback)
     log(f"threshold {cal['threshold']:.4g}, band [{cal['band'][0]:.4g}, {cal['band'][1]:.4g}], OOD limit "
         f"{cal['ood_limit']:.4g}; reference {cal['reference']}; val fallback rate {cal['val_fallback_rate']:.3f}")
 
@@ -437,7 +442,8 @@ def run(args) -> int:
                   noise_draws=args.noise_draws, seed=args.seed, embed_dim=args.embed_dim,
                   bank_budget=args.bank_budget,
                   scoring=ScoringParams(k=args.k, blur_sigma_px=args.blur_sigma),
-                  target_agreement=args.target_agreement, mse_weight=args.mse_weight, jitter=args.jitter,
+                  target_agreement=args.target_agreement,
+                  max_fallback=args.max_fallback, mse_weight=args.mse_weight, jitter=args.jitter,
                   augment=not args.no_augment, progress=not args.json or sys.stderr.isatty(),
                   proj_rank=args.proj_rank, early_stop=not args.no_early_stop, pretrained=not args.no_pretrained,
                   pseudo_defects=args.pseudo_defects, scoring_mode=args.scoring, mask_weight=args.mask_weight,

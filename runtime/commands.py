@@ -106,6 +106,14 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+def fraction(text: str) -> float:
+    """argparse type for a share of frames or images: a number in [0, 1], refused at parse time."""
+    v = non_negative_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1, got {text}")
+    return v
+
+
 ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")  # as runtime/config.py's socket fields accept
 
 

@@ -249,8 +249,14 @@ def calibration_words(cal: Mapping) -> str:
     text = (f"The threshold {cal['threshold']:.4g} is the student score cut that agrees best with {who} on {on}. "
             f"The uncertainty band [{lo:.4g}, {hi:.4g}] is the narrowest range around it outside which the student "
             f"agrees with {who} on at least {cal.get('target_agreement', 0.995):.1%} of {on}")
+    if cal.get("max_fallback") is not None:
+        text += f", holding at most {cal['max_fallback']:.0%} of them with the out-of-distribution ones"
     if cal.get("val_agreement_outside_band") is not None:
         text += f" (measured {cal['val_agreement_outside_band']:.1%})"
+    if cal.get("target_met") is False:
+        text += (". That target was out of reach within the fallback budget, so the band is the one within it "
+                 "that agrees most: the student decides differently from its reference on more frames than the "
+                 "target allows")
     text += "; a frame inside the band, or out of distribution, is sent to the teacher."
     if hi <= lo:
         text += " The band has zero width here: the student's decisions alone met the target on val."

@@ -41,6 +41,20 @@ def test_version_and_counts_checked_at_parse_time(capsys):
     assert r.returncode == 2 and "--steps: must be at least 1, got -3" in r.stderr
 
 
+@pytest.mark.parametrize("text, ok", [("0", True), ("0.1", True), ("1", True), ("1.5", False), ("-0.1", False),
+                                      ("nan", False), ("ten", False)])
+def test_fraction_accepts_shares_only(text, ok):
+    import argparse
+
+    from runtime.commands import fraction
+
+    if ok:
+        assert fraction(text) == float(text)
+    else:
+        with pytest.raises(argparse.ArgumentTypeError):
+            fraction(text)
+
+
 def test_a_missing_extra_is_named(tmp_path, monkeypatch, capsys):
     (tmp_path / "needs_torch_cmd.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
