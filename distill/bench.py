@@ -64,7 +64,7 @@ def student_latency(artifact_dir: str | Path, backends=None, size: int | None = 
                     threads: int = 1) -> dict:
     """-> {"size", "threads", "runs", "timing_only_models", "backends": {name: {median_ms, p90_ms, min_ms,
     mean_ms, peak_rss_mb, model_rss_mb, file} | {"error": why}}}."""
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     art = Path(artifact_dir)
     man = load_manifest(art)

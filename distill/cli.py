@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from runtime.commands import dispatch
+from runtime.cli.dispatch import dispatch
 
 COMMANDS = {
     "fit": ("distill.fit", "train a student on the teacher's t=50 features; bank, threshold, uncertainty band"),

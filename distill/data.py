@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from distill.preprocess import normalize
-from runtime.dataset import Dataset, Record
+from runtime.contracts.dataset import Dataset, Record
 
 
 @dataclass

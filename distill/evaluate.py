@@ -81,8 +81,8 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     import torch
 
     from distill.data import load_images
-    from runtime.dataset import load_dataset
-    from runtime.manifest import load_manifest
+    from runtime.contracts.dataset import load_dataset
+    from runtime.contracts.manifest import load_manifest
     from runtime.metrics import compute_all
 
     art = Path(artifact)

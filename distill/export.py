@@ -12,8 +12,8 @@
     ARTIFACT/bank.npy                    float16 (N, D) memory bank
     ARTIFACT/bank.index                  with --index ivf|hnsw: its faiss index, search parameter checked
                                          against exact search (distill/export_index.py)
-    ARTIFACT/manifest.json               runtime.manifest.ArtifactManifest, sha256 of every file
-    ARTIFACT/manifest.sig                with --sign KEY: the manifest's Ed25519 signature (runtime/signing.py);
+    ARTIFACT/manifest.json               runtime.contracts.manifest.ArtifactManifest, sha256 of every file
+    ARTIFACT/manifest.sig                with --sign KEY: the manifest's Ed25519 signature (runtime/contracts/signing.py);
                                          through the sha256s it covers every file. An edge given
                                          --trusted-signers serves only artifacts signed by a key it trusts
 
@@ -105,12 +105,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     from distill.data import load_images
     from distill.quantize import FULL_FILE, QUANT_DIR, REPORT
     from distill.run import load_run
-    from runtime.dataset import load_dataset
-    from runtime.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, IndexSpec, Preprocess,
+    from runtime.contracts.dataset import load_dataset
+    from runtime.contracts.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, IndexSpec, Preprocess,
                                   Producer, Scoring, load_manifest, write_manifest)
 
     if sign is not None:
-        from runtime.signing import load_signing_key
+        from runtime.contracts.signing import load_signing_key
 
         load_signing_key(sign)
     if index not in INDEX_KINDS:
@@ -317,7 +317,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     load_manifest(out)  # what the edge will do: versions and checksums
     signer = None
     if sign is not None:
-        from runtime.signing import sign_artifact
+        from runtime.contracts.signing import sign_artifact
 
         signer = sign_artifact(out, sign)
         log(f"signed {out} with key {signer} ({Path(sign).name})")

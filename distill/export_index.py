@@ -27,7 +27,7 @@ class IndexCheckError(ValueError):
 
 def build_checked_index(bank: np.ndarray, outputs: list[dict], size: int, scoring: ScoringParams, kind: str,
                         threshold: float, out_dir: Path, threads: int = 1) -> dict:
-    """Build, tune and write ``out_dir/INDEX_FILE``; returns runtime.manifest.IndexSpec's fields."""
+    """Build, tune and write ``out_dir/INDEX_FILE``; returns runtime.contracts.manifest.IndexSpec's fields."""
     from kernels import dispatch
     from runtime.scoring import embedding_to_queries
 

@@ -43,8 +43,8 @@ from distill.targets import (STREAM_ABOVE_BYTES, batches, cache_key, cached_targ
                              compute_targets, pca_streamed, read_shards, stream_computed, stream_shards,
                              target_bytes, take)
 from distill.trainer import fit_student, level_cosine, plot_curves
-from runtime.commands import fraction, non_negative_float, non_negative_int, positive_int
-from runtime.manifest import Preprocess
+from runtime.cli.dispatch import fraction, non_negative_float, non_negative_int, positive_int
+from runtime.contracts.manifest import Preprocess
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, SCORING_MODES
 
 DEFAULT_EMBED_DIM = 128
@@ -181,7 +181,7 @@ def fit(*, teacher, teacher_ckpt: str, data: str, student: str, out: str | Path,
     the checkpoint has a head or bank) or "labels". ``stream_targets``: targets memory-mapped from disk
     instead of RAM (distill/targets.py; None: when they exceed STREAM_ABOVE_BYTES); the same results up
     to float rounding of the batched statistics (PCA, channel means)."""
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
 
     t0 = time.time()
     out = Path(out)

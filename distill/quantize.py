@@ -260,7 +260,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=("nncf", "ort"), max
     ``calib_override`` replaces the calibration inputs (tests sabotage it to check the guard)."""
     from distill.data import load_images, load_records
     from distill.run import load_run
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
 
     t0 = time.time()
     run = load_run(run_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 def retarget(artifact: str | Path, size: int, out: str | Path) -> dict:
     from distill.bench import _timing_models
-    from runtime.manifest import load_manifest, write_manifest
+    from runtime.contracts.manifest import load_manifest, write_manifest
 
     art, out = Path(artifact), Path(out)
     man = load_manifest(art)

@@ -19,7 +19,7 @@ import torch
 
 from distill.embedding import EmbeddingRecipe
 from distill.students import HeadSpec, create_student
-from runtime.featurespec import FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
 
 RUN_FORMAT = "lineside-distill-run"
 RUN_VERSION = 1

@@ -109,11 +109,11 @@ def save_index(bank_index: BankIndex, path: str | Path) -> Path:
 
 
 def open_index(artifact_dir: str | Path, spec, threads: int | None = None) -> BankIndex | None:
-    """The manifest's ``scoring.index`` (runtime.manifest.IndexSpec) opened, or None for exact search
+    """The manifest's ``scoring.index`` (runtime.contracts.manifest.IndexSpec) opened, or None for exact search
     (also, with a WARNING, where faiss is not installed: exact search gives the scores calibration saw)."""
     if spec.kind == "exact":
         return None
-    from runtime.featurespec import ContractError
+    from runtime.contracts.featurespec import ContractError
 
     if spec.kind not in SEARCH_PARAM or not spec.file:
         raise ContractError(f"{artifact_dir}: scoring.index {spec.kind!r} names no index file")

@@ -24,9 +24,9 @@ from typing import Iterator, Optional
 import numpy as np
 import zmq
 
-from runtime import protocol
+from runtime.contracts import protocol
 from runtime.curve import make_client
-from runtime.verdict import Verdict, decode_mask_png
+from runtime.contracts.verdict import Verdict, decode_mask_png
 
 DEFAULT_TIMEOUT_S = 5.0
 

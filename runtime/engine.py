@@ -22,9 +22,9 @@ import numpy as np
 from kernels import dispatch
 from runtime.backends import model_file, open_backend
 from runtime.bank_index import open_index
-from runtime.manifest import ArtifactManifest, load_manifest, read_manifest_bytes
+from runtime.contracts.manifest import ArtifactManifest, load_manifest, read_manifest_bytes
 from runtime.scoring import decide, find_regions, score_outputs
-from runtime.verdict import Region, Verdict
+from runtime.contracts.verdict import Region, Verdict
 
 log = logging.getLogger("lineside.engine")
 
@@ -36,8 +36,8 @@ class Engine:
         """``allow_forced``: serve a model the manifest marks as shipped past its INT8 guard (with a
         warning); without it such a model is refused with a ContractError naming it. ``trusted_signers``: a
         directory of Ed25519 public keys; the artifact is opened only if one of them signed its manifest
-        (runtime/signing.py), else a SignatureError (a ContractError) says why."""
-        from runtime.featurespec import ContractError
+        (runtime/contracts/signing.py), else a SignatureError (a ContractError) says why."""
+        from runtime.contracts.featurespec import ContractError
 
         self.artifact_dir = Path(artifact_dir).resolve()
         # the manifest is read once: the bytes a signature is checked over are the ones parsed and hashed
@@ -47,7 +47,7 @@ class Engine:
             if manifest is not None or not verify:
                 raise ValueError("trusted_signers needs the manifest read and its files verified here "
                                  "(no manifest=, verify=True)")
-            from runtime.signing import verify_manifest
+            from runtime.contracts.signing import verify_manifest
 
             self.signer = verify_manifest(self.artifact_dir, data, trusted_signers)
         self.manifest = manifest or load_manifest(self.artifact_dir, verify=verify, data=data)

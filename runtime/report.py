@@ -206,7 +206,7 @@ def build_info() -> dict[str, str]:
     import subprocess
     import time
 
-    from runtime.commands import version
+    from runtime.cli.dispatch import version
 
     info = {"lineside": version()}
     try:
@@ -428,7 +428,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray | None = None, regions: S
             map_range: tuple[float, float] | None = None, text: str = "", min_side: int = 256) -> np.ndarray:
     """RGB uint8 (H, W, 3) with the anomaly map as a jet heat map (scaled to ``map_range`` or its own
     min..max), region boxes with ``label conf`` (objects with .bbox/.label/.confidence, e.g.
-    runtime.verdict.Region), predicted-mask contour in yellow, ground-truth contour in green, and an
+    runtime.contracts.verdict.Region), predicted-mask contour in yellow, ground-truth contour in green, and an
     optional caption line at the top. Images whose longer side is under ``min_side`` are enlarged by
     an integer factor first (boxes scaled with them), so labels stay legible."""
     import cv2

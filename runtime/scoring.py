@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels import dispatch
-from runtime.verdict import Region
+from runtime.contracts.verdict import Region
 
 # The scoring defaults, written here once: the manifest, both banks and the CLIs take them from here.
 DEFAULT_K = 1  # mean distance to the k nearest bank vectors

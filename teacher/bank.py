@@ -438,7 +438,7 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import load_teacher
     from teacher.extract import dist_setup, dist_teardown
 

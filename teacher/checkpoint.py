@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import ContractError, FeatureSpec
 from teacher.encoders import load_image_encoder, load_text_encoder, own_image_encoder, own_text_encoder
 from teacher.latent import build_autoencoder, load_autoencoder
 from teacher.model import TeacherModel

@@ -1,9 +1,9 @@
-"""`teacher …`: the cluster-side commands, one module each (see runtime/commands.py)."""
+"""`teacher …`: the cluster-side commands, one module each (see runtime/cli/dispatch.py)."""
 from __future__ import annotations
 
 import sys
 
-from runtime.commands import dispatch
+from runtime.cli.dispatch import dispatch
 
 COMMANDS = {
     "data": ("teacher.data.cli", "make or import a line dataset (synth, evalset, import)"),

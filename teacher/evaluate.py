@@ -190,7 +190,7 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from runtime.quality import quality_row
     from teacher.device import default_device
     from teacher.pipeline import TeacherPipeline

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.dataset import DatasetError, load_dataset
-from runtime.featurespec import ContractError
+from runtime.contracts.dataset import DatasetError, load_dataset
+from runtime.contracts.featurespec import ContractError
 from teacher.device import default_device
 from teacher.features_io import write_index, write_shard
 from teacher.trainset import manifest_path

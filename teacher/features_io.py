@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import ContractError, FeatureSpec
 
 FORMAT = "lineside-teacher-features"
 VERSION = 1

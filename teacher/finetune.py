@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.commands import positive_int
+from runtime.cli.dispatch import positive_int
 from teacher.device import default_device
 from teacher.head.losses import classification_loss, dice_loss, grounding_loss, mask_bce_loss
 from teacher.head.matcher import HungarianMatcher
@@ -322,7 +322,7 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import load_teacher
 
     def log(msg):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from runtime.scoring import SCORING_MODES
-from runtime.verdict import Region, Verdict
+from runtime.contracts.verdict import Region, Verdict
 from teacher.bank import MemoryBank, patch_embedding
 from teacher.head.model import HeadState, defect_probability_map, head_outputs, load_head, regions_from_queries
 

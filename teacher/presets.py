@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 
-from runtime.featurespec import FeatureSpec, LevelSpec, sd15_feature_spec
+from runtime.contracts.featurespec import FeatureSpec, LevelSpec, sd15_feature_spec
 
 # Where the four maps come from (see teacher/model.py, FeatureHooks): the output of each up-block's
 # resnets/attentions, taken *before* its upsampler, so the maps sit at strides 64/32/16 of the image,

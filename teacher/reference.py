@@ -127,7 +127,7 @@ def configure(p) -> None:
 
 
 def run(args) -> int:
-    from runtime.dataset import DatasetError, load_dataset
+    from runtime.contracts.dataset import DatasetError, load_dataset
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.commands import positive_int
-from runtime.dataset import DatasetError, load_dataset
-from runtime.featurespec import ContractError
+from runtime.cli.dispatch import positive_int
+from runtime.contracts.dataset import DatasetError, load_dataset
+from runtime.contracts.featurespec import ContractError
 from teacher.presets import PRESETS, get_preset
 
 # torch, the training loop and the torch dataset are imported in run(): `teacher train --help` must not pay for them

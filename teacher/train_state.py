@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.featurespec import ContractError
+from runtime.contracts.featurespec import ContractError
 
 STATE_FILE = "training_state.pt"
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from runtime.commands import positive_int
-from runtime.dataset import DatasetError, load_dataset
+from runtime.cli.dispatch import positive_int
+from runtime.contracts.dataset import DatasetError, load_dataset
 from teacher.augment import augment
 from teacher.device import default_device
 from teacher.latent import build_autoencoder, is_lossless

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import DistributedSampler
 
-from runtime.dataset import Dataset, DatasetError, Record
+from runtime.contracts.dataset import Dataset, DatasetError, Record
 
 
 def caption_for(rec: Record) -> str:

@@ -125,8 +125,8 @@ def build_tiny_artifact(directory: str | Path, n_good: int = 6, seed: int = 0, s
     ``size`` > 64 makes the network input (and the cost per frame) larger; the test images stay 64 px."""
     import onnxruntime as ort
 
-    from runtime.featurespec import FeatureSpec, LevelSpec
-    from runtime.manifest import ArtifactManifest, Calibration, Preprocess, Scoring, write_manifest
+    from runtime.contracts.featurespec import FeatureSpec, LevelSpec
+    from runtime.contracts.manifest import ArtifactManifest, Calibration, Preprocess, Scoring, write_manifest
     from kernels.dispatch import preprocess
 
     d = Path(directory)
@@ -180,7 +180,7 @@ import time as _time  # noqa: E402
 
 
 class FakeTeacher:
-    """A ROUTER speaking runtime/protocol.py's teacher side: "infer" -> "verdict" (decided_by teacher).
+    """A ROUTER speaking runtime/contracts/protocol.py's teacher side: "infer" -> "verdict" (decided_by teacher).
 
     ``slow_s`` delays every reply; ``ignore_first`` requests get no answer at all (lost); ``busy_first``
     answers "busy" to that many requests first; ``stop()``
@@ -230,7 +230,7 @@ class FakeTeacher:
         if not self._stop.is_set():
             self.stop()
         if self.auth:
-            from runtime.daemon import stop_authenticator
+            from runtime.daemon.daemon import stop_authenticator
 
             stop_authenticator(self.auth)
         self.ctx.destroy(linger=0)
@@ -238,8 +238,8 @@ class FakeTeacher:
     def _loop(self) -> None:
         import zmq
 
-        from runtime import protocol
-        from runtime.verdict import Verdict
+        from runtime.contracts import protocol
+        from runtime.contracts.verdict import Verdict
 
         due: list = []
         try:
@@ -280,7 +280,7 @@ def daemon_config(tmp_path, **overrides):
     """A loopback config on free ports with the journal in ``tmp_path``, control on its own ipc:// socket
     file there (the shipped default's transport; one per daemon, as a test may run two); overrides by dotted
     field."""
-    from runtime.config import load_config
+    from runtime.daemon.config import load_config
 
     base = {"sockets.ingress": "tcp://127.0.0.1:*", "sockets.verdicts": "tcp://127.0.0.1:*",
             "sockets.control": f"ipc://{tmp_path}/control-{next(_control_ids)}.sock",
@@ -302,7 +302,7 @@ class DaemonRuns:
         import zmq
 
         from runtime.client import LinesideClient
-        from runtime.daemon import Daemon
+        from runtime.daemon.daemon import Daemon
 
         d = Daemon(artifact_dir, daemon_config(self.tmp_path, **(overrides or {}))).start()
         c = LinesideClient(d.endpoints["ingress"], d.endpoints["verdicts"], control=d.endpoints["control"],

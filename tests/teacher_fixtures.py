@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.dataset import Record, write_manifest
+from runtime.contracts.dataset import Record, write_manifest
 
 SPLITS = {"train": (6, 6), "val": (2, 2), "test": (3, 3)}  # split -> (good, defect)
 

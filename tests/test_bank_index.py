@@ -48,7 +48,7 @@ def test_default_params_follow_the_bank_size():
 
 def _with_index(tmp_path, kind="hnsw"):
     from runtime.bank_index import INDEX_FILE, BankIndex, build_index, default_params, save_index
-    from runtime.manifest import IndexSpec, load_manifest, write_manifest
+    from runtime.contracts.manifest import IndexSpec, load_manifest, write_manifest
 
     art = build_tiny_artifact(tmp_path / "tiny")
     m = load_manifest(art.dir)
@@ -63,7 +63,7 @@ def _with_index(tmp_path, kind="hnsw"):
 def test_engine_searches_through_the_artifacts_index(tmp_path):
     pytest.importorskip("faiss")
     from runtime.engine import Engine
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     art = _with_index(tmp_path)
     assert "bank.index" in load_manifest(art.dir).files  # covered by the checksums like every file
@@ -95,8 +95,8 @@ def test_index_without_faiss_searches_exactly_and_says_so(tmp_path, monkeypatch,
 
 def test_missing_index_file_is_refused(tmp_path):
     pytest.importorskip("faiss")
-    from runtime.featurespec import ContractError
-    from runtime.manifest import load_manifest
+    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.manifest import load_manifest
 
     art = _with_index(tmp_path)
     (art.dir / "bank.index").unlink()

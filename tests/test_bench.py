@@ -33,7 +33,7 @@ def artifact(tmp_path_factory):
     """The runtime fixture artifact plus an INT8 model (ORT dynamic quantization), both in the manifest."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from runtime.manifest import load_manifest, write_manifest
+    from runtime.contracts.manifest import load_manifest, write_manifest
 
     d = tmp_path_factory.mktemp("bench") / "artifact"
     build_tiny_artifact(d)
@@ -116,8 +116,8 @@ def test_artifact_is_built_once_then_reused(tmp_path, monkeypatch):
     """Without --artifact bench builds with the demo's quick pipeline into --work, then reuses it."""
     import argparse
 
-    import runtime.demo.pipeline as pipeline
-    from runtime import bench
+    import runtime.tools.demo.pipeline as pipeline
+    from runtime.cli import bench
 
     calls = []
 
@@ -164,7 +164,7 @@ def test_edge_part_times_every_stage(artifact):
 
 def test_edge_bench_at_256_reports_the_scoring_targets(tmp_path):
     """At 256 px (the fixture built at that size) the scoring / backend target is measured per bank size."""
-    from runtime.bench_edge import EDGE_SIZE_PX, run_edge_bench
+    from runtime.tools.bench.edge import EDGE_SIZE_PX, run_edge_bench
 
     art = build_tiny_artifact(tmp_path / "tiny256", size=EDGE_SIZE_PX)
     rep = run_edge_bench(art.dir, env=dict(os.environ), runs=2, quick=True)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from runtime import bench_scale
+from runtime.tools.bench import scale as bench_scale
 
 # A stand-in for `teacher` / `distill`: holds ~n_good MB for the synth step, 50 MB + 1 MB per image for the
 # others (the data's size read back from the manifest), and prints one JSON line.
@@ -106,7 +106,7 @@ def test_targets_are_judged_at_the_issue_size():
 def test_scale_runs_the_real_chain_at_tiny_n(tmp_path):
     import subprocess
 
-    from runtime.demo.steps import child_env, command, last_json_line
+    from runtime.tools.demo.steps import child_env, command, last_json_line
 
     p = subprocess.run(command("lineside") + ["bench", "scale", "--n", "8,16", "--steps", "2", "--once-size", "0",
                                               "--work", str(tmp_path / "w"), "--report", str(tmp_path / "r"),

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from runtime.commands import dispatch, version
+from runtime.cli.dispatch import dispatch, version
 
 
 def _run(*args: str, env_debug: bool = False) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_version_and_counts_checked_at_parse_time(capsys):
 def test_fraction_accepts_shares_only(text, ok):
     import argparse
 
-    from runtime.commands import fraction
+    from runtime.cli.dispatch import fraction
 
     if ok:
         assert fraction(text) == float(text)
@@ -84,7 +84,7 @@ def test_help_shows_defaults_but_not_empty_ones(tmp_path, monkeypatch, capsys):
 
 
 def test_a_config_file_reports_every_error_and_the_nearest_key(tmp_path):
-    from runtime.config import ConfigError, load_config
+    from runtime.daemon.config import ConfigError, load_config
 
     bad = tmp_path / "lineside.toml"
     bad.write_text('[backend]\nnmae = "onnxruntime"\nthreads = -1\n[ingres]\nx = 1\n')

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from runtime import protocol
-from runtime.featurespec import ContractError, FeatureSpec, LevelSpec, sd15_feature_spec
-from runtime.manifest import (ArtifactManifest, Calibration, Preprocess, load_manifest, write_manifest)
-from runtime.protocol import ProtocolError
-from runtime.verdict import Region, Verdict, decode_mask_png, encode_mask_png
+from runtime.contracts import protocol
+from runtime.contracts.featurespec import ContractError, FeatureSpec, LevelSpec, sd15_feature_spec
+from runtime.contracts.manifest import (ArtifactManifest, Calibration, Preprocess, load_manifest, write_manifest)
+from runtime.contracts.protocol import ProtocolError
+from runtime.contracts.verdict import Region, Verdict, decode_mask_png, encode_mask_png
 
 
 def test_sd15_spec_strides_and_channels():
@@ -197,7 +197,7 @@ def test_manifest_v1_still_reads_and_its_one_graph_is_the_full_one(tmp_path):
 
 
 def test_manifest_index_file_must_be_checksummed(tmp_path):
-    from runtime.manifest import IndexSpec
+    from runtime.contracts.manifest import IndexSpec
 
     d = _artifact(tmp_path)
     m = load_manifest(d)
@@ -210,7 +210,7 @@ def test_manifest_index_file_must_be_checksummed(tmp_path):
 
 def test_manifest_producer_and_score_normalisation_are_optional(tmp_path):
     """An artifact from before producer / calibration.normalization still loads; its 0-1 score is the default's."""
-    from runtime.manifest import Producer
+    from runtime.contracts.manifest import Producer
 
     d = _artifact(tmp_path)
     raw = json.loads((d / "manifest.json").read_text())

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from runtime.dataset import DatasetError, load_dataset
+from runtime.contracts.dataset import DatasetError, load_dataset
 from teacher.data.synth import synthesize
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.dataset import load_dataset
+from runtime.contracts.dataset import load_dataset
 from teacher.cli import main as teacher_main
 from teacher_fixtures import tree_hash
 from teacher.data import captions, evalset

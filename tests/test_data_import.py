@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.dataset import load_dataset
+from runtime.contracts.dataset import load_dataset
 from teacher.cli import main as teacher_main
 from teacher.data import captions
 from teacher.data.importers import DatasetImportError, import_folder, import_mvtec, import_visa

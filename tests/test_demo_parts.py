@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime import protocol
-from runtime.demo import analysis as an
-from runtime.demo import stream as st
-from runtime.demo import steps
-from runtime.verdict import Region, Verdict
+from runtime.contracts import protocol
+from runtime.tools.demo import analysis as an
+from runtime.tools.demo import stream as st
+from runtime.tools.demo import steps
+from runtime.contracts.verdict import Region, Verdict
 
 
 def test_demo_and_bench_import_no_torch():
-    code = ("import sys, runtime.demo, runtime.demo.pipeline, runtime.demo.stream, runtime.demo.report, runtime.bench;"
+    code = ("import sys, runtime.tools.demo, runtime.tools.demo.pipeline, runtime.tools.demo.stream, runtime.tools.demo.report, runtime.cli.bench;"
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers', 'teacher', 'distill')];"
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -76,7 +76,7 @@ def test_step_runner_accepts_answer_exit_codes(tmp_path, monkeypatch):
     runner = steps.StepRunner(tmp_path, steps.child_env(1))
     r = runner.run("q", "distill", [], ok_codes=(0, 2))
     assert r.returncode == 2 and r.result["chosen"] is None
-    from runtime.demo.pipeline import _refusal
+    from runtime.tools.demo.pipeline import _refusal
     assert "AU-PRO drop" in _refusal(r.result)
     with pytest.raises(steps.StepError, match="status 2"):
         runner.run("q2", "distill", [])
@@ -236,14 +236,14 @@ def test_reading_eval_json():
     assert an.feature_cosine(de) == {"s8": 0.95, "s16": 0.93}
     assert an.student_latency(de, "int8") == (1.5, "openvino-int8")
     assert an.student_latency(de, "fp32") == (4.0, "onnxruntime-fp32")
-    from runtime.demo.analysis import speed_figures
+    from runtime.tools.demo.analysis import speed_figures
     sp = speed_figures({"distill-eval": de}, {}, {"teacher": 1000, "student_int8": 10})
     assert sp["speedup"] == pytest.approx(80.0) and sp["size_ratio"] == 100 and sp["int8_vs_fp32"] == pytest.approx(4 / 1.5)
     assert an.metric_row(None) == {m: None for m in an.TABLE_METRICS}
 
 
 def test_sd15_speed_from_command_json():
-    from runtime.demo.analysis import sd15_speed
+    from runtime.tools.demo.analysis import sd15_speed
 
     tb = {"device": "cpu", "dtype": "float32", "unet_params": 859520964,
           "results": [{"size": 256, "latency_s_per_image": 3.0}]}
@@ -255,7 +255,7 @@ def test_sd15_speed_from_command_json():
 
 
 def test_report_written_from_figures(tmp_path):
-    from runtime.demo.report import overlay_panels, write_report
+    from runtime.tools.demo.report import overlay_panels, write_report
 
     rows = [("g1", 0, 0.1, False, None), ("d1", 1, 0.9, False, None), ("g2", 0, 0.45, True, "good"),
             ("d2", 1, 0.48, True, "defect")]
@@ -299,7 +299,7 @@ def test_report_written_from_figures(tmp_path):
 
 
 def test_bench_targets_from_report():
-    from runtime.bench import targets
+    from runtime.cli.bench import targets
 
     rep = {
         "teacher": {"sd15": {"results": [{"size": 256, "latency_s_per_image": 0.4}]},

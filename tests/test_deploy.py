@@ -1,7 +1,7 @@
 """deploy/: what an operator copies parses, and names commands and flags that exist.
 
 Every command line in the systemd units, container files, compose file and entry scripts is parsed
-with the real subcommand's own argparse configuration (runtime/commands.py tables), so a renamed
+with the real subcommand's own argparse configuration (runtime/cli/dispatch.py tables), so a renamed
 flag breaks this test rather than a plant's first boot.
 """
 from __future__ import annotations

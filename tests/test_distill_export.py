@@ -10,7 +10,7 @@ from distill.export_targets import ExportTarget, export_onnx, export_openvino, e
 from distill.quantize import attempts, quantize_nncf, quantize_ort
 from distill.runners import OrtRunner, OvRunner, TorchRunner
 from distill.students import create_student, list_students
-from runtime.featurespec import FeatureSpec, LevelSpec
+from runtime.contracts.featurespec import FeatureSpec, LevelSpec
 
 SIZE = 64
 SPEC = FeatureSpec(image_size=SIZE, levels=(LevelSpec("s8", 8, 12), LevelSpec("s16", 16, 20),

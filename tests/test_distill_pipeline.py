@@ -1,5 +1,5 @@
 """fit → quantize → export → eval on synthetic data with the tiny teacher, through the CLI, and the
-artifact as the edge sees it (runtime.engine / runtime.manifest)."""
+artifact as the edge sees it (runtime.engine / runtime.contracts.manifest)."""
 import contextlib
 import io
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from distill.cli import main as distill_main
-from runtime.featurespec import ContractError
-from runtime.manifest import load_manifest
+from runtime.contracts.featurespec import ContractError
+from runtime.contracts.manifest import load_manifest
 
 
 def _cli(*argv) -> tuple[int, dict | None]:
@@ -26,7 +26,7 @@ def pipeline(tmp_path_factory):
     from teacher.bank import fit_bank
     from teacher.checkpoint import build_random_teacher, save_teacher
     from teacher.data.synth import synthesize
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
 
     root = tmp_path_factory.mktemp("distill")
     synthesize(root / "data", n_good=24, n_defect=12, size=128, seed=0)
@@ -121,9 +121,9 @@ def test_artifact_runs_on_the_edge_and_matches_torch(pipeline, backend):
     import torch
 
     from distill.run import load_run
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from runtime.engine import Engine
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     art = pipeline["art"]
     m = load_manifest(art)
@@ -178,7 +178,7 @@ def test_export_with_an_approximate_index(pipeline, tmp_path, kind):
     """--index: a faiss index in the artifact, checksummed, its search parameter checked against exact
     search; the engine searches through it and scores within the recorded tolerance of exact search."""
     pytest.importorskip("faiss")
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from runtime.engine import Engine
 
     art = tmp_path / "art"
@@ -329,7 +329,7 @@ def test_export_marks_forced_models_and_the_edge_refuses_them(pipeline, tmp_path
     """An INT8 model written past its failed guard (--force) is marked in the manifest; the engine refuses it
     unless allowed, and each backend's model has its own hash."""
     from runtime.engine import Engine
-    from runtime.featurespec import ContractError
+    from runtime.contracts.featurespec import ContractError
 
     res = _export_with_ort_guard(pipeline, tmp_path, ort_passed=False, openvino_drop_pt=8.3)
     assert res["forced"] == ["int8", "openvino_xml"] == load_manifest(tmp_path / "art").forced
@@ -345,8 +345,8 @@ def test_export_signs_the_artifact_an_edge_then_trusts(pipeline, tmp_path):
     """`distill export --sign KEY` writes manifest.sig; an engine trusting that key serves the artifact, one
     trusting another key does not. A missing key is refused before anything is exported."""
     from runtime.engine import Engine
-    from runtime.keys import make_keypair
-    from runtime.signing import SignatureError
+    from runtime.cli.keys import make_keypair
+    from runtime.contracts.signing import SignatureError
 
     pub, key = make_keypair(tmp_path / "keys", "release", signing=True)
     other, _ = make_keypair(tmp_path / "keys", "other", signing=True)
@@ -443,7 +443,7 @@ def test_fit_scores_with_the_mode_asked_for(pipeline, tmp_path):
 
 def test_pseudo_defect_set_plants_on_good_images_only(pipeline):
     from distill.data import load_images, pseudo_defect_set
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
 
     train = load_images(load_dataset(pipeline["data"]), ("train",), 64)
     planted = pseudo_defect_set(train, 2, seed=3)
@@ -510,7 +510,7 @@ def test_fit_teaches_the_defect_map_the_known_masks(pipeline, tmp_path):
 
 def test_shards_of_another_teacher_are_refused(pipeline, tmp_path):
     from distill.targets import read_shards
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.cli import main as teacher_main
 
     feats = tmp_path / "feats"

@@ -32,7 +32,7 @@ def _quantize_counting(monkeypatch, run, data, calib_size):
     import onnxruntime.quantization as oq
 
     from distill.quantize import quantize_run
-    from runtime.dataset import Dataset
+    from runtime.contracts.dataset import Dataset
 
     fed: list[np.ndarray] = []
     real_static = oq.quantize_static
@@ -86,7 +86,7 @@ def test_calibration_uses_exactly_the_bound(tiny_run, monkeypatch):
 def test_a_split_below_the_bound_is_used_whole_as_before(tiny_run, monkeypatch):
     from distill.data import load_images
     from distill.run import load_run
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
 
     run, data = tiny_run
     n_train = sum(SPLITS["train"])

@@ -4,7 +4,7 @@ import torch
 
 from distill.embedding import EmbeddingRecipe, fit_pca, reference_embedding
 from distill.students import create_student, list_students, register_student
-from runtime.featurespec import FeatureSpec, LevelSpec, sd15_feature_spec
+from runtime.contracts.featurespec import FeatureSpec, LevelSpec, sd15_feature_spec
 
 SPEC = FeatureSpec(image_size=64, levels=(LevelSpec("s8", 8, 12), LevelSpec("s16", 16, 20),
                                           LevelSpec("s32", 32, 24), LevelSpec("s64", 64, 24)))

@@ -9,7 +9,7 @@ import zmq.auth
 
 from runtime.cli import main as lineside
 from runtime.curve import _load
-from runtime.keys import KeysError, make_keypair
+from runtime.cli.keys import KeysError, make_keypair
 
 
 def test_make_keypair_writes_loadable_certificates(tmp_path):

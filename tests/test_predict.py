@@ -19,7 +19,7 @@ def _write(path, rgb):
 
 
 def test_predict_manifest_writes_verdicts_overlays_and_metrics(art, tmp_path):
-    from runtime.dataset import Record, write_manifest
+    from runtime.contracts.dataset import Record, write_manifest
 
     (tmp_path / "img").mkdir()
     recs = []

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from runtime import report
-from runtime.verdict import Region
+from runtime.contracts.verdict import Region
 
 
 def test_report_writes_html_with_tables_and_figures(tmp_path):
@@ -61,7 +61,7 @@ def test_report_import_does_not_pull_matplotlib_or_torch():
 
 
 def test_every_report_names_its_provenance(tmp_path):
-    from runtime.commands import version
+    from runtime.cli.dispatch import version
 
     page = report.Report("eval", tmp_path / "r", provenance={"model": "abc123", "empty": ""}).write().read_text()
     head = page.split("provenance'>", 1)[1].split("</p>", 1)[0]

@@ -1,4 +1,4 @@
-"""runtime.bench_daemon: the figures `lineside bench` reports (no timing asserts: the machine is shared)."""
+"""runtime.tools.bench.daemon: the figures `lineside bench` reports (no timing asserts: the machine is shared)."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ from runtime_fixtures import build_tiny_artifact
 
 
 def test_run_daemon_bench_reports_raw_and_end_to_end(tmp_path):
-    from runtime.bench_daemon import run_daemon_bench
+    from runtime.tools.bench.daemon import run_daemon_bench
 
     art = build_tiny_artifact(tmp_path / "tiny")
     r = run_daemon_bench(art.dir, backend="onnxruntime", n_frames=30, warmup=5, scale_workers=2)
@@ -28,7 +28,7 @@ def test_run_daemon_bench_reports_raw_and_end_to_end(tmp_path):
 
 
 def test_soak_samples_rss_and_latency_per_window_and_loses_nothing(tmp_path):
-    from runtime.bench_soak import run_soak, slope_per_h
+    from runtime.tools.bench.soak import run_soak, slope_per_h
 
     art = build_tiny_artifact(tmp_path / "tiny")
     r = run_soak(art.dir, backend="onnxruntime", duration_s=3.0, window_s=0.5, load=0.5, capacity_frames=30)
@@ -55,7 +55,7 @@ def test_bench_check_exits_non_zero_when_a_target_fails(monkeypatch, capsys, rat
     """`lineside bench --check`: CI and a plant's acceptance test gate on the targets (knn_vs_matmul >= 0.5 here)."""
     import argparse
 
-    from runtime import bench
+    from runtime.cli import bench
 
     monkeypatch.setattr(bench, "bench_kernels", lambda quick: {"status": "ok", "knn_vs_matmul": ratio})
     p = argparse.ArgumentParser()

@@ -43,7 +43,7 @@ def finals(c, ids, timeout_s=6.0):
 
 
 def test_in_band_and_ood_frames_get_superseding_teacher_verdict(run_daemon, teacher):
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     t = teacher()
     d, c = run_daemon(t.endpoint)
@@ -67,7 +67,7 @@ def test_in_band_and_ood_frames_get_superseding_teacher_verdict(run_daemon, teac
 
 
 def test_teacher_killed_mid_stream_edge_continues_pending_expire(run_daemon, teacher):
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     t = teacher()
     d, c = run_daemon(t.endpoint)
@@ -171,7 +171,7 @@ def test_backlog_bound_makes_extra_frames_final(run_daemon, teacher):
 def test_teacher_address_accepts_a_list_of_servers():
     import tomllib
 
-    from runtime.config import ConfigError, load_config, to_toml
+    from runtime.daemon.config import ConfigError, load_config, to_toml
 
     cfg = load_config(overrides={"teacher.address": "tcp://gpu-a:5560, tcp://gpu-b:5560"})  # --teacher a,b
     assert cfg.teacher.address == ["tcp://gpu-a:5560", "tcp://gpu-b:5560"] == cfg.teacher.addresses

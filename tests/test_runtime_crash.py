@@ -17,7 +17,7 @@ T = TinyArtifact
 
 @pytest.fixture
 def procs():
-    from runtime.bench_daemon import stop_daemon
+    from runtime.tools.bench.daemon import stop_daemon
 
     running = []
     yield running
@@ -27,7 +27,7 @@ def procs():
 
 
 def start(art, journal, procs, *extra):
-    from runtime.bench_daemon import start_daemon
+    from runtime.tools.bench.daemon import start_daemon
 
     p, ready = start_daemon(art.dir, "onnxruntime", 1, 1000, journal, list(extra))
     procs.append(p)
@@ -48,7 +48,7 @@ def close(c):
 
 
 def test_kill9_mid_stream_every_acked_frame_in_journal(art, tmp_path, procs):
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     journal = tmp_path / "j.sqlite3"
     p, ready = start(art, journal, procs)
@@ -92,7 +92,7 @@ def test_kill9_mid_stream_every_acked_frame_in_journal(art, tmp_path, procs):
 
 
 def test_pending_teacher_frames_survive_a_crash(art, tmp_path, procs):
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     journal = tmp_path / "j.sqlite3"
     t = FakeTeacher(slow_s=30.0)  # answers too late: the frame is pending when we crash
@@ -122,7 +122,7 @@ def test_pending_teacher_frames_survive_a_crash(art, tmp_path, procs):
 
 
 def test_sigterm_drains_and_exits_zero(art, tmp_path, procs):
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     journal = tmp_path / "j.sqlite3"
     p, ready = start(art, journal, procs)

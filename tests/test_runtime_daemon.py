@@ -41,7 +41,7 @@ def alive(c, fid="alive"):
 
 
 def test_frames_in_verdicts_out_journaled(run_daemon):
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     d, c = run_daemon()
     images = {"g": T.good(), "b": T.in_band(), "d": T.defect(), "o": T.ood()}
@@ -120,7 +120,7 @@ def test_verdicts_carry_a_sequence_and_the_journal_replays_it(run_daemon):
 def test_workers_publish_in_frame_order_and_journal_everything(run_daemon):
     """Three judge workers on a mixed stream: large frames (slow), truncated PNGs (fast error verdicts),
     defects with masks. Verdicts still leave in the order the frames came in, each journaled first."""
-    from runtime.journal import Journal
+    from runtime.daemon.journal import Journal
 
     d, c = run_daemon(**{"backend.workers": 3, "queue.size": 100})
     big = np.ascontiguousarray(np.tile(T.good(2), (6, 6, 1)))
@@ -337,7 +337,7 @@ def test_reload_refuses_bad_or_outside_artifacts(run_daemon, arts, tmp_path):
 
 def test_control_requires_curve_on_network_address(arts, tmp_path):
     from runtime.curve import CurveError
-    from runtime.daemon import Daemon
+    from runtime.daemon.daemon import Daemon
 
     with pytest.raises(CurveError, match="control"):
         Daemon(arts[0].dir, daemon_config(tmp_path, **{"sockets.control": "tcp://0.0.0.0:*"})).start()
@@ -378,7 +378,7 @@ def test_curve_on_verdicts_and_per_camera_topics(arts, tmp_path):
     import zmq.auth
 
     from runtime.client import LinesideClient
-    from runtime.daemon import Daemon
+    from runtime.daemon.daemon import Daemon
 
     keys, allowed = tmp_path / "keys", tmp_path / "allowed"
     keys.mkdir(), allowed.mkdir()
@@ -451,7 +451,7 @@ def test_each_socket_admits_only_its_own_role_keys(arts, tmp_path):
 
 
 def test_role_keys_need_their_socket_secret():
-    from runtime.config import ConfigError, load_config
+    from runtime.daemon.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="control_allowed_keys.*control_secret is not"):
         load_config(overrides={"security.control_allowed_keys": "/etc/lineside/operators"})
@@ -476,14 +476,14 @@ def test_control_is_an_ipc_file_only_this_user_opens(run_daemon, tmp_path):
     assert d.endpoints["control"] == f"ipc://{path}" and stat.S_ISSOCK(path.stat().st_mode)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert c.status()["alive"]
-    from runtime.config import Sockets
+    from runtime.daemon.config import Sockets
 
     assert Sockets().control.startswith("ipc://")  # the shipped default
 
 
 def test_control_on_tcp_without_curve_needs_the_insecure_flag(arts, tmp_path, run_daemon):
     from runtime.curve import CurveError
-    from runtime.daemon import Daemon
+    from runtime.daemon.daemon import Daemon
 
     for ep, match in (("tcp://127.0.0.1:*", "any local user could reload"), ("ipc://@lineside-test", "abstract")):
         with pytest.raises(CurveError, match=match):
@@ -509,7 +509,7 @@ def test_camera_folder_free_running(run_daemon, tmp_path):
 def test_camera_on_trigger(run_daemon, tmp_path):
     import cv2
 
-    from runtime import protocol
+    from runtime.contracts import protocol
 
     folder = tmp_path / "cam"
     folder.mkdir()
@@ -550,7 +550,7 @@ def test_prometheus_endpoint(run_daemon):
     # own metrics and build_info are there
     from prometheus_client.parser import text_string_to_metric_families
 
-    from runtime.commands import version
+    from runtime.cli.dispatch import version
 
     fams = {f.name: f for f in text_string_to_metric_families(body)}
     lat = fams["lineside_stage_latency_seconds"]
@@ -616,7 +616,7 @@ def test_send_counts_the_drops_from_the_verdicts_it_saw(run_daemon, tmp_path, ca
 
     import cv2
 
-    from runtime import send
+    from runtime.cli import send
 
     d, c = run_daemon(**{"queue.size": 2, "queue.overload": "drop_oldest"})
     eng = d.holder.engine

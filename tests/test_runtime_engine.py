@@ -61,7 +61,7 @@ def test_backends_agree_within_manifest_tolerance(art, engine, backend):
 
 def test_open_backend_errors_name_the_backend(art):
     from runtime.backends import BackendError, available_backends, open_backend
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     m = load_manifest(art.dir)
     with pytest.raises(BackendError, match="tensorrt_plan"):
@@ -80,7 +80,7 @@ def test_open_backend_errors_name_the_backend(art):
 
 def test_engine_refuses_tampered_artifact(art, tmp_path):
     from runtime.engine import Engine
-    from runtime.featurespec import ContractError
+    from runtime.contracts.featurespec import ContractError
 
     d = tmp_path / "bad"
     shutil.copytree(art.dir, d)
@@ -90,7 +90,7 @@ def test_engine_refuses_tampered_artifact(art, tmp_path):
 
 
 def test_config_defaults_file_overrides_and_errors(tmp_path):
-    from runtime.config import ConfigError, load_config
+    from runtime.daemon.config import ConfigError, load_config
 
     c = load_config()
     assert c.sockets.ingress.startswith("tcp://127.0.0.1") and c.queue.overload == "drop_oldest"
@@ -118,7 +118,7 @@ def test_daemon_cli_refuses_invalid_config_naming_the_field(art, capsys):
 
 
 def test_journal_roundtrip_recovery_and_retention(tmp_path):
-    from runtime.journal import Entry, Journal
+    from runtime.daemon.journal import Entry, Journal
 
     j = Journal(tmp_path / "j.sqlite3")
     j.record_received([("a", "c", 1.0, "x"), ("b", "c", 2.0, "x"), ("p", "c", 2.0, "x")])
@@ -141,7 +141,7 @@ def test_journal_roundtrip_recovery_and_retention(tmp_path):
 def test_journal_spools_frames_until_they_are_judged(tmp_path):
     """Spooled bytes stay only while a frame has no verdict; a restart finds exactly those, and the verdict
     sequence continues where the journal left it."""
-    from runtime.journal import Entry, Journal
+    from runtime.daemon.journal import Entry, Journal
 
     j = Journal(tmp_path / "j.sqlite3")
     j.record_received([("a", "c", 1.0, "x"), ("b", "c", 1.0, "x")],
@@ -157,7 +157,7 @@ def test_journal_spools_frames_until_they_are_judged(tmp_path):
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_newest"])
 def test_bounded_queue_policies(policy):
-    from runtime.queues import BoundedQueue
+    from runtime.daemon.queues import BoundedQueue
 
     q = BoundedQueue(2, policy)
     assert q.put(1) == (True, None) and q.put(2) == (True, None)
@@ -170,8 +170,8 @@ def test_bounded_queue_policies(policy):
 
 
 def test_publisher_fast_header_equals_to_header(engine):
-    from runtime.publisher import to_header_fast
-    from runtime.verdict import Verdict
+    from runtime.daemon.publisher import to_header_fast
+    from runtime.contracts.verdict import Verdict
 
     for v in [engine.judge(TinyArtifact.defect(5), "d", want_mask=True), engine.judge(TinyArtifact.good(5), "g"),
               Verdict.failure("x", "error", "payload: corrupt")]:
@@ -180,7 +180,7 @@ def test_publisher_fast_header_equals_to_header(engine):
 
 
 def test_print_config_round_trips(tmp_path):
-    from runtime.config import load_config, to_toml
+    from runtime.daemon.config import load_config, to_toml
 
     c = load_config(overrides={"queue.size": 3, "teacher.address": "tcp://10.1.2.3:5560", "journal.path": 'a "b".db'})
     f = tmp_path / "c.toml"
@@ -207,7 +207,7 @@ def test_daemon_cli_refuses_a_directory_that_is_not_an_artifact(tmp_path, capsys
 
 
 def test_publisher_header_never_carries_nan():
-    from runtime.publisher import encode_header
+    from runtime.daemon.publisher import encode_header
 
     h = {"score": float("nan"), "latencies_ms": {"teacher": float("inf")}, "regions": [{"score": 1.0}], "n": np.int64(3)}
     assert json.loads(encode_header(h)) == {"score": None, "latencies_ms": {"teacher": None}, "regions": [{"score": 1.0}],
@@ -220,8 +220,8 @@ def test_edge_process_loads_no_training_stack(art):
     import sys
 
     code = ("import sys, numpy as np\n"
-            "import runtime.daemon, runtime.client, runtime.daemon_cli, runtime.send, runtime.watch, runtime.camera\n"
-            "import runtime.status_cli, runtime.control_cli, runtime.bench_daemon\n"
+            "import runtime.daemon.daemon, runtime.client, runtime.cli.run, runtime.cli.send, runtime.cli.watch, runtime.daemon.camera\n"
+            "import runtime.cli.status, runtime.cli.control, runtime.tools.bench.daemon\n"
             "from runtime.engine import Engine\n"
             f"Engine({str(art.dir)!r}).judge(np.zeros((64, 64, 3), np.uint8))\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
@@ -233,7 +233,7 @@ def test_edge_process_loads_no_training_stack(art):
 
 
 def test_config_refuses_zero_workers_naming_the_field():
-    from runtime.config import ConfigError, load_config
+    from runtime.daemon.config import ConfigError, load_config
 
     assert load_config(overrides={"backend.workers": 3}).backend.workers == 3
     with pytest.raises(ConfigError, match="backend.workers"):
@@ -241,7 +241,7 @@ def test_config_refuses_zero_workers_naming_the_field():
 
 
 def test_config_refuses_a_message_limit_below_the_frame_limit():
-    from runtime.config import ConfigError, load_config
+    from runtime.daemon.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="limits.*max_message_bytes.*below max_frame_bytes"):
         load_config(overrides={"limits.max_frame_bytes": 2 << 20, "limits.max_message_bytes": 1 << 20})
@@ -269,7 +269,7 @@ def test_forced_model_is_refused_unless_allowed(tmp_path, capsys):
     refuse it in one line; --allow-forced serves it."""
     from runtime.cli import main
     from runtime.engine import Engine
-    from runtime.featurespec import ContractError
+    from runtime.contracts.featurespec import ContractError
     from runtime_fixtures import build_tiny_artifact
 
     art = build_tiny_artifact(tmp_path / "a")

@@ -9,8 +9,8 @@ from runtime_fixtures import TinyArtifact
 
 
 def test_in_order_hands_over_in_ticket_order_whatever_the_finishing_order():
-    from runtime.judge import InOrder
-    from runtime.queues import BoundedQueue
+    from runtime.daemon.judge import InOrder
+    from runtime.daemon.queues import BoundedQueue
 
     q = BoundedQueue(8)
     for f in ("f0", "f1", "f2", "f3"):
@@ -37,8 +37,8 @@ def test_in_order_under_real_threads_keeps_queue_order():
     """Workers that finish in scrambled order (sleeping by a seeded random amount) still hand over in order."""
     import time
 
-    from runtime.judge import InOrder
-    from runtime.queues import BoundedQueue
+    from runtime.daemon.judge import InOrder
+    from runtime.daemon.queues import BoundedQueue
 
     n, q = 60, BoundedQueue(100)
     for i in range(n):
@@ -63,7 +63,7 @@ def test_in_order_under_real_threads_keeps_queue_order():
 
 
 def test_bounded_queue_drain_waits_for_every_consumer():
-    from runtime.queues import BoundedQueue
+    from runtime.daemon.queues import BoundedQueue
 
     q = BoundedQueue(4)
     q.put("a")
@@ -80,7 +80,7 @@ def test_math_thread_limit_applies_and_restores():
     import cv2
     from threadpoolctl import threadpool_info
 
-    from runtime.math_threads import MathThreadLimit
+    from runtime.daemon.threads import MathThreadLimit
 
     before_cv2 = cv2.getNumThreads()
     before = {p["filepath"]: p["num_threads"] for p in threadpool_info()}

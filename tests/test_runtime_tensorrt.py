@@ -190,7 +190,7 @@ def test_tensorrt_engine_on_gpu(art, tmp_path):  # pragma: no cover - needs CUDA
     import subprocess
 
     from runtime.engine import Engine
-    from runtime.manifest import load_manifest, write_manifest
+    from runtime.contracts.manifest import load_manifest, write_manifest
 
     if not shutil.which("trtexec"):
         pytest.skip("trtexec not on PATH")

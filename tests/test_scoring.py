@@ -90,7 +90,7 @@ def test_confidence_grows_with_distance_even_with_a_zero_width_band():
 
 
 def test_verdict_carries_the_normalised_score_and_reads_old_headers():
-    from runtime.verdict import Verdict
+    from runtime.contracts.verdict import Verdict
 
     v = Verdict(frame_id="a", decision="defect", score=2.0, score_norm=0.75, confidence=0.5)
     h = v.to_header()

@@ -1,4 +1,4 @@
-"""Signed artifacts (runtime/signing.py): `lineside keys --signing`, the engine's --trusted-signers policy, and
+"""Signed artifacts (runtime/contracts/signing.py): `lineside keys --signing`, the engine's --trusted-signers policy, and
 the daemon refusing an unsigned, edited or foreign-signed artifact on start and on reload (the old model keeps
 serving). Loopback only; every receive has a timeout."""
 import contextlib
@@ -19,8 +19,8 @@ T = TinyArtifact
 def world(tmp_path_factory):
     """Two tiny artifacts signed by `release`, one unsigned, one signed by `rogue`; `trusted/` holds release's
     public key only."""
-    from runtime.keys import make_keypair
-    from runtime.signing import sign_artifact
+    from runtime.cli.keys import make_keypair
+    from runtime.contracts.signing import sign_artifact
 
     root = tmp_path_factory.mktemp("signed")
     keys, trusted, arts = root / "keys", root / "trusted", root / "artifacts"
@@ -63,7 +63,7 @@ def test_signing_keys_are_written_private_and_never_overwritten(tmp_path, capsys
 
 def test_signed_artifact_is_accepted_and_names_its_signer(world):
     from runtime.engine import Engine
-    from runtime.signing import fingerprint, load_signing_key
+    from runtime.contracts.signing import fingerprint, load_signing_key
 
     e = Engine(world["arts"] / "a", trusted_signers=world["trusted"])
     fp = fingerprint(load_signing_key(world["release"]).public_key())
@@ -81,8 +81,8 @@ def test_signed_artifact_is_accepted_and_names_its_signer(world):
 ])
 def test_engine_refuses_what_no_trusted_key_signed(world, tmp_path, case, match):
     from runtime.engine import Engine
-    from runtime.featurespec import ContractError
-    from runtime.signing import SignatureError
+    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.signing import SignatureError
 
     if case == "edited":
         d = _edited(world)
@@ -102,7 +102,7 @@ def test_engine_refuses_what_no_trusted_key_signed(world, tmp_path, case, match)
 
 def test_trusted_directory_must_hold_keys_and_only_keys(world, tmp_path):
     from runtime.engine import Engine
-    from runtime.signing import SignatureError
+    from runtime.contracts.signing import SignatureError
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.verdict import Verdict
+from runtime.contracts.verdict import Verdict
 from teacher.bank import MemoryBank, calibrate_threshold, greedy_coreset, patch_embedding
 
 torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def test_bank_save_load_roundtrip(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
     from teacher_fixtures import make_dataset
 

@@ -105,8 +105,8 @@ def test_eval_good_only_split_reports_nulls(ckpt, capsys, tmp_path):
 
 
 def test_compute_metrics_by_hand():
-    from runtime.dataset import Record
-    from runtime.verdict import Region, Verdict
+    from runtime.contracts.dataset import Record
+    from runtime.contracts.verdict import Region, Verdict
     from teacher.evaluate import compute_metrics
 
     recs = [Record(image="a.png", label="good", product="p", split="test"),
@@ -149,7 +149,7 @@ def test_finetune_under_torchrun_two_ranks(ckpt, tmp_path):
 @pytest.mark.gpu
 def test_finetune_and_pipeline_on_gpu_with_amp(tmp_path):
     """Mixed precision (bf16/fp16 autocast) training and GPU inference on the tiny preset."""
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
     from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
     from teacher.head.model import HeadState

@@ -146,7 +146,7 @@ def test_regions_from_queries_are_components_of_the_thresholded_map():
 
 
 def test_finetune_lowers_mask_loss(tmp_path):
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
     from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
     from teacher_fixtures import make_dataset
@@ -171,7 +171,7 @@ def test_finetune_lowers_mask_loss(tmp_path):
 
 
 def test_caption_only_records_train_with_grounding_loss(tmp_path):
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
     from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
     from teacher_fixtures import make_dataset

@@ -104,7 +104,7 @@ def test_pseudo_defect_images_are_deterministic_per_image():
 
 
 def test_finetune_with_pseudo_defects_trains_a_head_on_good_images_only(tmp_path):
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher, save_teacher
     from teacher.cli import main
     from teacher.head.model import load_head

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from runtime.featurespec import ContractError, sd15_feature_spec
+from runtime.contracts.featurespec import ContractError, sd15_feature_spec
 from teacher.augment import augment
 from teacher.checkpoint import build_random_teacher
 from teacher.modules import ImplicitCaptioner, WordTokenizer

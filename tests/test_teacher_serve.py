@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.protocol import encode, image_frames
-from runtime.verdict import Verdict, decode_mask_png
+from runtime.contracts.protocol import encode, image_frames
+from runtime.contracts.verdict import Verdict, decode_mask_png
 from teacher.serve import ServeConfig, TeacherServer
 from teacher.serve.bench import ServeClient
 from teacher_fixtures import status_until
@@ -165,7 +165,7 @@ def test_garbage_gets_error_naming_the_field_and_server_keeps_serving(ctx):
 
 @pytest.mark.parametrize("enc,shape", [("jpeg", (37, 53, 3)), ("png", (41, 29)), ("jpeg", (20, 30))])
 def test_encoded_dims_read_without_decoding(enc, shape):
-    from runtime.protocol import encoded_dims
+    from runtime.contracts.protocol import encoded_dims
 
     img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if shape == (20, 30) else []

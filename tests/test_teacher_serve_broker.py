@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.protocol import decode_header, encode, image_frames
+from runtime.contracts.protocol import decode_header, encode, image_frames
 from teacher.serve import ServeConfig, TeacherServer, pirate
 from teacher.serve.broker import Broker, BrokerConfig
 

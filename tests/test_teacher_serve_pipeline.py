@@ -7,7 +7,7 @@ import zmq
 
 pytest.importorskip("torch")
 
-from runtime.verdict import Verdict  # noqa: E402
+from runtime.contracts.verdict import Verdict  # noqa: E402
 from teacher.serve import ServeConfig, TeacherServer  # noqa: E402
 from teacher.serve.bench import ServeClient  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_real_tiny_pipeline_is_served_batched(tiny_checkpoint):
         with TeacherServer(cfg) as srv:
             clients = [ServeClient(srv.endpoint, ctx, timeout_ms=TIMEOUT_MS) for _ in frames]
             try:
-                from runtime.protocol import image_frames
+                from runtime.contracts.protocol import image_frames
 
                 for k, (c, f) in enumerate(zip(clients, frames)):
                     c.send(image_frames("infer", f, "png", frame_id=f"real{k}", want_mask=True))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.keys import make_keypair
-from runtime.protocol import image_frames
+from runtime.cli.keys import make_keypair
+from runtime.contracts.protocol import image_frames
 from teacher.serve import ServeConfig, TeacherServer
 from teacher.serve.bench import ServeClient, run_server_bench
 from teacher_fixtures import status_until
@@ -206,13 +206,13 @@ def test_bench_function_and_cli_json():
 
 
 def test_edge_cascade_gets_superseding_verdicts_from_the_server(ctx):
-    """The contract with the edge: runtime/cascade.py (Lazy Pirate DEALER, [b"", header, payload])."""
+    """The contract with the edge: runtime/daemon/cascade.py (Lazy Pirate DEALER, [b"", header, payload])."""
     import queue
 
-    cascade = pytest.importorskip("runtime.cascade")
-    from runtime.config import Teacher
+    cascade = pytest.importorskip("runtime.daemon.cascade")
+    from runtime.daemon.config import Teacher
     from runtime.telemetry import Telemetry
-    from runtime.verdict import Verdict
+    from runtime.contracts.verdict import Verdict
 
     with TeacherServer(ServeConfig(model="fake:delay_ms=20", bind="tcp://127.0.0.1:*")) as srv:
         out: queue.Queue = queue.Queue()

@@ -83,7 +83,7 @@ def _bank(d):
 
 
 def _one_process_vectors(ckpt, data) -> np.ndarray:
-    from runtime.dataset import load_dataset
+    from runtime.contracts.dataset import load_dataset
     from teacher.bank import LazyImages, embed_flat
     from teacher.checkpoint import load_teacher
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runtime.dataset import Record, write_manifest
+from runtime.contracts.dataset import Record, write_manifest
 from teacher.checkpoint import load_teacher
 from teacher.cli import main
 

@@ -18,7 +18,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import protocol
+from runtime.contracts import protocol
 from runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact
 
 EXAMPLES = int(os.environ.get("LINESIDE_FUZZ_EXAMPLES", "120"))

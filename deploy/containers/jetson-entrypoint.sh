@@ -2,7 +2,7 @@
 # Jetson container entry: on first start (or when the artifact changed) copy the artifact into the
 # state volume, build its TensorRT plan from the FP32 ONNX on this device with
 # deploy/tensorrt/build_engine.py, record the plan in the copy's manifest (models.tensorrt_plan,
-# re-hashed by runtime.manifest), then exec the daemon on the TensorRT backend. The re-written manifest
+# re-hashed by runtime.contracts.manifest), then exec the daemon on the TensorRT backend. The re-written manifest
 # carries no signature (the plan is built here, after signing), so `--trusted-signers` would refuse the
 # copy: signed artifacts are not yet supported on the Jetson path.
 # Extra arguments go to `lineside run` (e.g. --teacher tcp://HOST:5560 --insecure).
@@ -46,7 +46,7 @@ if [[ ! -f "$work/.plan-ready" ]]; then
     python3 "$builder" "$work.tmp/$onnx" --out "$work.tmp/model.plan" "${flags[@]}"
     python3 - "$work.tmp" <<'PY'
 import sys
-from runtime.manifest import load_manifest, write_manifest
+from runtime.contracts.manifest import load_manifest, write_manifest
 
 d = sys.argv[1]
 m = load_manifest(d)

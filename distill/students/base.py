@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from distill.embedding import EmbeddingRecipe, MergedEmbedding, reference_embedding
-from runtime.featurespec import FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
 
 STRIDES = (8, 16, 32, 64)
 

@@ -17,8 +17,8 @@ import torch.nn as nn
 from distill.embedding import EmbeddingRecipe
 from distill.students.base import ConvBNReLU, HeadSpec, Student
 from distill.students.registry import register_student
-from runtime.featurespec import FeatureSpec
-from runtime.manifest import Preprocess
+from runtime.contracts.featurespec import FeatureSpec
+from runtime.contracts.manifest import Preprocess
 
 LITE0_WIDTHS = (40, 112, 320, 192)  # the s64 width is ours: one stride-2 conv past the network's end
 # (conv, BN) attribute pairs of lukemelas's EfficientNet: the stem on the network, three per MBConv block

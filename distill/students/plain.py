@@ -14,7 +14,7 @@ import torch.nn as nn
 from distill.embedding import EmbeddingRecipe
 from distill.students.base import ConvBNReLU, HeadSpec, Student
 from distill.students.registry import register_student
-from runtime.featurespec import FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
 
 
 @dataclass(frozen=True)

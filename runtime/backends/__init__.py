@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.manifest import ArtifactManifest
+from runtime.contracts.manifest import ArtifactManifest
 
 log = logging.getLogger("lineside.backends")
 

@@ -5,18 +5,18 @@
     lineside bench --full                # adds the sd15 teacher at 256 px (the 300x target needs it)
     lineside bench --artifact ART        # an existing student artifact (else: see below)
     lineside bench kernels --json        # only the kernels part
-    lineside bench quality --data M      # detection quality beside reference detectors (runtime/bench_quality.py)
+    lineside bench quality --data M      # detection quality beside reference detectors (runtime/tools/bench/quality.py)
     lineside bench soak --duration 3600  # the daemon at --load of its capacity for an hour: RSS slope, latency drift
-                                         # (runtime/bench_soak.py)
+                                         # (runtime/tools/bench/soak.py)
     lineside bench edge --json           # the whole edge path per stage, 256 px, 1 thread / all cores, bank x1 / x4,
-                                         # beside EfficientAD-S and PatchCore (runtime/bench_edge.py)
+                                         # beside EfficientAD-S and PatchCore (runtime/tools/bench/edge.py)
     lineside bench scale --report DIR    # time and peak RSS of every chain step at N = 100, 400, 1600 good images
-                                         # and once at 256 px, growth exponents, plot (runtime/bench_scale.py)
+                                         # and once at 256 px, growth exponents, plot (runtime/tools/bench/scale.py)
 
 Sections: ``teacher`` (`teacher bench --preset tiny --json`, and sd15 at 256 px with --full: a
 subprocess, torch stays out of this process), ``student`` (FP32 and INT8 on every backend this
 machine has, timed here with runtime.backends on the artifact's own model files — exactly what the
-daemon runs, torch-free), ``kernels`` (kernels.bench.run), ``daemon`` (runtime.bench_daemon: p50/p99,
+daemon runs, torch-free), ``kernels`` (kernels.bench.run), ``daemon`` (runtime.tools.bench.daemon: p50/p99,
 maximum sustained rate, overhead over the raw backend), ``server`` (`teacher serve --bench --json`,
 a subprocess), and ``targets``: each target named in the issues, the measured value, pass/fail.
 
@@ -39,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import bench_scale, bench_soak
-from runtime.commands import positive_float
-from runtime.demo.steps import StepError, child_env, command, last_json_line
+from runtime.tools.bench import scale as bench_scale
+from runtime.tools.bench import soak as bench_soak
+from runtime.cli.dispatch import positive_float
+from runtime.tools.demo.steps import StepError, child_env, command, last_json_line
 from runtime.timing import time_calls
 
 PARTS = ("all", "teacher", "student", "kernels", "daemon", "server")
@@ -136,9 +137,9 @@ def ensure_artifact(args, env: dict) -> tuple[Path, Path | None, dict]:
     art, ckpt = work / "artifact", work / "teacher"
     if (art / "manifest.json").is_file() and not args.rebuild:
         return art, ckpt if ckpt.is_dir() else None, {"artifact": f"cached in {work}"}
-    from runtime.demo import QUICK
-    from runtime.demo import pipeline
-    from runtime.demo.steps import StepRunner
+    from runtime.tools.demo import QUICK
+    from runtime.tools.demo import pipeline
+    from runtime.tools.demo.steps import StepRunner
 
     if work.exists():  # a stale or half-built one: the commands refuse to overwrite, so start clean
         import shutil
@@ -176,7 +177,7 @@ def bench_student(art: Path, runs: int, threads: int) -> dict:
     """FP32 and INT8 of the artifact on each available backend, timed on the model alone (preprocessed
     input of the manifest's size, random pixels: latency does not depend on content)."""
     from runtime.backends import BackendError, available_backends, open_backend
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     m = load_manifest(art)
     s = m.preprocess.size
@@ -244,9 +245,9 @@ def bench_kernels(quick: bool) -> dict:
 
 def bench_daemon(art: Path, threads: int, quick: bool) -> dict:
     try:
-        from runtime.bench_daemon import run_daemon_bench
+        from runtime.tools.bench.daemon import run_daemon_bench
     except ImportError as e:
-        return _skipped(f"runtime.bench_daemon not available ({e})")
+        return _skipped(f"runtime.tools.bench.daemon not available ({e})")
     r = run_daemon_bench(art, threads=threads, **({"n_frames": 40, "warmup": 5} if quick else {}))
     return {"status": "ok", **r}
 
@@ -326,7 +327,7 @@ def targets(report: dict) -> list[dict]:
     add("int8_vs_fp32", ratio, "needs both FP32 and INT8 timings on one backend" if "student" in report
         else "student section not run")
     d = report.get("daemon") or {"reason": "daemon section not run"}
-    # runtime.bench_daemon.run_daemon_bench: overhead_p50_ms, sustained_ratio
+    # runtime.tools.bench.daemon.run_daemon_bench: overhead_p50_ms, sustained_ratio
     # wall-clock figures decide; the CPU-time ones (load-independent, from /proc) ride along for a busy machine
     add("daemon_overhead_p50_ms", _num(d.get("overhead_p50_ms")),
         d.get("reason") or d.get("error") or "daemon bench reported no overhead_p50_ms",
@@ -347,7 +348,7 @@ def targets(report: dict) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     env = child_env(args.threads)
     if args.part == "quality":
-        from runtime import bench_quality
+        from runtime.tools.bench import quality as bench_quality
 
         return bench_quality.run(args, child_env(None), _say)
     if args.part == "edge":
@@ -400,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _edge(args: argparse.Namespace, env: dict) -> int:
-    from runtime import bench_edge
+    from runtime.tools.bench import edge as bench_edge
 
     try:
         art, _, how = ensure_artifact(args, env)

@@ -114,7 +114,7 @@ def fraction(text: str) -> float:
     return v
 
 
-ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")  # as runtime/config.py's socket fields accept
+ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")  # as runtime/daemon/config.py's socket fields accept
 
 
 def endpoint(text: str) -> str:
@@ -174,7 +174,7 @@ def apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
     import difflib
     import tomllib
 
-    from runtime.featurespec import ContractError
+    from runtime.contracts.featurespec import ContractError
 
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -215,8 +215,8 @@ def print_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from runtime.dataset import DatasetError
-    from runtime.featurespec import ContractError
+    from runtime.contracts.dataset import DatasetError
+    from runtime.contracts.featurespec import ContractError
 
     return (ContractError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
 

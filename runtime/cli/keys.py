@@ -5,7 +5,7 @@ Writes ``OUTDIR/NAME.key`` (public certificate: copy it to the peers, or into a 
 directory) and ``OUTDIR/NAME.key_secret`` (both keys: keep it on this machine, mode 0600), in the
 format ``zmq.auth.create_certificates`` writes and ``runtime/curve.py`` loads. ``--signing`` writes
 ``NAME.ed25519`` (private, 0600: for ``distill export --sign``) and ``NAME.ed25519.pub`` (copy it into
-each edge's ``--trusted-signers`` directory), as ``runtime/signing.py`` reads them. Existing keys are
+each edge's ``--trusted-signers`` directory), as ``runtime/contracts/signing.py`` reads them. Existing keys are
 never overwritten unless ``--force`` is given: a replaced server key locks out every client.
 
     lineside keys /etc/lineside/keys --name teacher
@@ -35,7 +35,7 @@ def make_keypair(outdir: str | Path, name: str, force: bool = False, signing: bo
     import zmq
     import zmq.auth
 
-    from runtime import signing as sig
+    from runtime.contracts import signing as sig
 
     if not NAME_PATTERN.match(name):
         raise KeysError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64, no path separators)")

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.dataset import IMAGE_SUFFIXES
+from runtime.contracts.dataset import IMAGE_SUFFIXES
 
 OVERLAY_DIR = "overlays"
 VERDICTS_FILE = "verdicts.jsonl"
@@ -55,7 +55,7 @@ class Item:
         return self.path.stem
 
     def image(self) -> np.ndarray:
-        from runtime.dataset import read_rgb
+        from runtime.contracts.dataset import read_rgb
 
         return read_rgb(self.path)
 
@@ -65,7 +65,7 @@ class Item:
 
 def items(source: str, split: str | None) -> Iterator[Item]:
     """The images of ``source``, sorted; a DatasetError names a source that holds none."""
-    from runtime.dataset import DatasetError, load_dataset
+    from runtime.contracts.dataset import DatasetError, load_dataset
 
     p = Path(source)
     if p.suffix == ".jsonl" and p.is_file():

@@ -1,6 +1,6 @@
 """`lineside run --artifact DIR [--config lineside.toml] [overrides]`: the line-side daemon.
 
-Flags override the TOML file, which overrides the defaults (runtime/config.py). Logs are JSON lines on
+Flags override the TOML file, which overrides the defaults (runtime/daemon/config.py). Logs are JSON lines on
 stderr; once every socket is bound and the model loaded, ONE JSON line on stdout names the endpoints
 (``{"ready": true, "ingress": ..., "verdicts": ..., "control": ...}``), and systemd is told READY=1.
 SIGTERM or SIGINT (or ``lineside control shutdown``) drains the queues and exits 0.
@@ -42,7 +42,7 @@ OVERRIDES = {
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from runtime.config import Config, Sockets
+    from runtime.daemon.config import Config, Sockets
 
     p.add_argument("--artifact", required=True, help="student artifact directory (manifest.json)")
     p.add_argument("--config", help="lineside.toml; flags below override it")
@@ -108,7 +108,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from runtime.config import load_config
+    from runtime.daemon.config import load_config
 
     over = {field: getattr(args, flag, None) for flag, field in OVERRIDES.items()}
     if args.insecure:
@@ -119,7 +119,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.config import ConfigError
+    from runtime.daemon.config import ConfigError
     from runtime.telemetry import setup_logging
 
     try:
@@ -128,15 +128,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"lineside run: invalid configuration: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        from runtime.config import to_toml
+        from runtime.daemon.config import to_toml
 
         print(to_toml(cfg), end="")
         return 0
     setup_logging(cfg.log_level)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     from runtime.curve import CurveError
-    from runtime.daemon import Daemon
-    from runtime.featurespec import ContractError
+    from runtime.daemon.daemon import Daemon
+    from runtime.contracts.featurespec import ContractError
 
     daemon = Daemon(args.artifact, cfg)
     try:

@@ -19,8 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.commands import endpoint
-from runtime.dataset import IMAGE_SUFFIXES
+from runtime.cli.dispatch import endpoint
+from runtime.contracts.dataset import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
 

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from runtime.commands import endpoint
+from runtime.cli.dispatch import endpoint
 
 
 def configure(p: argparse.ArgumentParser) -> None:

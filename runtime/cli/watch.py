@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.commands import endpoint
+from runtime.cli.dispatch import endpoint
 
 SUBSCRIBE_SETTLE_S = 0.2  # zguide's slow joiner: a SUB's subscription takes a moment to reach the PUB
 

@@ -17,14 +17,14 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import ContractError, FeatureSpec
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK, SCORING_MODES, ScoreNorm
 
 MANIFEST_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)  # what this reader accepts (see the module doc)
 MANIFEST_NAME = "manifest.json"
-SIGNATURE_NAME = "manifest.sig"  # runtime/signing.py: the manifest's signature, written after it, never in ``files``
+SIGNATURE_NAME = "manifest.sig"  # runtime/contracts/signing.py: the manifest's signature, written after it, never in ``files``
 
 
 class Preprocess(BaseModel):

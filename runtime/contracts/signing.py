@@ -4,7 +4,7 @@
 
 What is signed is manifest.json's bytes exactly as written, after a domain tag (so a signing key signs
 nothing else by accident). The manifest lists every other file with its sha256 and the reader re-hashes
-them (runtime/manifest.py), so this one signature covers the model files, the bank, the threshold and the
+them (runtime/contracts/manifest.py), so this one signature covers the model files, the bank, the threshold and the
 band: an edited manifest fails the signature, a replaced file fails its checksum.
 
     ARTIFACT/manifest.sig  {"format": "lineside-signature", "version": 1, "algorithm": "ed25519",
@@ -24,8 +24,8 @@ import json
 import os
 from pathlib import Path
 
-from runtime.featurespec import ContractError
-from runtime.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from runtime.contracts.featurespec import ContractError
+from runtime.contracts.manifest import MANIFEST_NAME, SIGNATURE_NAME
 
 SIGNATURE_FORMAT = "lineside-signature"
 SIGNATURE_VERSION = 1
@@ -54,7 +54,7 @@ def fingerprint(public_key) -> str:
 
 def write_keypair(outdir: str | Path, name: str) -> tuple[Path, Path]:
     """``NAME.ed25519.pub`` and ``NAME.ed25519`` (created 0600, never over an existing file); returns
-    (public_file, secret_file). runtime/keys.py checks the name and what already exists."""
+    (public_file, secret_file). runtime/cli/keys.py checks the name and what already exists."""
     serialization, ed25519, _ = _crypto()
     out = Path(outdir)
     key = ed25519.Ed25519PrivateKey.generate()

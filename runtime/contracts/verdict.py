@@ -48,7 +48,7 @@ class Verdict:
     ts_frame: float = 0.0  # the frame's timestamp from its header (s, epoch)
     ts_verdict: float = 0.0  # when this verdict was made (s, epoch)
     supersedes: Optional[str] = None  # decided_by of the verdict this one replaces
-    seq: Optional[int] = None  # the daemon's sequence number, set when published (runtime.publisher)
+    seq: Optional[int] = None  # the daemon's sequence number, set when published (runtime.daemon.publisher)
     # the operator's 0-1 score (runtime.scoring.ScoreNorm): the threshold at 0.5; None from a peer that predates it.
     # Last among the header fields, so positional construction is unchanged; readers that do not know it drop it
     score_norm: Optional[float] = None

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from runtime.dataset import IMAGE_SUFFIXES
-from runtime.queues import BoundedQueue, FrameJob, Outgoing
-from runtime.verdict import Verdict
+from runtime.contracts.dataset import IMAGE_SUFFIXES
+from runtime.daemon.queues import BoundedQueue, FrameJob, Outgoing
+from runtime.contracts.verdict import Verdict
 
 log = logging.getLogger("lineside.camera")
 

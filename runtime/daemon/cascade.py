@@ -30,12 +30,12 @@ from typing import Optional
 
 import zmq
 
-from runtime import protocol
+from runtime.contracts import protocol
 from runtime.curve import make_client
-from runtime.protocol import ProtocolError
-from runtime.queues import Outgoing
+from runtime.contracts.protocol import ProtocolError
+from runtime.daemon.queues import Outgoing
 from runtime.telemetry import CIRCUIT_STATES
-from runtime.verdict import Verdict
+from runtime.contracts.verdict import Verdict
 
 log = logging.getLogger("lineside.cascade")
 

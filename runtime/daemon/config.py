@@ -19,7 +19,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runtime.protocol import DEFAULT_MAX_PIXELS
+from runtime.contracts.protocol import DEFAULT_MAX_PIXELS
 
 ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
 
@@ -64,7 +64,7 @@ class Security(_Section):
     insecure: bool = False  # allow binding a network address without CURVE (trusted networks only)
     # allow control on TCP loopback without CURVE: any local user could then reload or shut the daemon down
     insecure_control: bool = False
-    # directory of Ed25519 public keys (*.ed25519.pub): serve only artifacts one of them signed (runtime/signing.py),
+    # directory of Ed25519 public keys (*.ed25519.pub): serve only artifacts one of them signed (runtime/contracts/signing.py),
     # on start and on reload; None: unsigned artifacts are served
     trusted_signers: Optional[str] = Field(None, min_length=1)
 
@@ -158,12 +158,12 @@ class Journal(_Section):
     path: str = "lineside-journal.sqlite3"
     # NORMAL in WAL mode survives a killed process (kill -9): committed transactions are in the WAL file;
     # only a power cut can lose the last commits. FULL fsyncs every commit (power-cut safe, ~ms per commit on
-    # eMMC/SD cards). See runtime/journal.py.
+    # eMMC/SD cards). See runtime/daemon/journal.py.
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     retention_rows: int = Field(1_000_000, ge=100)
     retention_age_s: float = Field(7 * 86400.0, gt=0)
     prune_interval_s: float = Field(60.0, gt=0)
-    # payloads of acknowledged frames not yet judged, kept so a restart judges them (runtime/journal.py);
+    # payloads of acknowledged frames not yet judged, kept so a restart judges them (runtime/daemon/journal.py);
     # over this, ingress answers busy rather than acknowledge a frame it could not keep
     spool_max_bytes: int = Field(256 << 20, ge=1 << 20)
 

@@ -18,8 +18,8 @@ the journal). A subscriber that sees a gap, or starts late, asks ``replay`` for 
 Clone pattern: the journal is the snapshot, the PUB stream the updates); ``lineside watch --since``.
 
 ``reload`` only takes an artifact under the configured artifacts directory, and refuses one whose
-manifest or checksums fail (runtime.manifest.load_manifest), or, with ``security.trusted_signers``, whose
-signature does (runtime/signing.py); the running model stays in place then.
+manifest or checksums fail (runtime.contracts.manifest.load_manifest), or, with ``security.trusted_signers``, whose
+signature does (runtime/contracts/signing.py); the running model stays in place then.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ import threading
 
 import zmq
 
-from runtime import protocol
+from runtime.contracts import protocol
 from runtime.curve import CurveError, is_loopback, make_server
-from runtime.protocol import ProtocolError
+from runtime.contracts.protocol import ProtocolError
 
 log = logging.getLogger("lineside.control")
 

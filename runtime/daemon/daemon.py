@@ -21,20 +21,20 @@ from pathlib import Path
 
 import zmq
 
-from runtime.cascade import Cascade, resolve_without_teacher
-from runtime.config import ROLES, Config
-from runtime.control import Control
+from runtime.daemon.cascade import Cascade, resolve_without_teacher
+from runtime.daemon.config import ROLES, Config
+from runtime.daemon.control import Control
 from runtime.curve import start_authenticator
 from runtime.engine import Engine
-from runtime.ingress import Ingress
-from runtime.journal import Journal
-from runtime.judge import EngineHolder, InOrder, Judge
-from runtime.math_threads import MathThreadLimit
-from runtime.protocol import ProtocolError
-from runtime.publisher import Publisher
-from runtime.queues import BoundedQueue, FrameJob, Outgoing
+from runtime.daemon.ingress import Ingress
+from runtime.daemon.journal import Journal
+from runtime.daemon.judge import EngineHolder, InOrder, Judge
+from runtime.daemon.threads import MathThreadLimit
+from runtime.contracts.protocol import ProtocolError
+from runtime.daemon.publisher import Publisher
+from runtime.daemon.queues import BoundedQueue, FrameJob, Outgoing
 from runtime.telemetry import Telemetry
-from runtime.verdict import Verdict
+from runtime.contracts.verdict import Verdict
 
 log = logging.getLogger("lineside.daemon")
 
@@ -82,7 +82,7 @@ class Daemon:
             self.ingress = Ingress(self.ctx, c, self.queue, self.publish_q, self.tm, c.journal.path)
             self.control = Control(self.ctx, c, self)
             if c.camera.source:
-                from runtime.camera import CameraThread
+                from runtime.daemon.camera import CameraThread
 
                 self.camera = CameraThread(self.ctx, c.camera, self.queue, self.publish_q, self.tm)
         except Exception:

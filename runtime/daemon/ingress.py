@@ -19,12 +19,12 @@ from collections import OrderedDict
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from runtime import protocol
+from runtime.contracts import protocol
 from runtime.curve import check_bind_policy, make_server
-from runtime.journal import Journal
-from runtime.protocol import ProtocolError
-from runtime.queues import BoundedQueue, FrameJob, Outgoing
-from runtime.verdict import Verdict
+from runtime.daemon.journal import Journal
+from runtime.contracts.protocol import ProtocolError
+from runtime.daemon.queues import BoundedQueue, FrameJob, Outgoing
+from runtime.contracts.verdict import Verdict
 
 log = logging.getLogger("lineside.ingress")
 
@@ -138,7 +138,7 @@ class Ingress(threading.Thread):
             return
         accepted = self._spool_room(journal, accepted)
         # journal and spool before ack: an acknowledged frame is in the journal, its bytes in the spool, even if
-        # the process dies now; the restart judges it (runtime.daemon recovery)
+        # the process dies now; the restart judges it (runtime.daemon.daemon recovery)
         now = time.time()
         journal.record_received([(j.frame_id, j.camera_id, now, env[0].hex()) for env, j, _ in accepted],
                                 [(j.frame_id, j.camera_id, bytes(f[0]), bytes(f[1])) for _, j, f in accepted])

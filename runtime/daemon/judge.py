@@ -18,10 +18,10 @@ import threading
 import time
 from typing import Callable
 
-from runtime import protocol
-from runtime.protocol import ProtocolError
-from runtime.queues import BoundedQueue, FrameJob, Outgoing
-from runtime.verdict import Verdict
+from runtime.contracts import protocol
+from runtime.contracts.protocol import ProtocolError
+from runtime.daemon.queues import BoundedQueue, FrameJob, Outgoing
+from runtime.contracts.verdict import Verdict
 
 log = logging.getLogger("lineside.judge")
 

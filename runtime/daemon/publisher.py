@@ -20,11 +20,11 @@ from dataclasses import asdict
 
 import zmq
 
-from runtime import protocol
+from runtime.contracts import protocol
 from runtime.curve import check_bind_policy, make_server
-from runtime.journal import Entry, Journal
-from runtime.queues import Outgoing
-from runtime.verdict import Verdict, encode_mask_png
+from runtime.daemon.journal import Entry, Journal
+from runtime.daemon.queues import Outgoing
+from runtime.contracts.verdict import Verdict, encode_mask_png
 
 log = logging.getLogger("lineside.publisher")
 

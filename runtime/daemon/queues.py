@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.verdict import Verdict
+from runtime.contracts.verdict import Verdict
 
 
 @dataclass

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from runtime.dataset import DatasetError
+from runtime.contracts.dataset import DatasetError
 
 
 def _csv(s: str) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.dataset import Record, load_dataset, write_manifest
+from runtime.contracts.dataset import Record, load_dataset, write_manifest
 from teacher.data import captions, summary
 from teacher.data.writing import write_sample
 

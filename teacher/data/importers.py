@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.dataset import MANIFEST_NAME, Record, load_dataset, write_manifest
+from runtime.contracts.dataset import MANIFEST_NAME, Record, load_dataset, write_manifest
 from teacher.data import captions
 from teacher.data.synth import (DEFAULT_TEST_FRAC, DEFAULT_TRAIN_DEFECT_FRAC, DEFAULT_VAL_FRAC, spread_indices,
                                 assign_splits)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime.dataset import Record
+from runtime.contracts.dataset import Record
 
 
 def summarize(manifest: Path, records: list[Record], **extra) -> dict:

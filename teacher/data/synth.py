@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.dataset import Record, load_dataset, write_manifest
+from runtime.contracts.dataset import Record, load_dataset, write_manifest
 from teacher.data import captions, summary
 from teacher.data.defects import DEFECT_KINDS, plant
 from teacher.data.writing import write_sample

@@ -14,7 +14,7 @@
     bench.py     ServeClient (minimal synchronous DEALER client) and run_server_bench
     cli.py       the `teacher serve` command
 
-Requests and replies are runtime/protocol.py v1: "infer" in; "verdict", "busy", "error" (naming the
+Requests and replies are runtime/contracts/protocol.py v1: "infer" in; "verdict", "busy", "error" (naming the
 field) or "status" out, the same from a server and from a broker.
 """
 from teacher.serve.server import ServeConfig, ServeError, TeacherServer

@@ -2,7 +2,7 @@
 
 ``ServeClient`` is what tests and the benchmark use: one DEALER socket, every receive with a
 timeout, no retries. The edge's own client (Lazy Pirate: poll, close and reopen, bounded retries,
-then edge-only) is runtime/cascade.py.
+then edge-only) is runtime/daemon/cascade.py.
 
 ``run_server_bench`` starts a server in this process (fake model unless a checkpoint is given) and
 measures throughput and latency at 1, 4 and 16 concurrent clients, each sending its requests one
@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 import zmq
 
-from runtime.protocol import decode_header, encode, image_frames
+from runtime.contracts.protocol import decode_header, encode, image_frames
 
 RECV_TIMEOUT_MS = 10_000
 BUSY_BACKOFF_S = 0.005

@@ -2,7 +2,7 @@
 
     edges (DEALER / REQ, CURVE)                                  host A: teacher serve --broker tcp://broker:5561
         ──► ROUTER frontend ── Broker (zmq.Poller loop) ── ROUTER backend ◄── host B: ... --workers 4
-            runtime/protocol.py v1, unchanged               teacher/serve/pirate.py (READY, HEARTBEAT, credit)
+            runtime/contracts/protocol.py v1, unchanged               teacher/serve/pirate.py (READY, HEARTBEAT, credit)
 
 The zguide's Paranoid Pirate queue, with Majordomo's registration and credit-based flow control:
 
@@ -40,7 +40,7 @@ from typing import Optional
 import zmq
 
 from runtime.curve import check_bind_policy, make_server, start_authenticator
-from runtime.protocol import ProtocolError, check_id, decode_header, encode, error_frames
+from runtime.contracts.protocol import ProtocolError, check_id, decode_header, encode, error_frames
 from teacher.serve import pirate
 from teacher.serve.wire import request_ids, split_envelope
 

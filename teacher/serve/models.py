@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.verdict import Region, Verdict
+from runtime.contracts.verdict import Region, Verdict
 
 FAKE_PREFIX = "fake"
 

@@ -2,13 +2,13 @@
 
 One module for the contract, imported by the broker (teacher/serve/broker.py) and the worker
 (teacher/serve/workers.py), as zguide keeps Majordomo's in MDP.py. The client side is unchanged:
-edges speak runtime/protocol.py v1 to the broker exactly as to a server.
+edges speak runtime/contracts/protocol.py v1 to the broker exactly as to a server.
 
     worker DEALER -> broker ROUTER (the broker sees [worker identity] + these frames)
         [WORKER_PROTOCOL, READY, info JSON]        after the model loaded; info: worker_id, pid, host,
                                                    device, model_hash, credit (requests it may hold)
         [WORKER_PROTOCOL, HEARTBEAT]               every HEARTBEAT_INTERVAL_S, busy or not
-        [WORKER_PROTOCOL, REPLY, token, header, payload?]   the runtime/protocol.py reply to request `token`
+        [WORKER_PROTOCOL, REPLY, token, header, payload?]   the runtime/contracts/protocol.py reply to request `token`
         [WORKER_PROTOCOL, DISCONNECT]              draining: route nothing more here; what it still held
                                                    comes back as "busy" and is re-queued elsewhere
     broker -> worker

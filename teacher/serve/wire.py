@@ -1,6 +1,6 @@
 """What a serve worker reads and writes on the wire without a model: the ROUTER envelope, the ids of a
 request that failed validation, JSON-safe reply headers. The wire rules themselves (header parsing, ids,
-pre-decode size checks) are runtime/protocol.py's, shared with the daemon.
+pre-decode size checks) are runtime/contracts/protocol.py's, shared with the daemon.
 
 Pure functions of bytes and dicts, kept apart from the worker's threads (teacher/serve/workers.py).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.protocol import ProtocolError, parse_json_object, safe_id
+from runtime.contracts.protocol import ProtocolError, parse_json_object, safe_id
 
 
 def json_safe(x):

@@ -36,8 +36,8 @@ from typing import Optional
 import numpy as np
 import zmq
 
-from runtime.protocol import ProtocolError, check_id, decode_header, decode_image, encode, error_frames
-from runtime.verdict import Verdict, encode_mask_png
+from runtime.contracts.protocol import ProtocolError, check_id, decode_header, decode_image, encode, error_frames
+from runtime.contracts.verdict import Verdict, encode_mask_png
 from teacher.serve import pirate
 from teacher.serve.batching import BatchQueue, ReplyCache, Request
 from teacher.serve.models import ServeModel, load_model

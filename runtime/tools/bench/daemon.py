@@ -13,7 +13,7 @@ wall-clock figures include that contention; the CPU time per frame (raw in-proce
 process during the sustained run, from /proc on Linux) is the load-independent figure of what the
 daemon adds: ``overhead_cpu_ms_per_frame``.
 
-    from runtime.bench_daemon import run_daemon_bench
+    from runtime.tools.bench.daemon import run_daemon_bench
     run_daemon_bench("ARTIFACT", backend="onnxruntime", n_frames=200) -> dict
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def raw_bench(artifact_dir, backend: str, n_frames: int, warmup: int, threads: i
     the same ``threads`` (backend intra-op, BLAS, OpenCV): the same configuration without the daemon.
     ``pin_threads=False`` leaves BLAS and OpenCV at their defaults (the backend keeps ``threads``)."""
     from runtime.engine import Engine
-    from runtime.math_threads import MathThreadLimit
+    from runtime.daemon.threads import MathThreadLimit
     from runtime.timing import time_calls
 
     with MathThreadLimit(threads) if pin_threads else contextlib.nullcontext():
@@ -124,7 +124,7 @@ def run_daemon_bench(artifact_dir, backend: str = "auto", n_frames: int = 200, *
     with ``backend.workers`` gets, set against the same raw rate and against the raw engine left to the
     libraries' default threads (``raw_unpinned``: OpenBLAS and OpenCV take every core).
     """
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     size = load_manifest(artifact_dir, verify=False).preprocess.size
     image = _test_image(size) if image is None else image

@@ -2,7 +2,7 @@
 
     lineside bench edge --artifact ART --json
 
-    decode      a JPEG frame (network size, a smooth seeded texture) -> uint8 RGB: runtime.protocol.decode_image
+    decode      a JPEG frame (network size, a smooth seeded texture) -> uint8 RGB: runtime.contracts.protocol.decode_image
     preprocess  Engine.judge's own stage figures (Verdict.latencies_ms) ...
     backend     ... the edge graph on the backend the daemon would pick
     scoring     ... kNN + map + (on a defect verdict) regions
@@ -33,7 +33,7 @@ EDGE_SIZE_PX = 256  # what lines run
 BANK_FACTORS = (1, 4)
 EDGE_WARMUP = 5
 QUICK_RUNS = 5
-JPEG_QUALITY = 95  # runtime.protocol.image_frames' default: what `lineside send` sends
+JPEG_QUALITY = 95  # runtime.contracts.protocol.image_frames' default: what `lineside send` sends
 STAGES = ("decode", "preprocess", "backend", "scoring", "knn", "map", "regions")
 BANK_JITTER = 0.05  # of each column's spread: resampled rows stay distinct vectors
 SCORING_SHARE_TARGET = 0.25  # issue 16: scoring <= 25 % of the backend at 256 px, 1 thread
@@ -74,7 +74,7 @@ def _index_for(eng, bank: np.ndarray, threads: int):
 def time_path(eng, jpeg_frames: list[bytes], runs: int, warmup: int) -> dict[str, float]:
     """Median ms per stage (``STAGES``) and of the whole path, one frame at a time."""
     from kernels import dispatch
-    from runtime.protocol import decode_header, decode_image
+    from runtime.contracts.protocol import decode_header, decode_image
     from runtime.scoring import embedding_to_queries, find_regions
 
     s = eng.manifest.scoring
@@ -108,8 +108,8 @@ def time_path(eng, jpeg_frames: list[bytes], runs: int, warmup: int) -> dict[str
 def bench_artifact(art: Path, *, threads_list, bank_factors, runs: int, warmup: int, backend: str = "auto",
                    timing_only: bool = False) -> list[dict]:
     from runtime.engine import Engine
-    from runtime.math_threads import MathThreadLimit
-    from runtime.protocol import image_frames
+    from runtime.daemon.threads import MathThreadLimit
+    from runtime.contracts.protocol import image_frames
 
     rows = []
     for threads in threads_list:
@@ -136,9 +136,9 @@ def bench_artifact(art: Path, *, threads_list, bank_factors, runs: int, warmup: 
 
 def _retargeted(art: Path, size: int, work: Path, env: dict) -> tuple[Path | None, str]:
     """``art`` at ``size`` px through `distill retarget` (a subprocess), or (None, why not)."""
-    from runtime.bench import run_json_command
-    from runtime.demo.steps import StepError
-    from runtime.manifest import load_manifest
+    from runtime.cli.bench import run_json_command
+    from runtime.tools.demo.steps import StepError
+    from runtime.contracts.manifest import load_manifest
 
     if "torch" not in load_manifest(art, verify=False).models:
         return None, f"the artifact has no torch weights to re-export at {size} px (distill retarget needs them)"
@@ -152,8 +152,8 @@ def _retargeted(art: Path, size: int, work: Path, env: dict) -> tuple[Path | Non
 
 def bench_peers(env: dict, size: int = EDGE_SIZE_PX) -> dict:
     """`teacher peers --size S --threads 1 --json`: EfficientAD-S and PatchCore-Lite0, each with a status."""
-    from runtime.bench import run_json_command
-    from runtime.demo.steps import StepError
+    from runtime.cli.bench import run_json_command
+    from runtime.tools.demo.steps import StepError
 
     try:
         return {"status": "ok", **run_json_command("teacher", ["peers", "--size", size, "--threads", 1, "--json"], env)}
@@ -164,7 +164,7 @@ def bench_peers(env: dict, size: int = EDGE_SIZE_PX) -> dict:
 def run_edge_bench(art: str | Path, *, env: dict, runs: int, quick: bool = False, peers: bool = True,
                    backend: str = "auto") -> dict:
     """Every row (size × threads × bank), the peers and the targets of issue 16."""
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     art = Path(art)
     man = load_manifest(art)

@@ -44,9 +44,9 @@ REFERENCE_ROWS = {"pixels": "PatchCore, raw 8×8 pixels", "random_cnn": "PatchCo
 def build_recipe(manifest: str, work: Path, env: dict, say, size: int) -> tuple[Path, Path]:
     """The demo's recipe on this manifest: autoencoder, diffusion teacher, mask head on pseudo-defects, memory
     bank -> checkpoint; then a student distilled from it, quantized (the guard decides) and exported."""
-    from runtime.bench import run_json_command
-    from runtime.demo import FULL
-    from runtime.demo.steps import StepRunner
+    from runtime.cli.bench import run_json_command
+    from runtime.tools.demo import FULL
+    from runtime.tools.demo.steps import StepRunner
 
     ckpt, vae, run_dir, art = work / "teacher", work / "vae", work / "student-run", work / "artifact"
     if (art / "manifest.json").is_file():
@@ -77,7 +77,7 @@ def teacher_modes(ckpt: Path) -> list[str]:
 
 
 def measure(args, env: dict, say) -> dict:
-    from runtime.bench import default_work, run_json_command
+    from runtime.cli.bench import default_work, run_json_command
 
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else default_work() / "quality"
@@ -172,7 +172,7 @@ def run(args, env: dict, say) -> int:
     if not args.data:
         say("quality needs --data MANIFEST (the images to judge; e.g. `teacher data evalset OUT`)")
         return 2
-    from runtime.demo.steps import StepError
+    from runtime.tools.demo.steps import StepError
 
     try:
         res = measure(args, env, say)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.demo.steps import StepError, command, last_json_line
+from runtime.tools.demo.steps import StepError, command, last_json_line
 
 DEFAULT_N = (100, 400, 1600)
 DEFAULT_STEPS = 5
@@ -138,7 +138,7 @@ def chain(n: int, size: int, steps: int, work: Path, env: dict, say) -> dict:
         argv = command(tool) + [str(a) for a in args]
         r = run_measured(argv, work / "logs" / f"{name}.log", env)
         if r["returncode"] not in ok_codes.get(name, (0,)):
-            from runtime.demo.steps import tail
+            from runtime.tools.demo.steps import tail
 
             raise StepError(f"scale N={n} {size}px step {name}: `{shlex.join(argv)}` exited {r['returncode']}:\n"
                             + tail(work / "logs" / f"{name}.log"))

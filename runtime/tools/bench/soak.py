@@ -2,7 +2,7 @@
 
     lineside bench soak --artifact ART --duration 3600 --load 0.8 --json
 
-One `lineside run` subprocess on loopback (as runtime/bench_daemon.py starts it). Its capacity is measured
+One `lineside run` subprocess on loopback (as runtime/tools/bench/daemon.py starts it). Its capacity is measured
 first on the same process (frames kept in flight, none dropped: the sustained rate); then frames are paced
 at ``load`` x that rate for ``duration`` seconds. Every ``window`` seconds the daemon's RSS (from /proc),
 the send -> verdict latency percentiles of that window and the daemon's judged/dropped counters are
@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from runtime.bench_daemon import _latency, _pct, _sustained, _test_image, start_daemon, stop_daemon
+from runtime.tools.bench.daemon import _latency, _pct, _sustained, _test_image, start_daemon, stop_daemon
 
 DEFAULT_DURATION_S = 3600.0  # the soak: one hour
 DEFAULT_LOAD = 0.8  # share of the measured capacity: busy, with headroom, as a line is run
@@ -56,7 +56,7 @@ def run_soak(artifact_dir, *, backend: str = "auto", duration_s: float = DEFAULT
              encoding: str = "raw", image: Optional[np.ndarray] = None, capacity_frames: int = CAPACITY_FRAMES,
              say=lambda msg: None) -> dict:
     from runtime.client import LinesideClient
-    from runtime.manifest import load_manifest
+    from runtime.contracts.manifest import load_manifest
 
     if not 0 < load <= 1:
         raise ValueError(f"load must be in (0, 1], got {load}")

@@ -87,7 +87,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.demo.pipeline import DemoError, run_demo
+    from runtime.tools.demo.pipeline import DemoError, run_demo
 
     settings = QUICK if args.quick else FULL
     over = {}

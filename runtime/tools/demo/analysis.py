@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from runtime import metrics
-from runtime.verdict import Verdict
+from runtime.contracts.verdict import Verdict
 
 LEVELS = ("s8", "s16", "s32", "s64")
 SD15_SIZE = 256  # px: the production teacher's comparison size (the distill issue's 300x target)

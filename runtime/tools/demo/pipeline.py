@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bench_quality import REFERENCE_ROWS
-from runtime.demo import analysis as an
-from runtime.demo.steps import StepError, StepRunner, child_env
+from runtime.tools.bench.quality import REFERENCE_ROWS
+from runtime.tools.demo import analysis as an
+from runtime.tools.demo.steps import StepError, StepRunner, child_env
 
 PRESET = "tiny"
 N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report (+1: sd15 comparison)
@@ -124,7 +124,7 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
     """Step 4-5: teacher serve + lineside run as processes, stream, collect, stop (always)."""
     import zmq
 
-    from runtime.demo import stream as st
+    from runtime.tools.demo import stream as st
 
     p_teacher, p_ingress, p_verdicts = st.free_ports(3)
     ep = lambda p: f"tcp://127.0.0.1:{p}"  # noqa: E731
@@ -244,8 +244,8 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
 def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     from rich.table import Table
 
-    from runtime.dataset import load_dataset
-    from runtime.manifest import load_manifest
+    from runtime.contracts.dataset import load_dataset
+    from runtime.contracts.manifest import load_manifest
 
     try:
         j = build(out, s, runner, say)
@@ -367,7 +367,7 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
                               "teacher (sd15, production)": ((sd15.get("params") or {}).get("total"))}
     fig["subreports"] = {"teacher eval": "teacher-eval", "distill eval": "student-eval"}
 
-    from runtime.demo.report import overlay_panels, write_report
+    from runtime.tools.demo.report import overlay_panels, write_report
     picks = an.sample_by_outcome(vfig.get("confusion", {}), s.overlays_per_kind)
     img_of = {fid: img for fid, img in labelled}
     panels = overlay_panels({f: (img_of[f], masks[f]) for f in img_of}, picks, store, maps)

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from runtime.demo import analysis as an
+from runtime.tools.demo import analysis as an
 from runtime.quality import warnings_for
 from runtime.report import (Report, calibration_words, chance_warnings, overlay, plot_bars, plot_curves,
                             plot_stage_panels)

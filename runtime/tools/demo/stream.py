@@ -21,9 +21,9 @@ from typing import Callable, Iterable
 import numpy as np
 import zmq
 
-from runtime import protocol
-from runtime.demo.steps import StepError, command, tail
-from runtime.verdict import Verdict
+from runtime.contracts import protocol
+from runtime.tools.demo.steps import StepError, command, tail
+from runtime.contracts.verdict import Verdict
 
 STOP_TIMEOUT_S = 10.0  # SIGTERM -> exit; then SIGKILL
 READY_TIMEOUT_S = 120.0  # a service answers its first status request within this
@@ -31,7 +31,7 @@ STATUS_POLL_MS = 500  # Lazy Pirate: wait this long for a status reply, then reo
 SUBSCRIBE_TIMEOUT_S = 15.0  # PUB/SUB slow joiner: wait for the daemon's first heartbeat before streaming
 VERDICT_POLL_MS = 100
 TEACHER_GRACE_S = 60.0
-HEARTBEAT_TOPIC = b"hb"  # the daemon's PUB heartbeats (runtime/publisher.py); verdicts come as "verdict.<camera>"  # after the last frame, wait this long for teacher verdicts of pending frames
+HEARTBEAT_TOPIC = b"hb"  # the daemon's PUB heartbeats (runtime/daemon/publisher.py); verdicts come as "verdict.<camera>"  # after the last frame, wait this long for teacher verdicts of pending frames
 
 
 IPC_PATH_MAX = 100  # a Unix socket path holds ~107 bytes (sun_path); longer run dirs use a short temp dir
