@@ -1,7 +1,7 @@
 """Torch twin of ``kernels.dispatch.preprocess`` (what the edge runs): bilinear resize of the uint8 frame
 with half-pixel centres, rounded back to uint8 as OpenCV does, then ``(x/255 − mean)/std``, RGB, NCHW.
 
-Training feeds the student exactly this input; ``tests/test_distill_preprocess.py`` holds the parity.
+Training feeds the student exactly this input; ``tests/distill/test_preprocess.py`` holds the parity.
 """
 from __future__ import annotations
 

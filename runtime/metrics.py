@@ -38,7 +38,7 @@ scores inside one bin count as tied, so pixel AUROC is low by at most half the s
 pairs that share a bin, and the PRO curve is the exact one sampled at the edges (nothing is downsampled).
 The bins cover the scores seen so far and double their width (merging neighbours, exactly) when a score
 falls outside. The exact functions stay the reference and what every caller uses today;
-``tests/test_metrics.py`` holds the accumulator within 0.005 of them.
+``tests/runtime/test_metrics.py`` holds the accumulator within 0.005 of them.
 """
 from __future__ import annotations
 

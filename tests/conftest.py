@@ -23,7 +23,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    """The torch-free tiny student artifact of tests/runtime_fixtures.py, built once per test module."""
-    from runtime_fixtures import build_tiny_artifact
+    """The torch-free tiny student artifact of tests/support/runtime_fixtures.py, built once per test module."""
+    from tests.support.runtime_fixtures import build_tiny_artifact
 
     return build_tiny_artifact(tmp_path_factory.mktemp("art") / "tiny")

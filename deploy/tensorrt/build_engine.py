@@ -12,7 +12,7 @@ makes rebuilds fast. Record the plan in the manifest by re-running `distill expo
 copying the file and listing it as models["tensorrt_plan"].
 
 TensorRT and pycuda are imported only when a build runs, so this file parses arguments and batches
-calibration data anywhere (tests/test_distill_tensorrt.py).
+calibration data anywhere (tests/distill/test_tensorrt.py).
 """
 from __future__ import annotations
 

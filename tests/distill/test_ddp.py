@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from teacher_fixtures import make_dataset
+from tests.support.teacher_fixtures import make_dataset
 
 pytestmark = pytest.mark.timeout(600)
 

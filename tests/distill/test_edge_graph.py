@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from runtime_fixtures import SIZE, build_model
+from tests.support.runtime_fixtures import SIZE, build_model
 
 
 def test_edge_outputs_per_scoring_mode():

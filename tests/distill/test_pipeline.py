@@ -384,8 +384,8 @@ def test_eval_reports_every_model_and_the_cascade(pipeline, tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()
     assert "<title>lineside student tiny: distillation report</title>" in page  # a name, not a dict
     assert "provenance" in page and str(pipeline["art"]) in page
-    # as a new user sees it (tests/report_check.py: html.parser, no browser offline)
-    from report_check import check_report_page
+    # as a new user sees it (tests/support/report_check.py: html.parser, no browser offline)
+    from tests.support.report_check import check_report_page
 
     text = " ".join(check_report_page(tmp_path / "report" / "index.html").texts)
     assert "escape rate" in text and "false-reject rate" in text and "mean-predictor baseline" in text

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from teacher_fixtures import SPLITS, make_dataset
+from tests.support.teacher_fixtures import SPLITS, make_dataset
 
 
 @pytest.fixture(scope="module")

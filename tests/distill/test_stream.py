@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from teacher_fixtures import make_dataset
+from tests.support.teacher_fixtures import make_dataset
 
 
 @pytest.fixture(scope="module")

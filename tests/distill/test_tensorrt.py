@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "deploy" / "tensorrt"
+ROOT = Path(__file__).resolve().parents[2] / "deploy" / "tensorrt"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from runtime_fixtures import TinyArtifact
+from tests.support.runtime_fixtures import TinyArtifact
 
 
 class _Dev:

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from runtime_fixtures import build_tiny_artifact
+from tests.support.runtime_fixtures import build_tiny_artifact
 
 
 def _seeded_bank(n=2048, d=32, queries=512, seed=0):

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from runtime_fixtures import TinyArtifact
+from tests.support.runtime_fixtures import TinyArtifact
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +251,7 @@ def test_an_edited_manifest_is_another_model(tmp_path):
     """The manifest's threshold decides verdicts as much as the weights: editing it (every part "good" at
     threshold 1e9) must show in every verdict's model_hash, so the journal can tell the two apart."""
     from runtime.engine import Engine
-    from runtime_fixtures import build_tiny_artifact
+    from tests.support.runtime_fixtures import build_tiny_artifact
 
     art = build_tiny_artifact(tmp_path / "a")
     edited = tmp_path / "edited"
@@ -270,7 +270,7 @@ def test_forced_model_is_refused_unless_allowed(tmp_path, capsys):
     from runtime.cli import main
     from runtime.engine import Engine
     from runtime.contracts.featurespec import ContractError
-    from runtime_fixtures import build_tiny_artifact
+    from tests.support.runtime_fixtures import build_tiny_artifact
 
     art = build_tiny_artifact(tmp_path / "a")
     m = json.loads((art.dir / "manifest.json").read_text())

@@ -73,7 +73,7 @@ def test_bank_save_load_roundtrip(tmp_path):
 def tiny(tmp_path_factory):
     from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
-    from teacher_fixtures import make_dataset
+    from tests.support.teacher_fixtures import make_dataset
 
     ds = load_dataset(make_dataset(tmp_path_factory.mktemp("d")))
     return ds, build_random_teacher("tiny")

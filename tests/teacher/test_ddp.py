@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from teacher_fixtures import make_noise_dataset
+from tests.support.teacher_fixtures import make_noise_dataset
 
 
 def test_two_process_gloo_ddp_trains_and_saves_once(tmp_path):
@@ -34,7 +34,7 @@ def test_two_process_gloo_ddp_trains_and_saves_once(tmp_path):
 
 
 def test_slurm_script_launches_torchrun_across_nodes():
-    script = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "teacher_train.sbatch"
+    script = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "teacher_train.sbatch"
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     for needle in ("#SBATCH --gpus-per-node=8", "srun", "torchrun", "--rdzv-backend c10d",

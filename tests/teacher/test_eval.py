@@ -22,7 +22,7 @@ def _last_json(capsys) -> dict:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     from teacher.checkpoint import build_random_teacher, save_teacher
-    from teacher_fixtures import make_dataset
+    from tests.support.teacher_fixtures import make_dataset
 
     root = tmp_path_factory.mktemp("eval")
     data = make_dataset(root / "data")
@@ -54,9 +54,9 @@ def test_finetune_bank_eval_cli(ckpt, capsys, tmp_path):
     for png in ("roc_image.png", "roc_pixel.png", "pro.png", "scores.png", "latency.png", "worst_0.png", "best_0.png"):
         assert (rep / png).stat().st_size > 500, png
         assert png in (rep / "index.html").read_text()
-    # as a new user sees it (tests/report_check.py: html.parser, no browser offline): short title, no JSON dump
+    # as a new user sees it (tests/support/report_check.py: html.parser, no browser offline): short title, no JSON dump
     # (the Run section is a table now), images resolve, confusion matrix and provenance present
-    from report_check import check_report_page
+    from tests.support.report_check import check_report_page
 
     page = check_report_page(rep / "index.html")
     text = " ".join(page.texts)
@@ -154,7 +154,7 @@ def test_finetune_and_pipeline_on_gpu_with_amp(tmp_path):
     from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
     from teacher.head.model import HeadState
     from teacher.pipeline import TeacherPipeline
-    from teacher_fixtures import make_dataset
+    from tests.support.teacher_fixtures import make_dataset
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

@@ -149,7 +149,7 @@ def test_finetune_lowers_mask_loss(tmp_path):
     from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
     from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
-    from teacher_fixtures import make_dataset
+    from tests.support.teacher_fixtures import make_dataset
 
     ds = load_dataset(make_dataset(tmp_path / "d"))
     teacher = build_random_teacher("tiny")
@@ -174,7 +174,7 @@ def test_caption_only_records_train_with_grounding_loss(tmp_path):
     from runtime.contracts.dataset import load_dataset
     from teacher.checkpoint import build_random_teacher
     from teacher.finetune import FeatureSource, build_samples, evaluate_loss, finetune_head, loss_size_for, new_head
-    from teacher_fixtures import make_dataset
+    from tests.support.teacher_fixtures import make_dataset
 
     ds = load_dataset(make_dataset(tmp_path / "d", with_masks=False))
     teacher = build_random_teacher("tiny")

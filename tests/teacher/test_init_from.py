@@ -11,7 +11,7 @@ from runtime.contracts.featurespec import ContractError
 from teacher.cli import main
 from teacher.init_from import init_teacher, source_kind
 from teacher.presets import get_preset
-from teacher_fixtures import make_noise_dataset
+from tests.support.teacher_fixtures import make_noise_dataset
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -50,7 +50,7 @@ def test_pixel_unshuffle_latent_saves_loads_and_refuses_bad_shapes(tmp_path):
 def test_tiny_teacher_on_the_lossless_latent_trains_and_keeps_its_strides(tmp_path):
     from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
     from teacher.cli import main
-    from teacher_fixtures import make_dataset
+    from tests.support.teacher_fixtures import make_dataset
 
     m = build_random_teacher("tiny", seed=0)
     assert isinstance(m.vae, PixelUnshuffleAutoencoder) and m.unet.config.in_channels == 192
@@ -108,7 +108,7 @@ def test_finetune_with_pseudo_defects_trains_a_head_on_good_images_only(tmp_path
     from teacher.checkpoint import build_random_teacher, save_teacher
     from teacher.cli import main
     from teacher.head.model import load_head
-    from teacher_fixtures import make_noise_dataset
+    from tests.support.teacher_fixtures import make_noise_dataset
 
     data = make_noise_dataset(tmp_path / "d", n=6)
     ds = load_dataset(data)

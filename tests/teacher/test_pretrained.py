@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from teacher.checkpoint import build_random_teacher, load_teacher
 from teacher.cli import main
 from teacher.modules import paper_init_
-from teacher_fixtures import make_noise_dataset
+from tests.support.teacher_fixtures import make_noise_dataset
 
 
 @pytest.fixture(scope="module")

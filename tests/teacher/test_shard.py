@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from teacher_fixtures import make_dataset
+from tests.support.teacher_fixtures import make_dataset
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -129,7 +129,7 @@ def test_sharded_bank_with_merged_coresets_covers_every_patch(tiny):
 def test_slurm_extraction_job_runs_extract_then_bank_under_torchrun():
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "teacher_extract.sbatch"
+    script = Path(__file__).resolve().parents[2] / "deploy" / "slurm" / "teacher_extract.sbatch"
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     for needle in ("#SBATCH --gpus-per-node=8", "srun", "torchrun", "--rdzv-backend c10d",

@@ -6,7 +6,7 @@ import sys
 import cv2
 import numpy as np
 
-from runtime_fixtures import SIZE, TinyArtifact
+from tests.support.runtime_fixtures import SIZE, TinyArtifact
 
 
 def _predict(*args, timeout=120):

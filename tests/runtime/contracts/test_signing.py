@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact
+from tests.support.runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact
 
 T = TinyArtifact
 

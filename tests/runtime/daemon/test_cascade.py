@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from runtime_fixtures import DaemonRuns, FakeTeacher, TinyArtifact
+from tests.support.runtime_fixtures import DaemonRuns, FakeTeacher, TinyArtifact
 
 T = TinyArtifact
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from runtime_fixtures import FakeTeacher, TinyArtifact
+from tests.support.runtime_fixtures import FakeTeacher, TinyArtifact
 
 T = TinyArtifact
 

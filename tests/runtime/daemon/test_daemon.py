@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact, daemon_config
+from tests.support.runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact, daemon_config
 
 T = TinyArtifact
 

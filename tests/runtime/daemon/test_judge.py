@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from runtime_fixtures import TinyArtifact
+from tests.support.runtime_fixtures import TinyArtifact
 
 
 def test_in_order_hands_over_in_ticket_order_whatever_the_finishing_order():

@@ -3,7 +3,7 @@ or none, hostile ids, shapes and dtypes, declared vs real encodings, decompressi
 goes to a real daemon and a real teacher server over loopback. After every one, the peer has answered it
 and is alive, and a canary frame gets the same verdict as before.
 
-CI runs a bounded number of examples; ``LINESIDE_FUZZ_EXAMPLES=100000 pytest --timeout 0 tests/test_wire_fuzz.py``
+CI runs a bounded number of examples; ``LINESIDE_FUZZ_EXAMPLES=100000 pytest --timeout 0 tests/runtime/daemon/test_wire_fuzz.py``
 is the long run.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime.contracts import protocol
-from runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact
+from tests.support.runtime_fixtures import DaemonRuns, TinyArtifact, build_tiny_artifact
 
 EXAMPLES = int(os.environ.get("LINESIDE_FUZZ_EXAMPLES", "120"))
 REPLY_TIMEOUT_MS = 5000

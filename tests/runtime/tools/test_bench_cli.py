@@ -1,5 +1,5 @@
 """`lineside bench`: each section runs as a user runs it (`lineside bench PART --json --quick`) on a
-tiny torch-free artifact (tests/runtime_fixtures.py plus an INT8 copy made with ONNX Runtime), and
+tiny torch-free artifact (tests/support/runtime_fixtures.py plus an INT8 copy made with ONNX Runtime), and
 the targets table reads its figures off the real output. No timing asserts: only that every figure
 is measured, positive, and compared with its target."""
 from __future__ import annotations
@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from runtime_fixtures import build_tiny_artifact  # noqa: E402
+from tests.support.runtime_fixtures import build_tiny_artifact
 
 TARGET_NAMES = {"int8_vs_sd15_teacher_256", "int8_vs_fp32", "daemon_overhead_p50_ms", "daemon_sustained_fraction",
                 "knn_vs_matmul"}

@@ -2,7 +2,7 @@
 import math
 
 import pytest
-from runtime_fixtures import build_tiny_artifact
+from tests.support.runtime_fixtures import build_tiny_artifact
 
 
 def test_run_daemon_bench_reports_raw_and_end_to_end(tmp_path):

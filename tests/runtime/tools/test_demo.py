@@ -125,8 +125,8 @@ def test_report_figures_present(demo):
                    "pro.png", "latency_edge.png", "cosine.png", "speedup over the tiny teacher", "teacher-eval/index.html",
                    "student-eval/index.html"):
         assert needle in html, needle
-    # every report as a new user sees it (tests/report_check.py: html.parser, no browser offline)
-    from report_check import check_report_page
+    # every report as a new user sees it (tests/support/report_check.py: html.parser, no browser offline)
+    from tests.support.report_check import check_report_page
 
     for index in (out / "index.html", out / "teacher-eval" / "index.html", out / "student-eval" / "index.html"):
         check_report_page(index)

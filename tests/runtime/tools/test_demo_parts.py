@@ -1,6 +1,6 @@
 """The demo's and bench's own machinery, without the heavy commands: step runner, process
 supervision, verdict collection over a real PUB socket, figures from synthetic verdicts, the report,
-and bench's target table. tests/test_demo.py runs the real thing end to end."""
+and bench's target table. tests/runtime/tools/test_demo.py runs the real thing end to end."""
 from __future__ import annotations
 
 import subprocess

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.contracts.dataset import load_dataset
 from teacher.cli import main as teacher_main
-from teacher_fixtures import tree_hash
+from tests.support.teacher_fixtures import tree_hash
 from teacher.data import captions, evalset
 from teacher.data.defects import DEFECT_KINDS
 from teacher.data.evalset import (EVAL_KINDS, EVAL_PRODUCTS, STREAMS, VISIBLE_DIFF, build_evalset, make_sample,

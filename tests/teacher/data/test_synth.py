@@ -9,7 +9,7 @@ import pytest
 
 from runtime.contracts.dataset import load_dataset
 from teacher.cli import main as teacher_main
-from teacher_fixtures import tree_hash
+from tests.support.teacher_fixtures import tree_hash
 from teacher.data import captions
 from teacher.data.defects import DEFECT_KINDS, plant
 from teacher.data.synth import PRODUCTS, assign_splits, make_sample, synthesize

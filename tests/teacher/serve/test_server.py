@@ -18,7 +18,7 @@ from runtime.contracts.protocol import encode, image_frames
 from runtime.contracts.verdict import Verdict, decode_mask_png
 from teacher.serve import ServeConfig, TeacherServer
 from teacher.serve.bench import ServeClient
-from teacher_fixtures import status_until
+from tests.support.teacher_fixtures import status_until
 
 TIMEOUT_MS = 5000
 SILENCE_MS = 600

@@ -20,7 +20,7 @@ from runtime.cli.keys import make_keypair
 from runtime.contracts.protocol import image_frames
 from teacher.serve import ServeConfig, TeacherServer
 from teacher.serve.bench import ServeClient, run_server_bench
-from teacher_fixtures import status_until
+from tests.support.teacher_fixtures import status_until
 
 TIMEOUT_MS = 10_000
 SILENCE_MS = 1000
