@@ -20,6 +20,7 @@ import torch
 from distill.embedding import EmbeddingRecipe
 from distill.students import HeadSpec, create_student
 from runtime.contracts.featurespec import FeatureSpec
+from runtime.contracts.formats import check_format
 
 RUN_FORMAT = "lineside-distill-run"
 RUN_VERSION = 1
@@ -81,9 +82,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not p.is_file():
         raise FileNotFoundError(f"{d}: not a distill run ({CONFIG} missing; run `distill fit --out {d}`)")
     cfg = json.loads(p.read_text())
-    if cfg.get("format") != RUN_FORMAT or cfg.get("version") != RUN_VERSION:
-        raise ValueError(f"{p}: format {cfg.get('format')!r} v{cfg.get('version')!r} is not a "
-                         f"{RUN_FORMAT} v{RUN_VERSION} run")
+    check_format(cfg, str(p), versions=(RUN_VERSION,), fmt=RUN_FORMAT, version_key="version", what="distill run")
     model = build_model(cfg)
     model.load_state_dict(torch.load(d / WEIGHTS, map_location="cpu", weights_only=True))
     bank = np.load(d / BANK).astype(np.float32) if (d / BANK).is_file() else None

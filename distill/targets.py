@@ -61,7 +61,7 @@ def cached_targets(cache_dir: Path, key: str, compute) -> tuple[dict[str, torch.
 
 def _rows(features_dir, idx: dict, records, teacher_hash: str | None) -> list[int]:
     """Each record's row in a `teacher extract` index; refuses another teacher's features or a missing image."""
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     if teacher_hash and idx.get("checkpoint_hash") not in (None, teacher_hash):
         raise ContractError(f"{features_dir}: features of teacher {str(idx.get('checkpoint_hash'))[:16]}, "

@@ -113,7 +113,7 @@ def open_index(artifact_dir: str | Path, spec, threads: int | None = None) -> Ba
     (also, with a WARNING, where faiss is not installed: exact search gives the scores calibration saw)."""
     if spec.kind == "exact":
         return None
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     if spec.kind not in SEARCH_PARAM or not spec.file:
         raise ContractError(f"{artifact_dir}: scoring.index {spec.kind!r} names no index file")

@@ -37,7 +37,7 @@ class Engine:
         warning); without it such a model is refused with a ContractError naming it. ``trusted_signers``: a
         directory of Ed25519 public keys; the artifact is opened only if one of them signed its manifest
         (runtime/contracts/signing.py), else a SignatureError (a ContractError) says why."""
-        from runtime.contracts.featurespec import ContractError
+        from runtime.contracts.formats import ContractError
 
         self.artifact_dir = Path(artifact_dir).resolve()
         # the manifest is read once: the bytes a signature is checked over are the ones parsed and hashed

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from runtime.contracts.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
+from runtime.contracts.formats import ContractError, check_format
 from teacher.encoders import load_image_encoder, load_text_encoder, own_image_encoder, own_text_encoder
 from teacher.latent import build_autoencoder, load_autoencoder
 from teacher.model import TeacherModel
@@ -128,11 +129,7 @@ def read_config(ckpt: str | Path) -> dict:
     if not p.is_file():
         raise ContractError(f"{ckpt}: not a teacher checkpoint (no config.json)")
     cfg = json.loads(p.read_text())
-    if cfg.get("format") != FORMAT:
-        raise ContractError(f"{p}: format {cfg.get('format')!r} is not {FORMAT!r}")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise ContractError(f"{p}: format_version {cfg.get('format_version')!r} is not supported "
-                            f"(this lineside reads {FORMAT_VERSION})")
+    check_format(cfg, str(p), versions=(FORMAT_VERSION,), fmt=FORMAT)
     return cfg
 
 

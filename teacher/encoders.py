@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from teacher.modules import SmallImageEncoder, WordTokenizer
 
 

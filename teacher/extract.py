@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from runtime.contracts.dataset import DatasetError, load_dataset
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from teacher.device import default_device
 from teacher.features_io import write_index, write_shard
 from teacher.trainset import manifest_path

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.contracts.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
+from runtime.contracts.formats import ContractError, check_format
 
 FORMAT = "lineside-teacher-features"
 VERSION = 1
@@ -58,9 +59,7 @@ def read_index(feats_dir: str | Path) -> dict:
     if not p.is_file():
         raise ContractError(f"{feats_dir}: no {INDEX}; not a `teacher extract` output")
     idx = json.loads(p.read_text())
-    if idx.get("format") != FORMAT or idx.get("version") != VERSION:
-        raise ContractError(f"{p}: format {idx.get('format')!r} version {idx.get('version')!r} is not "
-                            f"{FORMAT!r} version {VERSION}")
+    check_format(idx, str(p), versions=(VERSION,), fmt=FORMAT, version_key="version")
     FeatureSpec.from_dict(idx["feature_spec"])
     return idx
 

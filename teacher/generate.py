@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from teacher.device import default_device
 
 

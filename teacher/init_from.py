@@ -19,7 +19,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from teacher.presets import Preset
 
 PIPELINE_INDEX = "model_index.json"

@@ -11,7 +11,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from runtime.contracts.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
+from runtime.contracts.formats import ContractError
 from teacher.encoders import ImageEncoder, TextEncoder
 from teacher.latent import downsample_factor
 from teacher.modules import ImplicitCaptioner

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from runtime.cli.dispatch import positive_int
 from runtime.contracts.dataset import DatasetError, load_dataset
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from teacher.presets import PRESETS, get_preset
 
 # torch, the training loop and the torch dataset are imported in run(): `teacher train --help` must not pay for them

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 
 STATE_FILE = "training_state.pt"
 

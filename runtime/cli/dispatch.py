@@ -174,7 +174,7 @@ def apply_config_file(p: argparse.ArgumentParser, path: str) -> None:
     import difflib
     import tomllib
 
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     try:
         raw = tomllib.loads(Path(path).read_text())
@@ -216,7 +216,7 @@ def print_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from runtime.contracts.dataset import DatasetError
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     return (ContractError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
 

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     from runtime.curve import CurveError
     from runtime.daemon.daemon import Daemon
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     daemon = Daemon(args.artifact, cfg)
     try:

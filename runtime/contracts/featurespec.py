@@ -5,13 +5,11 @@ Written by the teacher into its checkpoint's ``config.json``, copied into every 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+
+from runtime.contracts.formats import ContractError, check_format
 
 FEATURE_SPEC_VERSION = 1
-
-
-class ContractError(ValueError):
-    """A versioned contract (FeatureSpec, manifest, dataset) that a reader cannot accept."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +47,7 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
-        v = d.get("version")
-        if v != FEATURE_SPEC_VERSION:
-            raise ContractError(f"FeatureSpec version {v!r} is not supported (this lineside reads {FEATURE_SPEC_VERSION})")
+        v = check_format(d, "FeatureSpec", versions=(FEATURE_SPEC_VERSION,), version_key="version")
         try:
             levels = tuple(LevelSpec(**lv) for lv in d["levels"])
             return cls(image_size=int(d["image_size"]), levels=levels, timestep=int(d["timestep"]),

@@ -17,7 +17,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.contracts.featurespec import ContractError, FeatureSpec
+from runtime.contracts.featurespec import FeatureSpec
+from runtime.contracts.formats import ContractError, check_format
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK, SCORING_MODES, ScoreNorm
 
@@ -190,10 +191,7 @@ def load_manifest(directory: str | Path, verify: bool = True, data: bytes | None
         raise ContractError(f"{p}: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ContractError(f"{p}: not valid JSON ({e.msg})") from None
-    v = raw.get("format_version") if isinstance(raw, dict) else None
-    if v not in READABLE_FORMAT_VERSIONS:
-        raise ContractError(f"{p}: manifest format_version {v!r} is not supported (this lineside reads "
-                            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))})")
+    check_format(raw, str(p), versions=READABLE_FORMAT_VERSIONS, what="manifest")
     try:
         m = ArtifactManifest(**raw)
     except ValidationError as e:

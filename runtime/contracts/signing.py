@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from runtime.contracts.manifest import MANIFEST_NAME, SIGNATURE_NAME
 
 SIGNATURE_FORMAT = "lineside-signature"

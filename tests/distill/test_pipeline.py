@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distill.cli import main as distill_main
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from runtime.contracts.manifest import load_manifest
 
 
@@ -329,7 +329,7 @@ def test_export_marks_forced_models_and_the_edge_refuses_them(pipeline, tmp_path
     """An INT8 model written past its failed guard (--force) is marked in the manifest; the engine refuses it
     unless allowed, and each backend's model has its own hash."""
     from runtime.engine import Engine
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     res = _export_with_ort_guard(pipeline, tmp_path, ort_passed=False, openvino_drop_pt=8.3)
     assert res["forced"] == ["int8", "openvino_xml"] == load_manifest(tmp_path / "art").forced

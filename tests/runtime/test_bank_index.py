@@ -95,7 +95,7 @@ def test_index_without_faiss_searches_exactly_and_says_so(tmp_path, monkeypatch,
 
 def test_missing_index_file_is_refused(tmp_path):
     pytest.importorskip("faiss")
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
     from runtime.contracts.manifest import load_manifest
 
     art = _with_index(tmp_path)

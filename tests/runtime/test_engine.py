@@ -80,7 +80,7 @@ def test_open_backend_errors_name_the_backend(art):
 
 def test_engine_refuses_tampered_artifact(art, tmp_path):
     from runtime.engine import Engine
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     d = tmp_path / "bad"
     shutil.copytree(art.dir, d)
@@ -269,7 +269,7 @@ def test_forced_model_is_refused_unless_allowed(tmp_path, capsys):
     refuse it in one line; --allow-forced serves it."""
     from runtime.cli import main
     from runtime.engine import Engine
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
     from tests.support.runtime_fixtures import build_tiny_artifact
 
     art = build_tiny_artifact(tmp_path / "a")

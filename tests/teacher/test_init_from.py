@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from runtime.contracts.featurespec import ContractError
+from runtime.contracts.formats import ContractError
 from teacher.cli import main
 from teacher.init_from import init_teacher, source_kind
 from teacher.presets import get_preset

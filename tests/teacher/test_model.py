@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from runtime.contracts.featurespec import ContractError, sd15_feature_spec
+from runtime.contracts.featurespec import sd15_feature_spec
+from runtime.contracts.formats import ContractError
 from teacher.augment import augment
 from teacher.checkpoint import build_random_teacher
 from teacher.modules import ImplicitCaptioner, WordTokenizer

@@ -75,7 +75,7 @@ def test_pretrained_parts_are_frozen_recorded_and_carried(parts, tmp_path, capsy
 
 
 def test_mismatched_pretrained_dims_are_refused(parts, tmp_path):
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
 
     # a CLIP text projection of 64 fits tiny (cross_attention_dim 64) but not sd15 (768)
     with pytest.raises(ContractError, match="cross_attention_dim"):

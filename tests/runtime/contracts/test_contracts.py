@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from runtime.contracts import protocol
-from runtime.contracts.featurespec import ContractError, FeatureSpec, LevelSpec, sd15_feature_spec
+from runtime.contracts.featurespec import FeatureSpec, LevelSpec, sd15_feature_spec
+from runtime.contracts.formats import ContractError
 from runtime.contracts.manifest import (ArtifactManifest, Calibration, Preprocess, load_manifest, write_manifest)
 from runtime.contracts.protocol import ProtocolError
 from runtime.contracts.verdict import Region, Verdict, decode_mask_png, encode_mask_png

@@ -81,7 +81,7 @@ def test_signed_artifact_is_accepted_and_names_its_signer(world):
 ])
 def test_engine_refuses_what_no_trusted_key_signed(world, tmp_path, case, match):
     from runtime.engine import Engine
-    from runtime.contracts.featurespec import ContractError
+    from runtime.contracts.formats import ContractError
     from runtime.contracts.signing import SignatureError
 
     if case == "edited":
