@@ -201,12 +201,21 @@ class Report:
         return out
 
 
+def version() -> str:
+    """The installed lineside's version (every report's and `--version`'s provenance)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("lineside")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 def build_info() -> dict[str, str]:
     """lineside's version, the source commit (when the package runs from a git checkout) and the time now."""
     import subprocess
     import time
-
-    from runtime.cli.dispatch import version
 
     info = {"lineside": version()}
     try:

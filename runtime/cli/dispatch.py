@@ -125,18 +125,8 @@ def endpoint(text: str) -> str:
     return text
 
 
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as _version
-
-    try:
-        return _version("lineside")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
-
-
 def _version_line(prog: str) -> str:
-    from runtime.report import build_info
+    from runtime.report import build_info, version
 
     commit = build_info().get("commit")
     return f"{prog} {version()}" + (f" (commit {commit})" if commit else "")

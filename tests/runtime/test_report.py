@@ -61,7 +61,7 @@ def test_report_import_does_not_pull_matplotlib_or_torch():
 
 
 def test_every_report_names_its_provenance(tmp_path):
-    from runtime.cli.dispatch import version
+    from runtime.report import version
 
     page = report.Report("eval", tmp_path / "r", provenance={"model": "abc123", "empty": ""}).write().read_text()
     head = page.split("provenance'>", 1)[1].split("</p>", 1)[0]

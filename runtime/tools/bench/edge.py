@@ -136,7 +136,7 @@ def bench_artifact(art: Path, *, threads_list, bank_factors, runs: int, warmup: 
 
 def _retargeted(art: Path, size: int, work: Path, env: dict) -> tuple[Path | None, str]:
     """``art`` at ``size`` px through `distill retarget` (a subprocess), or (None, why not)."""
-    from runtime.cli.bench import run_json_command
+    from runtime.tools.bench.common import run_json_command
     from runtime.tools.demo.steps import StepError
     from runtime.contracts.manifest import load_manifest
 
@@ -152,7 +152,7 @@ def _retargeted(art: Path, size: int, work: Path, env: dict) -> tuple[Path | Non
 
 def bench_peers(env: dict, size: int = EDGE_SIZE_PX) -> dict:
     """`teacher peers --size S --threads 1 --json`: EfficientAD-S and PatchCore-Lite0, each with a status."""
-    from runtime.cli.bench import run_json_command
+    from runtime.tools.bench.common import run_json_command
     from runtime.tools.demo.steps import StepError
 
     try:

@@ -44,7 +44,7 @@ REFERENCE_ROWS = {"pixels": "PatchCore, raw 8×8 pixels", "random_cnn": "PatchCo
 def build_recipe(manifest: str, work: Path, env: dict, say, size: int) -> tuple[Path, Path]:
     """The demo's recipe on this manifest: autoencoder, diffusion teacher, mask head on pseudo-defects, memory
     bank -> checkpoint; then a student distilled from it, quantized (the guard decides) and exported."""
-    from runtime.cli.bench import run_json_command
+    from runtime.tools.bench.common import run_json_command
     from runtime.tools.demo import FULL
     from runtime.tools.demo.steps import StepRunner
 
@@ -77,7 +77,7 @@ def teacher_modes(ckpt: Path) -> list[str]:
 
 
 def measure(args, env: dict, say) -> dict:
-    from runtime.cli.bench import default_work, run_json_command
+    from runtime.tools.bench.common import default_work, run_json_command
 
     t0 = time.perf_counter()
     work = Path(args.work) if args.work else default_work() / "quality"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.report import build_info
 from runtime.tools.demo.steps import StepError, command, last_json_line
 
 DEFAULT_N = (100, 400, 1600)
@@ -232,10 +233,11 @@ def run_scale(args, env: dict, say) -> dict:
     ns = parse_n(args.n)
     size = int(args.size)
     work = Path(args.work) if args.work else Path.cwd() / "lineside-bench-scale"
+    build = build_info()
     report = {"part": "scale", "preset": PRESET, "size": size, "n": ns, "train_steps": int(args.steps),
               "machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
                           "python": platform.python_version()},
-              "date": time.strftime("%Y-%m-%d"), "version": _version(), "commit": _commit(), "runs": []}
+              "date": time.strftime("%Y-%m-%d"), "version": build["lineside"], "commit": build.get("commit"), "runs": []}
     plan = [(n, size) for n in ns] + ([(max(ns), int(args.once_size))] if args.once_size else [])
     t0 = time.perf_counter()
     for n, s in plan:
@@ -272,21 +274,3 @@ def print_table(report: dict) -> None:
                          ("all met" if not failed else "missed: " + "; ".join(failed))))
     if report.get("plot"):
         print(f"plot: {report['plot']}")
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("lineside")
-    except Exception:  # a source checkout that is not installed
-        return "unknown"
-
-
-def _commit() -> str | None:
-    try:
-        p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                           cwd=Path(__file__).resolve().parent)
-        return p.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from runtime.cli.dispatch import dispatch, version
+from runtime.cli.dispatch import dispatch
+from runtime.report import version
 
 
 def _run(*args: str, env_debug: bool = False) -> subprocess.CompletedProcess:

@@ -550,7 +550,7 @@ def test_prometheus_endpoint(run_daemon):
     # own metrics and build_info are there
     from prometheus_client.parser import text_string_to_metric_families
 
-    from runtime.cli.dispatch import version
+    from runtime.report import version
 
     fams = {f.name: f for f in text_string_to_metric_families(body)}
     lat = fams["lineside_stage_latency_seconds"]

@@ -299,7 +299,7 @@ def test_report_written_from_figures(tmp_path):
 
 
 def test_bench_targets_from_report():
-    from runtime.cli.bench import targets
+    from runtime.tools.bench.targets import targets
 
     rep = {
         "teacher": {"sd15": {"results": [{"size": 256, "latency_s_per_image": 0.4}]},
