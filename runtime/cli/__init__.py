@@ -14,7 +14,7 @@ COMMANDS = {
     "control": ("runtime.cli.control", "reload an artifact or shut a daemon down over its control socket"),
     "keys": ("runtime.cli.keys", "generate CURVE key pairs for daemons, teacher servers and clients"),
     "bench": ("runtime.cli.bench", "benchmarks: teacher, students per backend, kernels, daemon, fallback server (JSON)"),
-    "demo": ("runtime.tools.demo", "the whole flow on embedded data: dataset, teacher, student, daemon, report"),
+    "demo": ("runtime.cli.demo", "the whole flow on embedded data: dataset, teacher, student, daemon, report"),
 }
 
 

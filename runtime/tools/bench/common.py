@@ -52,7 +52,7 @@ def ensure_artifact(args, env: dict) -> tuple[Path, Path | None, dict]:
     art, ckpt = work / "artifact", work / "teacher"
     if (art / "manifest.json").is_file() and not args.rebuild:
         return art, ckpt if ckpt.is_dir() else None, {"artifact": f"cached in {work}"}
-    from runtime.tools.demo import QUICK
+    from runtime.tools.demo.settings import QUICK
     from runtime.tools.demo import pipeline
     from runtime.tools.demo.steps import StepRunner
 

@@ -45,7 +45,7 @@ def build_recipe(manifest: str, work: Path, env: dict, say, size: int) -> tuple[
     """The demo's recipe on this manifest: autoencoder, diffusion teacher, mask head on pseudo-defects, memory
     bank -> checkpoint; then a student distilled from it, quantized (the guard decides) and exported."""
     from runtime.tools.bench.common import run_json_command
-    from runtime.tools.demo import FULL
+    from runtime.tools.demo.settings import FULL
     from runtime.tools.demo.steps import StepRunner
 
     ckpt, vae, run_dir, art = work / "teacher", work / "vae", work / "student-run", work / "artifact"
