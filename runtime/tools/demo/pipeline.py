@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import json
-import math
-import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from runtime.tools.bench.quality import REFERENCE_ROWS
 from runtime.tools.demo import analysis as an
 from runtime.tools.demo.steps import StepError, StepRunner, child_env
+from runtime.tools.demo.summary import (demo_summary, json_default, print_summary, refusal, table_notes,
+                                         table_sources)
 
 PRESET = "tiny"
 N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report (+1: sd15 comparison)
@@ -68,7 +67,7 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
              + (["--force"] if s.force_int8 else []), ok_codes=(0, 2))
     if runner.results["quantize"].returncode == 2:
         say(f"[yellow]the accuracy guard refused every INT8 model[/]: the artifact will be FP32 "
-            f"({_refusal(q)})")
+            f"({refusal(q)})")
     step("export", "export the edge artifact (distill export)", "distill", ["export", run_dir, "--out", art, "--json"])
     if not evaluate:
         return j
@@ -79,13 +78,6 @@ def build(out: Path, s, runner: StepRunner, say, evaluate: bool = True) -> dict[
     step("baselines", "what a user would try instead, on the same images (teacher baselines)", "teacher",
          ["baselines", "--data", manifest, "--split", "test", "--size", s.size, "--json"])
     return j
-
-
-def _refusal(q: dict) -> str:
-    """Why `distill quantize` refused, from its JSON (methods.<m>.refused)."""
-    why = [f"{m}: {r.get('refused')}" for m, r in (q.get("methods") or {}).items()
-           if isinstance(r, dict) and r.get("refused")]
-    return "; ".join(why)[:300] or "see logs/quantize.log"
 
 
 def pick_frames(dataset, max_frames: int | None) -> list:
@@ -242,9 +234,7 @@ def run_demo(out: Path, s, threads: int | None = None) -> dict:
 
 
 def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
-    from rich.table import Table
-
-    from runtime.contracts.dataset import load_dataset
+    """Build, run the line, read the figures, write the report and summary: the demo's steps in order."""
     from runtime.contracts.manifest import load_manifest
 
     try:
@@ -252,17 +242,69 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
     except StepError as e:
         raise DemoError(str(e)) from None
     ckpt, art = out / "teacher", out / "artifact"
-    ds = load_dataset(out / "data" / "manifest.jsonl", check_files=False)
     manifest = load_manifest(art)
+    fr = _line_frames(out, s)
+    t_line = time.perf_counter()
+    store, info, sd15 = _run_line_phase(out, s, runner, env, ckpt, art, fr.frames, say, on_frame)
+    timings = runner.timings()
+    timings["info-sd15 (beside the line)"] = timings.pop("info-sd15")
+    timings["line (serve + run + stream)"] = round(time.perf_counter() - t_line, 2)
+    speed_sd15: dict = {}
+    if s.sd15_compare:  # after the line: its latencies are not disturbed by an 860M-parameter model
+        speed_sd15 = _time_sd15(runner, art, say)
+        timings = {**timings, **{k: v for k, v in runner.timings().items() if k in ("bench-sd15", "student-256")}}
+
+    say("compute figures and write the report …", start="report")
+    t_rep = time.perf_counter()
+    fig, maps = _figures(s, j, store, manifest, fr, art, runner)
+    fig.update(timings_s=timings, speed_sd15=speed_sd15)
+    sizes = an.model_sizes(ckpt, art, manifest)
+    fig["model_bytes"] = sizes
+    fig["speed"] = an.speed_figures(j, fig["verdicts"], sizes)
+    fig["params"] = {"teacher (tiny, this run)": an.teacher_params(ckpt),
+                     f"student {s.student}": (j.get("fit") or {}).get("n_params"),
+                     "teacher (sd15, production)": ((sd15.get("params") or {}).get("total"))}
+    fig["subreports"] = {"teacher eval": "teacher-eval", "distill eval": "student-eval"}
+    index = _write_report(out, s, fig, fr, store, maps, t0)
+    timings["report"] = round(time.perf_counter() - t_rep, 2)
+    say(f"report written: {index}", end="report")
+
+    total = time.perf_counter() - t0
+    summary = demo_summary(s, j, fig, info, index, total)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default))
+    (out / "verdicts.jsonl").write_text("".join(
+        json.dumps(v.to_header(), default=json_default) + "\n" for f, _ in fr.frames for v in store.verdicts.get(f, [])))
+    print_summary(console, summary, fig, index)
+    return summary
+
+
+@dataclass
+class LineFrames:
+    """The test frames streamed to the line, with what the figures need to judge them."""
+    frames: list  # (frame id, image), the foreign frame among them
+    labelled: list  # the same without the foreign frame
+    labels: dict  # frame id -> 1 defect / 0 good
+    masks: dict  # frame id -> ground-truth mask
+    types: dict  # frame id -> defect type
+
+
+def _line_frames(out: Path, s) -> LineFrames:
+    from runtime.contracts.dataset import load_dataset
+
+    ds = load_dataset(out / "data" / "manifest.jsonl", check_files=False)
     recs = pick_frames(ds, s.max_frames)
     frames = [(frame_id_of(r, i), ds.read_image(r)) for i, r in enumerate(recs)]
+    labelled = list(frames)
     labels = {fid: int(r.is_defect) for (fid, _), r in zip(frames, recs)}
     masks = {fid: ds.read_mask(r, img.shape[:2]) for (fid, img), r in zip(frames, recs)}
-    labelled = list(frames)
+    types = {fid: r.defect_type for (fid, _), r in zip(labelled, recs)}
     frames.insert(len(frames) // 2, (FOREIGN_FRAME_ID, test_pattern(*frames[0][1].shape[:2])))
+    return LineFrames(frames, labelled, labels, masks, types)
 
-    t_line = time.perf_counter()
-    # the production teacher's size, for scale (a config look-up, no weights), beside the line phase
+
+def _run_line_phase(out, s, runner, env, ckpt, art, frames, say, on_frame):
+    """The services up and the frames streamed; beside it, the production teacher's size (a config look-up,
+    no weights), for scale. -> (verdict store, service info, sd15 info)."""
     bg = runner.start("info-sd15", "teacher", ["info", "--preset", "sd15", "--json"])
     try:
         store, info = run_line(out, s, env, ckpt, art, frames, say, on_frame)
@@ -273,180 +315,78 @@ def _run(out, s, runner, env, t0, say, on_frame, console) -> dict:
         if bg.proc.poll() is None:
             bg.proc.kill()
             bg.proc.wait()
-    timings = runner.timings()
-    timings["info-sd15 (beside the line)"] = timings.pop("info-sd15")
-    timings["line (serve + run + stream)"] = round(time.perf_counter() - t_line, 2)
+    return store, info, sd15
 
-    speed_sd15: dict = {}
-    if s.sd15_compare:  # after the line: its latencies are not disturbed by an 860M-parameter model
-        say(f"time the production teacher (sd15) and the student at {an.SD15_SIZE} px (teacher bench, distill eval) …",
-            start="sd15")
-        try:
-            tb = runner.run("bench-sd15", "teacher", ["bench", "--preset", "sd15", "--sizes", an.SD15_SIZE, "--runs", 1,
-                                                      "--json"]).result
-            sb = runner.run("student-256", "distill", ["eval", art, "--student-only", "--size", an.SD15_SIZE, "--runs", 10,
-                                                       "--json"]).result
-            speed_sd15 = an.sd15_speed(tb, sb)
-            say(f"sd15 {speed_sd15.get('teacher_ms', float('nan')):.0f} ms/image vs student "
-                f"{speed_sd15.get('student_ms', float('nan')):.2f} ms: {speed_sd15.get('speedup', float('nan')):.0f}×",
-                end="sd15")
-        except StepError as e:  # a figure missing, with its reason; the rest of the report stands
-            speed_sd15 = {"note": f"not measured: {str(e).splitlines()[0]}"}
-            say(f"[yellow]sd15 comparison skipped[/]: {speed_sd15['note']}", end="sd15")
-        timings = {**timings, **{k: v for k, v in runner.timings().items() if k in ("bench-sd15", "student-256")}}
 
-    say("compute figures and write the report …", start="report")
-    t_rep = time.perf_counter()
+def _time_sd15(runner, art, say) -> dict:
+    """The production teacher (sd15) and the student timed at the comparison size; a missing figure keeps its
+    reason and the rest of the report stands."""
+    say(f"time the production teacher (sd15) and the student at {an.SD15_SIZE} px (teacher bench, distill eval) …",
+        start="sd15")
+    try:
+        tb = runner.run("bench-sd15", "teacher", ["bench", "--preset", "sd15", "--sizes", an.SD15_SIZE, "--runs", 1,
+                                                  "--json"]).result
+        sb = runner.run("student-256", "distill", ["eval", art, "--student-only", "--size", an.SD15_SIZE, "--runs", 10,
+                                                   "--json"]).result
+        speed = an.sd15_speed(tb, sb)
+        say(f"sd15 {speed.get('teacher_ms', float('nan')):.0f} ms/image vs student "
+            f"{speed.get('student_ms', float('nan')):.2f} ms: {speed.get('speedup', float('nan')):.0f}×", end="sd15")
+    except StepError as e:
+        speed = {"note": f"not measured: {str(e).splitlines()[0]}"}
+        say(f"[yellow]sd15 comparison skipped[/]: {speed['note']}", end="sd15")
+    return speed
+
+
+def _figures(s, j: dict, store, manifest, fr: LineFrames, art: Path, runner) -> tuple[dict, dict]:
+    """The report's figures from the verdicts, the local maps and the commands' JSON -> (figures, maps)."""
     cal = manifest.calibration
-    types = {fid: r.defect_type for (fid, _), r in zip(labelled, recs)}
-    vfig = an.verdict_figures([f for f, _ in frames], labels, store, tuple(cal.band), cal.threshold, types=types)
-    maps, local_scores, local_note = student_local(art, labelled, masks)
-    fe, fr = store.edge(FOREIGN_FRAME_ID), store.resolution(FOREIGN_FRAME_ID)
+    ids = [f for f, _ in fr.frames]
+    vfig = an.verdict_figures(ids, fr.labels, store, tuple(cal.band), cal.threshold, types=fr.types)
+    maps, local_scores, local_note = student_local(art, fr.labelled, fr.masks)
+    fe, fres = store.edge(FOREIGN_FRAME_ID), store.resolution(FOREIGN_FRAME_ID)
     foreign = {"frame_id": FOREIGN_FRAME_ID,
                "edge": None if fe is None else {k: getattr(fe, k) for k in ("decision", "ood", "in_band", "pending", "score")},
-               "resolution": None if fr is None else {k: getattr(fr, k) for k in ("decided_by", "status", "decision")}}
-    fig: dict = {"settings": asdict(s), "verdicts": vfig, "timings_s": timings, "table_notes": [], "foreign": foreign}
-    ids = [f for f, _ in labelled]
+               "resolution": None if fres is None else {k: getattr(fres, k) for k in ("decided_by", "status", "decision")}}
+    fig: dict = {"settings": asdict(s), "verdicts": vfig, "table_notes": [], "foreign": foreign}
     if maps:
-        y = np.array([labels[f] for f in ids])
-        sc = np.array([local_scores[f] for f in ids])
-        local = {"n": len(ids)}
-        if 0 < y.sum() < y.size:
-            mlist, alist = [masks[f] for f in ids], [maps[f] for f in ids]
-            from runtime import metrics
-            local["image_auroc"] = metrics.image_auroc(y, sc)
-            local["pixel_auroc"] = metrics.pixel_auroc(mlist, alist)
-            local["au_pro"] = metrics.au_pro(mlist, alist)
-            pf, pro, _ = metrics.pro_curve(mlist, alist, max_points=2000)
-            fig["student_pro"] = (pf.tolist(), pro.tolist())
-        fig["student_local"] = local
+        fig.update(_local_metrics(fr, maps, local_scores))
     fig["student_local_note"] = local_note
-
-    variants = an.student_variants(j.get("distill-eval"))
-    fp32 = an.pick_variant(variants, "fp32") or j.get("distill-eval")
-    int8 = an.pick_variant(variants, "int8")
-    sources = {
-        "teacher (tiny)": {**an.metric_row(j.get("teacher-eval")), "source": "teacher eval --json"},
-        "student FP32": {**an.metric_row(fp32), "source": "distill eval --json"},
-        "student INT8": {**an.metric_row(int8), "source": "distill eval --json"},
-    }
-    edge_m = vfig.get("edge", {})
-    casc_m = vfig.get("cascade", {})
-    # pixel metrics for the edge row: the same student artifact's maps, computed locally on the streamed frames
-    lm = fig.get("student_local", {})
-    sources[f"edge ({manifest.quantization}, streamed)"] = {
-        "image_auroc": edge_m.get("image_auroc"), "f1": edge_m.get("f1"), "f1_at_threshold": edge_m.get("f1_at_threshold"),
-        "pixel_auroc": lm.get("pixel_auroc"), "au_pro": lm.get("au_pro"), "source": "daemon verdicts (+ local maps)"}
-    sources["cascade (edge + teacher)"] = {
-        "image_auroc": casc_m.get("image_auroc"), "f1": casc_m.get("f1"), "f1_at_threshold": casc_m.get("f1_at_threshold"),
-        "source": "daemon + teacher verdicts"}
-    for key, row in ((j.get("baselines") or {}).get("rows") or {}).items():  # the reference rows
-        sources[REFERENCE_ROWS.get(key, key)] = {**an.metric_row(row.get("mean")), "source": "teacher baselines --json"}
-    fig["table_notes"].append("Cascade pixel metrics are not computed: teacher anomaly maps are not published on the "
-                              "verdict socket. Cascade I-AUROC ranks teacher-decided frames beyond the band on the "
-                              "teacher's side.")
-    q = j.get("quantize") or {}
-    if runner.results["quantize"].returncode == 2:
-        fig["table_notes"].append(f"INT8 was refused by the accuracy guard ({_refusal(q)}); the edge ran FP32.")
-    elif q.get("forced") or any(isinstance(m, dict) and m.get("forced") for m in (q.get("methods") or {}).values()):
-        fig["table_notes"].append("INT8 was written with --force (quick demo): the guard's verdict is in "
-                                  "logs/quantize.log.")
-    fig["table_sources"] = sources
+    fig["table_sources"] = table_sources(j, vfig, fig.get("student_local", {}), manifest)
+    fig["table_notes"] += table_notes(j.get("quantize") or {}, runner.results["quantize"].returncode)
     fig["feature_cosine"] = an.feature_cosine(j.get("distill-eval"))
     fig["fidelity_mean_predictor"] = (j.get("distill-eval") or {}).get("fidelity_mean_predictor") or \
         ((manifest.metrics.get("fidelity") or {}).get("val_cosine_mean_predictor") or {})
     fig["calibration"] = cal.model_dump()
     fig["forced"] = {role: manifest.models.get(role, role) for role in manifest.forced}
     fig["teacher_preset"] = PRESET
-    sizes = an.model_sizes(ckpt, art, manifest)
-    fig["model_bytes"] = sizes
-    fig["speed"] = an.speed_figures(j, vfig, sizes)
-    fig["speed_sd15"] = speed_sd15
-    fig["params"] = params = {"teacher (tiny, this run)": an.teacher_params(ckpt),
-                              f"student {s.student}": (j.get("fit") or {}).get("n_params"),
-                              "teacher (sd15, production)": ((sd15.get("params") or {}).get("total"))}
-    fig["subreports"] = {"teacher eval": "teacher-eval", "distill eval": "student-eval"}
+    return fig, maps
 
+
+def _local_metrics(fr: LineFrames, maps: dict, local_scores: dict) -> dict:
+    """Pixel metrics of the student's own maps on the labelled streamed frames (the daemon publishes none)."""
+    from runtime import metrics
+
+    ids = [f for f, _ in fr.labelled]
+    y = np.array([fr.labels[f] for f in ids])
+    sc = np.array([local_scores[f] for f in ids])
+    local: dict = {"n": len(ids)}
+    out: dict = {}
+    if 0 < y.sum() < y.size:
+        mlist, alist = [fr.masks[f] for f in ids], [maps[f] for f in ids]
+        local["image_auroc"] = metrics.image_auroc(y, sc)
+        local["pixel_auroc"] = metrics.pixel_auroc(mlist, alist)
+        local["au_pro"] = metrics.au_pro(mlist, alist)
+        pf, pro, _ = metrics.pro_curve(mlist, alist, max_points=2000)
+        out["student_pro"] = (pf.tolist(), pro.tolist())
+    out["student_local"] = local
+    return out
+
+
+def _write_report(out: Path, s, fig: dict, fr: LineFrames, store, maps: dict, t0: float) -> Path:
     from runtime.tools.demo.report import overlay_panels, write_report
-    picks = an.sample_by_outcome(vfig.get("confusion", {}), s.overlays_per_kind)
-    img_of = {fid: img for fid, img in labelled}
-    panels = overlay_panels({f: (img_of[f], masks[f]) for f in img_of}, picks, store, maps)
+
+    picks = an.sample_by_outcome(fig["verdicts"].get("confusion", {}), s.overlays_per_kind)
+    img_of = {fid: img for fid, img in fr.labelled}
+    panels = overlay_panels({f: (img_of[f], fr.masks[f]) for f in img_of}, picks, store, maps)
     fig["wall_s"] = time.perf_counter() - t0
-    index = write_report(out, fig, panels)
-    timings["report"] = round(time.perf_counter() - t_rep, 2)
-    say(f"report written: {index}", end="report")
-
-    total = time.perf_counter() - t0
-    table_rows = {k: {m: v.get(m) for m in (*an.TABLE_METRICS, "f1_at_threshold")} for k, v in sources.items()}
-    summary = {
-        "ok": bool(vfig["edge_verdicts"] == vfig["frames_sent"] and not vfig["unresolved_pending"]),
-        "report": str(index),
-        "wall_s": round(total, 2),
-        "timings_s": timings,
-        "settings": asdict(s),
-        "machine": {"node": platform.node(), "cpus": __import__("os").cpu_count(), "arch": platform.machine()},
-        "frames": {k: v for k, v in vfig.items() if k not in ("latency_samples_ms", "end_to_end_samples_ms",
-                                                              "confusion", "edge", "cascade")},
-        "edge": {k: v for k, v in edge_m.items() if k != "roc"},
-        "cascade": {k: v for k, v in casc_m.items() if k != "roc"},
-        "table": table_rows,
-        "feature_cosine": fig["feature_cosine"],
-        "model_bytes": sizes,
-        "params": params,
-        "speed": fig["speed"],
-        "speed_sd15": speed_sd15,
-        "student_local": fig.get("student_local", {}),
-        "student_local_note": local_note,
-        "services": {k: info.get(k) for k in ("endpoints", "startup_s", "daemon_exit", "teacher_exit", "killed", "stop_s")},
-        "stream": info.get("stream"),
-        "foreign_frame": foreign,
-        "teacher_eval": j.get("teacher-eval"),
-        "distill_eval": j.get("distill-eval"),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    (out / "verdicts.jsonl").write_text("".join(
-        json.dumps(v.to_header(), default=_json_default) + "\n" for f, _ in frames for v in store.verdicts.get(f, [])))
-
-    t = Table(title=f"lineside demo — {total:.0f} s on {summary['machine']['cpus']} CPUs", show_lines=False)
-    for c in ("model", "I-AUROC", "P-AUROC", "AU-PRO", "F1"):
-        t.add_column(c)
-    for k, v in table_rows.items():
-        t.add_row(k, *(_f(v.get(m)) for m in an.TABLE_METRICS))
-    console.print(t)
-    sp = fig["speed"]
-    console.print(f"frames {vfig['frames_sent']} · edge verdicts {vfig['edge_verdicts']} · to the teacher "
-                  f"{vfig['pending']} (fallback {_f(vfig['fallback_rate'])}) · teacher verdicts {vfig['teacher_verdicts']}"
-                  f" · unreachable {vfig['teacher_unreachable']}")
-    pv = list(params.values())
-    if pv[1]:
-        console.print(f"student {pv[1] / 1e6:.2f} M parameters: " + " · ".join(
-            _ratio_words(v / pv[1], k) for k, v in params.items() if v and not k.startswith("student")))
-    console.print(f"student {_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {_mb(sizes.get('teacher'))}"
-                  f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×"
-                  + (f" · over the production sd15 teacher at {speed_sd15['size']} px {speed_sd15['speedup']:.0f}×"
-                     if speed_sd15.get("speedup") else "") + f"   report: [bold]{index}[/]")
-    return summary
-
-
-def _ratio_words(r: float, other: str) -> str:
-    """Teacher/student parameter ratio in words: "258× fewer than the X" or "1.3× more than the X"."""
-    return f"{r:.0f}× fewer than the {other}" if r >= 1.5 else (
-        f"about as many as the {other}" if r >= 0.8 else f"{1 / r:.1f}× more than the {other}")
-
-
-def _f(v, d: int = 3) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
-
-
-def _mb(b) -> str:
-    return "—" if not b else f"{b / 1e6:.2f} MB"
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    return write_report(out, fig, panels)

@@ -76,8 +76,8 @@ def test_step_runner_accepts_answer_exit_codes(tmp_path, monkeypatch):
     runner = steps.StepRunner(tmp_path, steps.child_env(1))
     r = runner.run("q", "distill", [], ok_codes=(0, 2))
     assert r.returncode == 2 and r.result["chosen"] is None
-    from runtime.tools.demo.pipeline import _refusal
-    assert "AU-PRO drop" in _refusal(r.result)
+    from runtime.tools.demo.summary import refusal
+    assert "AU-PRO drop" in refusal(r.result)
     with pytest.raises(steps.StepError, match="status 2"):
         runner.run("q2", "distill", [])
 
