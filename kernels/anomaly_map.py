@@ -16,6 +16,10 @@ On the CPU, ``anomaly_map_fused`` computes the same map in one pass: bilinear re
 blur are both linear along each axis, so map = A_y · grid · A_xᵀ with A = blur · upsample (H × h and
 W × w, built once per shape and σ). Two small GEMMs replace a resize and a 2·(2r + 1)-tap filter over
 every image pixel; it agrees with the reference to ``RTOL``/``ATOL`` like the kernels.
+
+In this file: ``anomaly_map_reference`` (OpenCV) and ``anomaly_map_fused`` (the CPU path), the Triton
+kernels and their launcher ``anomaly_map``, ``anomaly_map_cuda`` (launcher of anomaly_map.cu) and
+``IMPLEMENTATIONS``, the entries kernels.dispatch picks from.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import functools
 
 import numpy as np
 
+from kernels import _arrays
 from kernels._launch import check_tensor
 
 RTOL = 1e-5
@@ -243,3 +248,74 @@ def anomaly_map(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1, *, w
     flat = cand.reshape(-1)
     score = flat.max() if kk == 1 else torch.topk(flat, kk).values.mean()
     return out, score
+
+
+# ------------------------------------------------------------------------------------------------- CUDA
+CUDA_THREADS = 256  # LINESIDE_AMAP_THREADS in anomaly_map.cu: image columns per block
+
+
+def anomaly_map_cuda(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1):
+    """CUDA launcher (anomaly_map.cu through kernels.cuda_runtime): (h, w) numpy, torch CUDA or cupy
+    grid -> ((H, W) float32 map, float score); the map is numpy for numpy in, else a device array of
+    the input's kind."""
+    from kernels import cuda_runtime
+
+    kind = _arrays.kind(grid)
+    if grid.ndim != 2 or 0 in tuple(grid.shape):
+        raise ValueError(f"anomaly_map: grid shape {tuple(grid.shape)}, expected non-empty (h, w)")
+    H, W = (int(v) for v in out_hw)
+    if H < 1 or W < 1:
+        raise ValueError(f"anomaly_map: output size {out_hw} must be positive")
+    if topk > MAX_TOPK:
+        raise ValueError(f"anomaly_map: topk={topk} > {MAX_TOPK}")
+    kk = max(1, min(int(topk), H * W))
+    h, w = (int(v) for v in grid.shape)
+    wts = gaussian_weights(sigma)
+    nb = _arrays.cdiv(W, CUDA_THREADS)
+    with cuda_runtime.context() as st:
+        if kind == "numpy":
+            g = _arrays.DeviceBuffer(st, host=np.ascontiguousarray(grid, np.float32))
+        else:
+            g32 = grid.float().contiguous() if kind.startswith("torch") else grid.astype("float32", order="C")
+            g = _arrays.Borrowed(g32)
+        wdev = _arrays.DeviceBuffer(st, host=wts)
+        tmp = _arrays.DeviceBuffer(st, nbytes=4 * H * W)
+        out = _arrays.DeviceBuffer(st, nbytes=4 * H * W, like=grid, shape=(H, W), dtype=np.float32)
+        cand = _arrays.DeviceBuffer(st, nbytes=4 * H * nb * kk)
+        f32, i32 = np.float32, np.int32
+        st["funcs"]["lineside_upsample_hblur"](
+            np.uintp(g.ptr), np.uintp(wdev.ptr), np.uintp(tmp.ptr), i32(h), i32(w), i32(H), i32(W),
+            f32(h / H), f32(w / W), i32(wts.size), block=(CUDA_THREADS, 1, 1), grid=(nb, H, 1))
+        st["funcs"]["lineside_vblur_topk"](
+            np.uintp(tmp.ptr), np.uintp(wdev.ptr), np.uintp(out.ptr), np.uintp(cand.ptr), i32(H), i32(W),
+            i32(wts.size), i32(kk), block=(CUDA_THREADS, 1, 1), grid=(nb, H, 1))
+        score = _topk_mean(cand.get(st, (H * nb * kk,), np.float32), kk)
+        return out.result(st, (H, W), np.float32), score
+
+
+# ------------------------------------------------------------------------------------- dispatch entries
+# kernels.dispatch.anomaly_map calls the one it picked: any array kind in, the map in the same kind and
+# a float score out (a CPU torch tensor takes the CPU path everywhere).
+def _on_cpu(grid, out_hw, sigma, topk=1):
+    return anomaly_map_fused(_arrays.host(grid), out_hw, sigma, topk)
+
+
+def _on_triton(grid, out_hw, sigma, topk=1):
+    kind = _arrays.kind(grid)
+    if kind == "torch-cpu":
+        return _on_cpu(grid, out_hw, sigma, topk)
+    import torch
+
+    g = _arrays.to_torch(grid).to(torch.float32).contiguous()
+    w = torch.from_numpy(gaussian_weights(sigma)).to(g.device)
+    amap, score = anomaly_map(g, out_hw, sigma, topk, weights=w)
+    return _arrays.from_torch(amap, kind), float(score)
+
+
+def _on_cuda(grid, out_hw, sigma, topk=1):
+    if _arrays.kind(grid) == "torch-cpu":
+        return _on_cpu(grid, out_hw, sigma, topk)
+    return anomaly_map_cuda(grid, out_hw, sigma, topk)
+
+
+IMPLEMENTATIONS = {"cpu-fused": _on_cpu, "triton": _on_triton, "cuda": _on_cuda}

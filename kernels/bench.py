@@ -155,8 +155,8 @@ def _gpu(quick: bool, repeats: int, device: str = "cuda", shapes: dict | None = 
 
         ref = torch_knn()
         add("knn_score", base, "triton", lambda: ks.knn_score(q, b, k, bsq), flops, "gflops", ref)
-        if cuda_ok and k <= cuda_runtime.KNN_KMAX:
-            add("knn_score", base, "cuda", lambda: cuda_runtime.knn_score(q, b, k), flops, "gflops", ref)
+        if cuda_ok and k <= ks.CUDA_KMAX:
+            add("knn_score", base, "cuda", lambda: ks.knn_score_cuda(q, b, k), flops, "gflops", ref)
         add("knn_score", base, "torch-cdist", torch_knn, flops, "gflops")
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
@@ -175,7 +175,7 @@ def _gpu(quick: bool, repeats: int, device: str = "cuda", shapes: dict | None = 
         ref = torch_pre()
         add("preprocess", base, "triton", lambda: pp.preprocess(frame, size, MEAN, STD, order), nbytes, "gbps", ref)
         if cuda_ok:
-            add("preprocess", base, "cuda", lambda: cuda_runtime.preprocess(frame, size, MEAN, STD, order), nbytes,
+            add("preprocess", base, "cuda", lambda: pp.preprocess_cuda(frame, size, MEAN, STD, order), nbytes,
                 "gbps", ref)
         add("preprocess", base, "torch-interpolate", torch_pre, nbytes, "gbps")
     for (h, w), (H, W), sigma, topk in shapes["anomaly_map"]:
@@ -197,7 +197,7 @@ def _gpu(quick: bool, repeats: int, device: str = "cuda", shapes: dict | None = 
         add("anomaly_map", base, "triton", lambda: am.anomaly_map(grid, (H, W), sigma, topk, weights=wts), nbytes,
             "gbps", ref, pick=lambda o: o[0])
         if cuda_ok:
-            add("anomaly_map", base, "cuda", lambda: cuda_runtime.anomaly_map(grid, (H, W), sigma, topk), nbytes,
+            add("anomaly_map", base, "cuda", lambda: am.anomaly_map_cuda(grid, (H, W), sigma, topk), nbytes,
                 "gbps", ref, pick=lambda o: o[0])
         if ref is not None:
             add("anomaly_map", base, "torch-conv2d", torch_amap, nbytes, "gbps")

@@ -1,8 +1,10 @@
-"""One function per hot-path operation; each picks the fastest implementation this machine has and
-says which. runtime/ and teacher/ call these, never a kernel directly.
+"""One function per hot-path operation; each picks the fastest implementation this machine has, once,
+and says which. runtime/ and teacher/ call these, never a kernel directly.
 
 Importing this module needs only numpy (and OpenCV when an operation runs): the edge install has no
-torch. GPU implementations are looked up lazily, once per process:
+torch. Each operation's implementation is picked at its first use (or for all of them by ``use()``)
+from the entries its module declares (``kernels.<op>.IMPLEMENTATIONS``); from then on a call goes
+straight to that entry:
 
 ==============  =========================================  ==========================================
 operation       preference on an NVIDIA GPU                 CPU (production path on x86 edge PCs)
@@ -12,9 +14,10 @@ knn_score       triton (tensor cores via tl.dot) > cuda     cpu-blas (chunked fl
 anomaly_map     cuda > triton                               cpu-fused (blur·upsample as two GEMMs)
 ==============  =========================================  ==========================================
 
-``LINESIDE_KERNELS=cpu|triton|cuda|auto`` forces a choice; an unavailable forced choice falls back
-down the list with a WARNING naming what is missing. ``implementations()`` says what each operation
-uses and ``implementation_notes()`` why.
+A backend is probed only when an operation asks for it (a Jetson choosing cuda never imports torch),
+and once. ``LINESIDE_KERNELS=cpu|triton|cuda|auto`` or ``use(backend)`` forces a choice; an
+unavailable forced choice falls back down the list with a WARNING naming what is missing.
+``implementations()`` says what each operation uses and ``implementation_notes()`` why.
 
 Inputs and outputs. Numpy in, numpy out, on every path (the GPU paths copy in and out). On a GPU
 path a torch CUDA tensor in gives a torch CUDA tensor out (no copies), and a cupy array in gives a
@@ -22,34 +25,33 @@ cupy array out (zero-copy through DLPack). knn_score on a GPU takes float16 (flo
 float16 once per bank and per call: distances then differ from the CPU path by ~1e-3 relative).
 
 The bank passed to ``knn_score`` is prepared once (augmented with its squared norms on the CPU,
-uploaded as float16 on a GPU) and cached per bank object (weak reference); a bank mutated in place
-must be followed by ``clear_cache()``.
+uploaded as float16 on a GPU) and cached per bank object (weak reference, ``kernels.bank_cache``); a
+bank mutated in place must be followed by ``clear_cache()``.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
-import weakref
-from collections import OrderedDict
 
 import numpy as np
 
-from kernels.anomaly_map import anomaly_map_fused, gaussian_weights
-from kernels.knn_score import knn_score_reference, prepare_bank
-from kernels.preprocess import preprocess_reference
+from kernels import bank_cache
 
 log = logging.getLogger("lineside.kernels")
 
 ENV_FORCE = "LINESIDE_KERNELS"
+BACKENDS = ("auto", "cpu", "triton", "cuda")
 OPS = ("preprocess", "knn_score", "anomaly_map")
 CPU_IMPL = {"preprocess": "cpu-opencv", "knn_score": "cpu-blas", "anomaly_map": "cpu-fused"}
 GPU_PREFERENCE = {"preprocess": ("cuda", "triton"), "knn_score": ("triton", "cuda"), "anomaly_map": ("cuda", "triton")}
-BANK_CACHE_ENTRIES = 4
-_CUDA_KNN_KMAX = 16  # kernels.cuda_runtime.KNN_KMAX (not imported here: the module stays numpy-only)
 
-_choice: dict[str, str] | None = None
+_lock = threading.Lock()  # the daemon's judge workers may make the first calls in parallel
+_backend: str | None = None  # set by use(); None: LINESIDE_KERNELS
+_chosen: dict[str, tuple[str, object]] = {}  # op -> (implementation name, its entry)
 _notes: dict[str, str] = {}
+_problems: dict[str, str | None] = {}  # backend -> None (usable) or why not, probed once
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -83,7 +85,7 @@ def _probe_triton() -> str | None:
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False"
     try:
-        import triton  # noqa: F401
+        importlib.import_module("triton")
     except ImportError:
         return "triton not installed"
     return None
@@ -93,212 +95,116 @@ def _probe_cuda() -> str | None:
     """None if pycuda can load the lineside CUDA module on a GPU here, else the reason it cannot."""
     try:
         from kernels import cuda_runtime
-    except ImportError as e:  # pragma: no cover - cuda_runtime itself imports only numpy
+    except ImportError as e:  # pragma: no cover - cuda_runtime itself imports only the standard library
         return f"kernels.cuda_runtime: {e}"
     return cuda_runtime.probe()
 
 
-def _select() -> dict[str, str]:
-    global _choice
-    if _choice is not None:
-        return _choice
+def _problem(backend: str) -> str | None:
+    """Why ``backend`` (triton | cuda) cannot run here, or None; probed on first ask."""
+    if "gpu" not in _problems:
+        n_gpu, why_not = _cuda_devices()
+        _problems["gpu"] = None if n_gpu else why_not
+    if backend not in _problems:
+        _problems[backend] = _problems["gpu"] or (_probe_triton() if backend == "triton" else _probe_cuda())
+    return _problems[backend]
+
+
+# ------------------------------------------------------------------------------------------ selection
+def _forced() -> tuple[str, str]:
+    """(backend, where it was asked for): use()'s, else LINESIDE_KERNELS's (auto when unset or unknown)."""
+    if _backend is not None:
+        return _backend, f"use({_backend!r})"
     force = os.environ.get(ENV_FORCE, "auto").strip().lower() or "auto"
-    if force not in ("auto", "cpu", "triton", "cuda"):
+    if force not in BACKENDS:
         log.warning("%s=%r is not one of auto|cpu|triton|cuda; using auto", ENV_FORCE, force)
         force = "auto"
-    problems = {}
-    if force != "cpu":
-        n_gpu, why_not = _cuda_devices()
-        if n_gpu == 0:
-            problems = {"triton": why_not, "cuda": why_not}
-        else:
-            problems = {"triton": _probe_triton(), "cuda": _probe_cuda()}
-    choice = {}
-    for op in OPS:
-        order = GPU_PREFERENCE[op] if force in ("auto", "cpu") else (force,) + tuple(
-            x for x in GPU_PREFERENCE[op] if x != force)
-        picked = None
-        if force != "cpu":
-            for impl in order:
-                if problems[impl] is None:
-                    picked = impl
-                    break
-        if picked is None:
-            picked = CPU_IMPL[op]
-            why = "forced by LINESIDE_KERNELS=cpu" if force == "cpu" else "; ".join(
-                f"{impl}: {problems[impl]}" for impl in order)
-        else:
-            why = f"first available of {order}"
-        if force not in ("auto", "cpu") and picked != force:
-            log.warning("%s=%s but %s is unavailable (%s); %s uses %s", ENV_FORCE, force, force,
-                        problems[force], op, picked)
-        choice[op] = picked
-        _notes[op] = why
-    log.info("kernels: %s", ", ".join(f"{op}={choice[op]}" for op in OPS))
-    _choice = choice
-    return choice
+    return force, f"{ENV_FORCE}={force}"
+
+
+def _pick(op: str) -> tuple[str, str]:
+    """-> (implementation of ``op``, why)."""
+    force, source = _forced()
+    if force == "cpu":
+        return CPU_IMPL[op], f"forced by {source}"
+    order = GPU_PREFERENCE[op] if force == "auto" else (force,) + tuple(x for x in GPU_PREFERENCE[op] if x != force)
+    picked = next((impl for impl in order if _problem(impl) is None), None)
+    if force != "auto" and picked != force:
+        log.warning("%s but %s is unavailable (%s); %s uses %s", source, force, _problem(force), op,
+                    picked or CPU_IMPL[op])
+    if picked is None:
+        return CPU_IMPL[op], "; ".join(f"{impl}: {_problem(impl)}" for impl in order)
+    return picked, f"first available of {order}"
+
+
+def _implementation(op: str):
+    """The entry ``op`` calls: picked on its first use, then the same one until ``reset()``."""
+    hit = _chosen.get(op)
+    if hit is not None:
+        return hit[1]
+    with _lock:
+        if op not in _chosen:
+            name, why = _pick(op)
+            entry = importlib.import_module(f"kernels.{op}").IMPLEMENTATIONS[name]
+            _chosen[op], _notes[op] = (name, entry), why
+            log.info("kernels: %s uses %s (%s)", op, name, why)
+        return _chosen[op][1]
+
+
+def use(backend: str | None = None) -> dict[str, str]:
+    """Pick every operation's implementation now, for ``backend`` (auto | cpu | triton | cuda; None:
+    what LINESIDE_KERNELS says), instead of at first use. Returns ``implementations()``."""
+    global _backend
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"kernels backend {backend!r}, expected one of {BACKENDS}")
+    reset()
+    _backend = backend
+    return implementations()
 
 
 def implementations() -> dict[str, str]:
     """Which implementation each operation uses on this machine."""
-    return dict(_select())
+    for op in OPS:
+        _implementation(op)
+    return {op: _chosen[op][0] for op in OPS}
 
 
 def implementation_notes() -> dict[str, str]:
     """Why each operation uses what it uses (the missing pieces when it is the CPU)."""
-    _select()
-    return dict(_notes)
+    implementations()
+    return {op: _notes[op] for op in OPS}
 
 
 def reset() -> None:
-    """Forget the detected implementations and cached banks (tests; after changing LINESIDE_KERNELS)."""
-    global _choice
-    _choice = None
-    _notes.clear()
+    """Forget the chosen implementations, probes and cached banks (tests; after changing LINESIDE_KERNELS)."""
+    global _backend
+    with _lock:
+        _backend = None
+        _chosen.clear()
+        _notes.clear()
+        _problems.clear()
     clear_cache()
 
 
-# ----------------------------------------------------------------------------------------- bank cache
-_bank_cache: OrderedDict[tuple, tuple[weakref.ref, object]] = OrderedDict()
-_bank_cache_lock = threading.Lock()  # the daemon's judge workers score in parallel
-
-
 def clear_cache() -> None:
-    with _bank_cache_lock:
-        _bank_cache.clear()
-
-
-def _cached(bank, what: str, build):
-    """build(bank) once per (bank object, what); the entry dies with the bank."""
-    key = (id(bank), what)
-    with _bank_cache_lock:
-        hit = _bank_cache.get(key)
-        if hit is not None and hit[0]() is bank:
-            _bank_cache.move_to_end(key)
-            return hit[1]
-    value = build(bank)  # outside the lock: two threads may both build a first entry, one of them is kept
-    try:
-        ref = weakref.ref(bank)
-    except TypeError:  # not weak-referenceable: do not cache
-        return value
-    with _bank_cache_lock:
-        _bank_cache[key] = (ref, value)
-        while len(_bank_cache) > BANK_CACHE_ENTRIES:
-            _bank_cache.popitem(last=False)
-    return value
-
-
-# ------------------------------------------------------------------------------------- array plumbing
-def _kind(x) -> str:
-    """'numpy' | 'torch' (CUDA tensor) | 'torch-cpu' | 'cupy'."""
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        return "torch" if x.is_cuda else "torch-cpu"
-    if mod.startswith("cupy"):
-        return "cupy"
-    return "numpy"
-
-
-def _host(x) -> np.ndarray:
-    k = _kind(x)
-    if k == "numpy":
-        return np.asarray(x)
-    if k == "torch-cpu":
-        return x.numpy()
-    if k == "torch":
-        return x.cpu().numpy()
-    return x.get()  # cupy
-
-
-def _to_torch(x, device="cuda"):
-    import torch
-
-    k = _kind(x)
-    if k == "torch":
-        return x
-    if k == "cupy":
-        return torch.from_dlpack(x)
-    return torch.from_numpy(np.ascontiguousarray(_host(x))).to(device, non_blocking=True)
-
-
-def _from_torch(t, like_kind: str):
-    if like_kind == "torch":
-        return t
-    if like_kind == "cupy":
-        import cupy
-
-        return cupy.from_dlpack(t)
-    return t.cpu().numpy()
+    """Forget every prepared bank (after mutating a bank in place)."""
+    bank_cache.clear()
 
 
 # ------------------------------------------------------------------------------------------ operations
 def preprocess(frame, size: int, mean, std, input_order: str = "RGB", out_dtype=np.float32):
     """uint8 (H, W[, 1|3]) frame in ``input_order`` ('RGB', 'BGR'; grey for 1 channel) -> (1, 3, S, S)
     normalised RGB in ``out_dtype`` (float32 or float16). Resize: cv2.INTER_LINEAR convention."""
-    impl = _select()["preprocess"]
-    kind = _kind(frame)
-    if impl == "cpu-opencv" or kind == "torch-cpu":
-        return preprocess_reference(_host(frame), size, mean, std, input_order, out_dtype)
-    if impl == "cuda":
-        from kernels import cuda_runtime
-
-        return cuda_runtime.preprocess(frame, size, mean, std, input_order, out_dtype)
-    import torch
-
-    from kernels.preprocess import preprocess as _triton
-
-    tdtype = torch.float16 if np.dtype(out_dtype) == np.float16 else torch.float32
-    out = _triton(_to_torch(frame), size, mean, std, input_order, tdtype)
-    return _from_torch(out, kind)
+    return _implementation("preprocess")(frame, size, mean, std, input_order, out_dtype)
 
 
 def knn_score(queries, bank, k: int = 1, *, bank_sqnorm=None):
     """(M, D) queries, (N, D) bank -> (M,) float32 distance to the nearest bank row (mean of the k
     nearest). ``bank_sqnorm`` (N,) may be given when the caller already has ‖b‖²."""
-    impl = _select()["knn_score"]
-    kind = _kind(queries)
-    if impl == "cuda" and k > _CUDA_KNN_KMAX and kind == "numpy":
-        log.warning("knn_score: the CUDA kernel averages at most %d neighbours; k=%d runs on the CPU",
-                    _CUDA_KNN_KMAX, k)
-        impl = "cpu-blas"
-    if impl == "cpu-blas" or kind == "torch-cpu":
-        b = _host(bank)
-        prepared = _cached(bank, "cpu-aug", lambda x: prepare_bank(b, bank_sqnorm))
-        return knn_score_reference(_host(queries), b, k, prepared=prepared)
-    if impl == "cuda":
-        from kernels import cuda_runtime
-
-        return cuda_runtime.knn_score(queries, bank, k, cache=lambda what, build: _cached(bank, what, build))
-    import torch
-
-    from kernels.knn_score import knn_score as _triton
-
-    def upload(x):
-        b16 = _to_torch(x).to(torch.float16).contiguous()
-        return b16, b16.float().pow(2).sum(1).contiguous()
-
-    b16, bsq = _cached(bank, "triton-f16", upload)
-    q16 = _to_torch(queries).to(torch.float16).contiguous()
-    out = _triton(q16, b16, k, bsq)
-    return _from_torch(out, kind)
+    return _implementation("knn_score")(queries, bank, k, bank_sqnorm)
 
 
 def anomaly_map(grid, out_hw: tuple[int, int], sigma: float, topk: int = 1):
     """(h, w) distance grid -> ((H, W) float32 map, float score): bilinear upsample, Gaussian blur of
     ``sigma`` px (radius int(4σ + 0.5), reflected borders), score = mean of the ``topk`` largest."""
-    impl = _select()["anomaly_map"]
-    kind = _kind(grid)
-    if impl == "cpu-fused" or kind == "torch-cpu":
-        return anomaly_map_fused(_host(grid), out_hw, sigma, topk)
-    if impl == "cuda":
-        from kernels import cuda_runtime
-
-        return cuda_runtime.anomaly_map(grid, out_hw, sigma, topk)
-    import torch
-
-    from kernels.anomaly_map import anomaly_map as _triton
-
-    g = _to_torch(grid).to(torch.float32).contiguous()
-    w = torch.from_numpy(gaussian_weights(sigma)).to(g.device)
-    amap, score = _triton(g, out_hw, sigma, topk, weights=w)
-    return _from_torch(amap, kind), float(score)
+    return _implementation("anomaly_map")(grid, out_hw, sigma, topk)

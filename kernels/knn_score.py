@@ -9,21 +9,28 @@ set), so the M×N distance matrix is never materialised.
   directly and the only other pass over the tile is the row minimum. Chunks stay in L2.
 * ``_knn_score_kernel`` — Triton, float16 inputs, float32 accumulation (tensor cores via ``tl.dot``).
 * ``knn_score`` — launcher for the Triton kernel (torch tensors on a CUDA device).
-* ``knn_score.cu`` — the CUDA C version, launched from ``kernels.cuda_runtime``.
+* ``knn_score_cuda`` — launcher for ``knn_score.cu``, the CUDA C version (SIMT, k <= ``CUDA_KMAX``).
+* ``IMPLEMENTATIONS`` — the entries kernels.dispatch picks from; each keeps the bank it prepares
+  (augmented on the CPU, float16 on a GPU) in ``kernels.bank_cache``, per bank object.
 """
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 
+from kernels import _arrays, bank_cache
 from kernels._launch import check_tensor
+
+log = logging.getLogger("lineside.kernels")
 
 # Reference tiling: a (ROWS x COLS) float32 tile (4 MB) per matmul keeps the GEMM efficient and the
 # tile in the last-level cache for the minimum that follows.
 REF_ROWS = 256
 REF_COLS = 4096
 MAX_K = 64  # k beyond this is a different algorithm (sort), not a nearest-neighbour score
+CUDA_KMAX = 16  # lineside_knn_k16 handles 1 < k <= 16
 
 
 def _check(queries, bank, k: int) -> None:
@@ -235,3 +242,106 @@ def knn_score(queries, bank, k: int = 1, bank_sqnorm=None, *, block_m: int = 64,
     best = torch.topk(cand, k, dim=1, largest=False).values
     torch.mean(torch.sqrt(torch.clamp_min(best + qq[:, None], 0.0)), dim=1, out=out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------- CUDA
+CUDA_BM = 64  # KNN_BM in knn_score.cu: queries per block
+CUDA_BN = 64  # KNN_BN in knn_score.cu: bank rows per tile
+CUDA_THREADS = (16, 16, 1)
+CUDA_MERGE_THREADS = 128
+
+
+def _upload_f16(st, b):
+    """bank -> (float16 rows, float32 ‖b‖²) on the device; a device bank is converted there."""
+    if _arrays.kind(b).startswith("torch"):  # no host round trip
+        b16 = b.detach().half().contiguous()
+        return _arrays.Borrowed(b16), _arrays.Borrowed(b16.float().pow(2).sum(1).contiguous())
+    if _arrays.kind(b) == "cupy":
+        b16 = b.astype("float16", order="C")
+        return _arrays.Borrowed(b16), _arrays.Borrowed((b16.astype("float32") ** 2).sum(1))
+    b16 = np.ascontiguousarray(b, dtype=np.float16)
+    bsq = np.einsum("nd,nd->n", b16.astype(np.float32), b16.astype(np.float32)).astype(np.float32)
+    return _arrays.DeviceBuffer(st, host=b16), _arrays.DeviceBuffer(st, host=bsq)
+
+
+def knn_score_cuda(queries, bank, k: int = 1, cache=None, splits: int | None = None):
+    """CUDA launcher (knn_score.cu through kernels.cuda_runtime): numpy, torch CUDA or cupy (M, D) and
+    (N, D) in, (M,) float32 out (numpy, or the queries' kind on the device). Inputs are rounded to float16.
+
+    ``cache(what, build)`` memoises the uploaded bank per bank object (the dispatch entry passes
+    kernels.bank_cache); without it a host bank is uploaded on every call. ``splits`` slices the bank
+    over grid axis y when there are too few query blocks to fill the GPU (default: ~4 blocks per SM);
+    lineside_knn_merge then merges the slices' partial lists."""
+    from kernels import cuda_runtime
+
+    _check(queries, bank, k)
+    if k > CUDA_KMAX:
+        raise ValueError(f"knn_score: the CUDA kernel averages at most k={CUDA_KMAX} neighbours, got {k}")
+    kind = _arrays.kind(queries)
+    m, d = queries.shape
+    n = bank.shape[0]
+    with cuda_runtime.context() as st:
+        def upload(b):
+            return _upload_f16(st, b)
+
+        bdev, bsq = cache("cuda-f16", upload) if cache else upload(bank)
+        if kind == "numpy":
+            q = _arrays.DeviceBuffer(st, host=np.ascontiguousarray(queries, dtype=np.float16))
+        else:
+            q16 = queries.half().contiguous() if kind.startswith("torch") else queries.astype("float16", order="C")
+            q = _arrays.Borrowed(q16)
+        out = _arrays.DeviceBuffer(st, nbytes=4 * m, like=queries, shape=(m,), dtype=np.float32)
+        if m:
+            m_blocks, n_blocks = _arrays.cdiv(m, CUDA_BM), _arrays.cdiv(n, CUDA_BN)
+            if splits is None:
+                splits = max(1, (4 * st["sms"]) // m_blocks)
+            splits = max(1, min(int(splits), n_blocks))
+            per = _arrays.cdiv(n_blocks, splits) * CUDA_BN
+            splits = _arrays.cdiv(n, per)
+            fn = st["funcs"]["lineside_knn_k1" if k == 1 else "lineside_knn_k16"]
+            i32 = np.int32
+            target = out if splits == 1 else _arrays.DeviceBuffer(st, nbytes=4 * splits * m * k)
+            fn(np.uintp(q.ptr), np.uintp(bdev.ptr), np.uintp(bsq.ptr), np.uintp(target.ptr), i32(m), i32(n), i32(d),
+               i32(d), i32(d), i32(k), i32(per), i32(splits > 1), block=CUDA_THREADS, grid=(m_blocks, splits, 1))
+            if splits > 1:
+                st["funcs"]["lineside_knn_merge"](np.uintp(target.ptr), np.uintp(out.ptr), i32(m), i32(splits), i32(k),
+                                                  block=(CUDA_MERGE_THREADS, 1, 1),
+                                                  grid=(_arrays.cdiv(m, CUDA_MERGE_THREADS), 1, 1))
+        return out.result(st, (m,), np.float32)
+
+
+# ------------------------------------------------------------------------------------- dispatch entries
+# kernels.dispatch.knn_score calls the one it picked: any array kind in, the same kind out (CPU torch
+# tensors take the CPU path everywhere). The prepared bank is cached per bank object.
+def _on_cpu(queries, bank, k=1, bank_sqnorm=None):
+    b = _arrays.host(bank)
+    prepared = bank_cache.cached(bank, "cpu-aug", lambda x: prepare_bank(b, bank_sqnorm))
+    return knn_score_reference(_arrays.host(queries), b, k, prepared=prepared)
+
+
+def _on_triton(queries, bank, k=1, bank_sqnorm=None):
+    kind = _arrays.kind(queries)
+    if kind == "torch-cpu":
+        return _on_cpu(queries, bank, k, bank_sqnorm)
+    import torch
+
+    def upload(x):
+        b16 = _arrays.to_torch(x).to(torch.float16).contiguous()
+        return b16, b16.float().pow(2).sum(1).contiguous()
+
+    b16, bsq = bank_cache.cached(bank, "triton-f16", upload)
+    q16 = _arrays.to_torch(queries).to(torch.float16).contiguous()
+    return _arrays.from_torch(knn_score(q16, b16, k, bsq), kind)
+
+
+def _on_cuda(queries, bank, k=1, bank_sqnorm=None):
+    kind = _arrays.kind(queries)
+    if k > CUDA_KMAX and kind == "numpy":
+        log.warning("knn_score: the CUDA kernel averages at most %d neighbours; k=%d runs on the CPU", CUDA_KMAX, k)
+        return _on_cpu(queries, bank, k, bank_sqnorm)
+    if kind == "torch-cpu":
+        return _on_cpu(queries, bank, k, bank_sqnorm)
+    return knn_score_cuda(queries, bank, k, cache=lambda what, build: bank_cache.cached(bank, what, build))
+
+
+IMPLEMENTATIONS = {"cpu-blas": _on_cpu, "triton": _on_triton, "cuda": _on_cuda}

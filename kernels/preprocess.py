@@ -9,6 +9,10 @@ pixel to uint8 before we normalise it; the kernels interpolate in float32 and do
 agree to within one uint8 level before normalisation, so after it
 ``|kernel − reference| <= 1/255 / min(std)`` (plus float16 rounding of the output when
 ``out_dtype`` is float16: ``+ 2**-11 * |value|``). ``ATOL_UINT8_LEVELS`` states it in levels.
+
+In this file: ``preprocess_reference`` (OpenCV: the CPU path), ``_preprocess_kernel`` and its launcher
+``preprocess`` (Triton), ``preprocess_cuda`` (launcher of preprocess.cu) and ``IMPLEMENTATIONS``, the
+entries kernels.dispatch picks from.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import functools
 
 import numpy as np
 
+from kernels import _arrays
 from kernels._launch import check_tensor
 
 ATOL_UINT8_LEVELS = 1.0  # kernel vs OpenCV reference, in uint8 levels before normalisation
@@ -183,3 +188,74 @@ def preprocess(frame, size: int | tuple[int, int], mean, std, input_order: str =
                     float(k[0]), float(k[1]), float(k[2]), float(b[0]), float(b[1]), float(b[2]),
                     C=channels, BGR=bgr, BLOCK=block)
     return out
+
+
+# ------------------------------------------------------------------------------------------------- CUDA
+CUDA_BLOCK = (32, 8, 1)  # threads per block of lineside_preprocess_f32 / _f16 (preprocess.cu)
+
+
+def preprocess_cuda(frame, size: int | tuple[int, int], mean, std, input_order: str = "RGB", out_dtype=np.float32):
+    """CUDA launcher (preprocess.cu through kernels.cuda_runtime). frame: numpy uint8, or a packed uint8
+    torch/cupy CUDA array. Returns (1, 3, OH, OW) ``out_dtype`` (np.float32 or np.float16): numpy for
+    numpy in, else a device array of the input's kind (no copies)."""
+    from kernels import cuda_runtime
+
+    kind = _arrays.kind(frame)
+    if str(frame.dtype) not in ("uint8", "torch.uint8"):
+        raise TypeError(f"preprocess: frame dtype {frame.dtype}, expected uint8")
+    shape = tuple(frame.shape)
+    channels, bgr = _channels_and_order(shape, input_order)
+    h, w = shape[:2]
+    if h < 1 or w < 1:
+        raise ValueError(f"preprocess: empty frame {shape}")
+    oh, ow = _out_size(size)
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.float32, np.float16):
+        raise TypeError(f"preprocess: out_dtype {out_dtype}, expected float32 or float16")
+    k, b = _norm_coeffs(mean, std)
+    with cuda_runtime.context() as st:
+        if kind == "numpy":
+            src = _arrays.DeviceBuffer(st, host=np.ascontiguousarray(frame))
+            row_stride = w * channels
+        else:
+            strides = _arrays.device_strides(frame)
+            if strides[1] != channels or (len(shape) == 3 and strides[2] != 1):
+                raise ValueError(f"preprocess: frame pixels must be packed HWC (strides {strides})")
+            src = _arrays.Borrowed(frame)
+            row_stride = strides[0]
+        out = _arrays.DeviceBuffer(st, nbytes=3 * oh * ow * out_dtype.itemsize, like=frame, shape=(1, 3, oh, ow),
+                                   dtype=out_dtype)
+        fn = st["funcs"]["lineside_preprocess_f16" if out_dtype == np.float16 else "lineside_preprocess_f32"]
+        f32 = np.float32
+        fn(np.uintp(src.ptr), np.uintp(out.ptr), np.int32(h), np.int32(w), np.int64(row_stride),
+           np.int32(oh), np.int32(ow), f32(h / oh), f32(w / ow), f32(k[0]), f32(k[1]), f32(k[2]),
+           f32(b[0]), f32(b[1]), f32(b[2]), np.int32(channels), np.int32(bgr), block=CUDA_BLOCK,
+           grid=(_arrays.cdiv(ow, CUDA_BLOCK[0]), _arrays.cdiv(oh, CUDA_BLOCK[1]), 1))
+        return out.result(st, (1, 3, oh, ow), out_dtype)
+
+
+# ------------------------------------------------------------------------------------- dispatch entries
+# kernels.dispatch.preprocess calls the one it picked: any array kind in, the same kind out (a CPU
+# torch tensor takes the reference on every path).
+def _on_cpu(frame, size, mean, std, input_order="RGB", out_dtype=np.float32):
+    return preprocess_reference(_arrays.host(frame), size, mean, std, input_order, out_dtype)
+
+
+def _on_triton(frame, size, mean, std, input_order="RGB", out_dtype=np.float32):
+    kind = _arrays.kind(frame)
+    if kind == "torch-cpu":
+        return _on_cpu(frame, size, mean, std, input_order, out_dtype)
+    import torch
+
+    tdtype = torch.float16 if np.dtype(out_dtype) == np.float16 else torch.float32
+    out = preprocess(_arrays.to_torch(frame), size, mean, std, input_order, tdtype)
+    return _arrays.from_torch(out, kind)
+
+
+def _on_cuda(frame, size, mean, std, input_order="RGB", out_dtype=np.float32):
+    if _arrays.kind(frame) == "torch-cpu":
+        return _on_cpu(frame, size, mean, std, input_order, out_dtype)
+    return preprocess_cuda(frame, size, mean, std, input_order, out_dtype)
+
+
+IMPLEMENTATIONS = {"cpu-opencv": _on_cpu, "triton": _on_triton, "cuda": _on_cuda}

@@ -2,8 +2,8 @@
 
 No GPU here, so the .cu sources are compiled with the host C++ compiler against a small emulation of
 the CUDA execution model (one std::thread per CUDA thread, __syncthreads as a std::barrier, blocks in
-sequence, __shared__ as static storage, __half as _Float16), and kernels.cuda_runtime runs unchanged
-against a fake ``pycuda.driver`` whose allocations are host buffers and whose functions launch the
+sequence, __shared__ as static storage, __half as _Float16), and kernels.cuda_runtime and each op's
+launcher (kernels.<op>.<op>_cuda) run unchanged against a fake ``pycuda.driver`` whose allocations are host buffers and whose functions launch the
 emulated kernels with cuLaunchKernel-style parameter arrays (so a launcher passing an int32 where the
 kernel takes a 64-bit value reads garbage and fails here). What this cannot check: coalescing, bank
 conflicts, warp-level timing, occupancy: those need a GPU (tests marked gpu in a later session).
@@ -239,7 +239,7 @@ def test_cuda_preprocess_matches_opencv(cuda_rt, shape, size, order, dtype):
     rng = np.random.default_rng(sum(shape))
     frame = rng.integers(0, 256, shape, dtype=np.uint8)
     ref = pp.preprocess_reference(frame, size, MEAN, STD, order)
-    got = cuda_rt.preprocess(frame, size, MEAN, STD, order, dtype)
+    got = pp.preprocess_cuda(frame, size, MEAN, STD, order, dtype)
     assert got.dtype == dtype and got.shape == ref.shape
     atol = pp.ATOL_UINT8_LEVELS / 255.0 / np.asarray(STD, np.float32).reshape(1, 3, 1, 1) + 1e-5
     if dtype == np.float16:
@@ -255,7 +255,7 @@ def test_cuda_knn_matches_brute_force(cuda_rt, m, n, d, k, splits):
     rng = np.random.default_rng(m + n + d + k)
     q = rng.standard_normal((m, d)).astype(np.float16)
     b = rng.standard_normal((n, d)).astype(np.float16)
-    got = cuda_rt.knn_score(q, b, k, splits=splits)
+    got = ks.knn_score_cuda(q, b, k, splits=splits)
     exact = np.sort(np.sqrt(((q[:, None].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1)), 1)[:, :k]
     assert got.shape == (m,) and got.dtype == np.float32
     np.testing.assert_allclose(got, exact.mean(1), rtol=1e-4, atol=1e-4)
@@ -264,7 +264,7 @@ def test_cuda_knn_matches_brute_force(cuda_rt, m, n, d, k, splits):
 
 def test_cuda_knn_refuses_k_beyond_kernel(cuda_rt):
     with pytest.raises(ValueError, match="at most k=16"):
-        cuda_rt.knn_score(np.zeros((2, 3), np.float16), np.zeros((20, 3), np.float16), 17)
+        ks.knn_score_cuda(np.zeros((2, 3), np.float16), np.zeros((20, 3), np.float16), 17)
 
 
 @pytest.mark.parametrize("grid_hw,out_hw,sigma,topk", [
@@ -275,14 +275,14 @@ def test_cuda_anomaly_map_matches_reference(cuda_rt, grid_hw, out_hw, sigma, top
     rng = np.random.default_rng(grid_hw[1] * 7 + out_hw[1])
     grid = (rng.random(grid_hw, dtype=np.float32) * 4 + 1).astype(np.float32)
     ref_map, ref_score = am.anomaly_map_reference(grid, out_hw, sigma, topk)
-    got_map, got_score = cuda_rt.anomaly_map(grid, out_hw, sigma, topk)
+    got_map, got_score = am.anomaly_map_cuda(grid, out_hw, sigma, topk)
     span = float(grid.max() - grid.min()) + 1.0
     np.testing.assert_allclose(got_map, ref_map, rtol=am.RTOL, atol=am.ATOL * span)
     assert abs(got_score - ref_score) <= am.ATOL * span + am.RTOL * abs(ref_score)
 
 
 def test_dispatch_runs_the_cuda_path_end_to_end(cuda_rt, monkeypatch):
-    from kernels import dispatch
+    from kernels import bank_cache, dispatch
 
     monkeypatch.delenv(dispatch.ENV_FORCE, raising=False)
     monkeypatch.setattr(dispatch, "_cuda_devices", lambda: (1, ""))
@@ -294,7 +294,7 @@ def test_dispatch_runs_the_cuda_path_end_to_end(cuda_rt, monkeypatch):
         q = rng.standard_normal((40, 12)).astype(np.float32)
         bank = rng.standard_normal((50, 12)).astype(np.float32)
         d = dispatch.knn_score(q, bank, k=2)
-        assert len(dispatch._bank_cache) == 1  # the uploaded bank is cached per bank object
+        assert bank_cache.size() == 1  # the uploaded bank is cached per bank object
         np.testing.assert_allclose(d, ks.knn_score_reference(q, bank, 2), rtol=2e-3, atol=2e-3)  # float16
         np.testing.assert_array_equal(dispatch.knn_score(q, bank, k=2), d)
         amap, score = dispatch.anomaly_map(d.reshape(5, 8), (20, 32), 1.5, 2)

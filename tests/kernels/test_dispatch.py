@@ -1,5 +1,6 @@
 """The dispatcher's choice with and without a GPU (simulated with monkeypatch), its fallbacks, and that
 the CPU path never imports torch (the edge install has none)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from kernels import anomaly_map as am  # noqa: E402
-from kernels import dispatch  # noqa: E402
+from kernels import bank_cache, dispatch  # noqa: E402
+from kernels import knn_score as ks  # noqa: E402
+from kernels import preprocess as pp  # noqa: E402
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -98,9 +101,9 @@ def test_bank_cache_follows_the_bank_object(machine):
     q = rng.standard_normal((5, 6)).astype(np.float32)
     bank = rng.standard_normal((20, 6)).astype(np.float32)
     first = dispatch.knn_score(q, bank)
-    assert len(dispatch._bank_cache) == 1
+    assert bank_cache.size() == 1
     np.testing.assert_array_equal(dispatch.knn_score(q, bank), first)
-    assert len(dispatch._bank_cache) == 1  # reused, not rebuilt
+    assert bank_cache.size() == 1  # reused, not rebuilt
     other = bank + 5.0  # a different bank object gets its own entry and its own answer
     assert not np.allclose(dispatch.knn_score(q, other), first)
     ref = weakref.ref(other)
@@ -121,33 +124,33 @@ def test_simulated_gpu_routes_through_triton_kernels(machine, monkeypatch):
     machine(gpus=1, triton=None, cuda="pycuda not installed")
     import torch
 
-    monkeypatch.setattr(dispatch, "_to_torch", lambda x, device="cuda": x if isinstance(x, torch.Tensor)
+    from kernels import _arrays
+
+    monkeypatch.setattr(_arrays, "to_torch", lambda x, device="cuda": x if isinstance(x, torch.Tensor)
                         else torch.from_numpy(np.ascontiguousarray(x)))
     rng = np.random.default_rng(2)
     frame = rng.integers(0, 256, (21, 18, 3), dtype=np.uint8)
     x = dispatch.preprocess(frame, 16, MEAN, STD, "RGB")
-    ref = dispatch.preprocess_reference(frame, 16, MEAN, STD, "RGB")
+    ref = pp.preprocess_reference(frame, 16, MEAN, STD, "RGB")
     assert isinstance(x, np.ndarray) and x.dtype == np.float32
     assert np.abs(x - ref).max() <= 1.0 / 255 / min(STD) + 1e-5
     q = rng.standard_normal((30, 20)).astype(np.float32)
     bank = rng.standard_normal((45, 20)).astype(np.float32)
     d = dispatch.knn_score(q, bank, k=1)
     assert isinstance(d, np.ndarray) and d.shape == (30,)
-    np.testing.assert_allclose(d, dispatch.knn_score_reference(q, bank, 1), rtol=2e-3, atol=2e-3)  # float16 inputs
+    np.testing.assert_allclose(d, ks.knn_score_reference(q, bank, 1), rtol=2e-3, atol=2e-3)  # float16 inputs
     amap, score = dispatch.anomaly_map(d.reshape(5, 6), (12, 10), 1.0, 2)
     ref_map, ref_score = am.anomaly_map_reference(d.reshape(5, 6), (12, 10), 1.0, 2)
     np.testing.assert_allclose(amap, ref_map, rtol=1e-5, atol=1e-5)
     assert score == pytest.approx(ref_score, rel=1e-5)
 
 
-def test_simulated_gpu_routes_to_cuda_runtime(machine, monkeypatch):
+def test_simulated_gpu_routes_to_each_ops_cuda_launcher(machine, monkeypatch):
     machine(gpus=1, triton="torch not installed", cuda=None)
-    from kernels import cuda_runtime
-
     calls = []
-    monkeypatch.setattr(cuda_runtime, "preprocess", lambda *a, **k: calls.append("preprocess") or "pre")
-    monkeypatch.setattr(cuda_runtime, "knn_score", lambda *a, **k: calls.append("knn") or "knn")
-    monkeypatch.setattr(cuda_runtime, "anomaly_map", lambda *a, **k: calls.append("amap") or ("map", 1.0))
+    monkeypatch.setattr(pp, "preprocess_cuda", lambda *a, **k: calls.append("preprocess") or "pre")
+    monkeypatch.setattr(ks, "knn_score_cuda", lambda *a, **k: calls.append("knn") or "knn")
+    monkeypatch.setattr(am, "anomaly_map_cuda", lambda *a, **k: calls.append("amap") or ("map", 1.0))
     assert dispatch.preprocess(np.zeros((4, 4, 3), np.uint8), 4, 0, 1) == "pre"
     assert dispatch.knn_score(np.zeros((2, 3), np.float32), np.zeros((4, 3), np.float32)) == "knn"
     assert dispatch.anomaly_map(np.zeros((2, 2), np.float32), (4, 4), 1.0) == ("map", 1.0)
@@ -155,21 +158,46 @@ def test_simulated_gpu_routes_to_cuda_runtime(machine, monkeypatch):
     rng = np.random.default_rng(4)  # k beyond the CUDA kernel's limit: the CPU answers, with a warning
     q = rng.standard_normal((3, 4)).astype(np.float32)
     bank = rng.standard_normal((40, 4)).astype(np.float32)
-    np.testing.assert_allclose(dispatch.knn_score(q, bank, k=cuda_runtime.KNN_KMAX + 1),
-                               dispatch.knn_score_reference(q, bank, cuda_runtime.KNN_KMAX + 1), rtol=1e-6)
+    np.testing.assert_allclose(dispatch.knn_score(q, bank, k=ks.CUDA_KMAX + 1),
+                               ks.knn_score_reference(q, bank, ks.CUDA_KMAX + 1), rtol=1e-6)
     assert calls == ["preprocess", "knn", "amap"]
-    assert dispatch._CUDA_KNN_KMAX == cuda_runtime.KNN_KMAX
+
+
+def test_implementation_is_picked_once_and_called_directly(machine, monkeypatch):
+    """The first call picks (probing only the backends it needs); later calls go straight to the entry
+    the op's module declares, without probing again."""
+    probes = []
+    machine(gpus=1, triton=None, cuda=None)
+    monkeypatch.setattr(dispatch, "_probe_triton", lambda: probes.append("triton"))
+    monkeypatch.setattr(dispatch, "_probe_cuda", lambda: probes.append("cuda"))
+    monkeypatch.setattr(pp, "preprocess_cuda", lambda *a, **k: "pre")
+    for _ in range(3):
+        assert dispatch.preprocess(np.zeros((4, 4, 3), np.uint8), 4, 0, 1) == "pre"
+    assert probes == ["cuda"]  # preprocess prefers cuda: triton (torch) never probed
+    assert dispatch._implementation("preprocess") is pp.IMPLEMENTATIONS["cuda"]
+    assert dispatch.implementations() == {"preprocess": "cuda", "knn_score": "triton", "anomaly_map": "cuda"}
+    assert probes == ["cuda", "triton"]
+    for op, cpu in dispatch.CPU_IMPL.items():  # every name dispatch can pick has an entry in the op's module
+        mod = {"preprocess": pp, "knn_score": ks, "anomaly_map": am}[op]
+        assert set(mod.IMPLEMENTATIONS) == {cpu, "triton", "cuda"}
+
+
+def test_use_picks_an_explicit_backend(machine, monkeypatch):
+    monkeypatch.setenv(dispatch.ENV_FORCE, "cuda")
+    machine(gpus=1, triton=None, cuda=None)
+    assert dispatch.use("cpu") == dispatch.CPU_IMPL
+    assert all("use('cpu')" in why for why in dispatch.implementation_notes().values())
+    assert set(dispatch.use().values()) == {"cuda"}  # None: back to LINESIDE_KERNELS
+    with pytest.raises(ValueError, match="expected one of"):
+        dispatch.use("opencl")
 
 
 def test_cuda_runtime_probe_without_pycuda_says_so():
     from kernels import cuda_runtime
 
-    try:
-        import pycuda  # noqa: F401
-    except ImportError:
-        assert cuda_runtime.probe() == "pycuda not installed"
-    else:  # pragma: no cover
+    if importlib.util.find_spec("pycuda") is not None:  # pragma: no cover
         pytest.skip("pycuda installed here")
+    assert cuda_runtime.probe() == "pycuda not installed"
 
 
 def test_cpu_path_never_imports_torch_triton_or_pycuda():
