@@ -18,8 +18,9 @@ W × w, built once per shape and σ). Two small GEMMs replace a resize and a 2·
 every image pixel; it agrees with the reference to ``RTOL``/``ATOL`` like the kernels.
 
 In this file: ``anomaly_map_reference`` (OpenCV) and ``anomaly_map_fused`` (the CPU path), the Triton
-kernels and their launcher ``anomaly_map``, ``anomaly_map_cuda`` (launcher of anomaly_map.cu) and
-``IMPLEMENTATIONS``, the entries kernels.dispatch picks from.
+kernels and their launcher ``anomaly_map``, ``anomaly_map_cuda`` (launcher of anomaly_map.cu),
+``IMPLEMENTATIONS`` (the entries kernels.dispatch picks from) and ``bench_cpu`` / ``bench_gpu`` (this
+op's rows of kernels.bench).
 """
 from __future__ import annotations
 
@@ -319,3 +320,55 @@ def _on_cuda(grid, out_hw, sigma, topk=1):
 
 
 IMPLEMENTATIONS = {"cpu-fused": _on_cpu, "triton": _on_triton, "cuda": _on_cuda}
+
+
+# ------------------------------------------------------------------------------------------------ bench
+BENCH_SHAPES = [((32, 32), (256, 256), 4.0, 1), ((64, 64), (512, 512), 4.0, 10)]  # grid, image, σ, topk
+BENCH_SHAPES_QUICK = [((8, 8), (64, 64), 2.0, 3)]
+
+
+def bench_cpu(shapes, timer, rng) -> list[dict]:
+    """kernels.bench's CPU rows in GB/s (grid in + float32 map out): the dispatcher's CPU path (fused)
+    beside the cv2 reference it replaces."""
+    rows = []
+    for (h, w), (H, W), sigma, topk in shapes:
+        grid = rng.random((h, w), dtype=np.float32)
+        nbytes = grid.nbytes + H * W * 4
+        for impl, fn in (("cpu-fused", anomaly_map_fused), ("cpu-opencv", anomaly_map_reference)):
+            t = timer(lambda: fn(grid, (H, W), sigma, topk))
+            rows.append({"impl": impl, "grid": [h, w], "image": [H, W], "sigma": sigma, "topk": topk,
+                         "ms": round(t * 1e3, 3), "gbps": round(nbytes / t / 1e9, 3)})
+    return rows
+
+
+def bench_gpu(shapes, measure, dev, gen, cuda_ok: bool) -> list[dict]:
+    """kernels.bench's GPU rows: the Triton (and CUDA) kernels beside torch interpolate + conv2d
+    (separable Gaussian) + max/topk on ``dev``, each map checked against torch's."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = []
+    for (h, w), (H, W), sigma, topk in shapes:
+        grid = torch.rand(h, w, generator=gen).to(dev)
+        wts = torch.from_numpy(gaussian_weights(sigma)).to(dev)
+        nbytes = grid.numel() * 4 + H * W * 4
+        base = {"grid": [h, w], "image": [H, W], "sigma": sigma, "topk": topk}
+        r = wts.numel() // 2
+
+        def torch_amap():
+            up = F.interpolate(grid[None, None], size=(H, W), mode="bilinear", align_corners=False)
+            up = F.pad(up, (r, r, 0, 0), mode="reflect")  # torch "reflect" = cv2 BORDER_REFLECT_101
+            up = F.conv2d(up, wts.view(1, 1, 1, -1))
+            up = F.pad(up, (0, 0, r, r), mode="reflect")
+            up = F.conv2d(up, wts.view(1, 1, -1, 1))[0, 0]
+            return up, (up.max() if topk <= 1 else up.flatten().topk(topk).values.mean())
+
+        ref = torch_amap()[0] if r < min(H, W) else None  # torch's reflect pad needs pad < size
+        rows.append(measure(base, "triton", lambda: anomaly_map(grid, (H, W), sigma, topk, weights=wts), nbytes,
+                            "gbps", ref, pick=lambda o: o[0]))
+        if cuda_ok:
+            rows.append(measure(base, "cuda", lambda: anomaly_map_cuda(grid, (H, W), sigma, topk), nbytes, "gbps",
+                                ref, pick=lambda o: o[0]))
+        if ref is not None:
+            rows.append(measure(base, "torch-conv2d", torch_amap, nbytes, "gbps"))
+    return rows

@@ -12,6 +12,7 @@ set), so the M×N distance matrix is never materialised.
 * ``knn_score_cuda`` — launcher for ``knn_score.cu``, the CUDA C version (SIMT, k <= ``CUDA_KMAX``).
 * ``IMPLEMENTATIONS`` — the entries kernels.dispatch picks from; each keeps the bank it prepares
   (augmented on the CPU, float16 on a GPU) in ``kernels.bank_cache``, per bank object.
+* ``bench_cpu`` / ``bench_gpu`` — this op's rows of kernels.bench, in GFLOP/s (2·M·N·D).
 """
 from __future__ import annotations
 
@@ -345,3 +346,51 @@ def _on_cuda(queries, bank, k=1, bank_sqnorm=None):
 
 
 IMPLEMENTATIONS = {"cpu-blas": _on_cpu, "triton": _on_triton, "cuda": _on_cuda}
+
+
+# ------------------------------------------------------------------------------------------------ bench
+BENCH_SHAPES = [(1024, 16384, 128, 1), (784, 16384, 384, 1), (1024, 16384, 128, 3)]  # (M, N, D, k)
+BENCH_SHAPES_QUICK = [(200, 2000, 128, 1), (64, 500, 33, 3)]
+
+
+def bench_cpu(shapes, timer, rng, matmul_gflops: float, target_fraction: float) -> list[dict]:
+    """kernels.bench's CPU rows: the reference (the dispatcher's CPU path) in GFLOP/s, as a fraction of
+    numpy's float32 matmul (``matmul_gflops``, same run); ``target_met`` where the target applies."""
+    rows = []
+    for m, nb, d, k in shapes:
+        q = rng.standard_normal((m, d), dtype=np.float32)
+        bank = rng.standard_normal((nb, d), dtype=np.float32)
+        prepared = prepare_bank(bank)
+        t = timer(lambda: knn_score_reference(q, bank, k, prepared=prepared))
+        gflops = 2.0 * m * nb * d / t / 1e9
+        row = {"impl": "cpu-blas", "M": m, "N": nb, "D": d, "k": k, "ms": round(t * 1e3, 3),
+               "gflops": round(gflops, 2), "fraction_of_matmul": round(gflops / matmul_gflops, 3)}
+        if d >= 128 and m * nb >= 1e7 and k == 1:
+            row["target_met"] = gflops >= target_fraction * matmul_gflops
+        rows.append(row)
+    return rows
+
+
+def bench_gpu(shapes, measure, dev, gen, cuda_ok: bool) -> list[dict]:
+    """kernels.bench's GPU rows: the Triton (and CUDA) kernels beside torch cdist + min on ``dev``,
+    each checked against it. ``measure(base, impl, fn, work, unit, ref)`` times one row."""
+    import torch
+
+    rows = []
+    for m, nb, d, k in shapes:
+        q = torch.randn(m, d, generator=gen).to(dev, torch.float16)
+        b = torch.randn(nb, d, generator=gen).to(dev, torch.float16)
+        bsq = b.float().pow(2).sum(1)
+        flops = 2.0 * m * nb * d
+        base = {"M": m, "N": nb, "D": d, "k": k}
+
+        def torch_knn():
+            dist = torch.cdist(q.float(), b.float())  # (M, N): what the kernels avoid storing
+            return dist.min(1).values if k == 1 else dist.topk(k, largest=False).values.mean(1)
+
+        ref = torch_knn()
+        rows.append(measure(base, "triton", lambda: knn_score(q, b, k, bsq), flops, "gflops", ref))
+        if cuda_ok and k <= CUDA_KMAX:
+            rows.append(measure(base, "cuda", lambda: knn_score_cuda(q, b, k), flops, "gflops", ref))
+        rows.append(measure(base, "torch-cdist", torch_knn, flops, "gflops"))
+    return rows

@@ -11,8 +11,8 @@ agree to within one uint8 level before normalisation, so after it
 ``out_dtype`` is float16: ``+ 2**-11 * |value|``). ``ATOL_UINT8_LEVELS`` states it in levels.
 
 In this file: ``preprocess_reference`` (OpenCV: the CPU path), ``_preprocess_kernel`` and its launcher
-``preprocess`` (Triton), ``preprocess_cuda`` (launcher of preprocess.cu) and ``IMPLEMENTATIONS``, the
-entries kernels.dispatch picks from.
+``preprocess`` (Triton), ``preprocess_cuda`` (launcher of preprocess.cu), ``IMPLEMENTATIONS`` (the
+entries kernels.dispatch picks from) and ``bench_cpu`` / ``bench_gpu`` (this op's rows of kernels.bench).
 """
 from __future__ import annotations
 
@@ -259,3 +259,56 @@ def _on_cuda(frame, size, mean, std, input_order="RGB", out_dtype=np.float32):
 
 
 IMPLEMENTATIONS = {"cpu-opencv": _on_cpu, "triton": _on_triton, "cuda": _on_cuda}
+
+
+# ------------------------------------------------------------------------------------------------ bench
+BENCH_SHAPES = [((1080, 1920, 3), 256, "BGR"), ((480, 640, 1), 224, "GRAY"), ((1024, 1024, 3), 512, "RGB")]
+BENCH_SHAPES_QUICK = [((120, 160, 3), 64, "BGR")]  # (frame shape, size, input order)
+BENCH_MEAN = (0.485, 0.456, 0.406)
+BENCH_STD = (0.229, 0.224, 0.225)
+
+
+def _bench_bytes(frame_numel: int, size: int) -> int:
+    return frame_numel + 3 * size * size * 4  # frame in + float32 tensor out
+
+
+def bench_cpu(shapes, timer, rng) -> list[dict]:
+    """kernels.bench's CPU rows: the OpenCV reference (the dispatcher's CPU path) in GB/s."""
+    rows = []
+    for shape, size, order in shapes:
+        frame = rng.integers(0, 256, shape, dtype=np.uint8)
+        t = timer(lambda: preprocess_reference(frame, size, BENCH_MEAN, BENCH_STD, order))
+        rows.append({"impl": "cpu-opencv", "frame": list(shape), "size": size, "order": order,
+                     "ms": round(t * 1e3, 3), "gbps": round(_bench_bytes(frame.size, size) / t / 1e9, 3)})
+    return rows
+
+
+def bench_gpu(shapes, measure, dev, gen, cuda_ok: bool) -> list[dict]:
+    """kernels.bench's GPU rows: the Triton (and CUDA) kernels beside torch interpolate + normalise on
+    ``dev``, each checked against it. ``measure(base, impl, fn, work, unit, ref)`` times one row."""
+    import torch
+    import torch.nn.functional as F
+
+    mean = torch.tensor(BENCH_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(BENCH_STD, device=dev).view(1, 3, 1, 1)
+    rows = []
+    for shape, size, order in shapes:
+        frame = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8).to(dev)
+        nbytes = _bench_bytes(frame.numel(), size)
+        base = {"frame": list(shape), "size": size, "order": order}
+
+        def torch_pre():
+            x = frame if frame.ndim == 3 else frame[..., None]
+            x = x.permute(2, 0, 1)[None].float()
+            x = x.expand(1, 3, -1, -1) if x.shape[1] == 1 else (x.flip(1) if order == "BGR" else x)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            return (x / 255.0 - mean) / std
+
+        ref = torch_pre()
+        rows.append(measure(base, "triton", lambda: preprocess(frame, size, BENCH_MEAN, BENCH_STD, order), nbytes,
+                            "gbps", ref))
+        if cuda_ok:
+            rows.append(measure(base, "cuda", lambda: preprocess_cuda(frame, size, BENCH_MEAN, BENCH_STD, order),
+                                nbytes, "gbps", ref))
+        rows.append(measure(base, "torch-interpolate", torch_pre, nbytes, "gbps"))
+    return rows
