@@ -28,6 +28,16 @@ class ConfigError(ValueError):
     pass
 
 
+# `lineside run`'s flags are these fields' (runtime/cli/run.py builds each from its field: name, type, choices,
+# default); the groups of its --help
+SOCKETS, MODEL, TEACHER, SECURITY = "sockets", "model", "teacher fallback", "security and limits"
+
+
+def flag(name: str, help: str, group: str | None, **argparse_kw) -> dict:
+    """A field's ``json_schema_extra``: the field is the ``lineside run`` flag ``name`` in --help ``group``."""
+    return {"flag": {"name": name, "help": help, "group": group, **argparse_kw}}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -39,11 +49,14 @@ def _endpoint(v: Optional[str]) -> Optional[str]:
 
 
 class Sockets(_Section):
-    ingress: str = "tcp://127.0.0.1:5555"  # ROUTER, bound: frames in, one reply (ack/busy/error) each
-    verdicts: str = "tcp://127.0.0.1:5556"  # PUB, bound: topic b"verdict.<camera_id>"
+    # ROUTER, bound: frames in, one reply (ack/busy/error) each
+    ingress: str = Field("tcp://127.0.0.1:5555", json_schema_extra=flag("--ingress", "ROUTER bind endpoint for pushed frames", SOCKETS))
+    # PUB, bound: topic b"verdict.<camera_id>"
+    verdicts: str = Field("tcp://127.0.0.1:5556", json_schema_extra=flag("--verdicts", "PUB bind endpoint for verdicts", SOCKETS))
     # ROUTER, bound: status | metrics | replay | reload | shutdown. An ipc:// socket file (mode 0600, set on bind),
     # so only this user (and root) can reach it; in the working directory, like the journal.
-    control: str = "ipc://lineside-control.sock"
+    control: str = Field("ipc://lineside-control.sock", json_schema_extra=flag(
+        "--control", "control ROUTER bind endpoint (an ipc:// socket file only this user may open)", SOCKETS))
     _check = field_validator("ingress", "verdicts", "control")(_endpoint)
 
 
@@ -54,19 +67,33 @@ class Security(_Section):
     """CURVE server keys (``lineside keys``) per socket. Each socket admits the clients whose public
     certificates are in its own directory (cameras on ingress, subscribers on verdicts, operators on
     control), or in ``allowed_keys`` for a socket not given its own."""
-    ingress_secret: Optional[str] = None
-    verdicts_secret: Optional[str] = None
-    control_secret: Optional[str] = None
-    allowed_keys: Optional[str] = None  # directory of client public certificates: every socket without its own
-    ingress_allowed_keys: Optional[str] = None
-    verdicts_allowed_keys: Optional[str] = None
-    control_allowed_keys: Optional[str] = None
-    insecure: bool = False  # allow binding a network address without CURVE (trusted networks only)
+    ingress_secret: Optional[str] = Field(None, json_schema_extra=flag(
+        "--ingress-secret", "ingress CURVE secret key file (lineside keys)", SECURITY))
+    verdicts_secret: Optional[str] = Field(None, json_schema_extra=flag(
+        "--verdicts-secret", "verdict PUB CURVE secret key file", SECURITY))
+    control_secret: Optional[str] = Field(None, json_schema_extra=flag(
+        "--control-secret", "control CURVE secret key file", SECURITY))
+    # directory of client public certificates: every socket without its own
+    allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
+        "--allowed-keys", "directory of client public keys (CURVE), for every socket without its own", SECURITY))
+    ingress_allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
+        "--ingress-allowed-keys", "cameras' public keys: the only ones ingress admits", SECURITY))
+    verdicts_allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
+        "--verdicts-allowed-keys", "subscribers' public keys: the only ones the verdict PUB admits", SECURITY))
+    control_allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
+        "--control-allowed-keys", "operators' public keys: the only ones control admits", SECURITY))
+    # allow binding a network address without CURVE (trusted networks only)
+    insecure: bool = Field(False, json_schema_extra=flag(
+        "--insecure", "allow non-loopback binds without CURVE", SECURITY))
     # allow control on TCP loopback without CURVE: any local user could then reload or shut the daemon down
-    insecure_control: bool = False
+    insecure_control: bool = Field(False, json_schema_extra=flag(
+        "--insecure-control", "allow control on TCP loopback without CURVE (any local user could reload or shut "
+        "down)", SECURITY))
     # directory of Ed25519 public keys (*.ed25519.pub): serve only artifacts one of them signed (runtime/contracts/signing.py),
     # on start and on reload; None: unsigned artifacts are served
-    trusted_signers: Optional[str] = Field(None, min_length=1)
+    trusted_signers: Optional[str] = Field(None, min_length=1, json_schema_extra=flag(
+        "--trusted-signers", "serve only artifacts signed by a key in DIR (*.ed25519.pub), on start and on reload",
+        MODEL, metavar="DIR"))
 
     def allowed_keys_for(self, role: str) -> Optional[str]:
         return getattr(self, f"{role}_allowed_keys") or self.allowed_keys
@@ -85,25 +112,35 @@ class Security(_Section):
 
 
 class BackendCfg(_Section):
-    name: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = "auto"
-    threads: int = Field(1, ge=1, le=256)  # per judged frame: backend intra-op, BLAS scoring, OpenCV
-    workers: int = Field(1, ge=1, le=64)  # frames judged at once, each by its own judge thread
-    device: Optional[str] = None  # onnxruntime: auto|cpu|cuda ; openvino: CPU|GPU
-    allow_forced: bool = False  # serve a model shipped past its INT8 guard (manifest "forced"), with a warning
+    name: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = Field("auto", json_schema_extra=flag(
+        "--backend", "inference backend (auto: the fastest this machine has)", MODEL))
+    threads: int = Field(1, ge=1, le=256, json_schema_extra=flag(
+        "--threads", "threads per judged frame: backend, BLAS scoring, OpenCV", MODEL))
+    workers: int = Field(1, ge=1, le=64, json_schema_extra=flag(
+        "--workers", "frames judged at once, each by its own judge thread, verdicts still in frame order", MODEL))
+    device: Optional[str] = Field(None, json_schema_extra=flag(
+        "--device", "onnxruntime: auto, cpu or cuda; openvino: CPU or GPU", MODEL))
+    allow_forced: bool = Field(False, json_schema_extra=flag(
+        "--allow-forced", "serve a model its INT8 guard failed (distill quantize --force), with a warning", MODEL))
 
 
 class QueueCfg(_Section):
-    size: int = Field(8, ge=1, le=100_000)  # frames waiting for the judge
-    overload: Literal["drop_oldest", "reject_newest"] = "drop_oldest"
+    size: int = Field(8, ge=1, le=100_000, json_schema_extra=flag(
+        "--queue-size", "frames waiting for the judge", "queue"))
+    overload: Literal["drop_oldest", "reject_newest"] = Field("drop_oldest", json_schema_extra=flag(
+        "--overload", "a full queue drops its oldest frame, or answers the newest busy", "queue"))
     publish_size: int = Field(4096, ge=16)  # verdicts waiting to be journaled and published
 
 
 class Camera(_Section):
-    source: Optional[str] = None  # device index "0", rtsp://..., a GStreamer pipeline, a video file, an image folder
-    camera_id: str = "cam0"
+    source: Optional[str] = Field(None, json_schema_extra=flag(
+        "--camera", "device index, URL, GStreamer pipeline, video file or image folder", "camera"))
+    camera_id: str = Field("cam0", json_schema_extra=flag("--camera-id", "camera id", "camera"))
     mode: Literal["trigger", "free"] = "trigger"
-    trigger: Optional[str] = None  # SUB endpoint (a PLC gateway's PUB) for mode "trigger"
-    rate_hz: float = Field(10.0, gt=0, le=10_000)  # mode "free"
+    trigger: Optional[str] = Field(None, json_schema_extra=flag(  # a PLC gateway's PUB, for mode "trigger"
+        "--trigger", "SUB endpoint for trigger messages (else free-running at --rate)", "camera"))
+    rate_hz: float = Field(10.0, gt=0, le=10_000, json_schema_extra=flag(
+        "--rate", "free-running grab rate, Hz", "camera"))  # mode "free"
     loop: bool = True  # replay a file or folder from the start when it ends
     want_mask: bool = False
     _check = field_validator("trigger")(_endpoint)
@@ -114,12 +151,17 @@ class Teacher(_Section):
     # (a list, or one string with commas): the DEALER connects to all and spreads requests over those whose
     # connection is up; a server that goes down drops out, and what it held is resent by Lazy Pirate. For
     # heartbeats and re-queueing on the server side, put the servers behind one broker instead.
-    address: Optional[str | list[str]] = None
-    secret_file: Optional[str] = None  # this edge's CURVE secret
-    server_public_file: Optional[str] = None  # the teacher server's public certificate
-    request_timeout_ms: int = Field(2500, ge=10)  # silence after which Lazy Pirate reopens and resends
+    address: Optional[str | list[str]] = Field(None, json_schema_extra=flag(
+        "--teacher", "teacher server endpoint (tcp://HOST:PORT), or several with commas; unset: edge only", TEACHER))
+    secret_file: Optional[str] = Field(None, json_schema_extra=flag(
+        "--teacher-secret", "this edge's CURVE secret key file", TEACHER))
+    server_public_file: Optional[str] = Field(None, json_schema_extra=flag(
+        "--teacher-key", "the teacher server's CURVE public key file", TEACHER))
+    request_timeout_ms: int = Field(2500, ge=10, json_schema_extra=flag(
+        "--teacher-timeout-ms", "silence after which the request is resent on a new socket (Lazy Pirate)", TEACHER))
     retries: int = Field(2, ge=0, le=20)  # resends per frame before it waits for recovery
-    deadline_ms: int = Field(10_000, ge=50)  # after this the frame resolves as teacher_unreachable
+    deadline_ms: int = Field(10_000, ge=50, json_schema_extra=flag(
+        "--teacher-deadline-ms", "after this the frame resolves as teacher_unreachable", TEACHER))
     max_inflight: int = Field(8, ge=1, le=1024)
     backlog: int = Field(256, ge=1)  # pending frames held (in flight + waiting + parked)
     breaker_failures: int = Field(3, ge=1)  # consecutive failures that open the circuit
@@ -155,11 +197,12 @@ class Teacher(_Section):
 
 
 class Journal(_Section):
-    path: str = "lineside-journal.sqlite3"
+    path: str = Field("lineside-journal.sqlite3", json_schema_extra=flag("--journal", "SQLite journal path", "journal"))
     # NORMAL in WAL mode survives a killed process (kill -9): committed transactions are in the WAL file;
     # only a power cut can lose the last commits. FULL fsyncs every commit (power-cut safe, ~ms per commit on
     # eMMC/SD cards). See runtime/daemon/journal.py.
-    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", json_schema_extra=flag(
+        "--synchronous", "SQLite synchronous mode of the journal (FULL survives power loss)", "journal"))
     retention_rows: int = Field(1_000_000, ge=100)
     retention_age_s: float = Field(7 * 86400.0, gt=0)
     prune_interval_s: float = Field(60.0, gt=0)
@@ -172,12 +215,15 @@ class Limits(_Section):
     # A frame's payload over max_frame_bytes is refused with an error reply and an error verdict naming its
     # size. Any message part over max_message_bytes (ZMQ_MAXMSGSIZE) never reaches us: ZeroMQ disconnects
     # the sender (counted in lineside_ingress_disconnects_total); it bounds the memory one message can take.
-    max_frame_bytes: int = Field(64 << 20, ge=1024)
-    max_message_bytes: int = Field(128 << 20, ge=1024)
+    max_frame_bytes: int = Field(64 << 20, ge=1024, json_schema_extra=flag(
+        "--max-frame-bytes", "larger frame payloads get an error verdict", SECURITY))
+    max_message_bytes: int = Field(128 << 20, ge=1024, json_schema_extra=flag(
+        "--max-message-bytes", "ZMQ_MAXMSGSIZE: a larger message part disconnects its sender", SECURITY))
     # Pixels a frame may have, raw or encoded; an encoded frame's size is read from its JPEG/PNG header and
     # checked before decoding, so decoded memory is bounded here, not by what a sender claims.
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    sender_rate_hz: float = Field(1000.0, gt=0)  # per-sender token bucket
+    sender_rate_hz: float = Field(1000.0, gt=0, json_schema_extra=flag(
+        "--sender-rate-hz", "frames per second one sender may push (token bucket)", SECURITY))
     sender_burst: int = Field(200, ge=1)
 
     @model_validator(mode="after")
@@ -197,12 +243,31 @@ class Config(_Section):
     teacher: Teacher = Field(default_factory=Teacher)
     journal: Journal = Field(default_factory=Journal)
     limits: Limits = Field(default_factory=Limits)
-    metrics_port: Optional[int] = Field(None, ge=0, le=65535)  # Prometheus /metrics; None: off, 0: any free port
-    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container so the scraper can reach it (read-only data)
-    artifacts_dir: Optional[str] = None  # reload accepts only artifacts under it (default: the artifact's parent)
+    metrics_port: Optional[int] = Field(None, ge=0, le=65535, json_schema_extra=flag(
+        "--metrics-port", "Prometheus /metrics on --metrics-host:PORT (0: any free port; unset: off)", SOCKETS))
+    # 0.0.0.0 in a container so the scraper can reach it (read-only data)
+    metrics_host: str = Field("127.0.0.1", json_schema_extra=flag(
+        "--metrics-host", "address the metrics endpoint listens on", SOCKETS))
+    artifacts_dir: Optional[str] = Field(None, json_schema_extra=flag(
+        "--artifacts-dir", "reload accepts only artifacts under this directory (unset: the artifact's parent)", MODEL))
     heartbeat_interval_s: float = Field(0.25, gt=0)  # PUB heartbeat (topic b"hb"): subscribers know they are live
     drain_timeout_s: float = Field(3.0, ge=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", json_schema_extra=flag(
+        "--log-level", "log level of the lineside loggers", None))
+
+
+def flag_fields() -> list[tuple[str, object, dict]]:
+    """(dotted field, pydantic FieldInfo, its flag) for every field that is a ``lineside run`` flag, in the order
+    the config declares them."""
+    out = []
+    for name, f in Config.model_fields.items():
+        ann = f.annotation
+        subs = ann.model_fields.items() if isinstance(ann, type) and issubclass(ann, BaseModel) else [(None, f)]
+        for k, sub in subs:
+            fl = (sub.json_schema_extra or {}).get("flag") if isinstance(sub.json_schema_extra, dict) else None
+            if fl:
+                out.append((name if k is None else f"{name}.{k}", sub, fl))
+    return out
 
 
 def _describe(e: ValidationError) -> str:
