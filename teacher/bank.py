@@ -1,4 +1,4 @@
-"""Good-images-only mode: a PatchCore memory bank of teacher features (`teacher bank`).
+"""Good-images-only mode: a PatchCore memory bank of teacher features (`teacher bank`, teacher/commands/bank.py).
 
     teacher bank --checkpoint CKPT --data D/manifest.jsonl [--budget N] [--json]
     torchrun --nproc-per-node 8 -m teacher bank --checkpoint CKPT --data D/manifest.jsonl [--merge coresets]
@@ -14,7 +14,7 @@ features, each locally averaged over 3×3 (stride 1, PatchCore's neighbourhood a
 upsampled bilinearly to the s8 grid, each level L2-normalised over channels, concatenated:
 D = C_s8 + C_s16 (sd15: 960, tiny: 96), every vector of norm √2. No random projection, so the
 embedding is a fixed function of the features. The coreset search alone uses a seeded Gaussian
-projection to ``CORESET_PROJ_DIM`` dims for speed (PatchCore §3.2); the bank keeps full vectors.
+projection to ``teacher.coreset.CORESET_PROJ_DIM`` dims for speed (PatchCore §3.2); the bank keeps full vectors.
 
 Scoring is runtime.scoring.score_embedding (nearest-bank distance, bilinear to the teacher input size
 S×S, Gaussian blur, image score = max), identical to the edge, which scores at its input size too.
@@ -26,7 +26,6 @@ split, the same from the train good images' scores (leave-image-out: an image's 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,10 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
-from teacher.device import default_device
+from teacher.coreset import covering_radius, greedy_coreset
 
 BANK_LEVELS = ("s8", "s16")
-CORESET_PROJ_DIM = 128
 BUDGET_FRACTION = 0.1  # PatchCore keeps 1-10 % of the patch vectors
 BUDGET_MIN, BUDGET_MAX = 1024, 16384  # default budget = clip(10 % of N, 1024, 16384)
 GOOD_PERCENTILE = 99.0
@@ -64,50 +62,6 @@ def patch_embedding(features: dict[str, torch.Tensor]) -> torch.Tensor:
 def local_patch(f: torch.Tensor) -> torch.Tensor:
     """PatchCore's local neighbourhood aggregation of one level: a 3×3 mean, same size."""
     return F.avg_pool2d(f.float(), kernel_size=3, stride=1, padding=1, count_include_pad=False)
-
-
-def greedy_coreset(features: torch.Tensor | np.ndarray, budget: int, seed: int = 0, *,
-                   proj_dim: int | None = CORESET_PROJ_DIM, start: int | None = None,
-                   device: str | torch.device | None = None) -> np.ndarray:
-    """Greedy k-centre (farthest-point) coreset, PatchCore Alg. 1: start from one point (``start`` or a
-    seeded random one), then repeatedly add the point farthest from everything chosen so far.
-    features (N, D) -> int64 indices (min(budget, N),) in selection order. Vectors longer than
-    ``proj_dim`` are compared after a seeded Gaussian random projection (Johnson–Lindenstrauss).
-    ``device`` runs the search there (a GPU makes large banks fast); results do not depend on it
-    beyond float rounding."""
-    x = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features).float()
-    if device is not None:
-        x = x.to(device)
-    n = x.shape[0]
-    budget = int(min(budget, n))
-    if budget <= 0:
-        return np.zeros(0, np.int64)
-    if budget == n:  # everything is kept: no search needed
-        return np.arange(n, dtype=np.int64)
-    g = torch.Generator().manual_seed(int(seed))
-    if proj_dim is not None and x.shape[1] > proj_dim:
-        p = torch.randn(x.shape[1], proj_dim, generator=g) / proj_dim ** 0.5
-        x = x @ p.to(x.device)
-    first = int(torch.randint(n, (1,), generator=g)) if start is None else int(start)
-    # Squared distances from ||a||^2 - 2 a.b + ||b||^2: each step is one (N,) matrix-vector product into
-    # preallocated buffers, so memory stays O(N*D) once whatever the budget (``x - x[i]`` made a new
-    # (N, D) temporary per selected point, and the allocator kept them: RSS grew with the budget).
-    sq = (x * x).sum(1)
-    mind = torch.empty(n, device=x.device)
-    step = torch.empty(n, device=x.device)
-    chosen = torch.empty(budget, dtype=torch.long)
-    i = first
-    for j in range(budget):
-        chosen[j] = i
-        torch.mv(x, x[i], out=step)
-        step.mul_(-2).add_(sq).add_(sq[i])
-        if j == 0:
-            mind.copy_(step)
-        else:
-            torch.minimum(mind, step, out=mind)
-        mind[i] = -1.0  # chosen points are never picked again (rounding can leave them a tiny positive)
-        i = int(torch.argmax(mind))
-    return chosen.numpy().astype(np.int64)
 
 
 @dataclass
@@ -165,7 +119,7 @@ def embedding_recipe() -> dict:
 @torch.no_grad()
 def embed_images(teacher, images, batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
     """uint8 RGB images (any size; a list or a LazyImages) -> list of (1, D, h, w) float32 patch embeddings."""
-    from teacher.pipeline import to_teacher_batch
+    from teacher.model import to_teacher_batch
 
     out = []
     size = teacher.feature_spec.image_size
@@ -180,7 +134,7 @@ def embed_images(teacher, images, batch_size: int = 8, seed: int = 0) -> list[np
 def embed_flat(teacher, images, batch_size: int = 8, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
     """Images -> ((n·h·w, D) float32 patch vectors, image after image, each row-major over its (h, w) grid;
     (h, w)). Built batch by batch into one preallocated array: the only copy of the set."""
-    from teacher.pipeline import to_teacher_batch
+    from teacher.model import to_teacher_batch
 
     size = teacher.feature_spec.image_size
     allv, hw = None, (0, 0)
@@ -266,16 +220,6 @@ def interleave(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def covering_radius(x: np.ndarray, centres: np.ndarray, chunk: int = 8192) -> float:
-    """max over rows of x of the Euclidean distance to the nearest row of ``centres`` (k-centre cost)."""
-    c = torch.from_numpy(np.ascontiguousarray(centres, np.float32))
-    r = 0.0
-    for s in range(0, len(x), chunk):
-        d = torch.cdist(torch.from_numpy(np.ascontiguousarray(x[s:s + chunk], np.float32)), c)
-        r = max(r, float(d.min(1).values.max()))
-    return r
-
-
 def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | None
                         ) -> tuple[float, tuple[float, float], str]:
     """-> (threshold, band, method). F1-max when defects are present, else a percentile of good scores.
@@ -331,65 +275,22 @@ def fit_bank(teacher, train_images, val_good=None, val_defect=None, *, budget: i
     n_per = hw[0] * hw[1]
     n_vectors = sum(n_img) * n_per
     budget = default_budget(n_vectors) if budget is None else int(budget)
-    merge_info: dict = {"world_size": world, "merge": merge if world > 1 else "one process"}
-    bank_v = owner = None
-    if world == 1:
-        idx = greedy_coreset(allv, budget, seed, device=teacher.device)
-        bank_v, owner = allv[idx], idx // n_per  # owner: the image each bank vector came from
-    elif merge == "features":
-        parts = comm.gather(allv)
-        if rank == 0:
-            union = np.empty((n_vectors, allv.shape[1]), np.float32)
-            u3 = union.reshape(-1, n_per, allv.shape[1])
-            for r in range(world):  # image i came from rank i % world (records[rank::world])
-                u3[r::world] = parts[r].reshape(-1, n_per, allv.shape[1])
-                parts[r] = None
-            idx = greedy_coreset(union, budget, seed, device=teacher.device)
-            bank_v, owner = union[idx], idx // n_per
-            del union, u3
-    else:
-        local = greedy_coreset(allv, budget, seed, device=teacher.device)
-        r_local = covering_radius(allv, allv[local])
-        parts = comm.gather((allv[local], (local // n_per) * world + rank, r_local))
-        if rank == 0:
-            union = np.concatenate([p[0] for p in parts])
-            owners = np.concatenate([p[1] for p in parts])
-            idx = greedy_coreset(union, budget, seed, device=teacher.device)
-            bank_v, owner = union[idx], owners[idx]
-            merge_info.update(union_size=int(len(union)), local_radius=[float(p[2]) for p in parts],
-                              final_radius_over_union=covering_radius(union, bank_v),
-                              bound="every patch vector within local_radius[rank] + final_radius_over_union")
-            del union
-    bank_v, owner = comm.broadcast((bank_v, owner))
+    bank_v, owner, merge_info = _select_bank(allv, n_per, n_vectors, budget, seed, comm, merge, teacher.device)
     bank = MemoryBank(bank=bank_v.astype(np.float32), threshold=0.0, band=(0.0, 0.0), k=k,
                       blur_sigma_px=blur_sigma_px, min_region_px=min_region_px)
     if log and rank == 0:
         log(f"bank: {n_vectors} patch vectors from {sum(n_img)} images -> coreset {len(bank_v)} "
             f"({time.time() - t0:.1f}s{f', {world} ranks, merged {merge}' if world > 1 else ''})")
 
-    def scores(imgs):
-        out = []
-        for s in range(0, len(imgs or ()), batch_size):  # one batch of embeddings at a time
-            out += [bank.score(e, (size, size)).score for e in embed_images(teacher, imgs[s:s + batch_size],
-                                                                              batch_size)]
-        return np.asarray(out, np.float64)
-
     n_good, n_defect = (np.sum(c, axis=0) for c in zip(*comm.all_gather((len(val_good or ()),
                                                                          len(val_defect or ())))))
     if n_good:
-        good = scores(val_good)
-        defect = scores(val_defect) if n_defect else None
+        good = _bank_scores(teacher, bank, val_good, batch_size)
+        defect = _bank_scores(teacher, bank, val_defect, batch_size) if n_defect else None
         source = "val"
-    else:  # leave-image-out scores of the train images against a bank without their own patches
-        good, defect, source = [], None, "train (leave-image-out)"
-        for j in range(len(train_images)):
-            keep = owner != j * world + rank
-            if keep.sum() == 0:
-                good.append(np.nan)  # an image that is the whole bank has no leave-image-out score
-                continue
-            sub = MemoryBank(bank=bank.bank[keep], threshold=0, band=(0, 0), k=k, blur_sigma_px=blur_sigma_px)
-            good.append(sub.score(_image_embedding(allv, j, hw), (size, size)).score)
-        good = np.asarray(good, np.float64)
+    else:
+        good = _leave_image_out_scores(bank, allv, hw, owner, len(train_images), comm, size)
+        defect, source = None, "train (leave-image-out)"
     del allv
     good_all = comm.gather(good)
     defect_all = comm.gather(defect)
@@ -414,71 +315,63 @@ def fit_bank(teacher, train_images, val_good=None, val_defect=None, *, budget: i
     return bank
 
 
-# ------------------------------------------------------------------------------------------- CLI
-
-def configure(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
-    p.add_argument("--data", required=True,
-                   help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
-    p.add_argument("--budget", type=int, default=None,
-                   help=f"coreset size (bank vectors); default {round(BUDGET_FRACTION * 100)}%% of the patch vectors, "
-                        f"clipped to [{BUDGET_MIN}, {BUDGET_MAX}]")
-    p.add_argument("--k", type=int, default=1, help="mean distance to the k nearest bank vectors")
-    p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="anomaly-map blur, px at image size")
-    p.add_argument("--max-images", type=int, default=0, help="use at most this many train good images (0 = all)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--out", default=None, help="bank directory (default CKPT/bank)")
-    p.add_argument("--merge", choices=MERGES, default="features",
-                   help="under torchrun: rank 0 runs the coreset on every rank's patch vectors (features: the "
-                        "one-process bank) or on the union of the ranks' own coresets (coresets: rank 0's memory "
-                        "bounded by world x budget); see fit_bank")
-    p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
-
-
-def run(args) -> int:
-    from runtime.contracts.dataset import load_dataset
-    from teacher.checkpoint import load_teacher
-    from teacher.extract import dist_setup, dist_teardown
-
-    rank, world, device = dist_setup(args.device)
-
-    def log(msg):
+def _select_bank(allv: np.ndarray, n_per: int, n_vectors: int, budget: int, seed: int, comm: Comm, merge: str,
+                 device) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The coreset of every rank's patch vectors (see fit_bank's ``merge``) -> (bank vectors, the image each came
+    from as its index in item order, merge figures), the same on every rank."""
+    rank, world = comm.rank, comm.world
+    merge_info: dict = {"world_size": world, "merge": merge if world > 1 else "one process"}
+    bank_v = owner = None
+    if world == 1:
+        idx = greedy_coreset(allv, budget, seed, device=device)
+        bank_v, owner = allv[idx], idx // n_per  # owner: the image each bank vector came from
+    elif merge == "features":
+        parts = comm.gather(allv)
         if rank == 0:
-            print(msg, file=sys.stderr, flush=True)
+            union = np.empty((n_vectors, allv.shape[1]), np.float32)
+            u3 = union.reshape(-1, n_per, allv.shape[1])
+            for r in range(world):  # image i came from rank i % world (records[rank::world])
+                u3[r::world] = parts[r].reshape(-1, n_per, allv.shape[1])
+                parts[r] = None
+            idx = greedy_coreset(union, budget, seed, device=device)
+            bank_v, owner = union[idx], idx // n_per
+            del union, u3
+    else:
+        local = greedy_coreset(allv, budget, seed, device=device)
+        r_local = covering_radius(allv, allv[local])
+        parts = comm.gather((allv[local], (local // n_per) * world + rank, r_local))
+        if rank == 0:
+            union = np.concatenate([p[0] for p in parts])
+            owners = np.concatenate([p[1] for p in parts])
+            idx = greedy_coreset(union, budget, seed, device=device)
+            bank_v, owner = union[idx], owners[idx]
+            merge_info.update(union_size=int(len(union)), local_radius=[float(p[2]) for p in parts],
+                              final_radius_over_union=covering_radius(union, bank_v),
+                              bound="every patch vector within local_radius[rank] + final_radius_over_union")
+            del union
+    bank_v, owner = comm.broadcast((bank_v, owner))
+    return bank_v, owner, merge_info
 
-    ds = load_dataset(args.data)
-    train = [r for r in ds.split("train") if not r.is_defect]
-    if args.max_images:
-        train = train[: args.max_images]
-    if not train:
-        log(f"error: {args.data} has no good images in the train split; the bank is built from them")
-        dist_teardown(world)
-        return 2
-    val = ds.split("val")
-    teacher = load_teacher(args.checkpoint, device=device if world > 1 else default_device(args.device))
-    t0 = time.time()
-    # images are decoded a batch at a time (LazyImages); under torchrun each rank takes its records[rank::world]
-    bank = fit_bank(teacher, LazyImages(ds, train[rank::world]),
-                    LazyImages(ds, [r for r in val if not r.is_defect][rank::world]),
-                    LazyImages(ds, [r for r in val if r.is_defect][rank::world]),
-                    budget=args.budget, seed=args.seed, k=args.k, blur_sigma_px=args.blur_sigma,
-                    batch_size=args.batch_size, log=log, comm=Comm(rank, world), merge=args.merge)
-    if rank != 0:
-        dist_teardown(world)
-        return 0
-    bank.info.update(teacher_hash=teacher.checkpoint_hash, dataset_hash=ds.content_hash(),
-                     feature_spec=teacher.feature_spec.to_dict())
-    out = bank.save(args.out or Path(args.checkpoint) / "bank")
-    dist_teardown(world)
-    summary = {"bank_dir": str(out), "n_vectors": int(bank.bank.shape[0]), "dim": int(bank.bank.shape[1]),
-               "threshold": bank.threshold, "band": list(bank.band), "calibration": bank.info["calibration"],
-               "seconds": round(time.time() - t0, 2)}
-    if world > 1:
-        summary["world_size"], summary["merge"] = world, args.merge
-    log(f"bank: wrote {out} ({summary['n_vectors']}x{summary['dim']}), threshold {bank.threshold:.4f} "
-        f"({bank.info['calibration']})")
-    if args.json:
-        print(json.dumps(summary))
-    return 0
+
+def _bank_scores(teacher, bank: MemoryBank, imgs, batch_size: int) -> np.ndarray:
+    """Image scores of ``imgs`` against ``bank``, at the teacher's input size, one batch of embeddings at a time."""
+    size = teacher.feature_spec.image_size
+    out = []
+    for s in range(0, len(imgs or ()), batch_size):
+        out += [bank.score(e, (size, size)).score for e in embed_images(teacher, imgs[s:s + batch_size], batch_size)]
+    return np.asarray(out, np.float64)
+
+
+def _leave_image_out_scores(bank: MemoryBank, allv: np.ndarray, hw: tuple[int, int], owner: np.ndarray,
+                            n_images: int, comm: Comm, size: int) -> np.ndarray:
+    """Each of this rank's train images scored against the bank without its own patches (NaN for an image that
+    is the whole bank: it has no leave-image-out score)."""
+    good = []
+    for j in range(n_images):
+        keep = owner != j * comm.world + comm.rank
+        if keep.sum() == 0:
+            good.append(np.nan)
+            continue
+        sub = MemoryBank(bank=bank.bank[keep], threshold=0, band=(0, 0), k=bank.k, blur_sigma_px=bank.blur_sigma_px)
+        good.append(sub.score(_image_embedding(allv, j, hw), (size, size)).score)
+    return np.asarray(good, np.float64)

@@ -1,4 +1,4 @@
-"""`teacher …`: the cluster-side commands, one module each (see runtime/cli/dispatch.py)."""
+"""`teacher …`: the cluster-side commands, `teacher <name>` in teacher/commands/<name>.py (see runtime/cli/dispatch.py)."""
 from __future__ import annotations
 
 import sys
@@ -6,19 +6,19 @@ import sys
 from runtime.cli.dispatch import dispatch
 
 COMMANDS = {
-    "data": ("teacher.data.cli", "make or import a line dataset (synth, evalset, import)"),
-    "info": ("teacher.info", "parameter counts and FeatureSpec of a preset"),
-    "train-vae": ("teacher.train_vae", "train the autoencoder on the dataset when no pretrained VAE is given"),
-    "train": ("teacher.train", "stage 1: train the diffusion U-Net (torchrun for several GPUs)"),
-    "extract": ("teacher.extract", "t=50 features of a dataset as safetensors shards"),
-    "generate": ("teacher.generate", "text-guided defect synthesis (DDIM + classifier-free guidance)"),
-    "finetune": ("teacher.finetune", "stage 2: train the mask head on frozen t=50 features"),
-    "bank": ("teacher.bank", "memory bank of good-image features (good-images-only lines)"),
-    "eval": ("teacher.evaluate", "detection and segmentation metrics, HTML report"),
-    "baselines": ("teacher.reference", "reference PatchCore detectors (pixels, random CNN, ImageNet EfficientNet-Lite0)"),
-    "serve": ("teacher.serve.cli", "GPU fallback server for line-side daemons (ZeroMQ)"),
-    "bench": ("teacher.bench", "feature-extraction latency and peak memory per image"),
-    "peers": ("teacher.peers", "per-frame latency of EfficientAD-S and PatchCore-Lite0 (lineside bench edge)"),
+    "data": ("teacher.commands.data", "make or import a line dataset (synth, evalset, import)"),
+    "info": ("teacher.commands.info", "parameter counts and FeatureSpec of a preset"),
+    "train-vae": ("teacher.commands.train_vae", "train the autoencoder on the dataset when no pretrained VAE is given"),
+    "train": ("teacher.commands.train", "stage 1: train the diffusion U-Net (torchrun for several GPUs)"),
+    "extract": ("teacher.commands.extract", "t=50 features of a dataset as safetensors shards"),
+    "generate": ("teacher.commands.generate", "text-guided defect synthesis (DDIM + classifier-free guidance)"),
+    "finetune": ("teacher.commands.finetune", "stage 2: train the mask head on frozen t=50 features"),
+    "bank": ("teacher.commands.bank", "memory bank of good-image features (good-images-only lines)"),
+    "eval": ("teacher.commands.eval", "detection and segmentation metrics, HTML report"),
+    "baselines": ("teacher.commands.baselines", "reference PatchCore detectors (pixels, random CNN, ImageNet EfficientNet-Lite0)"),
+    "serve": ("teacher.commands.serve", "GPU fallback server for line-side daemons (ZeroMQ)"),
+    "bench": ("teacher.commands.bench", "feature-extraction latency and peak memory per image"),
+    "peers": ("teacher.commands.peers", "per-frame latency of EfficientAD-S and PatchCore-Lite0 (lineside bench edge)"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Stage 2 (§4.7, Table 9): train the mask head on frozen t=50 features. Writes CKPT/head/.
+"""Stage 2 (§4.7, Table 9): train the mask head on frozen t=50 features (`teacher finetune`,
+teacher/commands/finetune.py, writes CKPT/head/).
 
     teacher finetune --checkpoint CKPT --data D/manifest.jsonl --steps N [--json]
     torchrun --nproc_per_node 8 -m teacher finetune --checkpoint CKPT --data D/manifest.jsonl --steps N
@@ -24,23 +25,16 @@ calibrated F1-max on the val split when it has both classes, else 0.5.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.cli.dispatch import positive_int
-from teacher.device import default_device
 from teacher.head.losses import classification_loss, dice_loss, grounding_loss, mask_bce_loss
 from teacher.head.matcher import HungarianMatcher
-from teacher.head.model import HeadState, MaskHead, defect_probability_map, head_preset, save_head
+from teacher.head.model import HeadState, MaskHead, defect_probability_map, head_preset
 from teacher.head.targets import caption_nouns, downsample_masks, regions_from_mask
 
 CACHE_LIMIT_BYTES = 2 << 30
@@ -162,7 +156,7 @@ class FeatureSource:
     """Features of the samples: cached once (fixed seed) when they fit, else extracted per batch."""
 
     def __init__(self, teacher, samples: list[Sample], batch_size: int, cache: bool | None = None):
-        from teacher.pipeline import to_teacher_batch
+        from teacher.model import to_teacher_batch
 
         self.teacher, self.samples, self._to = teacher, samples, to_teacher_batch
         spec = teacher.feature_spec
@@ -302,118 +296,56 @@ def calibrate_head(head: MaskHead, feats: FeatureSource, text_emb: torch.Tensor,
     return float(thr), how
 
 
-# ------------------------------------------------------------------------------------------- CLI
-
-def configure(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="teacher checkpoint; the head is written to CKPT/head/")
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train split trains, val calibrates)")
-    p.add_argument("--steps", type=positive_int, required=True)
-    p.add_argument("--batch-size", type=int, default=None, help="default 16 (Table 9), 8 for tiny")
-    p.add_argument("--lr", type=float, default=None, help="default 5e-5 (Table 9); 1e-3 for tiny")
-    p.add_argument("--warmup", type=int, default=None, help="default min(500, steps/10)")
-    p.add_argument("--vocab", nargs="*", default=None, help="category names (default: the dataset's defect types)")
-    p.add_argument("--pseudo-defects", type=int, default=0, metavar="K",
-                   help="plant K pseudo-defects on every good train image (texture pastes, cut-paste, the synth's "
-                        f"planters), labelled {PSEUDO_LABEL!r}: a head for a line with good images only")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--out", default=None, help="head directory (default CKPT/head)")
-    p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
-
-
-def run(args) -> int:
-    from runtime.contracts.dataset import load_dataset
-    from teacher.checkpoint import load_teacher
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    t0 = time.time()
-    device = default_device(args.device)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if "RANK" in os.environ:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-    if rank != 0:
-        def log(msg):  # noqa: F811 - only rank 0 speaks
-            pass
-    torch.manual_seed(args.seed)
-    ds = load_dataset(args.data)
-    train, val = ds.split("train"), ds.split("val")
-    # The kinds the whole train split teaches, before sharding so every rank agrees (a kind seen only in val
-    # or test cannot be learnt, and naming it would leak the evaluation's kinds into the head).
-    vocab = list(args.vocab) if args.vocab else sorted({r.defect_type for r in train if r.is_defect})
-    train = train[rank::world]
-    if args.pseudo_defects < 0:
-        log(f"error: --pseudo-defects must be >= 0, got {args.pseudo_defects}")
-        return 2
-    if args.pseudo_defects and PSEUDO_LABEL not in vocab:
-        vocab.append(PSEUDO_LABEL)
-    if not vocab:
-        log("error: the dataset has no defect types to learn (every record is good); pass --pseudo-defects K "
-            "or use `teacher bank`")
-        return 2
-    teacher = load_teacher(args.checkpoint, device=device)
+def embed_vocabulary(teacher, vocab: list[str], device, log=print) -> torch.Tensor:
+    """(K, D) float32 text embeddings of the category names, with a WARNING when two are near-identical."""
     with torch.no_grad():
         text_emb = teacher.embed_texts(vocab).float().to(device)
     cos = F.normalize(text_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
     if len(vocab) > 1 and (cos - torch.eye(len(vocab), device=device)).max() > 0.999:
         log("WARNING: some category names have near-identical text embeddings (unknown words to the text "
             "encoder?); classification among them is not learnable")
+    return text_emb
+
+
+def training_samples(ds, train, vocab: list[str], teacher, pseudo_defects: int = 0, seed: int = 0,
+                     log=print) -> list[Sample]:
+    """The train records' samples, plus ``pseudo_defects`` pseudo-defects planted on each good one (labelled
+    PSEUDO_LABEL, which must then be in ``vocab``). Raises ValueError for a defect_type outside ``vocab``."""
     loss_size = loss_size_for(teacher.feature_spec.image_size)
-    try:
-        samples = build_samples(ds, train, vocab, teacher, loss_size, log)
-    except ValueError as e:
-        log(f"error: {e}")
-        return 2
-    if args.pseudo_defects:
+    samples = build_samples(ds, train, vocab, teacher, loss_size, log)
+    if pseudo_defects:
         goods = [ds.read_image(r) for r in train if not r.is_defect]
-        samples += pseudo_samples(goods, args.pseudo_defects, args.seed, vocab.index(PSEUDO_LABEL), loss_size)
-    if not samples:
-        log(f"error: no usable train records in {args.data}")
-        return 2
-    bs = args.batch_size or (8 if teacher.preset == "tiny" else 16)
-    lr = args.lr or LR.get(teacher.preset, LR["sd15"])
+        samples += pseudo_samples(goods, pseudo_defects, seed, vocab.index(PSEUDO_LABEL), loss_size)
+    return samples
+
+
+def train_head(teacher, ds, samples: list[Sample], val, vocab: list[str], text_emb: torch.Tensor, *, steps: int,
+               batch_size: int | None = None, lr: float | None = None, warmup: int | None = None, seed: int = 0,
+               rank: int = 0, world: int = 1, pseudo_defects: int = 0, device=None, log=print) -> HeadState | None:
+    """Stage 2 from samples to a calibrated head: a new head trained on frozen features (DDP when a process group
+    is up), its threshold calibrated on ``val`` records. Rank 0 returns the HeadState (``info`` holds the run's
+    figures); under torchrun the other ranks return None once trained. ``device``: where the head trains
+    (default: the text embeddings')."""
+    device = text_emb.device if device is None else device
+    loss_size = loss_size_for(teacher.feature_spec.image_size)
+    bs = batch_size or (8 if teacher.preset == "tiny" else 16)
+    lr = lr or LR.get(teacher.preset, LR["sd15"])
     head = new_head(teacher, text_emb.shape[1]).to(device)
     log(f"finetune: {len(samples)} train samples, vocabulary {vocab}, head "
         f"{sum(p.numel() for p in head.parameters()) / 1e6:.2f}M params, lr {lr}, batch {bs}, device {device}")
     feats = FeatureSource(teacher, samples, bs)
     before = evaluate_loss(head, feats, text_emb, samples, loss_size)
-    hist = finetune_head(head, feats, text_emb, samples, steps=args.steps, batch_size=bs, lr=lr,
-                         seed=args.seed + rank, warmup=args.warmup, log=log)
-    if world > 1:
-        import torch.distributed as dist
-
-        if rank != 0:
-            dist.barrier()
-            dist.destroy_process_group()
-            return 0
+    hist = finetune_head(head, feats, text_emb, samples, steps=steps, batch_size=bs, lr=lr,
+                         seed=seed + rank, warmup=warmup, log=log)
+    if world > 1 and rank != 0:
+        return None
     after = evaluate_loss(head, feats, text_emb, samples, loss_size)
     thr, how = 0.5, "default 0.5 (no val split)"
     if val:
         vs = [Sample(image=ds.read_image(r), is_defect=r.is_defect) for r in val]  # only images and labels
         thr, how = calibrate_head(head, FeatureSource(teacher, vs, bs), text_emb, [int(s.is_defect) for s in vs])
-    info = {"teacher_hash": teacher.checkpoint_hash, "dataset_hash": ds.content_hash(), "steps": args.steps,
-            "pseudo_defects_per_image": args.pseudo_defects,
+    info = {"teacher_hash": teacher.checkpoint_hash, "dataset_hash": ds.content_hash(), "steps": steps,
+            "pseudo_defects_per_image": pseudo_defects,
             "lr": lr, "batch_size": bs, "train_loss_before": before, "train_loss_after": after,
             "calibration": how, "history": hist[-20:]}
-    out = save_head(args.out or Path(args.checkpoint) / "head",
-                    HeadState(head=head, vocabulary=vocab, text_emb=text_emb, threshold=thr, info=info))
-    summary = {"head_dir": str(out), "vocabulary": vocab, "steps": args.steps, "threshold": thr,
-               "mask_loss_before": before.get("mask"), "mask_loss_after": after.get("mask"),
-               "cls_loss_before": before.get("cls"), "cls_loss_after": after.get("cls"),
-               "seconds": round(time.time() - t0, 2)}
-    log(f"finetune: wrote {out}; train mask loss {before.get('mask', math.nan):.4f} -> "
-        f"{after.get('mask', math.nan):.4f}")
-    if args.json:
-        print(json.dumps(summary))
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0
+    return HeadState(head=head, vocabulary=vocab, text_emb=text_emb, threshold=thr, info=info)

@@ -1,5 +1,5 @@
-"""`teacher generate`: text-guided defect images from a stage-1 checkpoint, DDIM sampling (diffusers
-DDIMScheduler) with classifier-free guidance against the learned null embedding, saved as a PNG grid.
+"""Text-guided defect images from a stage-1 checkpoint (`teacher generate`, teacher/commands/generate.py): DDIM
+sampling (diffusers DDIMScheduler) with classifier-free guidance against the learned null embedding, a PNG grid.
 
     teacher generate --checkpoint CKPT --prompt "metal plate with scratches" --n 8 --guidance 5 --steps 50 --out grid.png
 
@@ -7,31 +7,12 @@ eps = eps(z, t, null) + w * (eps(z, t, e_T) - eps(z, t, null)), w = --guidance (
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-
-from runtime.contracts.formats import ContractError
-from teacher.device import default_device
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--prompt", required=True, help="what to generate, e.g. \"metal plate with scratch\"")
-    p.add_argument("--out", required=True, help="PNG grid")
-    p.add_argument("--n", type=int, default=8, help="images to generate")
-    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
-    p.add_argument("--device")
-    p.add_argument("--json", action="store_true")
 
 
 @torch.no_grad()
@@ -74,22 +55,3 @@ def grid_png(images01: torch.Tensor, path: str | Path) -> Path:
     if not cv2.imwrite(str(p), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {p}")
     return p
-
-
-def run(args: argparse.Namespace) -> int:
-    from teacher.checkpoint import load_teacher
-
-    try:
-        model = load_teacher(args.checkpoint, device=default_device(args.device))
-    except ContractError as e:
-        print(f"teacher generate: {e}", file=sys.stderr)
-        return 2
-    if args.n < 1 or args.steps < 1:
-        print("teacher generate: --n and --steps must be >= 1", file=sys.stderr)
-        return 2
-    imgs = sample(model, args.prompt, n=args.n, guidance=args.guidance, steps=args.steps, seed=args.seed, eta=args.eta)
-    p = grid_png(imgs, args.out)
-    summary = {"out": str(p.resolve()), "n": args.n, "prompt": args.prompt, "guidance": args.guidance,
-               "steps": args.steps, "checkpoint_hash": model.checkpoint_hash}
-    print(json.dumps(summary) if args.json else f"teacher generate: {args.n} images -> {p}")
-    return 0

@@ -1,18 +1,8 @@
-"""`teacher info --preset sd15 --json`: parameter counts per part and the FeatureSpec of a preset,
+"""Parameter counts per part and the FeatureSpec of a preset (`teacher info`, teacher/commands/info.py),
 built on the meta device (no weights allocated, well under a second even for sd15)."""
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-from teacher.presets import PRESETS, SCHEDULER_CONFIG, get_preset
-
-
-def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="sd15", help=f"one of {sorted(PRESETS)}")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--json", action="store_true")
+from teacher.presets import SCHEDULER_CONFIG, get_preset
 
 
 def count(module) -> int:
@@ -46,20 +36,3 @@ def describe(preset: str, image_size: int | None = None) -> dict:
         "scheduler": SCHEDULER_CONFIG, "train_defaults": p.to_dict()["train"],
         "feature_spec": m.feature_spec.to_dict(),
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        d = describe(args.preset, args.image_size)
-    except KeyError as e:
-        print(f"teacher info: {e.args[0]}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(d))
-    else:
-        print(f"preset {d['preset']} (image {d['image_size']} px)")
-        for k, v in d["params"].items():
-            print(f"  {k:14s} {v:>14,d}")
-        for lv in d["feature_spec"]["levels"]:
-            print(f"  feature {lv['name']}: stride {lv['stride']}, {lv['channels']} channels")
-    return 0

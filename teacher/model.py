@@ -1,13 +1,15 @@
 """TeacherModel: the stage-1 diffusion model and everything around it needed to turn an image into
 its t=50 features (paper Eq. 1, 2, 6, 9, 10) and a text into its embedding (Eq. 3).
 
-Built by teacher.checkpoint (``build_random_teacher``, ``load_teacher``) and trained by teacher.train.
+Built by teacher.checkpoint (``build_random_teacher``, ``load_teacher``) and trained by teacher.train_loop
+(`teacher train`). ``to_teacher_batch`` makes its input from uint8 RGB images of any size.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +19,20 @@ from teacher.encoders import ImageEncoder, TextEncoder
 from teacher.latent import downsample_factor
 from teacher.modules import ImplicitCaptioner
 from teacher.presets import SCHEDULER_CONFIG, Preset
+
+
+def to_teacher_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) images of any size -> (B, 3, size, size) float32 in [0, 1] (bilinear, the
+    edge's preprocessing with mean 0, std 1)."""
+    from kernels import dispatch
+
+    out = []
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"image {i}: expected uint8 RGB (H, W, 3), got "
+                             f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
+        out.append(dispatch.preprocess(im, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+    return torch.from_numpy(np.concatenate(out, 0))
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""`teacher peers`: per-frame latency of the detectors a line would run instead of a lineside student.
+"""Per-frame latency of the detectors a line would run instead of a lineside student (`teacher peers`,
+teacher/commands/peers.py).
 
     teacher peers --size 256 --threads 1 --json
 
@@ -15,8 +16,6 @@ One frame at a time, ``--threads`` intra-op threads, median of ``--runs`` after 
 """
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -74,28 +73,3 @@ def patchcore_lite0(size: int, threads: int, runs: int) -> dict:
     return {"status": "ok", "median_ms": float(np.median(ms)), "backbone_median_ms": float(np.median(backbone)),
             "bank_rows": n, "bank_dim": int(q.shape[1]), "runtime": "torch FP32",
             "what": "PatchCore over ImageNet EfficientNet-Lite0 (teacher baselines' effnet), torch"}
-
-
-def configure(p) -> None:
-    p.add_argument("--size", type=int, default=256, help="square input side, px")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--only", action="append", choices=PEERS, help="time only these (repeatable)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-
-
-def run(args) -> int:
-    results = {}
-    for name in args.only or PEERS:
-        try:
-            results[name] = {"efficientad_s": efficientad_s, "patchcore_lite0": patchcore_lite0}[name](
-                args.size, args.threads, args.runs)
-        except Exception as e:  # noqa: BLE001 - one peer failing must not hide the other's figure
-            results[name] = {"status": "error", "error": f"{type(e).__name__}: {e}"}
-        r = results[name]
-        print(f"peers: {name}: " + (f"{r['median_ms']:.1f} ms" if r["status"] == "ok" else
-                                    f"{r['status']}: {r.get('reason') or r.get('error')}"), file=sys.stderr, flush=True)
-    out = {"size": args.size, "threads": args.threads, "runs": args.runs, "torch": torch.__version__, "results": results}
-    if args.json:
-        print(json.dumps(out))
-    return 0

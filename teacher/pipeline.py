@@ -3,7 +3,7 @@
     pipe = TeacherPipeline.load(CKPT, device="cuda")      # uses CKPT/head and/or CKPT/bank
     verdicts = pipe.predict([rgb_uint8, ...])              # any sizes; batched internally (max_batch)
 
-Per image: resize to the teacher's S×S (kernels.dispatch.preprocess, bilinear, [0, 1]), t=50 features
+Per image: resize to the teacher's S×S (teacher.model.to_teacher_batch, bilinear, [0, 1]), t=50 features
 (seed 0, deterministic), then
 
 * bank (good-images-only lines): patch embedding -> runtime.scoring.score_embedding at S×S (as the
@@ -38,23 +38,10 @@ from runtime.scoring import SCORING_MODES
 from runtime.contracts.verdict import Region, Verdict
 from teacher.bank import MemoryBank, patch_embedding
 from teacher.head.model import HeadState, defect_probability_map, head_outputs, load_head, regions_from_queries
+from teacher.model import to_teacher_batch
 
 DEFAULT_MAX_BATCH = 8
 FEATURE_SEED = 0
-
-
-def to_teacher_batch(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) images of any size -> (B, 3, size, size) float32 in [0, 1] (bilinear, the
-    edge's preprocessing with mean 0, std 1)."""
-    from kernels import dispatch
-
-    out = []
-    for i, im in enumerate(images):
-        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"image {i}: expected uint8 RGB (H, W, 3), got "
-                             f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
-        out.append(dispatch.preprocess(im, size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
-    return torch.from_numpy(np.concatenate(out, 0))
 
 
 def _hash_tensors(*arrays) -> str:

@@ -1,4 +1,4 @@
-"""The stage-1 loop behind `teacher train` (argument handling and DDP setup live in teacher/train.py)."""
+"""The stage-1 loop behind `teacher train` (argument handling and DDP setup live in teacher/commands/train.py)."""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
-"""`teacher serve`: the fallback server the line-side daemons send their unsure frames to.
+"""`teacher serve`: the fallback server the line-side daemons send their unsure frames to (the command and its
+flags: teacher/commands/serve.py).
 
     server.py    ROUTER-DEALER proxy (zmq.proxy_steerable) in front of N workers, CURVE, status, shutdown;
                  with --broker no proxy: its workers register with a broker on another host
@@ -12,7 +13,6 @@
     models.py    the model interface, FakeModel (slow / fail / crash flags), load_model(spec)
     status.py    per-worker counters, the merged status object, Prometheus metrics
     bench.py     ServeClient (minimal synchronous DEALER client) and run_server_bench
-    cli.py       the `teacher serve` command
 
 Requests and replies are runtime/contracts/protocol.py v1: "infer" in; "verdict", "busy", "error" (naming the
 field) or "status" out, the same from a server and from a broker.
