@@ -15,6 +15,11 @@ Kinds
     trigger  PLC -> daemon         grab one frame now; camera_id?, frame_id?
     control  operator -> daemon    cmd: status | metrics | reload | shutdown; path? for reload
 
+PUB topics (the daemon's verdict socket; the first part of every message on it)
+    verdict.<camera_id>            one "verdict" message (verdict_topic(camera_id)); subscribe to
+                                   VERDICT_TOPIC_PREFIX for every camera
+    hb                             a "status" heartbeat (HEARTBEAT_TOPIC), so a subscriber knows it is live
+
 A reader rejects a version it does not know, names the field of anything malformed, and never
 "fixes" a frame whose bytes disagree with its header (STYLE.md, runtime/). This module is the one
 implementation of those rules for every peer (daemon ingress and judge, teacher server, clients), strict
@@ -23,11 +28,16 @@ where a lax reader could be made to crash or to judge the wrong thing:
 * the header is bounded in bytes and in nesting depth before it is parsed (a deep header exhausts the
   parser's recursion), and integers are bounded in digits (Python refuses huge int strings by raising);
 * NaN and Infinity are not JSON and are refused; booleans are not integers (``"v": true`` is not 1);
-* ids are non-empty strings of valid UTF-8 (no lone surrogates: they cannot be journaled) or integers,
-  of at most MAX_ID_CHARS characters;
+* ids are non-empty strings of valid UTF-8 (no lone surrogates: they cannot be journaled) of at most
+  MAX_ID_CHARS characters; an integer is not an id (``"frame_id": 7`` is refused naming the field, not
+  turned into "7"), on every peer alike;
+* a "frame" or "infer" header is checked by one function, check_frame_header, on the daemon's ingress,
+  the teacher's broker and its workers alike;
 * a raw frame's shape is checked in Python integers against the pixel limit before any allocation;
 * an encoded frame's magic bytes must match its declared encoding, and its size is read from its
-  JPEG/PNG header and checked against the pixel limit *before* decoding (a 5 KB JPEG can claim 144 Mpx).
+  JPEG/PNG header and checked against the pixel limit *before* decoding (a 5 KB JPEG can claim 144 Mpx):
+  check_encoded, which decode_image calls before cv2.imdecode on every peer (teacher worker, daemon
+  judge) and the daemon's ingress calls before it acknowledges a frame.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -47,12 +58,13 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_DEPTH = 8  # nesting of objects/arrays; the protocol's own headers use 3
 MAX_INT_DIGITS = 20  # an int64 has 19 digits and a sign
 MAX_ID_CHARS = 256
-MAX_ID_INT = 10 ** 18
 MAX_FRAME_SIDE_PX = 8192
 DEFAULT_MAX_PIXELS = 25_000_000  # ~5472x4568, a 25 MP camera; 75 MB as RGB uint8 (daemon: limits.max_pixels)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 MAGIC = {"jpeg": b"\xff\xd8", "png": b"\x89PNG\r\n\x1a\n"}
+VERDICT_TOPIC_PREFIX = b"verdict."  # PUB topic of a verdict: this + its camera id
+HEARTBEAT_TOPIC = b"hb"  # PUB topic of the daemon's heartbeats
 
 
 class ProtocolError(ValueError):
@@ -123,19 +135,14 @@ def parse_json_object(raw: bytes, field: str) -> dict:
     return h
 
 
-def check_id(header: dict, key: str, default: Optional[str] = None, allow_int: bool = True) -> str:
-    """A header's id field as a string: a non-empty string of valid UTF-8 or (``allow_int``) an integer,
-    at most MAX_ID_CHARS characters. ``default`` when absent (None: required)."""
+def check_id(header: dict, key: str, default: Optional[str] = None) -> str:
+    """A header's id field: a non-empty string of valid UTF-8 of at most MAX_ID_CHARS characters.
+    ``default`` when absent (None: required)."""
     v = header.get(key, default)
     if v is None:
         raise ProtocolError(key, "missing")
-    if type(v) is int and allow_int:
-        if abs(v) >= MAX_ID_INT:
-            raise ProtocolError(key, f"integer id beyond +-{MAX_ID_INT}")
-        return str(v)
-    kinds = "a string or an integer" if allow_int else "a string"
     if not isinstance(v, str) or not v:
-        raise ProtocolError(key, f"must be a non-empty {kinds}, got {type(v).__name__}")
+        raise ProtocolError(key, f"must be a non-empty string, got {type(v).__name__}")
     if len(v) > MAX_ID_CHARS:
         raise ProtocolError(key, f"{len(v)} characters, limit {MAX_ID_CHARS}")
     try:
@@ -143,6 +150,51 @@ def check_id(header: dict, key: str, default: Optional[str] = None, allow_int: b
     except UnicodeEncodeError:
         raise ProtocolError(key, "not valid UTF-8 (a lone surrogate)") from None
     return v
+
+
+def _shown(v: Any) -> str:
+    """A refused value for an error message, bounded (a header may be 64 KB of it)."""
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _number(header: dict, key: str, default: Optional[float]) -> Optional[float]:
+    """A time field (s, epoch) as a float; ``default`` when absent. With default None the field is
+    optional and null means absent; otherwise null is refused like any other non-number."""
+    v = header.get(key, default)
+    if v is None and default is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ProtocolError(key, f"must be a number (s, epoch), got {_shown(v)}")
+    return float(v)
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """The checked fields of a "frame" (camera -> daemon) or "infer" (edge -> teacher) header."""
+    frame_id: str
+    camera_id: str
+    ts: float  # s, epoch; 0.0 when absent
+    want_mask: bool
+    encoding: str
+    deadline_ts: Optional[float] = None  # s, epoch; "infer" only
+
+
+def check_frame_header(h: dict) -> FrameHeader:
+    """The header fields of a "frame" or "infer" message (decode_header already passed), or ProtocolError
+    naming the field. The one check both peers call: the daemon's ingress and the teacher's broker and
+    workers. The payload is checked apart (decode_image, check_encoded), once its size is known to fit."""
+    frame_id = check_id(h, "frame_id")
+    camera_id = check_id(h, "camera_id", "cam0")
+    ts = _number(h, "ts", 0.0)
+    deadline_ts = _number(h, "deadline_ts", None) if h.get("kind") == "infer" else None
+    want_mask = h.get("want_mask", False)
+    if not isinstance(want_mask, bool):
+        raise ProtocolError("want_mask", f"must be true or false, got {_shown(want_mask)}")
+    encoding = h.get("encoding", "raw")
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
+        raise ProtocolError("encoding", f"unknown encoding {_shown(encoding)}; encodings are {', '.join(ENCODINGS)}")
+    return FrameHeader(frame_id, camera_id, ts, want_mask, encoding, deadline_ts)
 
 
 def safe_id(header, key: str, default: str = "") -> str:
@@ -234,8 +286,8 @@ def decode_image(header: dict, frames: list[bytes], channels: tuple[int, ...] = 
     if len(payload) == 0:
         raise ProtocolError("payload", "empty frame")
     enc = header.get("encoding", "raw")
-    if enc not in ENCODINGS:
-        raise ProtocolError("encoding", f"unknown encoding {enc!r}; encodings are {', '.join(ENCODINGS)}")
+    if not isinstance(enc, str) or enc not in ENCODINGS:
+        raise ProtocolError("encoding", f"unknown encoding {_shown(enc)}; encodings are {', '.join(ENCODINGS)}")
     if enc == "raw":
         img = _decode_raw(header, payload, max_pixels)
     else:
@@ -275,6 +327,12 @@ def _decode_raw(header: dict, payload: bytes, max_pixels: int = DEFAULT_MAX_PIXE
     if len(payload) != expected:
         raise ProtocolError("payload", f"{len(payload)} bytes, shape {shape} x {dtype} needs {expected}")
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
+
+
+def verdict_topic(camera_id: str) -> bytes:
+    """The PUB topic a camera's verdicts go out on. ZeroMQ subscriptions match prefixes, so a subscriber to
+    one camera compares the topic exactly ("verdict.cam1" also matches "verdict.cam10")."""
+    return VERDICT_TOPIC_PREFIX + camera_id.encode()
 
 
 def error_frames(field: str, message: str, frame_id: str | None = None, **extra: Any) -> list[bytes]:

@@ -51,21 +51,6 @@ class TokenBucket:
         return False
 
 
-def check_frame_header(h: dict) -> tuple[str, str, float, bool]:
-    """(frame_id, camera_id, ts, want_mask) of a "frame" header, or ProtocolError naming the field."""
-    fid = protocol.check_id(h, "frame_id")
-    cam = protocol.check_id(h, "camera_id", "cam0", allow_int=False)
-    ts = h.get("ts", 0.0)
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool):
-        raise ProtocolError("ts", "must be a number (s, epoch)")
-    wm = h.get("want_mask", False)
-    if not isinstance(wm, bool):
-        raise ProtocolError("want_mask", "must be true or false")
-    if h.get("encoding", "raw") not in protocol.ENCODINGS:
-        raise ProtocolError("encoding", f"unknown encoding {h.get('encoding')!r}; encodings are {', '.join(protocol.ENCODINGS)}")
-    return str(fid), cam, float(ts), wm
-
-
 class Ingress(threading.Thread):
     def __init__(self, ctx: zmq.Context, cfg, queue: BoundedQueue, publish_q, telemetry, journal_path: str):
         super().__init__(name="lineside-ingress", daemon=True)
@@ -195,21 +180,22 @@ class Ingress(threading.Thread):
             if h["kind"] == "status":
                 self._reply(env, {"kind": "status", "status": {"alive": True, "queue_depth": len(self.queue)}})
                 return None
-            fid, cam, ts, want_mask = check_frame_header(h)
+            fh = protocol.check_frame_header(h)  # the same check as the teacher's (runtime/contracts/protocol.py)
             size, limit = len(frames[1]) if len(frames) > 1 else 0, self.cfg.limits.max_frame_bytes
             if size > limit:
                 raise ProtocolError("payload", f"{size} bytes, over limits.max_frame_bytes ({limit}); frame refused")
-            enc = h.get("encoding", "raw")
+            enc, max_pixels = fh.encoding, self.cfg.limits.max_pixels
             image = None
-            if enc == "raw":
-                image = protocol.decode_image(h, frames)  # size vs shape x dtype, channels, dtype: cheap checks
+            if enc == "raw":  # size vs shape x dtype, channels, dtype: cheap checks
+                image = protocol.decode_image(h, frames, max_pixels=max_pixels)
             elif len(frames) != 2 or len(frames[1]) == 0:
                 raise ProtocolError("payload", "empty frame" if len(frames) == 2
                                     else f"expected 2 message parts, got {len(frames)}")
             else:  # decoded later by the judge; its magic bytes and claimed size are checked before the ack
-                protocol.check_encoded(frames[1], enc, self.cfg.limits.max_pixels)
-            return FrameJob(frame_id=fid, camera_id=cam, ts_frame=ts, t_recv=time.perf_counter(), header=h,
-                            payload=None if image is not None else frames[1], image=image, want_mask=want_mask)
+                protocol.check_encoded(frames[1], enc, max_pixels)
+            return FrameJob(frame_id=fh.frame_id, camera_id=fh.camera_id, ts_frame=fh.ts, t_recv=time.perf_counter(),
+                            header=h, payload=None if image is not None else frames[1], image=image,
+                            want_mask=fh.want_mask)
         except ProtocolError as e:
             self._refuse(env, frames, e.field, e.message)
             return None

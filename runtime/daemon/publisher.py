@@ -3,7 +3,7 @@
 Each turn drains what the other threads queued (up to ``BATCH_MAX``), writes all of it in one SQLite
 transaction (grouped commit), and only then publishes each verdict: "journaled before published" holds
 for every verdict while the commit cost is paid once per batch. The JSON header is encoded once and the
-same bytes go to the journal and the wire. Multipart on the wire:
+same bytes go to the journal and the wire. Multipart on the wire (topics: runtime/contracts/protocol.py):
 
     [b"verdict.<camera_id>", header JSON (v, kind "verdict", Verdict.to_header() fields), mask PNG?]
     [b"hb", status header]  every heartbeat_interval_s, so a subscriber can tell it is connected
@@ -29,8 +29,6 @@ from runtime.contracts.verdict import Verdict, encode_mask_png
 log = logging.getLogger("lineside.publisher")
 
 BATCH_MAX = 256
-TOPIC_PREFIX = b"verdict."
-HEARTBEAT_TOPIC = b"hb"
 
 
 _HEADER_FIELDS = tuple(f for f in Verdict.__dataclass_fields__ if f not in ("anomaly_map", "mask"))
@@ -151,7 +149,7 @@ class Publisher(threading.Thread):
             entries.append(Entry(v.frame_id, v.camera_id, v.decided_by, v.status, v.decision, v.pending,
                                  v.ts_verdict or time.time(), body, out.pending_request, out.pending_payload,
                                  out.pending_deadline, out.resolves_pending, seq=v_seq))
-            parts = [TOPIC_PREFIX + v.camera_id.encode(), body]
+            parts = [protocol.verdict_topic(v.camera_id), body]
             if mask_png is not None:
                 parts.append(mask_png)
             wire.append(parts)
@@ -178,4 +176,4 @@ class Publisher(threading.Thread):
 
     def _heartbeat(self) -> None:
         h = protocol.encode({"kind": "status", "status": {"alive": True, "published": self.published}})[0]
-        self.sock.send_multipart([HEARTBEAT_TOPIC, h])
+        self.sock.send_multipart([protocol.HEARTBEAT_TOPIC, h])

@@ -24,7 +24,8 @@ The zguide's Paranoid Pirate queue, with Majordomo's registration and credit-bas
   (the edge backs off and retries), error "deadline_ts"/expired when its deadline passes while queued.
 
 "status" requests are answered by the broker itself: its workers, their load, and its counters.
-Workers validate everything else; the broker reads only the header's kind and ids.
+The broker checks the header as the workers and the daemon do (protocol.check_frame_header: ids, ts,
+deadline_ts, want_mask, encoding) and refuses a malformed one at once; the workers check the payload.
 """
 from __future__ import annotations
 
@@ -40,14 +41,13 @@ from typing import Optional
 import zmq
 
 from runtime.curve import check_bind_policy, make_server, start_authenticator
-from runtime.contracts.protocol import ProtocolError, check_id, decode_header, encode, error_frames
+from runtime.contracts.protocol import ProtocolError, check_frame_header, decode_header, encode, error_frames
 from teacher.serve import pirate
-from teacher.serve.wire import request_ids, split_envelope
+from teacher.serve.wire import FRONTEND_CLOSE_LINGER_MS, request_ids, split_envelope
 
 log = logging.getLogger("teacher.serve.broker")
 
 RECV_BURST = 256  # messages read from one socket per wake-up before the other gets its turn
-FRONTEND_CLOSE_LINGER_MS = 500  # bounded flush of replies still queued on the frontend at close
 JOIN_TIMEOUT_S = 5.0
 
 
@@ -236,13 +236,13 @@ class Broker:
                 self._frontend.send_multipart(envelope + encode({"kind": "status", "status": self._status()}))
                 return
             self.counts["received"] += 1
-            frame_id = check_id(h, "frame_id", allow_int=False)
-            camera_id = check_id(h, "camera_id", "cam0", allow_int=False)
+            fh = check_frame_header(h)  # the workers' and the daemon's check (runtime/contracts/protocol.py)
         except ProtocolError as e:
             self.counts["errors"] += 1
             ids = request_ids(body[0]) if body else {"frame_id": None}
             self._frontend.send_multipart(envelope + error_frames(e.field, e.message, **ids))
             return
+        frame_id, camera_id = fh.frame_id, fh.camera_id
         key = (camera_id, frame_id, hashlib.blake2b(body[1] if len(body) > 1 else b"", digest_size=16).digest())
         token = self.by_key.get(key)
         if token is not None:  # a retry (Lazy Pirate: maybe from a reopened socket) of a request still open
@@ -262,12 +262,9 @@ class Broker:
                                                              "camera_id": camera_id, "queue_depth": len(self.queue),
                                                              "reason": reason}))
             return
-        deadline = h.get("deadline_ts")
-        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-            deadline = None  # the worker names a malformed one in its error reply
         self._tokens += 1
         token = self._tokens.to_bytes(8, "big")
-        req = _Request(token, key, frame_id, camera_id, body, [envelope], deadline)
+        req = _Request(token, key, frame_id, camera_id, body, [envelope], fh.deadline_ts)
         self.requests[token] = req
         self.by_key[key] = token
         self.queue.append(req)

@@ -1,7 +1,7 @@
 """The broker <-> worker wire of `teacher serve broker`: Paranoid Pirate (zguide ch. 4) with credit.
 
 One module for the contract, imported by the broker (teacher/serve/broker.py) and the worker
-(teacher/serve/workers.py), as zguide keeps Majordomo's in MDP.py. The client side is unchanged:
+(teacher/serve/links.py), as zguide keeps Majordomo's in MDP.py. The client side is unchanged:
 edges speak runtime/contracts/protocol.py v1 to the broker exactly as to a server.
 
     worker DEALER -> broker ROUTER (the broker sees [worker identity] + these frames)

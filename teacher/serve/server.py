@@ -55,6 +55,7 @@ import zmq
 from runtime.curve import check_bind_policy, make_server, start_authenticator
 from teacher.serve.models import is_fake, parse_fake_spec
 from teacher.serve.status import merge, start_metrics_server
+from teacher.serve.wire import FRONTEND_CLOSE_LINGER_MS
 from teacher.serve.workers import Worker, WorkerConfig, config_dict
 
 log = logging.getLogger("teacher.serve")
@@ -63,7 +64,6 @@ STATS_POLL_MS = 50
 MONITOR_INTERVAL_S = 0.5
 MAX_RESTARTS_PER_WORKER = 5
 FLUSH_BEFORE_TERMINATE_S = 0.1  # let the last replies cross the proxy before it stops
-FRONTEND_CLOSE_LINGER_MS = 500  # bounded flush of replies still queued on the frontend at close
 WORKER_JOIN_TIMEOUT_S = 10.0
 
 

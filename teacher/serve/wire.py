@@ -1,6 +1,8 @@
-"""What a serve worker reads and writes on the wire without a model: the ROUTER envelope, the ids of a
-request that failed validation, JSON-safe reply headers. The wire rules themselves (header parsing, ids,
-pre-decode size checks) are runtime/contracts/protocol.py's, shared with the daemon.
+"""What the teacher's edge-facing side (a server's workers, a broker) reads and writes on the wire beyond
+the protocol: the ROUTER envelope, the ids of a request that failed validation, JSON-safe reply headers,
+and how long the frontend ROUTER may flush at close. The wire rules themselves (header parsing, the
+frame/infer header check, ids, pre-decode size checks) are runtime/contracts/protocol.py's, the same
+functions the daemon calls.
 
 Pure functions of bytes and dicts, kept apart from the worker's threads (teacher/serve/workers.py).
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.contracts.protocol import ProtocolError, parse_json_object, safe_id
+
+FRONTEND_CLOSE_LINGER_MS = 500  # server proxy and broker: bounded flush of replies still queued at close
 
 
 def json_safe(x):

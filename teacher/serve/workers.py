@@ -3,9 +3,9 @@
 A worker is a DEALER connected to the backend of the server's ROUTER-DEALER proxy (zmq.proxy), so
 it receives ``[client identity, (empty delimiter), header, payload]`` and answers with the same
 envelope. Behind a broker (``teacher serve --broker``, teacher/serve/broker.py) it speaks
-teacher/serve/pirate.py instead (_BrokerLink): READY with its credit, heartbeats both ways, requests
-under a broker token that stands in for the envelope, and a fresh socket when the broker falls silent
-(zguide's Paranoid Pirate worker). Two threads:
+teacher/serve/pirate.py instead: READY with its credit, heartbeats both ways, requests under a broker
+token that stands in for the envelope, and a fresh socket when the broker falls silent (zguide's
+Paranoid Pirate worker). Those two sockets are teacher/serve/links.py (ProxyLink, BrokerLink). Two threads:
 
     I/O thread      owns every socket: validates requests, answers errors / busy / expired / cached
                     replies at once, queues the rest, sends the replies the compute thread produced
@@ -17,7 +17,8 @@ instead of being computed twice.
 
 Workers run as threads of the server (CPU, tests) or as spawned processes, one model per process
 with ``CUDA_VISIBLE_DEVICES`` set to its GPU (the GPU design; the process is
-teacher/serve/worker_main.py). Envelope, id and image-header helpers are in teacher/serve/wire.py.
+teacher/serve/worker_main.py). Envelope and id helpers are in teacher/serve/wire.py; the header and
+image checks are runtime/contracts/protocol.py's (check_frame_header, decode_image), the daemon's too.
 """
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ from typing import Optional
 import numpy as np
 import zmq
 
-from runtime.contracts.protocol import ProtocolError, check_id, decode_header, decode_image, encode, error_frames
+from runtime.contracts.protocol import (ProtocolError, check_frame_header, decode_header, decode_image, encode,
+                                        error_frames)
 from runtime.contracts.verdict import Verdict, encode_mask_png
 from teacher.serve import pirate
 from teacher.serve.batching import BatchQueue, ReplyCache, Request
+from teacher.serve.links import BrokerLink, ProxyLink
 from teacher.serve.models import ServeModel, load_model
 from teacher.serve.status import WorkerStats, merge
 from teacher.serve.wire import json_safe, request_ids, split_envelope
@@ -114,12 +117,12 @@ class Worker:
         self.stats.model_hash = self.model.model_hash
         # only now: neither the proxy nor a broker may route to a worker still loading its model
         if self.cfg.broker:
-            sock = _BrokerLink(self.ctx, self.cfg.backend, {
+            sock = BrokerLink(self.ctx, self.cfg.backend, {
                 "worker_id": self.cfg.worker_id, "pid": os.getpid(), "host": socket.gethostname(),
                 "device": self.cfg.device, "model_hash": self.model.model_hash,
                 "credit": pirate.credit_for(self.cfg.max_batch, self.cfg.queue_size)})
         else:
-            sock = _ProxyLink(self.ctx, self.cfg.backend)
+            sock = ProxyLink(self.ctx, self.cfg.backend)
         wake = self.ctx.socket(zmq.PAIR)
         wake.linger = 0
         wake.bind(self._wake_addr)
@@ -138,7 +141,7 @@ class Worker:
                 s.close(linger=0)
         return 0
 
-    def _io_loop(self, sock: "_ProxyLink | _BrokerLink", stats: zmq.Socket, wake: zmq.Socket,
+    def _io_loop(self, sock: "ProxyLink | BrokerLink", stats: zmq.Socket, wake: zmq.Socket,
                  compute: threading.Thread) -> None:
         poller = zmq.Poller()
         for s in (sock.sock, stats, wake):
@@ -210,7 +213,7 @@ class Worker:
                 stats.send_multipart([b"stopped", json.dumps(self._snapshot()).encode()])
                 return
 
-    def _begin_stop(self, sock: "_ProxyLink | _BrokerLink") -> None:
+    def _begin_stop(self, sock: "ProxyLink | BrokerLink") -> None:
         """Drain: finish the batch being computed; what is still queued gets "busy" (retry elsewhere)."""
         self._stopping = True
         sock.leaving()  # a broker routes nothing more here and re-queues the busy replies that follow
@@ -256,23 +259,11 @@ class Worker:
             stats.send_multipart([b"agg?", token, json.dumps(self._snapshot()).encode()])
             return token, envelope
         try:
-            frame_id = check_id(h, "frame_id", allow_int=False)
-            camera_id = check_id(h, "camera_id", "cam0", allow_int=False)
+            fh = check_frame_header(h)  # the broker's and the daemon's check (runtime/contracts/protocol.py)
         except ProtocolError as e:
             refuse(e.field, e.message)
             return None
-        deadline = h.get("deadline_ts")
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
-            refuse("deadline_ts", f"must be a number (s, epoch), got {deadline!r}")
-            return None
-        ts_frame = h.get("ts", 0.0)
-        if isinstance(ts_frame, bool) or not isinstance(ts_frame, (int, float)):
-            refuse("ts", f"must be a number (s, epoch), got {ts_frame!r}")
-            return None
-        want_mask = h.get("want_mask", False)
-        if not isinstance(want_mask, bool):
-            refuse("want_mask", f"must be true or false, got {want_mask!r}")
-            return None
+        frame_id, camera_id, deadline, want_mask = fh.frame_id, fh.camera_id, fh.deadline_ts, fh.want_mask
         # A retry carries the same image; a camera whose counter restarted sends another image under the same
         # id, which must be judged, not answered from the cache: the key includes the payload's digest.
         key = (camera_id, frame_id, hashlib.blake2b(body[1] if len(body) > 1 else b"", digest_size=16).digest())
@@ -315,8 +306,8 @@ class Worker:
             img = np.repeat(img[:, :, None], 3, axis=2)
         elif not img.flags.writeable:
             img = img.copy()  # the payload buffer belongs to the message
-        req = Request(key=key, image=img, camera_id=camera_id, frame_id=frame_id, ts_frame=float(ts_frame),
-                      deadline_ts=None if deadline is None else float(deadline), t_arrival=t_arrival)
+        req = Request(key=key, image=img, camera_id=camera_id, frame_id=frame_id, ts_frame=fh.ts,
+                      deadline_ts=deadline, t_arrival=t_arrival)
         if not self.queue.put(req):  # only this thread puts, so this is the race-free fallback
             self.stats.count("busy")
             sock.send_multipart(envelope + encode({"kind": "busy", "frame_id": frame_id, "camera_id": camera_id,
@@ -425,98 +416,6 @@ class Worker:
             v.latencies_ms = {**(v.latencies_ms or {}), "teacher_queue_ms": round((t0 - r.t_arrival) * 1e3, 3),
                               "teacher_batch_ms": round(batch_ms, 3)}
             self.results.put(("verdict", r, v))
-
-
-class _ProxyLink:
-    """The worker's DEALER to the server's proxy: frames in and out as they are."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(endpoint)
-
-    def recv(self) -> list[bytes]:
-        return self.sock.recv_multipart(zmq.NOBLOCK)
-
-    def send_multipart(self, frames: list[bytes]) -> None:
-        self.sock.send_multipart(frames)
-
-    def tick(self, now: float) -> bool:
-        return False
-
-    def leaving(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
-class _BrokerLink:
-    """The worker's DEALER to a broker (teacher/serve/pirate.py): READY on connect, a heartbeat every
-    HEARTBEAT_INTERVAL_S, requests under the broker's token (the envelope the worker answers to), replies
-    sent as REPLY. A broker silent for HEARTBEAT_LIVENESS intervals gets a fresh socket and a new READY: a
-    half-open TCP connection to a host that vanished would otherwise look alive for hours."""
-
-    def __init__(self, ctx: zmq.Context, endpoint: str, info: dict):
-        self.ctx, self.endpoint, self.info = ctx, endpoint, info
-        self.sock: Optional[zmq.Socket] = None
-        self.reconnects = 0
-        self._open()
-
-    def _open(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)  # what it queued for the silent broker goes with it
-            self.reconnects += 1
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(self.endpoint)
-        now = time.monotonic()
-        self._broker_expiry = now + pirate.HEARTBEAT_LIVENESS * pirate.HEARTBEAT_INTERVAL_S
-        self._next_heartbeat = now + pirate.HEARTBEAT_INTERVAL_S
-        self._send(pirate.ready(self.info))
-
-    def _send(self, frames: list[bytes]) -> None:
-        try:  # never block the I/O thread on a broker that is gone: it re-queues what we could not answer
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-
-    def recv(self) -> Optional[list[bytes]]:
-        """The next request as [token, header, payload?] (split_envelope's shape); None for a command."""
-        msg = self.sock.recv_multipart(zmq.NOBLOCK)
-        self._broker_expiry = time.monotonic() + pirate.HEARTBEAT_LIVENESS * pirate.HEARTBEAT_INTERVAL_S
-        try:
-            command, rest = pirate.parse(msg)
-        except pirate.PirateError as e:
-            log.warning("worker %s: refused a message from the broker: %s", self.info["worker_id"], e)
-            return None
-        if command == pirate.REQUEST:
-            return rest
-        if command == pirate.DISCONNECT:  # the broker does not know us (it restarted, or presumed us dead)
-            log.warning("worker %s: broker %s asked us to register again", self.info["worker_id"], self.endpoint)
-            self._send(pirate.ready(self.info))
-        return None
-
-    def send_multipart(self, frames: list[bytes]) -> None:
-        self._send(pirate.message(pirate.REPLY, *frames))
-
-    def tick(self, now: float) -> bool:
-        """Heartbeat when due; True when the socket was replaced (the caller re-registers it with its poller)."""
-        if now >= self._next_heartbeat:
-            self._send(pirate.message(pirate.HEARTBEAT))
-            self._next_heartbeat = now + pirate.HEARTBEAT_INTERVAL_S
-        if now > self._broker_expiry:
-            log.warning("worker %s: broker %s silent for %.1f s; reconnecting", self.info["worker_id"], self.endpoint,
-                        pirate.HEARTBEAT_LIVENESS * pirate.HEARTBEAT_INTERVAL_S)
-            self._open()
-            return True
-        return False
-
-    def leaving(self) -> None:
-        self._send(pirate.message(pirate.DISCONNECT))
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
 
 
 def config_dict(cfg: WorkerConfig) -> dict:

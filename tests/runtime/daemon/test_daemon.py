@@ -160,6 +160,8 @@ BAD = {
     "unknown_kind": (_raw({"v": 1, "kind": "selfie", "frame_id": "x"}), "kind"),
     "wrong_kind_here": (_raw({"v": 1, "kind": "verdict", "frame_id": "x"}), "kind"),
     "no_frame_id": (_raw({"v": 1, "kind": "frame", "encoding": "raw", "shape": [2, 2], "dtype": "uint8"}, b"1234"), "frame_id"),
+    "integer_frame_id": (_raw({"v": 1, "kind": "frame", "frame_id": 7, "encoding": "raw", "shape": [2, 2],
+                               "dtype": "uint8"}, b"1234"), "frame_id"),  # refused as the teacher refuses it
     "no_shape": (_raw({"v": 1, "kind": "frame", "frame_id": "x", "encoding": "raw", "dtype": "uint8"}, b"1234"), "shape"),
     "size_mismatch": (_raw({"v": 1, "kind": "frame", "frame_id": "x", "encoding": "raw", "shape": [8, 8, 3],
                             "dtype": "uint8"}, bytes(100)), "payload"),
@@ -219,6 +221,18 @@ def test_oversize_frame_gets_error_verdict_naming_its_size(run_daemon):
     (v,) = c.collect(["big"], timeout_s=5.0)["big"]
     assert v.status == "error" and v.error.startswith("payload:") and "30000 bytes" in v.error
     assert d.status()["ingress_disconnects"] == 0  # refused by the daemon, not by ZeroMQ
+    alive(c)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+def test_frames_over_the_configured_pixel_limit_are_refused_raw_or_encoded(run_daemon, encoding):
+    """limits.max_pixels bounds a raw frame's shape as it bounds the size in a PNG/JPEG header."""
+    d, c = run_daemon(**{"limits.max_pixels": 64 * 64})  # the tiny model's own frames still fit
+    from runtime.client import LinesideError
+
+    with pytest.raises(LinesideError, match="exceeds the limit of 4096") as e:
+        c.send(np.zeros((65, 64, 3), np.uint8), frame_id="wide", encoding=encoding)
+    assert e.value.field == "shape"
     alive(c)
 
 

@@ -323,6 +323,13 @@ def test_broker_status_and_bad_requests(ctx, broker):
         sock.send_multipart([b'{"v": 9, "kind": "infer", "frame_id": "x"}'])
         h = recv(sock)
         assert h["kind"] == "error" and h["field"] == "v" and h["frame_id"] == "x"
+        # the header check the workers and the daemon make (protocol.check_frame_header), made here at once
+        for bad, field in (({"frame_id": 7}, "frame_id"), ({"deadline_ts": "soon"}, "deadline_ts"),
+                           ({"want_mask": 1}, "want_mask")):
+            sock.send_multipart(encode({"kind": "infer", "frame_id": "y", **bad}))
+            h = recv(sock)
+            assert h["kind"] == "error" and h["field"] == field, h
+        assert broker.status()["counts"]["errors"] == 5
     finally:
         sock.close()
 
