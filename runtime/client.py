@@ -1,4 +1,7 @@
-"""LinesideClient: what a camera driver, a test, the demo or an integrator uses to talk to a daemon.
+"""The one client of the wire protocol (runtime/contracts/protocol.py), as zguide keeps mdcliapi.py:
+LinesideClient for a daemon, RequestClient for any peer's ROUTER, request() for one round trip.
+
+LinesideClient is what a camera driver, a test, the demo or an integrator uses to talk to a daemon:
 
     with LinesideClient("tcp://127.0.0.1:5555", verdicts="tcp://127.0.0.1:5556",
                         control="tcp://127.0.0.1:5557") as c:
@@ -11,6 +14,11 @@
 Ingress is a DEALER (several frames may be in flight: ``send(..., wait=False)`` then ``acks()``), verdicts
 a SUB on topic ``verdict.`` (or one camera's), control a DEALER with a REQ-style empty delimiter so the
 same call works against a teacher server's ROUTER. Every receive has a timeout.
+
+RequestClient is one DEALER to a daemon's ingress, a teacher server or a broker: send a message, receive
+the reply, every receive with a timeout and no retries (retrying is the caller's policy: the daemon's
+Lazy Pirate cascade, runtime/daemon/cascade.py, closes and reopens). LinesideClient sends its frames
+through one; teacher/serve/bench.py's ServeClient and the demo's status probes are built on it.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import json
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import zmq
@@ -39,6 +47,67 @@ class LinesideError(RuntimeError):
         self.field, self.message, self.header = header.get("field"), header.get("message"), header
 
 
+class RequestClient:
+    """``with RequestClient(endpoint) as c: header, frames = c.infer(img, "f1")``. One DEALER, LINGER 0;
+    several requests may be in flight (replies come in the order the peer sends them). ``delimiter`` puts
+    the REQ-style empty part before each message (a daemon's control socket needs it; a ROUTER that splits
+    envelopes, like a teacher server's, echoes it back, and ``recv`` drops it). ``peer`` names the other
+    end in errors. Raises TimeoutError on silence, ProtocolError on a reply that breaks the protocol."""
+
+    def __init__(self, endpoint: str, context: Optional[zmq.Context] = None, *,
+                 curve_secret: Optional[str | Path] = None, server_public: Optional[str | Path] = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, delimiter: bool = False, peer: Optional[str] = None):
+        self.ctx = context or zmq.Context.instance()
+        self.endpoint, self.timeout_s, self.peer = endpoint, timeout_s, peer or endpoint
+        self._head = [b""] if delimiter else []
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.sndtimeo = int(timeout_s * 1000)
+        if curve_secret:
+            make_client(self.sock, curve_secret, server_public)
+        self.sock.connect(endpoint)
+
+    def send(self, frames: Sequence[bytes]) -> None:
+        # a DEALER with no usable connection (peer down, CURVE refused) blocks on send: never forever
+        try:
+            self.sock.send_multipart(self._head + list(frames), copy=False)
+        except zmq.Again:
+            raise TimeoutError(f"cannot send to {self.peer} within {self.timeout_s:.1f} s (not connected, or its "
+                               "CURVE key refused ours)") from None
+
+    def recv(self, timeout_s: Optional[float] = None) -> tuple[dict, list[bytes]]:
+        """The next reply: (its checked header, its parts without the echoed delimiter)."""
+        t = self.timeout_s if timeout_s is None else timeout_s
+        if not self.sock.poll(int(t * 1000), zmq.POLLIN):
+            raise TimeoutError(f"no reply from {self.peer} within {t:.1f} s")
+        frames = self.sock.recv_multipart()
+        while frames and frames[0] == b"":  # the REQ-style delimiter, echoed by the peer's ROUTER
+            frames = frames[1:]
+        return protocol.decode_header(frames), frames
+
+    def request(self, frames: Sequence[bytes], timeout_s: Optional[float] = None) -> tuple[dict, list[bytes]]:
+        self.send(frames)
+        return self.recv(timeout_s)
+
+    def infer(self, image: np.ndarray, frame_id: str, encoding: str = "raw", timeout_s: Optional[float] = None,
+              **header) -> tuple[dict, list[bytes]]:
+        """One "infer" request (to a teacher server or broker) and its reply."""
+        return self.request(protocol.image_frames("infer", image, encoding, frame_id=frame_id, **header), timeout_s)
+
+    def status(self, timeout_s: Optional[float] = None) -> dict:
+        """A "status" request's reply object."""
+        return self.request(protocol.encode({"kind": "status"}), timeout_s)[0]["status"]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def __enter__(self) -> "RequestClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class LinesideClient:
     def __init__(self, ingress: Optional[str] = None, verdicts: Optional[str] = None, *, control: Optional[str] = None,
                  camera_id: Optional[str] = None, curve_secret: Optional[str | Path] = None,
@@ -50,13 +119,14 @@ class LinesideClient:
         self._ids = itertools.count()
         self._acks: dict[str, dict] = {}
         self._buffer: deque[Verdict] = deque()
-        self.ingress = self._socket(zmq.DEALER, ingress) if ingress else None
+        self.ingress = RequestClient(ingress, self.ctx, curve_secret=curve_secret, server_public=server_public,
+                                     timeout_s=timeout_s, peer="the daemon") if ingress else None
         self.sub = None
-        self._topic = b"verdict." + camera_id.encode() if camera_id else None  # exact: cam1 is not cam10
+        self._topic = protocol.verdict_topic(camera_id) if camera_id else None  # compared exactly: cam1 is not cam10
         if verdicts:
             self.sub = self._socket(zmq.SUB, verdicts)
-            self.sub.setsockopt(zmq.SUBSCRIBE, self._topic or b"verdict.")
-            self.sub.setsockopt(zmq.SUBSCRIBE, b"hb")
+            self.sub.setsockopt(zmq.SUBSCRIBE, self._topic or protocol.VERDICT_TOPIC_PREFIX)
+            self.sub.setsockopt(zmq.SUBSCRIBE, protocol.HEARTBEAT_TOPIC)
         self.control_ep = control
 
     def _socket(self, kind: int, endpoint: str) -> zmq.Socket:
@@ -81,23 +151,15 @@ class LinesideClient:
             frames = protocol.encode({"kind": "frame", "ts": time.time(), "encoding": encoding, **h}, bytes(image))
         else:
             frames = protocol.image_frames("frame", image, encoding, **h)
-        self._send(frames)
+        self.ingress.send(frames)
         if not wait:
             return fid
         return self.ack(fid, timeout_s)
 
     def send_raw(self, frames: list[bytes], timeout_s: Optional[float] = None) -> dict:
         """Send arbitrary message parts (tests of bad input) and return the next reply header."""
-        self._send(frames)
+        self.ingress.send(frames)
         return self._recv_reply(timeout_s)
-
-    def _send(self, frames: list[bytes]) -> None:
-        # a DEALER with no usable connection (daemon down, CURVE refused) blocks on send: never forever
-        try:
-            self.ingress.send_multipart(frames, copy=False)
-        except zmq.Again:
-            raise TimeoutError(f"cannot send to the daemon within {self.timeout_s:.1f} s (not connected, or its "
-                               "CURVE key refused ours)") from None
 
     def ack(self, frame_id: str, timeout_s: Optional[float] = None) -> dict:
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
@@ -124,13 +186,7 @@ class LinesideClient:
             t = 0.0
 
     def _recv_reply(self, timeout_s: Optional[float]) -> dict:
-        t = self.timeout_s if timeout_s is None else timeout_s
-        if not self.ingress.poll(int(t * 1000), zmq.POLLIN):
-            raise TimeoutError(f"no reply from the daemon within {t:.1f} s")
-        msg = self.ingress.recv_multipart()
-        while msg and msg[0] == b"":
-            msg = msg[1:]
-        return protocol.decode_header(msg)
+        return self.ingress.recv(timeout_s)[0]
 
     # -- verdicts ---------------------------------------------------------------------------------
     def wait_ready(self, timeout_s: Optional[float] = None) -> None:
@@ -139,7 +195,7 @@ class LinesideClient:
         while time.monotonic() < deadline:
             if self.sub.poll(50, zmq.POLLIN):
                 msg = self.sub.recv_multipart()
-                if msg[0] == b"hb":
+                if msg[0] == protocol.HEARTBEAT_TOPIC:
                     return
                 if self._topic is None or msg[0] == self._topic:
                     self._buffer.append(_verdict(msg))
@@ -165,7 +221,7 @@ class LinesideClient:
             if left <= 0 or not self.sub.poll(max(1, int(left * 1000)), zmq.POLLIN):
                 return None
             msg = self.sub.recv_multipart()
-            if msg[0] != b"hb" and (self._topic is None or msg[0] == self._topic):
+            if msg[0] != protocol.HEARTBEAT_TOPIC and (self._topic is None or msg[0] == self._topic):
                 return _verdict(msg)
 
     def collect(self, frame_ids, timeout_s: float = DEFAULT_TIMEOUT_S, final: bool = False) -> dict[str, list[Verdict]]:
@@ -210,9 +266,10 @@ class LinesideClient:
         return self.control("shutdown", timeout_s)["status"]
 
     def close(self) -> None:
-        for s in (self.ingress, self.sub):
-            if s is not None:
-                s.close(linger=0)
+        if self.ingress is not None:
+            self.ingress.close()
+        if self.sub is not None:
+            self.sub.close(linger=0)
 
     def __enter__(self) -> "LinesideClient":
         return self
@@ -222,26 +279,12 @@ class LinesideClient:
 
 
 def request(ctx: zmq.Context, endpoint: str, header: dict, timeout_s: float, curve=None) -> dict:
-    """One request, one reply (fresh DEALER, REQ-style envelope, LINGER 0). Raises TimeoutError / LinesideError."""
-    s = ctx.socket(zmq.DEALER)
-    s.linger = 0
-    try:
-        if curve:
-            make_client(s, *curve)
-        s.connect(endpoint)
-        s.sndtimeo = int(timeout_s * 1000)
-        try:
-            s.send_multipart([b""] + protocol.encode(header))
-        except zmq.Again:
-            raise TimeoutError(f"cannot send to {endpoint} within {timeout_s:.1f} s") from None
-        if not s.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise TimeoutError(f"no reply from {endpoint} within {timeout_s:.1f} s")
-        msg = s.recv_multipart()
-    finally:
-        s.close(linger=0)
-    while msg and msg[0] == b"":
-        msg = msg[1:]
-    h = protocol.decode_header(msg)
+    """One request, one reply (fresh RequestClient, REQ-style envelope, LINGER 0): the reply header.
+    ``curve``: (client secret, server public). Raises TimeoutError / LinesideError / ProtocolError."""
+    secret, public = curve or (None, None)
+    with RequestClient(endpoint, ctx, curve_secret=secret, server_public=public, timeout_s=timeout_s,
+                       delimiter=True) as c:
+        h, _ = c.request(protocol.encode(header))
     if h["kind"] == "error":
         raise LinesideError(h)
     return h

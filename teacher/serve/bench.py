@@ -1,8 +1,9 @@
-"""A minimal synchronous client of `teacher serve`, and the server benchmark.
+"""The client the tests and the benchmark use against `teacher serve`, and the server benchmark.
 
-``ServeClient`` is what tests and the benchmark use: one DEALER socket, every receive with a
-timeout, no retries. The edge's own client (Lazy Pirate: poll, close and reopen, bounded retries,
-then edge-only) is runtime/daemon/cascade.py.
+``ServeClient`` is runtime/client.py's RequestClient (the one client: one DEALER, every receive with a
+timeout, no retries) in this module's units: timeouts in ms, and None for silence instead of
+TimeoutError, so a test asserts on a missing reply. The edge's own client (Lazy Pirate: poll, close and
+reopen, bounded retries, then edge-only) is runtime/daemon/cascade.py.
 
 ``run_server_bench`` starts a server in this process (fake model unless a checkpoint is given) and
 measures throughput and latency at 1, 4 and 16 concurrent clients, each sending its requests one
@@ -21,7 +22,8 @@ from typing import Optional
 import numpy as np
 import zmq
 
-from runtime.contracts.protocol import decode_header, encode, image_frames
+from runtime.client import RequestClient
+from runtime.contracts.protocol import image_frames
 
 RECV_TIMEOUT_MS = 10_000
 BUSY_BACKOFF_S = 0.005
@@ -33,15 +35,8 @@ class ServeClient:
 
     def __init__(self, endpoint: str, context: Optional[zmq.Context] = None, curve_secret: Optional[str] = None,
                  server_public: Optional[str] = None, timeout_ms: int = RECV_TIMEOUT_MS):
-        self.ctx = context or zmq.Context.instance()
-        self.timeout_ms = timeout_ms
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        if curve_secret:
-            from runtime.curve import make_client
-
-            make_client(self.sock, curve_secret, server_public)
-        self.sock.connect(endpoint)
+        self.client = RequestClient(endpoint, context, curve_secret=curve_secret, server_public=server_public,
+                                    timeout_s=timeout_ms / 1e3)
 
     def __enter__(self) -> "ServeClient":
         return self
@@ -50,30 +45,39 @@ class ServeClient:
         self.close()
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.client.close()
 
     def send(self, frames: list[bytes]) -> None:
-        self.sock.send_multipart(frames)
+        self.client.send(frames)
 
     def recv(self, timeout_ms: Optional[int] = None) -> Optional[tuple[dict, list[bytes]]]:
-        if not self.sock.poll(self.timeout_ms if timeout_ms is None else timeout_ms):
+        try:
+            return self.client.recv(_seconds(timeout_ms))
+        except TimeoutError:
             return None
-        frames = self.sock.recv_multipart()
-        while frames and frames[0] == b"":  # a request that began with an empty part had it echoed as a delimiter
-            frames = frames[1:]
-        return decode_header(frames), frames
 
     def request(self, frames: list[bytes], timeout_ms: Optional[int] = None) -> Optional[tuple[dict, list[bytes]]]:
-        self.send(frames)
-        return self.recv(timeout_ms)
+        try:
+            return self.client.request(frames, _seconds(timeout_ms))
+        except TimeoutError:
+            return None
 
     def infer(self, image: np.ndarray, frame_id: str, encoding: str = "raw", timeout_ms: Optional[int] = None,
               **header) -> Optional[tuple[dict, list[bytes]]]:
-        return self.request(image_frames("infer", image, encoding, frame_id=frame_id, **header), timeout_ms)
+        try:
+            return self.client.infer(image, frame_id, encoding, _seconds(timeout_ms), **header)
+        except TimeoutError:
+            return None
 
     def status(self, timeout_ms: Optional[int] = None) -> Optional[dict]:
-        r = self.request(encode({"kind": "status"}), timeout_ms)
-        return None if r is None else r[0]["status"]
+        try:
+            return self.client.status(_seconds(timeout_ms))
+        except TimeoutError:
+            return None
+
+
+def _seconds(timeout_ms: Optional[int]) -> Optional[float]:
+    return None if timeout_ms is None else timeout_ms / 1e3
 
 
 def _client_loop(endpoint: str, ctx: zmq.Context, images: list[np.ndarray], prefix: str, n: int,

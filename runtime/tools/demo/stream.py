@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 import zmq
 
+from runtime.client import LinesideError, request
 from runtime.contracts import protocol
 from runtime.tools.demo.steps import StepError, command, tail
 from runtime.contracts.verdict import Verdict
@@ -30,8 +31,7 @@ READY_TIMEOUT_S = 120.0  # a service answers its first status request within thi
 STATUS_POLL_MS = 500  # Lazy Pirate: wait this long for a status reply, then reopen the socket
 SUBSCRIBE_TIMEOUT_S = 15.0  # PUB/SUB slow joiner: wait for the daemon's first heartbeat before streaming
 VERDICT_POLL_MS = 100
-TEACHER_GRACE_S = 60.0
-HEARTBEAT_TOPIC = b"hb"  # the daemon's PUB heartbeats (runtime/daemon/publisher.py); verdicts come as "verdict.<camera>"  # after the last frame, wait this long for teacher verdicts of pending frames
+TEACHER_GRACE_S = 60.0  # after the last frame, wait this long for teacher verdicts of pending frames
 
 
 IPC_PATH_MAX = 100  # a Unix socket path holds ~107 bytes (sun_path); longer run dirs use a short temp dir
@@ -115,33 +115,26 @@ class Service:
         return p.returncode
 
 
-def request_status(ctx: zmq.Context, endpoint: str, header: dict, timeout_ms: int = STATUS_POLL_MS,
-                   sock_type: int = zmq.REQ) -> dict | None:
-    """One request/reply round trip (REQ, or DEALER for the teacher server whose replies carry no
-    empty delimiter); None on silence (the socket is dropped with LINGER 0, Lazy Pirate)."""
-    s = ctx.socket(sock_type)
-    s.linger = 0
+def request_status(ctx: zmq.Context, endpoint: str, header: dict, timeout_ms: int = STATUS_POLL_MS) -> dict | None:
+    """One request/reply round trip (runtime.client.request: a daemon's control socket and a teacher
+    server alike); the reply header, an error reply's included, or None on silence or a reply that breaks
+    the protocol (the socket is dropped with LINGER 0, Lazy Pirate)."""
     try:
-        s.connect(endpoint)
-        s.send_multipart(protocol.encode(header))
-        if s.poll(timeout_ms, zmq.POLLIN):
-            frames = s.recv_multipart()
-            try:
-                return protocol.decode_header(frames)
-            except protocol.ProtocolError:
-                return None
+        return request(ctx, endpoint, header, timeout_ms / 1e3)
+    except LinesideError as e:  # it answered: alive, whatever it said
+        return e.header
+    except (TimeoutError, protocol.ProtocolError):
         return None
-    finally:
-        s.close(linger=0)
 
 
 def wait_ready(ctx: zmq.Context, service: Service, endpoint: str, header: dict,
-               timeout_s: float = READY_TIMEOUT_S, sock_type: int = zmq.REQ) -> dict:
-    """Poll a service's status endpoint until it answers; fail early if the process dies."""
+               timeout_s: float = READY_TIMEOUT_S, sock_type: int | None = None) -> dict:
+    """Poll a service's status endpoint until it answers; fail early if the process dies. ``sock_type`` is
+    unused (request_status speaks to a daemon and a teacher server alike) and kept for old callers."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         service.check_alive()
-        reply = request_status(ctx, endpoint, header, sock_type=sock_type)
+        reply = request_status(ctx, endpoint, header)
         if reply is not None:
             return reply
         time.sleep(0.2)
@@ -213,7 +206,7 @@ class VerdictCollector(threading.Thread):
                     continue
                 frames = self.sock.recv_multipart()
                 self.heard.set()
-                if frames and frames[0] == HEARTBEAT_TOPIC:
+                if frames and frames[0] == protocol.HEARTBEAT_TOPIC:
                     continue
                 frames = _strip_topic(frames)
                 try:
