@@ -77,7 +77,8 @@ class Daemon:
             if c.teacher.address:
                 self.cascade = Cascade(self.ctx, c.teacher, self.publish_q, self.tm)
             order = InOrder(self.queue)
-            self.judges = [Judge(self.holder, order, self.publish_q, self.tm, self.cascade, c.teacher.deadline_ms, i)
+            self.judges = [Judge(self.holder, order, self.publish_q, self.tm, self.cascade, c.teacher.deadline_ms, i,
+                                 max_pixels=c.limits.max_pixels)
                            for i in range(c.backend.workers)]
             self.ingress = Ingress(self.ctx, c, self.queue, self.publish_q, self.tm, c.journal.path)
             self.control = Control(self.ctx, c, self)

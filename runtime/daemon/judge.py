@@ -95,8 +95,9 @@ class Judge(threading.Thread):
     """One judge worker; ``workers`` of them share one ``InOrder``."""
 
     def __init__(self, holder: EngineHolder, order: InOrder, publish_q, telemetry, cascade=None,
-                 deadline_ms: int = 10_000, index: int = 0):
+                 deadline_ms: int = 10_000, index: int = 0, max_pixels: int = protocol.DEFAULT_MAX_PIXELS):
         super().__init__(name=f"lineside-judge-{index}", daemon=True)
+        self.max_pixels = max_pixels  # limits.max_pixels: what the ingress admitted decodes here too
         self.holder, self.order, self.queue = holder, order, order.queue
         self.publish_q, self.tm = publish_q, telemetry
         self.cascade, self.deadline_s = cascade, deadline_ms / 1e3
@@ -148,7 +149,7 @@ class Judge(threading.Thread):
         image = job.image
         if image is None:
             try:
-                image = protocol.decode_image(job.header, [b"", job.payload])
+                image = protocol.decode_image(job.header, [b"", job.payload], max_pixels=self.max_pixels)
             except ProtocolError as e:
                 self.tm.errors.labels(e.field).inc()
                 v = Verdict.failure(job.frame_id, "error", f"{e.field}: {e.message}", camera_id=job.camera_id,

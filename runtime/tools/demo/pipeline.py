@@ -139,7 +139,7 @@ def run_line(out: Path, s, env: dict, ckpt: Path, art: Path, frames: list[tuple[
         say("start [bold]teacher serve[/] and [bold]lineside run[/] …", start="services")
         teacher.start()
         daemon.start()
-        info["teacher_status"] = st.wait_ready(ctx, teacher, ep(p_teacher), {"kind": "status"}, sock_type=zmq.DEALER)
+        info["teacher_status"] = st.wait_ready(ctx, teacher, ep(p_teacher), {"kind": "status"})
         info["daemon_status"] = st.wait_ready(ctx, daemon, control, {"kind": "control", "cmd": "status"})
         info["startup_s"] = time.perf_counter() - t0
         say(f"services up in {info['startup_s']:.1f} s ({ep(p_ingress)} → daemon → {ep(p_teacher)})", end="services")

@@ -128,9 +128,9 @@ def request_status(ctx: zmq.Context, endpoint: str, header: dict, timeout_ms: in
 
 
 def wait_ready(ctx: zmq.Context, service: Service, endpoint: str, header: dict,
-               timeout_s: float = READY_TIMEOUT_S, sock_type: int | None = None) -> dict:
-    """Poll a service's status endpoint until it answers; fail early if the process dies. ``sock_type`` is
-    unused (request_status speaks to a daemon and a teacher server alike) and kept for old callers."""
+               timeout_s: float = READY_TIMEOUT_S) -> dict:
+    """Poll a service's status endpoint (a daemon's or a teacher server's) until it answers; fail early if the
+    process dies."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         service.check_alive()
