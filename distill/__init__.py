@@ -6,7 +6,10 @@
     targets.py     teacher targets (on the fly, cached; or `teacher extract` shards); head_targets.py
     losses.py      1 − cos + normalised MSE per level, KL for head outputs;  trainer.py  the loop
     bank.py        coreset bank, edge-identical scoring;  calibrate.py  threshold, band, OOD limit
-    fit.py / quantize.py / export.py / evaluate.py   the `distill` commands;  run.py  the run directory
+    commands/      one file per `distill <name>` command (flags and the call into the library)
+    fit.py         the fit (fit_options.py: its options and defaults);  run.py  the run directory
+    int8/          quantization: quantize.py (the run), guard.py, ort.py, nncf.py
+    export.py      the artifact (export_check.py: every model against torch);  evaluate.py  eval, report
     export_targets.py  ONNX / OpenVINO / TensorRT;  runners.py  one interface per runtime
     bench.py       student_latency() for `lineside bench` and `distill eval`
 """

@@ -46,7 +46,8 @@ def _timing_models(artifact: Path, size: int, out: Path, outputs: list[str]) -> 
 
     from distill.edge_graph import prune_onnx
     from distill.export_targets import export_onnx, export_openvino
-    from distill.quantize import attempts, quantize_ort
+    from distill.int8.ort import quantize_ort
+    from distill.int8.quantize import attempts
     from distill.run import build_model
 
     cfg = json.loads((artifact / "torch" / "config.json").read_text())

@@ -1,4 +1,5 @@
-"""`distill …`: the workstation commands (fit, quantize, export, eval), one module each."""
+"""`distill …`: the workstation commands (fit, quantize, export, eval), one module each: `distill <name>` is
+distill/commands/<name>.py."""
 from __future__ import annotations
 
 import sys
@@ -6,11 +7,11 @@ import sys
 from runtime.cli.dispatch import dispatch
 
 COMMANDS = {
-    "fit": ("distill.fit", "train a student on the teacher's t=50 features; bank, threshold, uncertainty band"),
-    "quantize": ("distill.quantize", "INT8 post-training quantization (NNCF, ONNX Runtime), accuracy-guarded"),
-    "export": ("distill.export", "write the student artifact directory for the edge"),
-    "eval": ("distill.evaluate", "student vs teacher: fidelity, detection metrics, latency; HTML report"),
-    "retarget": ("distill.retarget", "a timing-only copy of an artifact at another input size (lineside bench edge)"),
+    "fit": ("distill.commands.fit", "train a student on the teacher's t=50 features; bank, threshold, uncertainty band"),
+    "quantize": ("distill.commands.quantize", "INT8 post-training quantization (NNCF, ONNX Runtime), accuracy-guarded"),
+    "export": ("distill.commands.export", "write the student artifact directory for the edge"),
+    "eval": ("distill.commands.eval", "student vs teacher: fidelity, detection metrics, latency; HTML report"),
+    "retarget": ("distill.commands.retarget", "a timing-only copy of an artifact at another input size (lineside bench edge)"),
 }
 
 

@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,24 +29,6 @@ from distill.runners import OrtRunner, OvRunner, run_all
 
 def log(msg: str) -> None:
     print(f"[distill eval] {msg}", file=sys.stderr, flush=True)
-
-
-def configure(p) -> None:
-    p.add_argument("artifact", help="artifact directory (distill export)")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint directory")
-    p.add_argument("--data", default=None, help="dataset manifest.jsonl")
-    p.add_argument("--split", default="test")
-    p.add_argument("--report", default=None, help="write an HTML report into this directory")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per backend")
-    p.add_argument("--size", type=int, default=None, help="time at this input size (default: the artifact's)")
-    p.add_argument("--backends", nargs="*", default=list(BACKENDS), help="backends to time the student on")
-    p.add_argument("--teacher-preset", default=None,
-                   help="time a random-init teacher of this preset (e.g. sd15) instead of the checkpoint")
-    p.add_argument("--teacher-runs", type=int, default=3, help="timed teacher runs")
-    p.add_argument("--student-only", action="store_true", help="latency of the student only; no teacher, no data")
-    p.add_argument("--noise-draws", type=int, default=4, help="teacher draws averaged for the fidelity targets")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true")
 
 
 def _cosines(student_outs: list[dict], teacher_feats: dict, names: list[str], centred: bool = False) -> dict[str, float]:
@@ -78,12 +59,9 @@ def _decision_metrics(decisions: np.ndarray, labels: np.ndarray, teacher: np.nda
 
 def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str = "test", threads: int = 1,
              noise_draws: int = 4) -> dict:
-    import torch
-
     from distill.data import load_images
     from runtime.contracts.dataset import load_dataset
     from runtime.contracts.manifest import load_manifest
-    from runtime.metrics import compute_all
 
     art = Path(artifact)
     man = load_manifest(art)
@@ -100,8 +78,7 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     scoring = ScoringParams(k=ms.k, blur_sigma_px=ms.blur_sigma_px, score_topk=ms.score_topk, mode=ms.mode,
                             bank_norm=ms.bank_norm, head_norm=ms.head_norm)
     cal = man.calibration
-    thr, (lo, hi) = cal.threshold, cal.band
-    labels, masks = test.labels, test.masks
+    labels = test.labels
     res: dict = {"artifact": str(art), "student": man.student, "student_name": man.student, "split": split,
                  "n_images": len(test), "n_defect": int(labels.sum()), "calibration": cal.model_dump(),
                  "quantization": man.quantization, "models": dict(man.models), "forced": list(man.forced), "data_hash": ds.content_hash(),
@@ -109,8 +86,26 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
                  # the val split): a fidelity figure means something only above it
                  "fidelity_mean_predictor": dict((man.metrics.get("fidelity") or {}).get("val_cosine_mean_predictor")
                                                  or {})}
+    tfeat = teacher_features(teacher_ckpt, man, test, noise_draws)
+    res["teacher"], (t_dec, t_scores, t_maps, t_thr) = teacher_decisions(teacher_ckpt, test)
+    student, curves = student_rows(art, man, x, bank, scoring, labels, test.masks, t_dec, threads)
+    fp32_outs = curves["fp32"][1]
+    res["fidelity_cosine"] = _cosines(fp32_outs, tfeat, man.spec.names)
+    res["fidelity_cosine_centred"] = _cosines(fp32_outs, tfeat, man.spec.names, centred=True)
+    res["fidelity_noise_draws"] = noise_draws
+    res["student"] = student
+    log("cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in res["fidelity_cosine"].items()))
+    key = "int8" if "int8" in curves else ("int8_openvino" if "int8_openvino" in curves else "fp32")
+    res["cascade"], fb = cascade(curves[key][0], cal, labels, t_dec, key)
+    res["quality"] = quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves, cal.threshold, fb, key)
+    res["_plots"] = {"curves": curves, "teacher": (t_scores, t_maps), "test": test}
+    return res
 
-    # teacher: features (fidelity) and, with a head or bank, its decisions
+
+def teacher_features(teacher_ckpt: str, man, test, noise_draws: int) -> dict:
+    """The teacher's t=50 features of the test images (the fidelity targets), averaged over ``noise_draws``."""
+    import torch
+
     from teacher.checkpoint import load_teacher
 
     teacher = load_teacher(teacher_ckpt)
@@ -124,8 +119,14 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
             f = teacher.extract_features(test.teacher_inputs()[s:s + 8], noise_draws=noise_draws, seed=0)
             for k, v in f.items():
                 tfeat.setdefault(k, []).append(v)
-        tfeat = {k: torch.cat(v) for k, v in tfeat.items()}
-    t_dec = t_scores = t_maps = t_thr = None
+        return {k: torch.cat(v) for k, v in tfeat.items()}
+
+
+def teacher_decisions(teacher_ckpt: str, test) -> tuple[dict, tuple]:
+    """The teacher pipeline on the test images, when the checkpoint has a head or bank -> (its row, (decisions,
+    scores, maps, threshold), all None without)."""
+    from runtime.metrics import compute_all
+
     try:
         from teacher.pipeline import TeacherPipeline
 
@@ -134,15 +135,21 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
         t_dec = np.asarray([v.decision == "defect" for v in verdicts])
         t_scores = np.asarray([v.score for v in verdicts], float)
         t_maps = [v.anomaly_map for v in verdicts]
-        t_thr = pipe.threshold
-        res["teacher"] = {"mode": pipe.mode, **compute_all(labels, t_scores, list(masks), t_maps,
-                                                            threshold=None)}
-        res["teacher"].update(_decision_metrics(t_dec, labels, None))
+        row = {"mode": pipe.mode, **compute_all(test.labels, t_scores, list(test.masks), t_maps, threshold=None)}
+        row.update(_decision_metrics(t_dec, test.labels, None))
+        return row, (t_dec, t_scores, t_maps, pipe.threshold)
     except FileNotFoundError as e:
-        res["teacher"] = {"mode": None, "note": f"no head or bank: {e}"}
+        return {"mode": None, "note": f"no head or bank: {e}"}, (None, None, None, None)
 
-    # students; the FP32 row runs the full graph: it computes the edge graph's outputs with the same nodes
-    # (distill/edge_graph.py) and also the projected levels the fidelity needs
+
+def student_rows(art: Path, man, x: np.ndarray, bank: np.ndarray, scoring: ScoringParams, labels, masks, t_dec,
+                 threads: int) -> tuple[dict, dict]:
+    """Detection figures of every student model -> (row per model, (scores, outputs) per model). The FP32 row
+    runs the full graph: it computes the edge graph's outputs with the same nodes (distill/edge_graph.py) and
+    also the projected levels the fidelity needs."""
+    from runtime.metrics import compute_all
+
+    thr = man.calibration.threshold
     runs = {"fp32": ("onnxruntime", man.full_model)}
     if "int8" in man.models:
         runs["int8"] = ("onnxruntime", man.models["int8"])
@@ -153,36 +160,31 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     for key, (rt, rel) in runs.items():
         runner = OrtRunner(art / rel, threads) if rt == "onnxruntime" else OvRunner(art / rel, threads)
         outs = run_all(runner, x)
-        sc = score_outputs(outs, bank, size, scoring)
+        sc = score_outputs(outs, bank, man.preprocess.size, scoring)
         m = compute_all(labels, sc.scores, list(masks), list(sc.maps), threshold=thr)
         m.update(_decision_metrics(sc.scores >= thr, labels, t_dec))
         student[key] = {"runtime": rt, "file": rel, **m}
         curves[key] = (sc, outs)
-        if key == "fp32":
-            res["fidelity_cosine"] = _cosines(outs, tfeat, man.spec.names)
-            res["fidelity_cosine_centred"] = _cosines(outs, tfeat, man.spec.names, centred=True)
-            res["fidelity_noise_draws"] = noise_draws
-    res["student"] = student
-    log("cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in res["fidelity_cosine"].items()))
+    return student, curves
 
-    # cascade on the deployed INT8 model (FP32 if none)
-    key = "int8" if "int8" in curves else ("int8_openvino" if "int8_openvino" in curves else "fp32")
-    sc = curves[key][0]
+
+def cascade(sc, cal, labels, t_dec, key: str) -> tuple[dict, np.ndarray]:
+    """The cascade on the deployed model ``key`` (INT8, FP32 if none): its decision, except inside the band or
+    out of distribution, where the teacher's is used (the labels when it cannot decide) -> (its row, the
+    fallback frames)."""
+    thr, (lo, hi) = cal.threshold, cal.band
     in_band = (sc.scores >= lo) & (sc.scores <= hi)
     ood = sc.mean_nn > cal.ood_limit
     fb = in_band | ood
     source = "teacher" if t_dec is not None else "labels (the teacher has neither head nor bank)"
     fallback = t_dec if t_dec is not None else labels == 1
     dec = np.where(fb, fallback, sc.scores >= thr)
-    res["cascade"] = {"student": key, "fallback_rate": float(fb.mean()), "in_band_rate": float(in_band.mean()),
-                      "ood_rate": float(ood.mean()), "fallback_source": source,
-                      **_decision_metrics(dec, labels, t_dec)}
+    row = {"student": key, "fallback_rate": float(fb.mean()), "in_band_rate": float(in_band.mean()),
+           "ood_rate": float(ood.mean()), "fallback_source": source, **_decision_metrics(dec, labels, t_dec)}
     if t_dec is not None:
         out_agree = (sc.scores[~fb] >= thr) == t_dec[~fb]
-        res["cascade"]["student_agreement_outside_band"] = float(out_agree.mean()) if out_agree.size else None
-    res["quality"] = quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves, thr, fb, key)
-    res["_plots"] = {"curves": curves, "teacher": (t_scores, t_maps), "test": test}
-    return res
+        row["student_agreement_outside_band"] = float(out_agree.mean()) if out_agree.size else None
+    return row, fb
 
 
 def quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves: dict, thr: float, fallback: np.ndarray,
@@ -313,51 +315,42 @@ def teacher_words(tl: dict) -> str:
     return f"the evaluated checkpoint (preset {preset})"
 
 
-def run(args) -> int:
+def evaluate_artifact(artifact: str | Path, *, teacher: str | None = None, data: str | None = None,
+                      split: str = "test", report: str | None = None, runs: int = 30, size: int | None = None,
+                      backends=BACKENDS, teacher_preset: str | None = None, teacher_runs: int = 3,
+                      student_only: bool = False, noise_draws: int = 4, threads: int = 1) -> dict:
+    """The whole `distill eval`: ``evaluate`` (unless ``student_only``), the student's latency per backend, the
+    teacher's (a random-init ``teacher_preset``, else the checkpoint) and the speedup, and the HTML report."""
     t0 = time.time()
     res: dict = {}
-    if not args.student_only:
-        if not args.teacher or not args.data:
-            print("distill eval: --teacher and --data are required (or --student-only)", file=sys.stderr)
-            return 2
-        res = evaluate(args.artifact, args.teacher, args.data, split=args.split, threads=args.threads,
-                       noise_draws=args.noise_draws)
-    lat = student_latency(args.artifact, args.backends, size=args.size, runs=args.runs, threads=args.threads)
+    if not student_only:
+        res = evaluate(artifact, teacher, data, split=split, threads=threads, noise_draws=noise_draws)
+    lat = student_latency(artifact, backends, size=size, runs=runs, threads=threads)
     res["latency"] = lat
     res.setdefault("artifact", lat["artifact"])
     res.setdefault("student", lat["student"])
     tl = None
-    if args.teacher_preset:
+    if teacher_preset:
         from teacher.checkpoint import build_random_teacher
 
-        log(f"timing a random-init {args.teacher_preset} teacher at {lat['size']} px")
-        tl = teacher_latency(build_random_teacher(args.teacher_preset, image_size=lat["size"]), lat["size"],
-                             runs=args.teacher_runs)
+        log(f"timing a random-init {teacher_preset} teacher at {lat['size']} px")
+        tl = teacher_latency(build_random_teacher(teacher_preset, image_size=lat["size"]), lat["size"],
+                             runs=teacher_runs)
         tl["random_init"] = True
-    elif args.teacher and not args.student_only:
+    elif teacher and not student_only:
         from teacher.checkpoint import load_teacher
 
-        tl = teacher_latency(load_teacher(args.teacher), runs=args.teacher_runs)
+        tl = teacher_latency(load_teacher(teacher), runs=teacher_runs)
         if tl["size"] != lat["size"]:
             tl["note"] = f"teacher timed at its own size {tl['size']} px, student at {lat['size']} px"
     if tl is not None:
         res["teacher_latency"] = tl
         res["speedup"] = {b: tl["median_ms"] / v["median_ms"] for b, v in lat["backends"].items() if "median_ms" in v}
         log("speedup over the teacher: " + ", ".join(f"{k} {v:.0f}x" for k, v in res["speedup"].items()))
-    if args.report:
-        p = write_report(res, args.report)
+    if report:
+        p = write_report(res, report)
         res["report"] = str(p)
         log(f"report: {p}")
     res.pop("_plots", None)
     res["seconds"] = round(time.time() - t0, 2)
-    if args.json:
-        print(json.dumps(res, default=_jsonable))
-    return 0
-
-
-def _jsonable(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    return res

@@ -17,14 +17,7 @@
                                          through the sha256s it covers every file. An edge given
                                          --trusted-signers serves only artifacts signed by a key it trusts
 
-Every model is re-run in its runtime on val images and compared with torch: outputs (max relative error)
-and image scores (max absolute difference), against the stated tolerances recorded in
-``manifest.tolerance`` (score, per backend) and ``manifest.metrics["export_check"]`` (everything measured).
-FP32 runtimes must match torch tightly. An INT8 model is held to what ``distill quantize`` measured for it:
-its largest image-score difference to FP32 on the quantize validation split (``score_max_abs_diff``), with
-a margin, on the first images of that same split. So a model the guard passed is never refused for an error
-it already had, and a model that computes something else than what quantize checked (a broken runtime or
-conversion, a replaced file) still is.
+Every model is re-run in its runtime and compared with torch at a stated tolerance (distill/export_check.py).
 TensorRT plans are built on the target from model.onnx (deploy/tensorrt/build_engine.py).
 """
 from __future__ import annotations
@@ -38,17 +31,13 @@ import numpy as np
 
 from distill.bank import ScoringParams, score_outputs
 from distill.edge_graph import edge_outputs, onnx_outputs, openvino_outputs, prune_onnx, prune_openvino
-from distill.export_targets import export_onnx, export_openvino, max_rel_error
-from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
+from distill.export_check import (CheckInputs, ExportError, check_backends, check_inputs, tensorrt_check,
+                                  torch_reference)
+from distill.export_targets import export_onnx, export_openvino
+from distill.int8.quantize import FULL_FILE, QUANT_DIR, REPORT
+from distill.runners import TorchRunner, run_all
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
 
-# Stated tolerances, relative to the calibrated threshold (scores are distances, their scale is the run's).
-FP32_SCORE_RTOL = 1e-3  # FP32 runtimes vs torch
-FP32_OUTPUT_RTOL = 1e-3  # max |Δ| / max |torch| per output
-# INT8 vs torch FP32: quantize's measured max score difference × INT8_MEASURED_MARGIN + FP32 tolerance
-# (the check images are a subset of the ones quantize measured on; the margin covers thread-count rounding)
-INT8_MEASURED_MARGIN = 1.5
-INT8_SCORE_RTOL = 0.5  # fallback when nothing was measured (old report, or check images not from that split)
 CHECK_IMAGES = 8
 FORMATS = ("onnx", "openvino", "tensorrt")  # --format: what to write (ONNX FP32 always: every other is built from it)
 PRECISIONS = ("fp32", "int8")  # --precision
@@ -59,10 +48,6 @@ TENSORRT_PLAN = "model.plan"
 
 def log(msg: str) -> None:
     print(f"[distill export] {msg}", file=sys.stderr, flush=True)
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def parse_choice(text: str | list | tuple, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -91,6 +76,62 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     written (every other model is built from them, and they are the edge's reference); "int8" adds the
     quantized models (and needs `distill quantize` first), "openvino" the IR (INT8 where it passed its guard,
     else FP32), "tensorrt" an FP32 plan built here (needs TensorRT: checked before anything is written)."""
+    from distill.run import load_run
+
+    formats, precisions = check_request(formats, precisions, sign, index)
+    want_int8 = "int8" in precisions
+    run = load_run(run_dir)
+    qrep = read_quantize_report(run, want_int8)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    scoring = ScoringParams(**run.config["scoring"])
+    outputs = edge_outputs(run.model.output_names, scoring.mode)
+    models = write_models(run, out, qrep, outputs, formats, want_int8)
+    forced = forced_roles(qrep, models)
+    for role in forced:
+        log(f"WARNING: {models[role]} is shipped past its INT8 accuracy guard (quantize --force); the manifest marks "
+            "it forced and the edge serves it only with --allow-forced")
+    bank = write_bank_and_torch(run, out, models)
+    inputs = check_inputs(run, qrep, check_images, want_int8)
+    thr = abs(float(run.config["calibration"]["threshold"])) or 1.0
+    fused = run.model.fused()
+    reference = torch_reference(fused, bank, run.size, scoring)
+    tolerance, check = check_backends(out, models, qrep, formats, inputs, reference, bank, run.size, scoring, thr,
+                                      forced, threads)
+    if "tensorrt" in formats:  # FP32 plan from the edge graph, on this machine's GPU (a plan is tied to its GPU)
+        from distill.export_targets import export_tensorrt
+
+        export_tensorrt(out / "model.onnx", out / TENSORRT_PLAN)
+        models["tensorrt_plan"] = TENSORRT_PLAN
+        check["tensorrt-fp32"] = tensorrt_check(out / TENSORRT_PLAN, outputs, inputs.x, reference, bank, run.size,
+                                                scoring, thr)
+        tolerance["tensorrt-fp32"] = check["tensorrt-fp32"]["score_tolerance"]
+        log(f"tensorrt-fp32: plan {TENSORRT_PLAN}, score diff {check['tensorrt-fp32']['score_max_abs_diff']:.2e} "
+            f"<= {tolerance['tensorrt-fp32']:.2e}")
+    index_spec = build_index(index, bank, reference(inputs.x)[0] if index != "exact" else None, run, scoring, out,
+                             threads)
+    cal = dict(run.config["calibration"])
+    cal["normalization"] = val_normalization(cal, inputs, fused, bank, run, scoring)
+    quant = f"int8-{qrep.get('chosen')}" if qrep.get("chosen") else "fp32"
+    write_artifact_manifest(out, run, qrep, outputs, scoring, index_spec, cal, quant, models, forced, tolerance,
+                            check, inputs.source)
+    signer = None
+    if sign is not None:
+        from runtime.contracts.signing import sign_artifact
+
+        signer = sign_artifact(out, sign)
+        log(f"signed {out} with key {signer} ({Path(sign).name})")
+    log(f"wrote {out} ({quant}; models {sorted(models)})")
+    return {"artifact": str(out), "quantization": quant, "models": models, "forced": forced, "tolerance": tolerance,
+            "export_check": check, "signer": signer, "outputs": outputs, "index": index_spec.model_dump(),
+            "formats": list(formats), "precisions": list(precisions)}
+
+
+def check_request(formats, precisions, sign, index: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What to write, checked before anything is exported (so a wrong key, a missing TensorRT or faiss costs
+    nothing) -> (formats, precisions)."""
     formats = parse_choice(formats, FORMATS, "--format")
     precisions = parse_choice(precisions, PRECISIONS, "--precision")
     if "onnx" not in formats:
@@ -101,14 +142,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     if "tensorrt" in formats and not tensorrt_available():
         raise ExportError("--format tensorrt needs TensorRT, which is not importable here; build the plan on the "
                           "target (deploy/tensorrt/build_engine.py ARTIFACT/model.onnx) or leave tensorrt out")
-    want_int8 = "int8" in precisions
-    from distill.data import load_images
-    from distill.quantize import FULL_FILE, QUANT_DIR, REPORT
-    from distill.run import load_run
-    from runtime.contracts.dataset import load_dataset
-    from runtime.contracts.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, IndexSpec, Preprocess,
-                                  Producer, Scoring, load_manifest, write_manifest)
-
     if sign is not None:
         from runtime.contracts.signing import load_signing_key
 
@@ -122,20 +155,23 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
             require_faiss()  # before anything is exported, like the key
         except ImportError as e:
             raise ExportError(f"--index {index}: {e}") from None
-    run = load_run(run_dir)
+    return formats, precisions
+
+
+def read_quantize_report(run, want_int8: bool) -> dict:
+    """`distill quantize`'s report; without int8 it is not read: no INT8 model is shipped, so none is forced or
+    checked."""
     qdir = run.dir / QUANT_DIR
     if want_int8 and not (qdir / REPORT).is_file():
         raise ExportError(f"{run.dir}: not quantized yet; run `distill quantize {run.dir} --data D/manifest.jsonl` "
                           "first (or export --precision fp32: no INT8 model)")
-    # without int8 the quantize report is not read: no INT8 model is shipped, so none is forced or checked
-    qrep = json.loads((qdir / REPORT).read_text()) if want_int8 else {"methods": {}}
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cfg = run.config
-    scoring = ScoringParams(**cfg["scoring"])
-    outputs = edge_outputs(run.model.output_names, scoring.mode)
+    return json.loads((qdir / REPORT).read_text()) if want_int8 else {"methods": {}}
+
+
+def write_models(run, out: Path, qrep: dict, outputs: list[str], formats: tuple[str, ...],
+                 want_int8: bool) -> dict[str, str]:
+    """The FP32 graphs (full and edge), the ORT INT8 edge graph and the OpenVINO IR -> models (role -> file)."""
+    qdir = run.dir / QUANT_DIR
     models: dict[str, str] = {}
     export_onnx(run.model, out / FULL_FILE, run.size)
     models["full"] = FULL_FILE
@@ -166,141 +202,62 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
                 "shipping OpenVINO IR of the FP32 model instead")
             export_openvino(out / "model.onnx", out / "openvino" / "model.xml")
             models["openvino_xml"] = "openvino/model.xml"
-    forced = forced_roles(qrep, models)
-    for role in forced:
-        log(f"WARNING: {models[role]} is shipped past its INT8 accuracy guard (quantize --force); the manifest marks "
-            "it forced and the edge serves it only with --allow-forced")
+    return models
+
+
+def write_bank_and_torch(run, out: Path, models: dict[str, str]) -> np.ndarray:
+    """bank.npy (float16), and the torch weights + run config: what distill eval / bench time as the "torch"
+    backend (the edge ignores them). -> the bank as the edge reads it (float16 round trip, float32)."""
     np.save(out / "bank.npy", run.bank.astype(np.float16))
-    # torch weights + run config: what distill eval / bench time as the "torch" backend (the edge ignores them)
     (out / "torch").mkdir()
     shutil.copyfile(run.dir / "student.pt", out / "torch" / "student.pt")
     (out / "torch" / "config.json").write_text(json.dumps(run.config, indent=2))
     models["torch"] = "torch/student.pt"
-    bank = np.load(out / "bank.npy").astype(np.float32)
+    return np.load(out / "bank.npy").astype(np.float32)
 
-    # re-run every model in its runtime and compare with torch
-    manifest_path = Path(cfg["dataset"]["manifest"])
-    if manifest_path.is_file():
-        val = load_images(load_dataset(manifest_path), ("val",), run.size)
-        x = val.student_inputs(run.mean, run.std).numpy()[:check_images]
-        check_source = f"{len(x)} val images of {manifest_path}"
-    else:  # the dataset moved: the comparison still runs, on seeded noise images
-        log(f"WARNING: dataset {manifest_path} not found; comparing runtimes on {check_images} seeded noise images")
-        x = np.random.default_rng(0).standard_normal((check_images, 3, run.size, run.size)).astype(np.float32)
-        check_source = f"{check_images} seeded noise images (dataset not found)"
-    # INT8 models: on the split quantize measured them on (its --data), so its measured error bounds theirs
-    x_int8, int8_source, int8_measured = x, check_source, True
-    qdata = Path(qrep.get("data") or "")
-    if not qrep.get("data"):
-        int8_measured = False  # a report from before `data` was recorded
-    elif qdata.resolve() != manifest_path.resolve() or not manifest_path.is_file():
-        if qdata.is_file():
-            qval = load_images(load_dataset(qdata), ("val",), run.size)
-            x_int8 = qval.student_inputs(run.mean, run.std).numpy()[:check_images]
-            int8_source = f"{len(x_int8)} val images of {qdata} (the quantize split)"
-        else:
-            int8_measured = False
-    if not int8_measured and want_int8:
-        log("WARNING: INT8 models are checked against the fallback tolerance "
-            f"{INT8_SCORE_RTOL} x threshold (no quantize measurement on these images)")
-    thr = abs(float(cfg["calibration"]["threshold"])) or 1.0
-    fused = run.model.fused()
-    refs = {}
 
-    def reference(inputs: np.ndarray) -> tuple[list, np.ndarray]:
-        if id(inputs) not in refs:
-            o = run_all(TorchRunner(fused), inputs)
-            refs[id(inputs)] = (o, score_outputs(o, bank, run.size, scoring).scores)
-        return refs[id(inputs)]
+def build_index(index: str, bank: np.ndarray, ref_out: list | None, run, scoring: ScoringParams, out: Path,
+                threads: int):
+    """The bank's search as the manifest records it: exact, or a faiss index whose search parameter is checked
+    against exact search on ``ref_out`` (the torch outputs of the check images)."""
+    from runtime.contracts.manifest import IndexSpec
 
-    def int8_tolerance(measured_at: tuple[str, ...]) -> tuple[float, str]:
-        entry = qrep["methods"]
-        for key in measured_at:
-            entry = entry.get(key) or {}
-        measured = entry.get("score_max_abs_diff")
-        if not int8_measured or measured is None:
-            return INT8_SCORE_RTOL * thr, f"fallback {INT8_SCORE_RTOL} x threshold"
-        return (INT8_MEASURED_MARGIN * float(measured) + FP32_SCORE_RTOL * thr,
-                f"{INT8_MEASURED_MARGIN} x the {float(measured):.3g} quantize measured ({'/'.join(measured_at)}) "
-                "+ FP32 tolerance")
+    if index == "exact":
+        return IndexSpec()
+    from distill.export_index import IndexCheckError, build_checked_index
 
-    # backend -> (runner factory, where quantize's measurement of that model is in its report; None: FP32)
-    backends = {"onnxruntime-fp32": (lambda: OrtRunner(out / "model.onnx", threads), None),
-                "openvino-fp32": (lambda: OvRunner(out / "model.onnx", threads), None),
-                "onnxruntime-full": (lambda: OrtRunner(out / FULL_FILE, threads), None)}
-    if "openvino" not in formats:
-        backends.pop("openvino-fp32")
-    if "int8" in models:
-        backends["onnxruntime-int8"] = (lambda: OrtRunner(out / models["int8"], threads), ("ort",))
-    if models.get("openvino_xml") == "openvino/model.xml":  # FP32 IR: torch parity like any FP32 model
-        backends["openvino-ir-fp32"] = (lambda: OvRunner(out / models["openvino_xml"], threads), None)
-    elif "openvino_xml" in models:  # NNCF's own IR, or the ORT QDQ model as OpenVINO runs it (measured apart)
-        backends["openvino-int8"] = (lambda: OvRunner(out / models["openvino_xml"], threads),
-                                     ("nncf",) if chosen == "nncf" else ("ort", "openvino"))
-    tolerance, check = {}, {}
-    for name, (make, measured_at) in backends.items():
-        int8 = measured_at is not None
-        xi = x_int8 if int8 else x
-        ref_out, ref_sc = reference(xi)
-        outs = run_all(make(), xi)
-        sc = score_outputs(outs, bank, run.size, scoring).scores
-        rel = {}
-        for a, b in zip(outs, ref_out):
-            for k, v in max_rel_error(a, b).items():
-                rel[k] = max(rel.get(k, 0.0), v)
-        diff = float(np.abs(sc - ref_sc).max())
-        tol, basis = int8_tolerance(measured_at) if int8 else (FP32_SCORE_RTOL * thr, f"{FP32_SCORE_RTOL} x threshold")
-        tolerance[name] = tol
-        check[name] = {"score_max_abs_diff": diff, "score_tolerance": tol, "tolerance_basis": basis,
-                       "output_max_rel_error": rel, "inputs": int8_source if int8 else check_source,
-                       "decision_agreement": float(((sc >= thr) == (ref_sc >= thr)).mean()), "images": len(xi)}
-        bad = [f"image score differs by {diff:.3g} > {tol:.3g} ({basis})"] if diff > tol else []
-        if not int8:
-            bad += [f"output {k} max relative error {v:.2e} > {FP32_OUTPUT_RTOL}" for k, v in rel.items()
-                    if v > FP32_OUTPUT_RTOL]
-        if bad:
-            raise ExportError(f"{name} does not match torch: " + "; ".join(bad))
-        role = {"onnxruntime-int8": "int8", "openvino-int8": "openvino_xml"}.get(name)
-        log(f"{name}: matches torch (score diff {diff:.2e} <= {tol:.2e}; worst output rel. error "
-            f"{max(rel.values()):.2e})" + (" as quantized, but FORCED past its INT8 guard" if role in forced else ""))
+    try:
+        index_spec = IndexSpec(**build_checked_index(bank, ref_out, run.size, scoring, index,
+                                                     float(run.config["calibration"]["threshold"]), out, threads))
+    except IndexCheckError as e:
+        raise ExportError(str(e)) from None
+    c = index_spec.check
+    log(f"{index} index {index_spec.params}: image scores within {c['score_max_abs_diff']:.2e} of exact search "
+        f"(<= {c['score_tolerance']:.2e}); kNN {c['knn_ms_per_image']}")
+    return index_spec
 
-    if "tensorrt" in formats:  # FP32 plan from the edge graph, on this machine's GPU (a plan is tied to its GPU)
-        from distill.export_targets import export_tensorrt
 
-        export_tensorrt(out / "model.onnx", out / TENSORRT_PLAN)
-        models["tensorrt_plan"] = TENSORRT_PLAN
-        check["tensorrt-fp32"] = tensorrt_check(out / TENSORRT_PLAN, outputs, x, reference, bank, run.size, scoring,
-                                                thr)
-        tolerance["tensorrt-fp32"] = check["tensorrt-fp32"]["score_tolerance"]
-        log(f"tensorrt-fp32: plan {TENSORRT_PLAN}, score diff {check['tensorrt-fp32']['score_max_abs_diff']:.2e} "
-            f"<= {tolerance['tensorrt-fp32']:.2e}")
+def val_normalization(cal: dict, inputs: CheckInputs, fused, bank: np.ndarray, run, scoring: ScoringParams) -> dict:
+    """score_normalization on the val split calibration ran on, scored by the same FP32 model and scoring."""
+    if inputs.val is None:
+        return score_normalization(cal, None, None)
+    val = inputs.val
+    val_sc = score_outputs(run_all(TorchRunner(fused), val.student_inputs(run.mean, run.std).numpy()), bank,
+                           run.size, scoring).scores
+    return score_normalization(cal, val.labels, val_sc)
 
-    index_spec = IndexSpec()
-    if index != "exact":
-        from distill.export_index import IndexCheckError, build_checked_index
 
-        ref_out, _ = reference(x)
-        try:
-            index_spec = IndexSpec(**build_checked_index(bank, ref_out, run.size, scoring, index,
-                                                         float(cfg["calibration"]["threshold"]), out, threads))
-        except IndexCheckError as e:
-            raise ExportError(str(e)) from None
-        c = index_spec.check
-        log(f"{index} index {index_spec.params}: image scores within {c['score_max_abs_diff']:.2e} of exact search "
-            f"(<= {c['score_tolerance']:.2e}); kNN {c['knn_ms_per_image']}")
+def write_artifact_manifest(out: Path, run, qrep: dict, outputs: list[str], scoring: ScoringParams, index_spec,
+                            cal: dict, quant: str, models: dict[str, str], forced: list[str], tolerance: dict,
+                            check: dict, check_source: str) -> None:
+    """manifest.json with the sha256 of every file, read back as the edge will (versions and checksums)."""
+    from runtime.contracts.manifest import (MANIFEST_FORMAT_VERSION, ArtifactManifest, Calibration, Preprocess,
+                                            Producer, Scoring, load_manifest, write_manifest)
 
-    spec = run.spec
-    cal = dict(cfg["calibration"])
-    if manifest_path.is_file():  # the val split calibration ran on, scored by the same FP32 model and scoring
-        val_sc = score_outputs(run_all(TorchRunner(fused), val.student_inputs(run.mean, run.std).numpy()), bank,
-                               run.size, scoring).scores
-        cal["normalization"] = score_normalization(cal, val.labels, val_sc)
-    else:
-        cal["normalization"] = score_normalization(cal, None, None)
-    quant = f"int8-{chosen}" if chosen else "fp32"
+    cfg = run.config
     manifest = ArtifactManifest(
         format_version=MANIFEST_FORMAT_VERSION, name=f"student-{cfg['student']}", student=cfg["student"],
-        feature_spec=spec.to_dict(), preprocess=Preprocess(**cfg["preprocess"]),
+        feature_spec=run.spec.to_dict(), preprocess=Preprocess(**cfg["preprocess"]),
         outputs=outputs, full_outputs=list(run.model.output_names),
         scoring=Scoring(bank_file="bank.npy", embedding_output="embedding", index=index_spec, **scoring.to_dict()),
         calibration=Calibration(**cal), labels=list(cfg["dataset"].get("labels", [])),
@@ -315,37 +272,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, threads: int = 1, check_
     )
     write_manifest(out, manifest)
     load_manifest(out)  # what the edge will do: versions and checksums
-    signer = None
-    if sign is not None:
-        from runtime.contracts.signing import sign_artifact
-
-        signer = sign_artifact(out, sign)
-        log(f"signed {out} with key {signer} ({Path(sign).name})")
-    log(f"wrote {out} ({quant}; models {sorted(models)})")
-    return {"artifact": str(out), "quantization": quant, "models": models, "forced": forced, "tolerance": tolerance,
-            "export_check": check, "signer": signer, "outputs": outputs, "index": index_spec.model_dump(),
-            "formats": list(formats), "precisions": list(precisions)}
-
-
-TENSORRT_SCORE_RTOL = 1e-2  # TensorRT FP32 builds may use TF32 tensor cores: looser than the CPU runtimes
-
-
-def tensorrt_check(plan: Path, outputs: list[str], x: np.ndarray, reference, bank, size, scoring, thr: float) -> dict:
-    """The plan re-run through the edge's own TensorRT backend and its image scores compared with torch."""
-    from runtime.backends.tensorrt_backend import TensorRTBackend
-
-    ref_out, ref_sc = reference(x)
-    be = TensorRTBackend(plan, outputs)
-    try:
-        outs = [be.run(xi[None]) for xi in x]
-    finally:
-        getattr(be, "close", lambda: None)()
-    sc = score_outputs(outs, bank, size, scoring).scores
-    diff, tol = float(np.abs(sc - ref_sc).max()), TENSORRT_SCORE_RTOL * thr
-    if diff > tol:
-        raise ExportError(f"tensorrt-fp32 does not match torch: image score differs by {diff:.3g} > {tol:.3g}")
-    return {"score_max_abs_diff": diff, "score_tolerance": tol, "tolerance_basis": f"{TENSORRT_SCORE_RTOL} x threshold",
-            "images": len(x), "decision_agreement": float(((sc >= thr) == (ref_sc >= thr)).mean())}
 
 
 def score_normalization(cal: dict, labels, scores) -> dict:
@@ -395,33 +321,3 @@ def forced_roles(qrep: dict, models: dict[str, str]) -> list[str]:
         if bad:
             out.append("openvino_xml")
     return out
-
-
-def configure(p) -> None:
-    p.add_argument("run", help="run directory (distill fit, then distill quantize)")
-    p.add_argument("--out", required=True, help="artifact directory to write (replaced)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--index", choices=INDEX_KINDS, default=DEFAULT_INDEX,
-                   help="the bank's nearest-neighbour search: exact BLAS, or a faiss IVF / HNSW index "
-                        "(needs lineside[ann]) tuned until scores match exact search")
-    p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key "
-                   "(lineside keys DIR --name NAME --signing); edges with --trusted-signers serve only signed ones")
-    p.add_argument("--format", dest="formats", default=",".join(DEFAULT_FORMATS),
-                   help=f"what to write, comma-separated of {', '.join(FORMATS)} (the FP32 ONNX graphs always: the "
-                        "source of the others); tensorrt builds an FP32 plan here and needs TensorRT")
-    p.add_argument("--precision", dest="precisions", default=",".join(DEFAULT_PRECISIONS),
-                   help=f"comma-separated of {', '.join(PRECISIONS)}: int8 ships the quantized models "
-                        "(needs distill quantize first)")
-    p.add_argument("--json", action="store_true")
-
-
-def run(args) -> int:
-    try:
-        res = export_run(args.run, args.out, threads=args.threads, sign=args.sign, index=args.index,
-                         formats=args.formats, precisions=args.precisions)
-    except ExportError as e:
-        print(f"distill export: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(res, default=float))
-    return 0

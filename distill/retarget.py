@@ -10,9 +10,7 @@ it at 256 px, the size lines run, when the artifact was made for a smaller image
 """
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -50,21 +48,3 @@ def retarget(artifact: str | Path, size: int, out: str | Path) -> dict:
     write_manifest(out, m)
     load_manifest(out)
     return {"artifact": str(out), "size": size, "models": models, "timing_only": timing}
-
-
-def configure(p) -> None:
-    p.add_argument("artifact", help="artifact directory (distill export) with its torch weights")
-    p.add_argument("--size", type=int, required=True, help="network input side, px")
-    p.add_argument("--out", required=True, help="directory to write (replaced)")
-    p.add_argument("--json", action="store_true")
-
-
-def run(args) -> int:
-    try:
-        res = retarget(args.artifact, args.size, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"distill retarget: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(res))
-    return 0

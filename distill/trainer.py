@@ -58,7 +58,6 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     its own generator (seed + rank); gradients are averaged, so every rank takes the same steps. The best
     val step is rank 0's choice, broadcast; BatchNorm statistics are rank 0's, broadcast at the end (DDP
     broadcasts them before each forward, and each rank's last forward moves its own)."""
-    n = images_u8.shape[0]
     net, rank = student, 0
     if ddp:
         import torch.distributed as dist
@@ -69,13 +68,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     g = torch.Generator().manual_seed(seed + rank)  # rank 0 (and one process): the generator as before
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
-    pre = {id(p) for p in getattr(student, "pretrained_parameters", list)()} if pretrained_lr_scale != 1 else set()
-    groups = [{"params": [p for p in params if id(p) not in pre], "lr": lr},
-              {"params": [p for p in params if id(p) in pre], "lr": lr * pretrained_lr_scale}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+    opt, sched = _optimizer(student, params, lr, pretrained_lr_scale, weight_decay, steps)
     levels = list(targets)
     head_targets = head_targets or {}
     rows: list[dict] = []
@@ -90,38 +83,13 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     best = (-2.0, None, -1)  # (mean val cosine, state, step)
     try:
         for step in range(steps):
-            idx = torch.randint(n, (min(batch_size, n),), generator=g)
-            x = images_u8[idx]
-            tgt = {k: targets[k][idx] for k in levels}
-            htgt = {k: v[idx] for k, v in head_targets.items()}
-            mtgt = mask_targets[idx] if mask_targets is not None and mask_weight > 0 else None
-            if augment:
-                hf = torch.rand(len(idx), generator=g) < 0.5
-                vf = torch.rand(len(idx), generator=g) < 0.5
-                x = _flip(x, hf, vf)
-                tgt = {k: _flip(v, hf, vf) for k, v in tgt.items()}
-                htgt = {k: _flip(v, hf, vf) for k, v in htgt.items()}
-                mtgt = None if mtgt is None else _flip(mtgt, hf, vf)
-            xin = normalize(x, mean, std)
-            if jitter > 0:  # brightness/contrast on the [0, 1] scale, student side only
-                b = (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
-                c = 1 + (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
-                std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-                xin = xin * c + b / std_t
+            xin, tgt, htgt, mtgt = _batch(images_u8, targets, levels, head_targets,
+                                          mask_targets if mask_weight > 0 else None, batch_size, g, augment,
+                                          jitter, mean, std)
             out = net(xin)._asdict()
             loss, logs = feature_loss({k: out[k] for k in levels}, tgt, mse_weight=mse_weight)
-            for name, t in htgt.items():
-                kind = (head_kinds or {}).get(name, "softmax")
-                kd = binary_kl_distill(out[name], t, kd_temperature) if kind == "sigmoid" else \
-                    kl_distill(out[name], t, kd_temperature, dim=-1)
-                loss = loss + kd_weight * kd
-                logs[f"kd_{name}"] = float(kd.detach())
-            if mtgt is not None:
-                known = ~torch.isnan(mtgt[:, 0, 0, 0])
-                if known.any():
-                    bce = F.binary_cross_entropy_with_logits(out[mask_output][known], mtgt[known])
-                    loss = loss + mask_weight * bce
-                    logs["mask_bce"] = float(bce.detach())
+            loss = _head_losses(out, htgt, mtgt, loss, logs, head_kinds=head_kinds, kd_temperature=kd_temperature,
+                                kd_weight=kd_weight, mask_output=mask_output, mask_weight=mask_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -134,16 +102,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
                        "elapsed_s": round(time.time() - t0, 3), **logs}
                 if val is not None and (step % eval_every == 0 or step == steps - 1) and step > 0:
-                    vc = level_cosine(student, val[0], val[1])
-                    student.train()
-                    row.update({f"val_cos_{k}": v for k, v in vc.items()})
-                    score = float(np.mean(list(vc.values())))
-                    if ddp:  # rank 0's view decides, so every rank keeps the same step
-                        sc = torch.tensor([score], dtype=torch.float64)
-                        dist.broadcast(sc, 0)
-                        score = float(sc)
-                    if score > best[0]:
-                        best = (score, {k: v.detach().clone() for k, v in student.state_dict().items()}, step)
+                    best = _validate(student, val, row, best, step, ddp)
                 rows.append(row)
                 if f:
                     f.write(json.dumps(row) + "\n")
@@ -163,6 +122,82 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 dist.broadcast(b, 0)
     student.eval()
     return rows
+
+
+def _optimizer(student, params: list, lr: float, pretrained_lr_scale: float, weight_decay: float, steps: int):
+    """AdamW (the pretrained backbone's weights at ``lr * pretrained_lr_scale``), linear warm-up over the first
+    5% of the steps, then cosine decay -> (optimizer, scheduler)."""
+    pre = {id(p) for p in getattr(student, "pretrained_parameters", list)()} if pretrained_lr_scale != 1 else set()
+    groups = [{"params": [p for p in params if id(p) not in pre], "lr": lr},
+              {"params": [p for p in params if id(p) in pre], "lr": lr * pretrained_lr_scale}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+    return opt, sched
+
+
+def _batch(images_u8, targets: dict, levels: list, head_targets: dict, mask_targets, batch_size: int,
+           g: torch.Generator, augment: bool, jitter: float, mean, std):
+    """One random batch (drawn from ``g``), flipped alike with its targets when ``augment``, brightness/contrast
+    jittered on the student side -> (student input, level targets, head targets, mask targets or None)."""
+    n = images_u8.shape[0]
+    idx = torch.randint(n, (min(batch_size, n),), generator=g)
+    x = images_u8[idx]
+    tgt = {k: targets[k][idx] for k in levels}
+    htgt = {k: v[idx] for k, v in head_targets.items()}
+    mtgt = mask_targets[idx] if mask_targets is not None else None
+    if augment:
+        hf = torch.rand(len(idx), generator=g) < 0.5
+        vf = torch.rand(len(idx), generator=g) < 0.5
+        x = _flip(x, hf, vf)
+        tgt = {k: _flip(v, hf, vf) for k, v in tgt.items()}
+        htgt = {k: _flip(v, hf, vf) for k, v in htgt.items()}
+        mtgt = None if mtgt is None else _flip(mtgt, hf, vf)
+    xin = normalize(x, mean, std)
+    if jitter > 0:  # brightness/contrast on the [0, 1] scale, student side only
+        b = (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
+        c = 1 + (torch.rand(len(idx), 1, 1, 1, generator=g) * 2 - 1) * jitter
+        std_t = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        xin = xin * c + b / std_t
+    return xin, tgt, htgt, mtgt
+
+
+def _head_losses(out: dict, htgt: dict, mtgt, loss: torch.Tensor, logs: dict, *, head_kinds, kd_temperature: float,
+                 kd_weight: float, mask_output: str, mask_weight: float) -> torch.Tensor:
+    """``loss`` plus the distillation of the teacher head's outputs (KL) and the BCE on the known masks; their
+    figures go into ``logs``."""
+    for name, t in htgt.items():
+        kind = (head_kinds or {}).get(name, "softmax")
+        kd = binary_kl_distill(out[name], t, kd_temperature) if kind == "sigmoid" else \
+            kl_distill(out[name], t, kd_temperature, dim=-1)
+        loss = loss + kd_weight * kd
+        logs[f"kd_{name}"] = float(kd.detach())
+    if mtgt is not None:
+        known = ~torch.isnan(mtgt[:, 0, 0, 0])
+        if known.any():
+            bce = F.binary_cross_entropy_with_logits(out[mask_output][known], mtgt[known])
+            loss = loss + mask_weight * bce
+            logs["mask_bce"] = float(bce.detach())
+    return loss
+
+
+def _validate(student, val: tuple, row: dict, best: tuple, step: int, ddp: bool) -> tuple:
+    """Held-out cosine per level into ``row``; -> ``best`` (mean val cosine, state, step), replaced when this
+    step is better (under DDP rank 0's view decides, so every rank keeps the same step)."""
+    vc = level_cosine(student, val[0], val[1])
+    student.train()
+    row.update({f"val_cos_{k}": v for k, v in vc.items()})
+    score = float(np.mean(list(vc.values())))
+    if ddp:
+        import torch.distributed as dist
+
+        sc = torch.tensor([score], dtype=torch.float64)
+        dist.broadcast(sc, 0)
+        score = float(sc)
+    if score > best[0]:
+        best = (score, {k: v.detach().clone() for k, v in student.state_dict().items()}, step)
+    return best
 
 
 @torch.no_grad()

@@ -7,7 +7,9 @@ import torch
 
 from distill.embedding import EmbeddingRecipe
 from distill.export_targets import ExportTarget, export_onnx, export_openvino, export_tensorrt, max_rel_error
-from distill.quantize import attempts, quantize_nncf, quantize_ort
+from distill.int8.nncf import quantize_nncf
+from distill.int8.ort import quantize_ort
+from distill.int8.quantize import attempts
 from distill.runners import OrtRunner, OvRunner, TorchRunner
 from distill.students import create_student, list_students
 from runtime.contracts.featurespec import FeatureSpec, LevelSpec

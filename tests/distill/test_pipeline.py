@@ -230,7 +230,7 @@ def test_guard_refuses_an_int8_model_beyond_max_drop(pipeline, tmp_path):
 
 
 def test_nncf_falls_back_to_accuracy_aware_search_before_refusing(pipeline, tmp_path):
-    from distill.quantize import quantize_run
+    from distill.int8.quantize import quantize_run
 
     run = tmp_path / "run"
     shutil.copytree(pipeline["run"], run, ignore=shutil.ignore_patterns("quantize"))
@@ -244,7 +244,7 @@ def test_nncf_falls_back_to_accuracy_aware_search_before_refusing(pipeline, tmp_
 
 
 def test_guard_refuses_a_sabotaged_calibration(pipeline, tmp_path):
-    from distill.quantize import quantize_run
+    from distill.int8.quantize import quantize_run
 
     run = tmp_path / "run"
     shutil.copytree(pipeline["run"], run, ignore=shutil.ignore_patterns("quantize"))
@@ -260,7 +260,7 @@ def test_guard_refuses_a_sabotaged_calibration(pipeline, tmp_path):
 def test_export_holds_int8_to_what_quantize_measured(pipeline):
     """INT8 tolerance = quantize's own measured score error (plus margin), not a fixed fraction that a model
     the guard passed can exceed (the flaky 'differs by 0.00392 > 0.00361')."""
-    from distill.export import FP32_SCORE_RTOL, INT8_MEASURED_MARGIN
+    from distill.export_check import FP32_SCORE_RTOL, INT8_MEASURED_MARGIN
 
     from distill.run import load_run
 
@@ -285,7 +285,8 @@ def test_export_refuses_a_broken_int8_model(pipeline, tmp_path):
     """A model that is not the one quantize measured (here: re-quantized with a collapsed calibration)
     is refused by export's parity check; no manifest is written, so the edge cannot load what is there."""
     from distill.export import ExportError, export_run
-    from distill.quantize import attempts, quantize_ort
+    from distill.int8.ort import quantize_ort
+    from distill.int8.quantize import attempts
 
     run = tmp_path / "run"
     shutil.copytree(pipeline["run"], run)

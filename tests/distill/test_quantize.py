@@ -14,6 +14,7 @@ from tests.support.teacher_fixtures import SPLITS, make_dataset
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from distill.fit import fit
+    from distill.fit_options import FitOptions
     from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
 
     root = tmp_path_factory.mktemp("quantize")
@@ -22,8 +23,9 @@ def tiny_run(tmp_path_factory):
     save_teacher(build_random_teacher("tiny"), ckpt, {})
     run = root / "run"
     with contextlib.redirect_stderr(io.StringIO()):
-        fit(teacher=load_teacher(ckpt, device="cpu"), teacher_ckpt=str(ckpt), data=str(data), student="tiny",
-            out=run, steps=2, noise_draws=1, embed_dim=16, bank_budget=64, progress=False, pretrained=False)
+        fit(FitOptions(teacher=str(ckpt), data=str(data), student="tiny", out=run, steps=2, noise_draws=1,
+                       embed_dim=16, bank_budget=64, pretrained=False),
+            teacher=load_teacher(ckpt, device="cpu"), progress=False)
     return run, data
 
 
@@ -31,7 +33,7 @@ def _quantize_counting(monkeypatch, run, data, calib_size):
     """-> (report, images each quantize_static call was fed, train images decoded)."""
     import onnxruntime.quantization as oq
 
-    from distill.quantize import quantize_run
+    from distill.int8.quantize import quantize_run
     from runtime.contracts.dataset import Dataset
 
     fed: list[np.ndarray] = []
@@ -98,7 +100,7 @@ def test_a_split_below_the_bound_is_used_whole_as_before(tiny_run, monkeypatch):
 
 
 def test_calib_size_beyond_the_cap_is_refused(tiny_run):
-    from distill.quantize import MAX_CALIB_SIZE, quantize_run
+    from distill.int8.quantize import MAX_CALIB_SIZE, quantize_run
 
     run, data = tiny_run
     with pytest.raises(SystemExit, match="--calib-size"):

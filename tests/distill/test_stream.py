@@ -51,11 +51,12 @@ def test_streamed_targets_are_the_computed_ones_bit_for_bit(tiny, tmp_path):
 
 def _fit(tiny, out, **kw):
     from distill.fit import fit
+    from distill.fit_options import FitOptions
 
     _, data, ckpt, teacher = tiny
     with contextlib.redirect_stderr(io.StringIO()):
-        return fit(teacher=teacher, teacher_ckpt=str(ckpt), data=str(data), student="tiny", out=out, steps=4,
-                   noise_draws=2, embed_dim=16, bank_budget=64, progress=False, pretrained=False, **kw)
+        return fit(FitOptions(teacher=str(ckpt), data=str(data), student="tiny", out=out, steps=4, noise_draws=2,
+                              embed_dim=16, bank_budget=64, pretrained=False, **kw), teacher=teacher, progress=False)
 
 
 def _same_runs(a: dict, b: dict, ra, rb):

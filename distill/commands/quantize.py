@@ -1,0 +1,40 @@
+"""`distill quantize RUN --data D/manifest.jsonl`: INT8 post-training quantization, accuracy-guarded
+(distill/int8/quantize.py)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from distill.int8.guard import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
+from distill.int8.quantize import DEFAULT_CALIB_SIZE, MAX_CALIB_SIZE, METHODS, quantize_run
+
+
+def configure(p) -> None:
+    p.add_argument("run", help="run directory written by distill fit")
+    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train: calibration, val: guard)")
+    p.add_argument("--method", choices=(*METHODS, "both"), default="both",
+                   help="INT8 toolchain: NNCF (OpenVINO), ONNX Runtime static, or both")
+    p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="points of image AUROC / AU-PRO")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help="share of val images where INT8 and FP32 must decide alike")
+    p.add_argument("--min-cosine", type=float, default=DEFAULT_MIN_COSINE,
+                   help="per-location cosine INT8 vs FP32 required of every output")
+    p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE,
+                   help=f"calibration images sampled from the train split (at most {MAX_CALIB_SIZE})")
+    p.add_argument("--force", action="store_true", help="write the best INT8 model even if it fails the guard")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    methods = METHODS if args.method == "both" else (args.method,)
+    report = quantize_run(args.run, args.data, methods=methods, max_drop=args.max_drop,
+                          min_agreement=args.min_agreement, min_cosine=args.min_cosine, force=args.force,
+                          calib_size=args.calib_size, threads=args.threads)
+    refused = [e["refused"] for e in report["methods"].values() if e.get("refused")]
+    if args.json:
+        print(json.dumps(report, default=float))
+    if report["chosen"] is None:
+        print("distill quantize: " + " | ".join(refused), file=sys.stderr)
+        return 2
+    return 0
