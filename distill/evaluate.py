@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +24,10 @@ import numpy as np
 from distill.bank import ScoringParams, score_outputs
 from distill.bench import BACKENDS, student_latency, teacher_latency
 from distill.runners import OrtRunner, OvRunner, run_all
+from runtime.progress import command_log
 
 
-def log(msg: str) -> None:
-    print(f"[distill eval] {msg}", file=sys.stderr, flush=True)
+log = command_log("distill eval")
 
 
 def _cosines(student_outs: list[dict], teacher_feats: dict, names: list[str], centred: bool = False) -> dict[str, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from distill.export_targets import export_onnx, export_openvino
 from distill.int8.quantize import FULL_FILE, QUANT_DIR, REPORT
 from distill.runners import TorchRunner, run_all
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
+from runtime.progress import command_log
 
 CHECK_IMAGES = 8
 FORMATS = ("onnx", "openvino", "tensorrt")  # --format: what to write (ONNX FP32 always: every other is built from it)
@@ -46,8 +46,7 @@ DEFAULT_PRECISIONS = ("fp32", "int8")
 TENSORRT_PLAN = "model.plan"
 
 
-def log(msg: str) -> None:
-    print(f"[distill export] {msg}", file=sys.stderr, flush=True)
+log = command_log("distill export")
 
 
 def parse_choice(text: str | list | tuple, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ conversion, a replaced file) still is.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from distill.bank import ScoringParams, score_outputs
 from distill.export_targets import max_rel_error
 from distill.int8.quantize import FULL_FILE
 from distill.runners import OrtRunner, OvRunner, TorchRunner, run_all
+from runtime.progress import command_log
 
 # Stated tolerances, relative to the calibrated threshold (scores are distances, their scale is the run's).
 FP32_SCORE_RTOL = 1e-3  # FP32 runtimes vs torch
@@ -31,8 +31,7 @@ INT8_MEASURED_MARGIN = 1.5
 INT8_SCORE_RTOL = 0.5  # fallback when nothing was measured (old report, or check images not from that split)
 
 
-def log(msg: str) -> None:
-    print(f"[distill export] {msg}", file=sys.stderr, flush=True)
+log = command_log("distill export")
 
 
 class ExportError(RuntimeError):

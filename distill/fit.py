@@ -22,7 +22,6 @@ the run; the run's config records the world size and each rank's weights digest 
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from distill.targets import (STREAM_ABOVE_BYTES, batches, cache_key, cached_targ
                              target_bytes, take)
 from distill.trainer import fit_student, level_cosine, plot_curves
 from runtime.contracts.manifest import Preprocess
+from runtime.progress import command_log
 
 
 def known_masks(images, stride: int) -> torch.Tensor:
@@ -56,8 +56,7 @@ def known_masks(images, stride: int) -> torch.Tensor:
     return cells
 
 
-def log(msg: str) -> None:
-    print(f"[distill fit] {msg}", file=sys.stderr, flush=True)
+log = command_log("distill fit")
 
 
 def _dist_rank_world() -> tuple[int, int]:

@@ -63,3 +63,15 @@ class LogProgress:
         if not self._closed:
             self._closed = True
             self._write()
+
+
+def command_log(prefix: str = ""):
+    """The one progress-line writer of lineside's commands: ``[prefix] message`` (or the bare message) on
+    stderr, flushed, so a terminal, a log file and a CI capture each read it as it comes; stdout stays for
+    the --json result."""
+    lead = f"[{prefix}] " if prefix else ""
+
+    def log(msg: str) -> None:
+        print(f"{lead}{msg}", file=sys.stderr, flush=True)
+
+    return log

@@ -2,13 +2,13 @@
 (distill/evaluate.py)."""
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 
 from distill.bench import BACKENDS
 from distill.evaluate import evaluate_artifact
+from runtime.cli.dispatch import print_json
 
 
 def configure(p) -> None:
@@ -38,7 +38,7 @@ def run(args) -> int:
                             teacher_preset=args.teacher_preset, teacher_runs=args.teacher_runs,
                             student_only=args.student_only, noise_draws=args.noise_draws, threads=args.threads)
     if args.json:
-        print(json.dumps(res, default=_jsonable))
+        print_json(res)
     return 0
 
 

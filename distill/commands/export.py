@@ -1,11 +1,11 @@
 """`distill export RUN --out ARTIFACT`: the student artifact directory the edge runs (distill/export.py)."""
 from __future__ import annotations
 
-import json
 import sys
 
 from distill.export import DEFAULT_FORMATS, DEFAULT_PRECISIONS, FORMATS, PRECISIONS, ExportError, export_run
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
+from runtime.cli.dispatch import print_json
 
 
 def configure(p) -> None:
@@ -34,5 +34,5 @@ def run(args) -> int:
         print(f"distill export: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(res, default=float))
+        print_json(res)
     return 0

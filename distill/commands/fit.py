@@ -3,11 +3,11 @@ student (distill/fit.py; under torchrun, DDP over shards of the train split). It
 distill.fit_options.FitOptions, which carries every default and help line."""
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import MISSING, fields
 
 from distill.fit_options import FitOptions
+from runtime.cli.dispatch import print_json
 
 
 def _flag(f) -> tuple[str, str]:
@@ -57,5 +57,5 @@ def run(args) -> int:
     summary = fit(options_from_args(args), teacher=teacher, progress=not args.json or sys.stderr.isatty())
     dist_teardown(world)
     if args.json and summary.get("run") is not None:  # rank 0 (or the one process) reports
-        print(json.dumps(summary, default=float))
+        print_json(summary)
     return 0

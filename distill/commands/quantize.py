@@ -2,11 +2,11 @@
 (distill/int8/quantize.py)."""
 from __future__ import annotations
 
-import json
 import sys
 
 from distill.int8.guard import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
 from distill.int8.quantize import DEFAULT_CALIB_SIZE, MAX_CALIB_SIZE, METHODS, quantize_run
+from runtime.cli.dispatch import print_json
 
 
 def configure(p) -> None:
@@ -33,7 +33,7 @@ def run(args) -> int:
                           calib_size=args.calib_size, threads=args.threads)
     refused = [e["refused"] for e in report["methods"].values() if e.get("refused")]
     if args.json:
-        print(json.dumps(report, default=float))
+        print_json(report)
     if report["chosen"] is None:
         print("distill quantize: " + " | ".join(refused), file=sys.stderr)
         return 2

@@ -2,10 +2,10 @@
 (distill/retarget.py)."""
 from __future__ import annotations
 
-import json
 import sys
 
 from distill.retarget import retarget
+from runtime.cli.dispatch import print_json
 
 
 def configure(p) -> None:
@@ -22,5 +22,5 @@ def run(args) -> int:
         print(f"distill retarget: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(res))
+        print_json(res)
     return 0

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from distill.int8.guard import (DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT
 from distill.int8.nncf import CompiledRunner, quantize_nncf, quantize_nncf_accuracy_aware
 from distill.int8.ort import layer_errors, quantize_ort
 from distill.runners import OrtRunner, OvRunner
+from runtime.progress import command_log
 
 # Calibration images, sampled deterministically (seed 0) from the train split; only these are decoded and only
 # these reach the NNCF / ORT calibrators, so quantize's memory does not grow with the split. MinMax ranges
@@ -62,8 +62,7 @@ FULL_FILE = "model.full.onnx"  # every output (s8..s64 too): distill eval's fide
 EDGE_FILE = "model.onnx"  # the edge graph: what is quantized, guarded and served
 
 
-def log(msg: str) -> None:
-    print(f"[distill quantize] {msg}", file=sys.stderr, flush=True)
+log = command_log("distill quantize")
 
 
 def conv_nodes(onnx_path: Path) -> list[str]:

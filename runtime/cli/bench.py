@@ -29,12 +29,11 @@ A section that cannot run here says why (``status: skipped``) instead of failing
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
-from runtime.cli.dispatch import positive_float
+from runtime.cli.dispatch import positive_float, print_json
 from runtime.tools.bench import scale as bench_scale
 from runtime.tools.bench import soak as bench_soak
 from runtime.tools.bench.common import ensure_artifact, error, say, skipped
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     report["targets"] = targets(report)
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     if args.json:
-        print(json.dumps(report, separators=(",", ":"), default=str))
+        print_json(report)
     else:
         print_table(report)
     failed = [n for n in want if (report.get(n) or {}).get("status") == "error"]
@@ -147,8 +146,7 @@ def _edge(args: argparse.Namespace, env: dict) -> int:
     try:
         art, _, how = ensure_artifact(args, env)
     except (StepError, OSError) as e:
-        print(json.dumps({"part": "edge", **error(e)}) if args.json else f"lineside bench edge: {e}")
-        return 1
+        return _failed("edge", e, args.json)
     say(f"edge path of {art} …")
     t0 = time.perf_counter()
     report = {"part": "edge", "machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
@@ -159,10 +157,19 @@ def _edge(args: argparse.Namespace, env: dict) -> int:
     return 0
 
 
+def _failed(part: str, e: BaseException, as_json: bool) -> int:
+    """A separate part that could not run: its error as the JSON result, or one line for people; exit 1."""
+    if as_json:
+        print_json({"part": part, **error(e)})
+    else:
+        print(f"lineside bench {part}: {e}")
+    return 1
+
+
 def _emit(report: dict, as_json: bool, print_table) -> None:
     """A separate part's report: one JSON line for machines, or its table for people."""
     if as_json:
-        print(json.dumps(report, separators=(",", ":"), default=str))
+        print_json(report)
     else:
         print_table(report)
 
@@ -171,8 +178,7 @@ def _scale(args: argparse.Namespace, env: dict) -> int:
     try:
         report = bench_scale.run_scale(args, env, say)
     except (StepError, ValueError, OSError) as e:
-        print(json.dumps({"part": "scale", **error(e)}) if args.json else f"lineside bench scale: {e}")
-        return 1
+        return _failed("scale", e, args.json)
     _emit(report, args.json, bench_scale.print_table)
     return 0
 
@@ -184,7 +190,6 @@ def _soak(args: argparse.Namespace, env: dict) -> int:
                   "artifact_source": how, **bench_soak.run_soak(art, duration_s=args.duration, load=args.load,
                                                                 window_s=args.window, threads=args.threads, say=say)}
     except (StepError, OSError, RuntimeError, ValueError) as e:
-        print(json.dumps({"part": "soak", **error(e)}) if args.json else f"lineside bench soak: {e}")
-        return 1
+        return _failed("soak", e, args.json)
     _emit(report, args.json, bench_soak.print_soak)
     return 0 if report["lost"] == 0 and report["exit_code"] == 0 else 1

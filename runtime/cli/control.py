@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from runtime.cli.dispatch import endpoint
+from runtime.cli.dispatch import endpoint, print_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -36,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
         h = request(zmq.Context.instance(), args.to, {"kind": "control", "cmd": args.cmd, **fields}, args.timeout, curve)
     except LinesideError as e:
         print(f"lineside control {args.cmd}: refused: {e}", file=sys.stderr)
-        print(json.dumps({"ok": False, "field": e.field, "message": e.message}))
+        print_json({"ok": False, "field": e.field, "message": e.message})
         return 1
     except TimeoutError as e:
         print(f"lineside control {args.cmd}: {e}", file=sys.stderr)
-        print(json.dumps({"ok": False, "error": str(e)}))
+        print_json({"ok": False, "error": str(e)})
         return 1
-    print(json.dumps({"ok": True, **h.get("status", {})}))
+    print_json({"ok": True, **h.get("status", {})})
     return 0

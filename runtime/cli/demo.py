@@ -31,12 +31,12 @@ This module imports no torch: the demo runs the teacher and distill stacks only 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from runtime.cli.dispatch import print_json
 from runtime.tools.demo.settings import FULL, QUICK, DemoSettings
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -81,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
         print("lineside demo: interrupted; services stopped", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(summary, separators=(",", ":"), default=str))
+        print_json(summary)
     return EXIT_OK if summary.get("ok") else EXIT_FAILED

@@ -67,6 +67,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def json_default(o):
+    """The one JSON encoding of lineside's outputs for what json cannot write: numpy (and torch) scalars and
+    arrays as numbers and lists, anything else (paths, enums) as its text."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def print_json(obj) -> None:
+    """A command's ``--json`` result: one compact JSON object on its own stdout line (the last one a command
+    prints), in the one encoding every lineside command uses."""
+    import json
+
+    print(json.dumps(obj, separators=(",", ":"), default=json_default), flush=True)
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         v = int(text)

@@ -16,11 +16,12 @@ never overwritten unless ``--force`` is given: a replaced server key locks out e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
 from pathlib import Path
+
+from runtime.cli.dispatch import print_json
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -78,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
     except KeysError as e:
         print(f"lineside keys: {e}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"ok": False, "error": str(e)}))
+            print_json({"ok": False, "error": str(e)})
         return 2
     if args.json:
-        print(json.dumps({"ok": True, "public": str(public), "secret": str(secret)}))
+        print_json({"ok": True, "public": str(public), "secret": str(secret)})
     else:
         print(f"public: {public}")
         print(f"secret: {secret}")

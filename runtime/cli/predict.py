@@ -21,6 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
+from runtime.cli.dispatch import print_json
 from runtime.contracts.dataset import IMAGE_SUFFIXES
 
 OVERLAY_DIR = "overlays"
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         summary["metrics"] = {k: row["mean"][k] for k in ("image_auroc", "pixel_auroc", "au_pro", "accuracy",
                                                           "false_reject_rate", "escape_rate")}
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         print(f"lineside predict: {len(todo)} images -> {out / VERDICTS_FILE}: "
               + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())))

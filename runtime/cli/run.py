@@ -8,12 +8,13 @@ SIGTERM or SIGINT (or ``lineside control shutdown``) drains the queues and exits
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import types
 import typing
+
+from runtime.cli.dispatch import print_json
 
 log = logging.getLogger("lineside.daemon")
 
@@ -105,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_shutdown("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: daemon.request_shutdown("SIGINT"))
     notifier = _notifier()
-    print(json.dumps({"ready": True, **daemon.endpoints, "backend": daemon.holder.engine.backend_name,
-                      "model_hash": daemon.holder.engine.model_hash, "recovered": daemon.recovered}), flush=True)
+    print_json({"ready": True, **daemon.endpoints, "backend": daemon.holder.engine.backend_name,
+                "model_hash": daemon.holder.engine.model_hash, "recovered": daemon.recovered})
     notifier.ready(status=f"serving {daemon.holder.engine.model_hash} on {daemon.endpoints['ingress']}")
     while not daemon.wait(WATCHDOG_TICK_S):
         dead = daemon.dead_threads()

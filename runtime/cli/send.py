@@ -11,7 +11,6 @@ were judged and how many dropped (``verdicts`` in the summary; ``unseen``: no ve
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.cli.dispatch import endpoint
+from runtime.cli.dispatch import endpoint, print_json
 from runtime.contracts.dataset import IMAGE_SUFFIXES
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.close()
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         line = (f"sent {summary['sent']}, accepted {summary['accepted']}, busy {summary['busy']}, "
                 f"errors {len(summary['errors'])}")

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from runtime.cli.dispatch import endpoint
+from runtime.cli.dispatch import endpoint, print_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -26,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         h = request(zmq.Context.instance(), args.to, {"kind": "status"}, args.timeout, curve)
     except (TimeoutError, LinesideError) as e:
         print(f"lineside status: {args.to}: {e}", file=sys.stderr)
-        print(json.dumps({"alive": False, "endpoint": args.to, "error": str(e)}))
+        print_json({"alive": False, "endpoint": args.to, "error": str(e)})
         return 1
-    print(json.dumps(h.get("status", h)))
+    print_json(h.get("status", h))
     return 0

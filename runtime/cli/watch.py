@@ -10,14 +10,13 @@ then follows the live stream, skipping what the replay already gave. A jump in `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from runtime.cli.dispatch import endpoint
+from runtime.cli.dispatch import endpoint, print_json
 
 SUBSCRIBE_SETTLE_S = 0.2  # zguide's slow joiner: a SUB's subscription takes a moment to reach the PUB
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"lineside watch: missed {v.seq - last - 1} verdicts (seq {last + 1}..{v.seq - 1}); "
                       f"recover them with --since {last} --control ENDPOINT", file=sys.stderr, flush=True)
             last = v.seq if v.seq is not None else last
-            print(json.dumps(v.to_header()), flush=True)
+            print_json(v.to_header())
             n += 1
             if save:
                 img = None

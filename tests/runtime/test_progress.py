@@ -44,3 +44,12 @@ def test_a_log_gets_lines_a_terminal_gets_a_bar_and_disable_silences(monkeypatch
     quiet.update(5)
     quiet.close()
     assert quiet.stream is None
+
+
+def test_command_log_writes_prefixed_lines_to_stderr_only(capsys):
+    from runtime.progress import command_log
+
+    command_log("distill fit")("step 1")
+    command_log()("plain")
+    out = capsys.readouterr()
+    assert out.err == "[distill fit] step 1\nplain\n" and out.out == ""

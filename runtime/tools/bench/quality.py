@@ -20,10 +20,10 @@ so one command answers "how would lineside do on my line?".
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
+from runtime.cli.dispatch import print_json
 from runtime.quality import COLUMNS, CONFUSION, warnings_for
 
 QUALITY_TIMEOUT_S = 3600.0
@@ -182,7 +182,7 @@ def run(args, env: dict, say) -> int:
     if args.report:
         res["report"] = str(write_report(res, args.report))
     if args.json:
-        print(json.dumps(res, separators=(",", ":")))
+        print_json(res)
     else:
         print_table(res)
     return 0

@@ -209,3 +209,16 @@ def test_version_names_the_commit_when_there_is_one():
         r = _run(tool, "--version")
         name = "lineside" if tool == "runtime" else tool
         assert r.returncode == 0 and r.stdout.strip() == f"{name} {version()}" + (f" (commit {commit})" if commit else "")
+
+
+def test_print_json_is_one_compact_line_of_plain_json(capsys, tmp_path):
+    import json
+
+    import numpy as np
+
+    from runtime.cli.dispatch import print_json
+
+    print_json({"a": np.float32(0.5), "n": np.int64(3), "v": np.arange(2), "p": tmp_path})
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and " " not in out.strip()
+    assert json.loads(out) == {"a": 0.5, "n": 3, "v": [0, 1], "p": str(tmp_path)}
