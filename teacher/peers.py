@@ -20,15 +20,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from runtime.timing import time_calls
+
+# torch is imported in the timing functions: `teacher peers --help` must not pay for it
 
 PEERS = ("efficientad_s", "patchcore_lite0")
 WARMUP = 2
 
 
 def efficientad_s(size: int, threads: int, runs: int) -> dict:
+    import torch
+
     try:
         from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
     except Exception as e:  # noqa: BLE001 - any import failure makes the row unavailable, with its reason
@@ -51,6 +54,8 @@ def efficientad_s(size: int, threads: int, runs: int) -> dict:
 
 
 def patchcore_lite0(size: int, threads: int, runs: int) -> dict:
+    import torch
+
     from teacher.bank import BUDGET_MIN, default_budget, patch_embedding
     from teacher.imagenet import EfficientNetLite0Levels
     from runtime.scoring import embedding_to_queries, score_embedding

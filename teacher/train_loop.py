@@ -61,27 +61,7 @@ def _batches(order: BatchOrder, data: ImageCaptionSet, epoch: int, batch: int, w
 def train(args, preset, ds, records, texts, *, rank: int, world: int, device: torch.device) -> dict:
     out = Path(args.out)
     image_size = args.image_size or preset.image_size
-    if args.resume:
-        model = load_teacher(out, use_ema=False, for_training=True)
-        state = load_state(out)
-        hp = _hparams(args, preset, model.info["config"].get("train"))
-    elif args.init_from:
-        from teacher.init_from import init_teacher
-
-        hp = _hparams(args, preset)
-        model = init_teacher(args.init_from, preset, image_size, hp["seed"])
-        hp["init"] = model.info["init"]  # recorded in config.json: where the weights started
-        state = None
-    else:
-        hp = _hparams(args, preset)
-        tok = WordTokenizer.from_texts(texts, max_length=preset.text_max_length)
-        model = build_random_teacher(preset, image_size=image_size, seed=hp["seed"], vae_dir=args.vae,
-                                     text_encoder_dir=args.text_encoder, image_encoder_dir=args.image_encoder,
-                                     tokenizer=tok, init=args.init)
-        state = None
-        if rank == 0 and model.info["sources"]["vae"] == "random-init":
-            print("teacher train: WARNING no --vae given: the frozen VAE is random-init (run `teacher train-vae` "
-                  "first for a useful latent space)", file=sys.stderr)
+    model, state, hp = _build_model(args, preset, texts, image_size, rank)
     model.to(device)
     if args.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
@@ -100,36 +80,9 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
               file=sys.stderr)
     step, epoch, batch = 0, 0, 0
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        ema.load_from(load_teacher(out, use_ema=True).trainable_modules(), state["ema_updates"])
-        step, epoch, batch = state["step"], state["sampler"]["epoch"], state["sampler"]["batch"]
-        restore_rng(state)
-        was = (state.get("world_size"), state.get("batch_size"))
-        if rank == 0 and was != (world, hp["batch_size"]):
-            print(f"teacher train: WARNING resuming with {world} process(es) x batch {hp['batch_size']} where the "
-                  f"run had {was[0]} x {was[1]}: the data order differs from an unbroken run", file=sys.stderr)
-        if rank == 0 and state.get("total_steps") not in (None, args.steps):
-            print(f"teacher train: WARNING --steps {args.steps} differs from the run's {state['total_steps']}: the "
-                  f"cosine LR schedule is stretched from here on", file=sys.stderr)
+        step, epoch, batch = _restore(state, out, opt, sched, scaler, ema, hp, args.steps, rank, world)
     data = ImageCaptionSet(ds, records, image_size)
-    align = None
-    if hp["align_weight"] > 0:
-        from teacher.align import ALIGN_ENCODER, FIT_IMAGES, FeatureAlignment
-
-        pick = range(0, len(records), max(1, len(records) // FIT_IMAGES))  # see FIT_IMAGES; no augmentation
-        align = FeatureAlignment().to(device).fit(
-            torch.stack([data.load(i) for i in pick]).to(device).float() / 255.0,
-            {lv.name: lv.channels for lv in model.feature_spec.levels})
-        hp["align_encoder"] = ALIGN_ENCODER
-    loss_fn = Stage1Loss(model, hp["imp_loss_weight"], align, hp["align_weight"])
-    net = loss_fn
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+    net = _loss_net(model, hp, data, records, device, world)
     order = BatchOrder(len(data), hp["batch_size"], world, rank, hp["seed"])
     down = downsample_factor(model.vae)
     latent = (model.vae.config.latent_channels, image_size // down, image_size // down)
@@ -159,31 +112,9 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         if hp["augment"]:
             x = augment(x, g)
         noise = StepNoise.draw(g, x.shape[0], latent, T, hp["text_prob"], hp["null_prob"]).to(device)
-        ctx = torch.autocast(device_type="cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
-        with ctx:
-            loss, l_diff, l_imp, l_align = net(x, caps, noise)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, hp["grad_clip"])
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        sched.step()
-        ema.update(mods)
+        vals, gnorm = _step(net, x, caps, noise, amp, opt, scaler, params, hp["grad_clip"], sched, ema, mods, world)
         step += 1
         epoch, batch = (e, b + 1)
-        vals = torch.stack([loss.detach().float(), l_diff.float(), l_imp.float(), l_align.float()])
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(vals)
-            vals /= world
         if rank == 0:
             dt = time.time() - t0
             ips = x.shape[0] * world / max(dt, 1e-9)
@@ -208,6 +139,100 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
         summary["loss_curve"] = loss_curve(out / "metrics.jsonl", out / "loss.png")
         summary["checkpoint_hash"] = json.loads((out / "config.json").read_text())["checkpoint_hash"]
     return summary
+
+
+def _build_model(args, preset, texts, image_size: int, rank: int):
+    """(model, saved training state or None, hyperparameters): the run in --out when resuming, else the weights
+    of --init-from, else a random-init teacher (seeded) over the given or random-init frozen parts."""
+    out = Path(args.out)
+    if args.resume:
+        model = load_teacher(out, use_ema=False, for_training=True)
+        return model, load_state(out), _hparams(args, preset, model.info["config"].get("train"))
+    if args.init_from:
+        from teacher.init_from import init_teacher
+
+        hp = _hparams(args, preset)
+        model = init_teacher(args.init_from, preset, image_size, hp["seed"])
+        hp["init"] = model.info["init"]  # recorded in config.json: where the weights started
+        return model, None, hp
+    hp = _hparams(args, preset)
+    tok = WordTokenizer.from_texts(texts, max_length=preset.text_max_length)
+    model = build_random_teacher(preset, image_size=image_size, seed=hp["seed"], vae_dir=args.vae,
+                                 text_encoder_dir=args.text_encoder, image_encoder_dir=args.image_encoder,
+                                 tokenizer=tok, init=args.init)
+    if rank == 0 and model.info["sources"]["vae"] == "random-init":
+        print("teacher train: WARNING no --vae given: the frozen VAE is random-init (run `teacher train-vae` "
+              "first for a useful latent space)", file=sys.stderr)
+    return model, None, hp
+
+
+def _restore(state: dict, out: Path, opt, sched, scaler, ema, hp: dict, steps: int, rank: int, world: int
+             ) -> tuple[int, int, int]:
+    """Optimiser, schedule, scaler, EMA and RNG as the saved run left them -> (step, epoch, batch) to go on from;
+    says where the resumed run differs from an unbroken one."""
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    ema.load_from(load_teacher(out, use_ema=True).trainable_modules(), state["ema_updates"])
+    restore_rng(state)
+    was = (state.get("world_size"), state.get("batch_size"))
+    if rank == 0 and was != (world, hp["batch_size"]):
+        print(f"teacher train: WARNING resuming with {world} process(es) x batch {hp['batch_size']} where the "
+              f"run had {was[0]} x {was[1]}: the data order differs from an unbroken run", file=sys.stderr)
+    if rank == 0 and state.get("total_steps") not in (None, steps):
+        print(f"teacher train: WARNING --steps {steps} differs from the run's {state['total_steps']}: the "
+              f"cosine LR schedule is stretched from here on", file=sys.stderr)
+    return state["step"], state["sampler"]["epoch"], state["sampler"]["batch"]
+
+
+def _loss_net(model, hp: dict, data: ImageCaptionSet, records, device: torch.device, world: int):
+    """Stage1Loss (with the representation alignment when its weight is above 0, fitted on the run's images),
+    wrapped in DDP under torchrun."""
+    align = None
+    if hp["align_weight"] > 0:
+        from teacher.align import ALIGN_ENCODER, FIT_IMAGES, FeatureAlignment
+
+        pick = range(0, len(records), max(1, len(records) // FIT_IMAGES))  # see FIT_IMAGES; no augmentation
+        align = FeatureAlignment().to(device).fit(
+            torch.stack([data.load(i) for i in pick]).to(device).float() / 255.0,
+            {lv.name: lv.channels for lv in model.feature_spec.levels})
+        hp["align_encoder"] = ALIGN_ENCODER
+    loss_fn = Stage1Loss(model, hp["imp_loss_weight"], align, hp["align_weight"])
+    if world == 1:
+        return loss_fn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(loss_fn, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _step(net, x, caps, noise, amp, opt, scaler, params, grad_clip: float, sched, ema, mods, world: int):
+    """One optimiser step (mixed precision with a scaler for fp16, gradient clipping, LR schedule, EMA) ->
+    ((loss, l_diff, l_imp, l_align) averaged over the ranks, gradient norm)."""
+    ctx = torch.autocast(device_type="cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
+    with ctx:
+        loss, l_diff, l_imp, l_align = net(x, caps, noise)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    sched.step()
+    ema.update(mods)
+    vals = torch.stack([loss.detach().float(), l_diff.float(), l_imp.float(), l_align.float()])
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(vals)
+        vals /= world
+    return vals, gnorm
 
 
 def _save(model, ema, out: Path, run_cfg: dict, step, epoch, batch, opt, sched, scaler) -> None:

@@ -22,7 +22,7 @@ def configure(p) -> None:
 
 def run(args) -> int:
     from runtime.contracts.dataset import DatasetError, load_dataset
-    from teacher.reference import DETECTORS, evaluate
+    from teacher.reference import evaluate
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

@@ -59,7 +59,7 @@ def test_unfitted_alignment_refuses():
 
 def test_train_records_and_lowers_the_alignment(tmp_path, capsys):
     from teacher.cli import main
-    from tests.test_teacher_train import make_dataset
+    from tests.teacher.test_train import make_dataset
 
     data = make_dataset(tmp_path / "d", n=8)
     out = tmp_path / "ck"
