@@ -2,7 +2,7 @@
 
 Images are resized exactly as ``kernels.dispatch.preprocess`` does (cv2 bilinear on the uint8 frame) and
 kept as uint8; the student input is ``distill.preprocess.normalize`` of them (bit-identical to the edge),
-the teacher input ``x/255`` (teacher.pipeline.to_teacher_batch). Masks are resized nearest-neighbour.
+the teacher input ``x/255`` (teacher.model.to_teacher_batch). Masks are resized nearest-neighbour.
 """
 from __future__ import annotations
 
