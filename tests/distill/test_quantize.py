@@ -8,19 +8,17 @@ import io
 import numpy as np
 import pytest
 
-from tests.support.teacher_fixtures import SPLITS, make_dataset
+from tests.support.teacher_fixtures import SPLITS, tiny_line
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from distill.fit import fit
     from distill.fit_options import FitOptions
-    from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
+    from teacher.checkpoint import load_teacher
 
     root = tmp_path_factory.mktemp("quantize")
-    data = make_dataset(root / "d")
-    ckpt = root / "ckpt"
-    save_teacher(build_random_teacher("tiny"), ckpt, {})
+    data, ckpt = tiny_line(root)
     run = root / "run"
     with contextlib.redirect_stderr(io.StringIO()):
         fit(FitOptions(teacher=str(ckpt), data=str(data), student="tiny", out=run, steps=2, noise_draws=1,

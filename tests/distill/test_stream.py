@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.teacher_fixtures import make_dataset
+from tests.support.teacher_fixtures import tiny_line
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from teacher.checkpoint import build_random_teacher, load_teacher, save_teacher
+    from teacher.checkpoint import load_teacher
 
     root = tmp_path_factory.mktemp("stream")
-    data = make_dataset(root / "d")
-    ckpt = root / "ckpt"
-    save_teacher(build_random_teacher("tiny"), ckpt, {})
+    data, ckpt = tiny_line(root)
     return root, data, ckpt, load_teacher(ckpt, device="cpu")
 
 

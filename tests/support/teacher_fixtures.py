@@ -84,6 +84,16 @@ def make_noise_dataset(root: str | Path, n: int, size: int = 128, seed: int = 0,
     return write_manifest(root, recs)
 
 
+def tiny_line(root: Path) -> tuple[Path, Path]:
+    """A seeded dataset and a random-init tiny teacher checkpoint under ``root``: (manifest dir, checkpoint)."""
+    from teacher.checkpoint import build_random_teacher, save_teacher
+
+    data = make_dataset(root / "d")
+    ckpt = root / "ckpt"
+    save_teacher(build_random_teacher("tiny"), ckpt, {})
+    return data, ckpt
+
+
 def status_until(client, pred, timeout_ms: int, tries: int = 50) -> dict:
     """`teacher serve` status until pred(status) holds: worker snapshots reach the server every few
     tens of ms. ``client`` is a teacher.serve.bench.ServeClient; each status waits ``timeout_ms``."""
