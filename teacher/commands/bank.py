@@ -5,11 +5,11 @@
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
+from runtime.cli.dispatch import print_json
+from runtime.progress import command_log
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 
 
@@ -45,10 +45,7 @@ def run(args) -> int:
 
     rank, world, device = dist_setup(args.device)
 
-    def log(msg):
-        if rank == 0:
-            print(msg, file=sys.stderr, flush=True)
-
+    log = command_log() if rank == 0 else (lambda msg: None)  # one rank speaks
     ds = load_dataset(args.data)
     train = [r for r in ds.split("train") if not r.is_defect]
     if args.max_images:
@@ -81,5 +78,5 @@ def run(args) -> int:
     log(f"bank: wrote {out} ({summary['n_vectors']}x{summary['dim']}), threshold {bank.threshold:.4f} "
         f"({bank.info['calibration']})")
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     return 0

@@ -5,9 +5,9 @@ on the same images as lineside (teacher/reference.py).
 """
 from __future__ import annotations
 
-import json
-import sys
 
+from runtime.cli.dispatch import print_json
+from runtime.progress import command_log
 from teacher.reference import DETECTORS
 
 
@@ -24,9 +24,7 @@ def run(args) -> int:
     from runtime.contracts.dataset import DatasetError, load_dataset
     from teacher.reference import evaluate
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
+    log = command_log()
     if args.size < 32 or args.size % 16:
         log(f"teacher baselines: --size must be a multiple of 16 and at least 32, got {args.size}")
         return 2
@@ -44,5 +42,5 @@ def run(args) -> int:
     result = {"data": str(args.data), "split": args.split, "size": args.size, "dataset_hash": ds.content_hash(),
               "rows": rows}
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
     return 0

@@ -7,10 +7,11 @@ memory per image, at the given sizes, on this machine (teacher/bench.py). 1 warm
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
+
+from runtime.cli.dispatch import print_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -62,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "noise_draws": args.noise_draws,
             "unet_params": sum(p.numel() for p in model.unet.parameters()), "results": results}
     if args.json:
-        print(json.dumps(info))
+        print_json(info)
     return 0

@@ -10,9 +10,9 @@ With ``--json`` the summary is ONE JSON object on the last stdout line; progress
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from runtime.cli.dispatch import print_json
 from runtime.contracts.dataset import DatasetError
 
 
@@ -138,7 +138,7 @@ def _run_import(args) -> int:
     for note in summary["notes"]:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print_json(summary)
         return 0
     print(f"imported {summary['n_images']} images ({args.layout}) -> {summary['manifest']}")
     for split in ("train", "val", "test"):

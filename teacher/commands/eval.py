@@ -5,11 +5,11 @@
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
+from runtime.cli.dispatch import print_json
+from runtime.progress import command_log
 from runtime.scoring import SCORING_MODES
 
 
@@ -34,9 +34,7 @@ def run(args) -> int:
     from teacher.evaluate import compute_metrics, threshold_words, write_report
     from teacher.pipeline import TeacherPipeline
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
+    log = command_log()
     device = default_device(args.device)
     ds = load_dataset(args.data)
     records = ds.split(args.split)
@@ -76,5 +74,5 @@ def run(args) -> int:
         log(f"eval: report {page}")
     log("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
     return 0

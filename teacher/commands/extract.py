@@ -7,11 +7,11 @@ shards plus an index (teacher/extract.py; format in teacher/features_io.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
+from runtime.cli.dispatch import print_json
 from runtime.contracts.dataset import DatasetError, load_dataset
 from runtime.contracts.formats import ContractError
 
@@ -76,5 +76,8 @@ def run(args: argparse.Namespace) -> int:
     dist_teardown(world)
     summary = {"out": str(out.resolve()), "n": len(rows), "shards": len(shards), "seconds": round(time.time() - t0, 2),
                "checkpoint_hash": model.checkpoint_hash, "feature_spec": spec.to_dict(), "world_size": world}
-    print(json.dumps(summary) if args.json else f"teacher extract: {len(rows)} images -> {out}")
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"teacher extract: {len(rows)} images -> {out}")
     return 0

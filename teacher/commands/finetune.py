@@ -8,14 +8,14 @@ Under torchrun (RANK set) every rank trains on its own shard of the train record
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
-from runtime.cli.dispatch import positive_int
+from runtime.cli.dispatch import positive_int, print_json
+from runtime.progress import command_log
+
 
 def configure(p) -> None:
     from teacher.finetune import PSEUDO_LABEL
@@ -51,8 +51,7 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+_log = command_log()
 
 
 def _quiet(msg: str) -> None:
@@ -120,6 +119,6 @@ def run(args) -> int:
     log(f"finetune: wrote {out}; train mask loss {before.get('mask', math.nan):.4f} -> "
         f"{after.get('mask', math.nan):.4f}")
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     _teardown(world)
     return 0

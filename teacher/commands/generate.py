@@ -6,9 +6,9 @@ teacher/generate.py), saved as a PNG grid.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from runtime.cli.dispatch import print_json
 from runtime.contracts.formats import ContractError
 
 
@@ -42,5 +42,8 @@ def run(args: argparse.Namespace) -> int:
     p = grid_png(imgs, args.out)
     summary = {"out": str(p.resolve()), "n": args.n, "prompt": args.prompt, "guidance": args.guidance,
                "steps": args.steps, "checkpoint_hash": model.checkpoint_hash}
-    print(json.dumps(summary) if args.json else f"teacher generate: {args.n} images -> {p}")
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"teacher generate: {args.n} images -> {p}")
     return 0

@@ -3,9 +3,9 @@ built on the meta device (no weights allocated, well under a second even for sd1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from runtime.cli.dispatch import print_json
 from teacher.presets import PRESETS
 
 
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"teacher info: {e.args[0]}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(d))
+        print_json(d)
     else:
         print(f"preset {d['preset']} (image {d['image_size']} px)")
         for k, v in d["params"].items():

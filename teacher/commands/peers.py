@@ -7,9 +7,9 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 
+from runtime.cli.dispatch import print_json
 from teacher.peers import PEERS
 
 
@@ -38,5 +38,5 @@ def run(args) -> int:
                                     f"{r['status']}: {r.get('reason') or r.get('error')}"), file=sys.stderr, flush=True)
     out = {"size": args.size, "threads": args.threads, "runs": args.runs, "torch": torch.__version__, "results": results}
     if args.json:
-        print(json.dumps(out))
+        print_json(out)
     return 0

@@ -16,11 +16,11 @@ SIGTERM or Ctrl-C: the running batches finish and are answered, then the server 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 
+from runtime.cli.dispatch import print_json
 from runtime.curve import CurveError
 
 MAIN_LOOP_S = 0.5  # signal / health / watchdog check period
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{r['clients']:>3} clients: {r['throughput_rps']} req/s, latency ms p50 {r['latency_ms']['p50']}"
                       f" p90 {r['latency_ms']['p90']} p99 {r['latency_ms']['p99']}, mean batch {r['mean_batch_size']}",
                       file=sys.stderr)
-        print(json.dumps(result))
+        print_json(result)
         return 0
     if not args.checkpoint:
         print("teacher serve: --checkpoint is required (or --bench)", file=sys.stderr)
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     except (ServeError, CurveError, ModelSpecError) as e:
         print(f"teacher serve: {e}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"ok": False, "error": str(e)}))
+            print_json({"ok": False, "error": str(e)})
         return 2
     from runtime.sdnotify import Notifier  # systemd Type=notify + WatchdogSec; no-op elsewhere
 
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     print("teacher serve: stopping (draining running batches)", file=sys.stderr, flush=True)
     server.stop()
     if args.json:  # the counters as the workers reported them when they stopped
-        print(json.dumps({"ok": True, "endpoint": server.endpoint, "status": server.status()}))
+        print_json({"ok": True, "endpoint": server.endpoint, "status": server.status()})
     return 0
 
 
@@ -143,7 +143,7 @@ def _run_broker(args: argparse.Namespace) -> int:
     except (BrokerError, CurveError) as e:
         print(f"teacher serve broker: {e}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"ok": False, "error": str(e)}))
+            print_json({"ok": False, "error": str(e)})
         return 2
     notifier = Notifier.from_env()
     print(f"teacher serve broker: edges on {broker.endpoint}, workers on {broker.backend_endpoint}",
@@ -161,5 +161,5 @@ def _run_broker(args: argparse.Namespace) -> int:
     status = broker.status()
     broker.stop()
     if args.json:
-        print(json.dumps({"ok": True, "endpoint": broker.endpoint, "status": status}))
+        print_json({"ok": True, "endpoint": broker.endpoint, "status": status})
     return 0

@@ -11,14 +11,13 @@ position continue exactly. Only rank 0 logs and saves.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from runtime.cli.dispatch import positive_int
+from runtime.cli.dispatch import positive_int, print_json
 from runtime.contracts.dataset import DatasetError, load_dataset
 from runtime.contracts.formats import ContractError
 from teacher.presets import PRESETS, get_preset
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         summary["seconds"] = round(time.time() - t0, 2)
         if args.json:
-            print(json.dumps(summary))
+            print_json(summary)
         else:
             print(f"teacher train: step {summary['step']} loss {summary['loss']:.4f} -> {summary['checkpoint']}",
                   file=sys.stderr)

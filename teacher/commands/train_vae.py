@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from runtime.cli.dispatch import positive_int
+from runtime.cli.dispatch import print_json
 from teacher.presets import PRESETS
 
 
@@ -64,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
         vae = build_autoencoder(preset.vae).to(device)
     if is_lossless(vae):
         summary = fit_lossless(vae, data, out, preset.name, device)
-        print(json.dumps(summary) if args.json else f"teacher train-vae: {type(vae).__name__} is lossless, nothing "
-                                                       f"to train; scaling factor {summary['scaling_factor']:.4f} -> {out}")
+        if args.json:
+            print_json(summary)
+        else:
+            print(f"teacher train-vae: {type(vae).__name__} is lossless, nothing to train; scaling factor "
+                  f"{summary['scaling_factor']:.4f} -> {out}")
         return 0
     crop = min(args.crop_size or d.vae_crop_size, data.size)
     if crop % 8 or crop > data.size:
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     summary = train_autoencoder(vae, ds, data, out, preset=preset.name, steps=args.steps, batch_size=bs, lr=lr,
                                 kl_weight=kl_w, crop=crop, seed=args.seed, device=device)
-    print(json.dumps(summary) if args.json else f"teacher train-vae: psnr {summary['psnr']} dB "
-                                                   f"(val {summary['val_psnr']} dB) -> {out}")
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"teacher train-vae: psnr {summary['psnr']} dB (val {summary['val_psnr']} dB) -> {out}")
     return 0

@@ -14,7 +14,6 @@ after another:
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Optional
@@ -22,6 +21,7 @@ from typing import Optional
 import numpy as np
 import zmq
 
+from runtime.cli.dispatch import print_json
 from runtime.client import RequestClient
 from runtime.contracts.protocol import image_frames
 
@@ -163,4 +163,4 @@ def run_server_bench(checkpoint: Optional[str] = None, clients=(1, 4, 16), reque
 
 
 if __name__ == "__main__":  # quick look: python -m teacher.serve.bench
-    print(json.dumps(run_server_bench(clients=(1, 4), requests_per_client=10)))
+    print_json(run_server_bench(clients=(1, 4), requests_per_client=10))

@@ -149,8 +149,9 @@ def test_every_flag_has_a_help_line_and_help_renders(prog, name):
     assert "--no-progress" in p.format_help()  # and formatting it does not crash (a bare % in a help string)
 
 
-@pytest.mark.parametrize("argv", [("teacher", "train"), ("teacher", "eval"), ("distill", "export"), ("lineside", "run"),
-                                  ("lineside", "predict")])
+@pytest.mark.parametrize("argv", [("teacher", c) for c in ("train", "eval", "info", "serve", "data", "train-vae",
+                                                             "extract", "generate", "bench", "peers")]
+                         + [("distill", "export"), ("lineside", "run"), ("lineside", "predict")])
 def test_help_does_not_import_torch(argv):
     code = (f"import sys\nfrom {argv[0] if argv[0] != 'lineside' else 'runtime'}.cli import main\n"
             f"try:\n    main([{argv[1]!r}, '--help'])\nexcept SystemExit:\n    pass\n"
