@@ -228,6 +228,7 @@ def report_warnings(res: dict) -> list[str]:
 
 
 def write_report(res: dict, out_dir: str | Path) -> Path:
+    from runtime.plots import overlay, plot_bars, plot_curves, plot_histogram
     from runtime import report as R
     from runtime.metrics import pro_curve, roc_curve
 
@@ -277,18 +278,18 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
                 pf, pp, _ = pro_curve(list(test.masks), list(maps))
                 pros[k] = (pf, pp)
         if rocs:
-            rep.figure(R.plot_curves(rep.path("roc.png"), rocs, xlabel="FPR", ylabel="TPR", diagonal=True), "image ROC")
+            rep.figure(plot_curves(rep.path("roc.png"), rocs, xlabel="FPR", ylabel="TPR", diagonal=True), "image ROC")
         if pros:
-            rep.figure(R.plot_curves(rep.path("pro.png"), pros, xlabel="FPR", ylabel="PRO", xlim=(0, 0.3)), "PRO")
+            rep.figure(plot_curves(rep.path("pro.png"), pros, xlabel="FPR", ylabel="PRO", xlim=(0, 0.3)), "PRO")
         sc = plots["curves"][res["cascade"]["student"]][0]
-        rep.figure(R.plot_histogram(rep.path("scores.png"), {"good": sc.scores[labels == 0], "defect": sc.scores[labels == 1]},
-                                    xlabel="student score", vlines={"threshold": res["calibration"]["threshold"],
+        rep.figure(plot_histogram(rep.path("scores.png"), {"good": sc.scores[labels == 0], "defect": sc.scores[labels == 1]},
+                                  xlabel="student score", vlines={"threshold": res["calibration"]["threshold"],
                                                                     "band lo": res["calibration"]["band"][0],
                                                                     "band hi": res["calibration"]["band"][1]}),
                    "student scores")
         for i in list(np.flatnonzero(labels == 1)[:3]) + list(np.flatnonzero(labels == 0)[:1]):
-            rep.image(R.overlay(test.images[i], sc.maps[i], gt_mask=test.masks[i],
-                                text=f"score {sc.scores[i]:.3g}"), caption=test.records[i].image)
+            rep.image(overlay(test.images[i], sc.maps[i], gt_mask=test.masks[i],
+                              text=f"score {sc.scores[i]:.3g}"), caption=test.records[i].image)
         rep.section("Cascade", "INT8 student; inside the band or out of distribution the teacher decides.")
         rep.metrics(res["cascade"])
     if "latency" in res:
@@ -297,7 +298,7 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
         lat = {k: v["median_ms"] for k, v in res["latency"]["backends"].items() if "median_ms" in v}
         rep.table([{"backend": k, **v} for k, v in res["latency"]["backends"].items()])
         if lat:
-            rep.figure(R.plot_bars(rep.path("latency.png"), lat, ylabel="median ms"), "median latency")
+            rep.figure(plot_bars(rep.path("latency.png"), lat, ylabel="median ms"), "median latency")
         if "teacher_latency" in res:
             tl = res["teacher_latency"]
             rep.text(f"The teacher timed here: {teacher_words(tl)}, {tl.get('size')} px, feature extraction at "

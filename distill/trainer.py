@@ -225,7 +225,7 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
     if not rows:
         return None
     try:
-        from runtime.report import plot_curves as _plot
+        from runtime.plots import plot_curves as _plot
     except ImportError:
         return None
     steps = np.asarray([r["step"] for r in rows], float)

@@ -105,6 +105,7 @@ def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, 
     """``quality``: the runtime.quality row of these verdicts (confusion matrix, rates, per defect type);
     ``threshold_note``: how the threshold and band were chosen (``threshold_words``)."""
     from runtime import metrics as M
+    from runtime.plots import overlay, plot_bars, plot_histogram, plot_pro, plot_roc
     from runtime import report as R
 
     rep = R.Report(title, out_dir, provenance={"model": info.get("model_hash"), "data": info.get("data"),
@@ -127,22 +128,22 @@ def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, 
     rep.section("Curves")
     if 0 < y.sum() < len(y):
         fpr, tpr, _ = M.roc_curve(y, s)
-        rep.figure(R.plot_roc(rep.path("roc_image.png"), fpr, tpr, metrics.get("image_auroc"), name="image"),
+        rep.figure(plot_roc(rep.path("roc_image.png"), fpr, tpr, metrics.get("image_auroc"), name="image"),
                    "image-level ROC")
     if any(m.any() for m in gt_masks):
         maps = [v.anomaly_map for v in verdicts]
         fpr, tpr, _ = M.roc_curve(np.concatenate([m.ravel() for m in gt_masks]),
                                   np.concatenate([a.ravel() for a in maps]), max_points=2000)
-        rep.figure(R.plot_roc(rep.path("roc_pixel.png"), fpr, tpr, metrics.get("pixel_auroc"), name="pixel"),
+        rep.figure(plot_roc(rep.path("roc_pixel.png"), fpr, tpr, metrics.get("pixel_auroc"), name="pixel"),
                    "pixel-level ROC")
         pf, pro, _ = M.pro_curve(gt_masks, maps, max_points=2000)
-        rep.figure(R.plot_pro(rep.path("pro.png"), pf, pro, metrics.get("au_pro")), "PRO curve (FPR ≤ 0.3)")
-    rep.figure(R.plot_histogram(rep.path("scores.png"), {"good": s[y == 0], "defect": s[y == 1]},
-                                xlabel="image score", vlines={"threshold": threshold}), "image scores")
+        rep.figure(plot_pro(rep.path("pro.png"), pf, pro, metrics.get("au_pro")), "PRO curve (FPR ≤ 0.3)")
+    rep.figure(plot_histogram(rep.path("scores.png"), {"good": s[y == 0], "defect": s[y == 1]},
+                              xlabel="image score", vlines={"threshold": threshold}), "image scores")
     firsts = verdicts[::max(1, info["batch_size"])]  # one verdict per batch carries that batch's stage times
     per_image = {k: sum(v.latencies_ms.get(k, 0.0) for v in firsts) / len(verdicts)
                  for k in verdicts[0].latencies_ms if k != "total"}
-    rep.figure(R.plot_bars(rep.path("latency.png"), per_image, ylabel="ms per image"),
+    rep.figure(plot_bars(rep.path("latency.png"), per_image, ylabel="ms per image"),
                f"mean stage time per image, batches of ≤{info['batch_size']} on {info['device']} "
                f"(total {sum(per_image.values()):.1f} ms)")
     # worst / best: signed margin on the wrong side of the threshold
@@ -153,8 +154,8 @@ def write_report(out_dir, title: str, metrics: dict, verdicts, records, images, 
     def case(i, prefix, k):
         v, r = verdicts[i], records[i]
         truth = r.defect_type if r.is_defect else "good"
-        img = R.overlay(images[i], anomaly_map=v.anomaly_map, regions=v.regions, gt_mask=gt_masks[i],
-                        pred_mask=v.mask, map_range=(lo, hi))
+        img = overlay(images[i], anomaly_map=v.anomaly_map, regions=v.regions, gt_mask=gt_masks[i],
+                      pred_mask=v.mask, map_range=(lo, hi))
         rep.image(img, f"{Path(r.image).name}: truth {truth}, {v.decision} score {v.score:.4g}",
                   name=f"{prefix}_{k}.png")
 

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     from runtime.engine import Engine
     from runtime.progress import progress
-    from runtime.report import overlay
+    from runtime.plots import overlay
 
     todo = list(items(args.source, args.split))
     out = Path(args.out)

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from runtime import report
+from runtime import plots, report
 from runtime.contracts.verdict import Region
 
 
@@ -16,11 +16,11 @@ def test_report_writes_html_with_tables_and_figures(tmp_path):
     rep.metrics({"image_auroc": 0.9, "nested": {"a": 1, "b": float("nan")}})
     rep.table([{"image": "a.png", "score": 0.123456}, {"image": "b.png", "label": "scratch"}], caption="worst")
     fpr = np.linspace(0, 1, 11)
-    roc = report.plot_roc(rep.path("roc.png"), fpr, fpr ** 0.5, auc=0.8)
-    pro = report.plot_pro(rep.path("pro.png"), fpr * 0.3, fpr, au_pro=0.5)
-    hist = report.plot_histogram(rep.path("lat.png"), {"features": [1.0, 2.0, 2.5], "head": [0.5]},
-                                 vlines={"p99": 2.4})
-    bars = report.plot_bars(rep.path("bars.png"), {"s": 0.9, "m": 0.95}, ylim=(0, 1))
+    roc = plots.plot_roc(rep.path("roc.png"), fpr, fpr ** 0.5, auc=0.8)
+    pro = plots.plot_pro(rep.path("pro.png"), fpr * 0.3, fpr, au_pro=0.5)
+    hist = plots.plot_histogram(rep.path("lat.png"), {"features": [1.0, 2.0, 2.5], "head": [0.5]},
+                                vlines={"p99": 2.4})
+    bars = plots.plot_bars(rep.path("bars.png"), {"s": 0.9, "m": 0.95}, ylim=(0, 1))
     for p in (roc, pro, hist, bars):
         rep.figure(p, caption=p.stem)
         assert p.stat().st_size > 1000
@@ -41,16 +41,16 @@ def test_overlay_draws_map_regions_and_contours():
     amap[10:20, 10:20] = 1.0
     gt = np.zeros((64, 80), bool)
     gt[30:50, 30:50] = True
-    out = report.overlay(img, anomaly_map=amap, regions=[Region((5, 5, 30, 30), 100, "scratch", 0.9)],
-                         gt_mask=gt, pred_mask=gt, min_side=0)
+    out = plots.overlay(img, anomaly_map=amap, regions=[Region((5, 5, 30, 30), 100, "scratch", 0.9)],
+                        gt_mask=gt, pred_mask=gt, min_side=0)
     assert out.shape == (64, 80, 3) and out.dtype == np.uint8
-    assert (out[40, 30] == report.PRED_COLOR_RGB).all() or (out[40, 30] == report.GT_COLOR_RGB).all()
-    assert (out[5, 15] == report.BOX_COLOR_RGB).all()  # top edge of the box
+    assert (out[40, 30] == plots.PRED_COLOR_RGB).all() or (out[40, 30] == plots.GT_COLOR_RGB).all()
+    assert (out[5, 15] == plots.BOX_COLOR_RGB).all()  # top edge of the box
     hot = out[25, 25].astype(int)  # map upsampled ×2: hot square at 20..40
     cold = out[60, 5].astype(int)
     assert hot[0] > cold[0]  # jet: hot is red, cold is blue
-    big = report.overlay(img, regions=[Region((5, 5, 30, 30), 100, "scratch", 0.9)])  # min_side 256 -> x4
-    assert big.shape == (256, 320, 3) and (big[20, 60] == report.BOX_COLOR_RGB).all()
+    big = plots.overlay(img, regions=[Region((5, 5, 30, 30), 100, "scratch", 0.9)])  # min_side 256 -> x4
+    assert big.shape == (256, 320, 3) and (big[20, 60] == plots.BOX_COLOR_RGB).all()
 
 
 def test_report_import_does_not_pull_matplotlib_or_torch():
@@ -90,7 +90,7 @@ def test_decisions_confusion_and_warnings(tmp_path):
 def test_latency_figures_are_readable(tmp_path):
     # a 1 ms stage beside a 900 ms one, and a stage seen once: log bins, one panel per stage, no exception
     series = {"edge.backend": list(np.random.default_rng(0).lognormal(0, 0.5, 50)), "teacher.model": [880.0]}
-    p = report.plot_stage_panels(tmp_path / "lat.png", series, title="stages")
+    p = plots.plot_stage_panels(tmp_path / "lat.png", series, title="stages")
     assert p.stat().st_size > 1000
-    assert report._wants_log(np.array([1.0, 900.0])) and not report._wants_log(np.array([1.0, 2.0]))
-    assert report.plot_histogram(tmp_path / "h.png", {"a": [1.0, 2.0, 900.0]}).stat().st_size > 1000
+    assert plots._wants_log(np.array([1.0, 900.0])) and not plots._wants_log(np.array([1.0, 2.0]))
+    assert plots.plot_histogram(tmp_path / "h.png", {"a": [1.0, 2.0, 900.0]}).stat().st_size > 1000

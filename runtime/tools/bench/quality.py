@@ -155,7 +155,7 @@ def write_report(res: dict, out_dir: str) -> Path:
 
 def _curve_figures(rep, stem: str, name: str, per_product: dict) -> None:
     """One ROC and one PRO figure per row, a line per product (from the points runtime.quality keeps)."""
-    from runtime import report as R
+    from runtime.plots import plot_curves
 
     for kind, xlabel, ylabel, xlim in (("roc", "image false positive rate", "image true positive rate", (0, 1)),
                                        ("pro", "pixel false positive rate", "per-region overlap", (0, 0.3))):
@@ -163,8 +163,8 @@ def _curve_figures(rep, stem: str, name: str, per_product: dict) -> None:
         lines = {f"{p} ({_f(f.get(col))})": tuple(f["curves"][kind]) for p, f in per_product.items()
                  if kind in f.get("curves", {})}
         if lines:
-            rep.figure(R.plot_curves(rep.path(f"{stem}_{kind}.png"), lines, xlabel=xlabel, ylabel=ylabel,
-                                     title=name, xlim=xlim, diagonal=kind == "roc"),
+            rep.figure(plot_curves(rep.path(f"{stem}_{kind}.png"), lines, xlabel=xlabel, ylabel=ylabel,
+                                   title=name, xlim=xlim, diagonal=kind == "roc"),
                        caption=f"{name}: {kind.upper()} per product ({col.replace('_', '-')} in brackets)")
 
 

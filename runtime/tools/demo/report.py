@@ -11,8 +11,8 @@ import numpy as np
 
 from runtime.tools.demo import analysis as an
 from runtime.quality import warnings_for
-from runtime.report import (Report, calibration_words, chance_warnings, overlay, plot_bars, plot_curves,
-                            plot_stage_panels)
+from runtime.plots import overlay, plot_bars, plot_curves, plot_stage_panels
+from runtime.report import Report, calibration_words, chance_warnings
 
 
 def _fmt(v, digits: int = 3) -> str:
