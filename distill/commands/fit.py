@@ -50,7 +50,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     from distill.fit import fit
     from teacher.checkpoint import load_teacher
-    from teacher.extract import dist_setup, dist_teardown
+    from teacher.distributed import dist_setup, dist_teardown
 
     _, world, _ = dist_setup("cpu")  # under torchrun: gloo, the student trains on the CPU; else one process
     teacher = load_teacher(args.teacher)

@@ -41,7 +41,7 @@ def run(args) -> int:
     from teacher.bank import Comm, LazyImages, fit_bank
     from teacher.checkpoint import load_teacher
     from teacher.device import default_device
-    from teacher.extract import dist_setup, dist_teardown
+    from teacher.distributed import dist_setup, dist_teardown
 
     rank, world, device = dist_setup(args.device)
 

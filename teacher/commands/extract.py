@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from teacher.checkpoint import load_teacher
-    from teacher.extract import dist_setup, dist_teardown, extract_shards, gather_ranks
+    from teacher.distributed import dist_setup, dist_teardown
+    from teacher.extract import extract_shards, gather_ranks
     from teacher.features_io import write_index
     from teacher.trainset import manifest_path
 

@@ -11,7 +11,6 @@ position continue exactly. Only rank 0 logs and saves.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -66,26 +65,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON summary as the last stdout line")
 
 
-def _dist_setup(device_arg: str | None):
-    import torch
-
-    from teacher.device import default_device
-
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        import torch.distributed as dist
-
-        use_cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        rank, world, local = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-        if use_cuda:
-            torch.cuda.set_device(device)
-        return rank, world, device
-    device = torch.device(default_device(device_arg))
-    return 0, 1, device
-
-
 def run(args: argparse.Namespace) -> int:
     from teacher import train_loop
     from teacher.trainset import caption_for, manifest_path
@@ -95,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as e:
         print(f"teacher train: {e.args[0]}", file=sys.stderr)
         return 2
-    rank, world, device = _dist_setup(args.device)
+    from teacher.distributed import dist_setup, dist_teardown
+
+    rank, world, device = dist_setup(args.device)
     out = Path(args.out)
     try:
         ds = load_dataset(manifest_path(args.data), check_files=False)
@@ -129,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(out)
     except (DatasetError, ContractError) as e:
         print(f"teacher train: {e}", file=sys.stderr)
-        _dist_teardown(world)
+        dist_teardown(world)
         return 2
     texts = [caption_for(r) for r in ds.records] + [r.product for r in ds.records] + \
         [r.defect_type.replace("_", " ") for r in ds.records]
@@ -138,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         summary = train_loop.train(args, preset, ds, records, texts, rank=rank, world=world, device=device)
     except ContractError as e:  # parts that do not fit (e.g. a --vae with other latent channels)
         print(f"teacher train: {e}", file=sys.stderr)
-        _dist_teardown(world)
+        dist_teardown(world)
         return 2
-    _dist_teardown(world)
+    dist_teardown(world)
     if rank == 0:
         summary["seconds"] = round(time.time() - t0, 2)
         if args.json:
@@ -149,12 +130,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"teacher train: step {summary['step']} loss {summary['loss']:.4f} -> {summary['checkpoint']}",
                   file=sys.stderr)
     return 0
-
-
-def _dist_teardown(world: int) -> None:
-    if int(os.environ.get("RANK", -1)) != -1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
