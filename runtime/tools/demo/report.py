@@ -40,8 +40,9 @@ def metric_table(fig: Mapping) -> list[dict]:
 
 
 def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str]]) -> Path:
+    """The demo's page: provenance, then one section per step of the story (quality, the line, curves, frames,
+    fidelity, latency, size and speed, steps)."""
     rep = Report("lineside demo", out)
-    v = fig["verdicts"]
     rep.text(f"Run on {platform.node()} ({os.cpu_count()} CPUs, {platform.machine()}), "
              f"{fig['settings']['mode']} settings, total {fig['wall_s']:.0f} s. Every figure below is computed "
              f"from this run: the daemon's published verdicts, the artifact and checkpoints on disk, and the JSON "
@@ -50,6 +51,19 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     for role, rel in (fig.get("forced") or {}).items():
         rep.warning(f"the artifact's {role} model ({rel}) was shipped past its INT8 accuracy guard (distill quantize "
                     "--force): the edge served it only because the demo allowed forced models")
+    _quality_table(rep, fig)
+    _line(rep, fig)
+    _curves(rep, fig)
+    _frames(rep, fig, overlays)
+    _fidelity(rep, fig)
+    _latency(rep, fig)
+    _size_and_speed(rep, fig)
+    _steps(rep, fig, out)
+    return rep.write()
+
+
+def _quality_table(rep, fig: dict) -> None:
+    """The detectors side by side, each row with its chance warnings."""
     rep.section("Teacher vs student vs cascade", "test split; F1 = best F1 over thresholds (F1-max), "
                 "'F1 @ thr' = F1 of the decisions actually made at the deployed threshold.")
     rows = []
@@ -63,6 +77,10 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     if fig.get("table_notes"):
         rep.text(" ".join(fig["table_notes"]), note=True)
 
+
+def _line(rep, fig: dict) -> None:
+    """What the line did with the streamed frames: counts, the calibration in words, decisions per detector."""
+    v = fig["verdicts"]
     rep.section("The line", "frames streamed into `lineside run` by a simulated camera, "
                 f"{fig['settings']['rate_hz']:g} Hz")
     rep.table([
@@ -95,6 +113,10 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
                     (", and it was not sent to the teacher" if not e["pending"] else ", and no answer came"))
                  + ". It is not part of the detection metrics.", note=True)
 
+
+def _curves(rep, fig: dict) -> None:
+    """ROC of the streamed frames (edge, cascade) and the student's PRO."""
+    v = fig["verdicts"]
     curves = {}
     for name in ("edge", "cascade"):
         m = v.get(name, {})
@@ -114,11 +136,16 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     if fig.get("student_local_note"):
         rep.text(fig["student_local_note"], note=True)
 
+
+def _frames(rep, fig: dict, overlays: list) -> None:
     rep.section("Frames", "sampled true/false positives/negatives of the cascade's final decision; heat map: the "
                 "student's anomaly map; magenta: regions of the final verdict; green: ground truth")
     for name, img, cap in overlays:
         rep.image(img, cap, name=name)
 
+
+def _fidelity(rep, fig: dict) -> None:
+    """Student fidelity per level beside the mean-predictor baseline."""
     cos = fig.get("feature_cosine") or {}
     base = fig.get("fidelity_mean_predictor") or {}
     rep.section("Student fidelity", "cosine similarity of student and teacher features per level (distill eval), "
@@ -133,6 +160,10 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     else:
         rep.text("distill eval reported no per-level cosine.", note=True)
 
+
+def _latency(rep, fig: dict) -> None:
+    """Per-stage latencies of every verdict, one panel per stage."""
+    v = fig["verdicts"]
     rep.section("Latency", "per stage, from the latencies_ms of every verdict")
     lat = v["latency_ms"]
     rep.table([[k, s.get("n"), _fmt(s.get("p50"), 2), _fmt(s.get("p99"), 2), _fmt(s.get("max"), 2)]
@@ -153,6 +184,9 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
         rep.figure(plot_stage_panels(rep.path("latency_e2e.png"), e2e, title="frame sent → verdict"),
                    "end to end, frame timestamp to verdict")
 
+
+def _size_and_speed(rep, fig: dict) -> None:
+    """Parameters, bytes and speed of the demo's models, and the production teacher when measured."""
     rep.section("Size and speed")
     sizes = fig["model_bytes"]
     sp = fig["speed"]
@@ -187,13 +221,15 @@ def write_report(out: Path, fig: dict, overlays: list[tuple[str, np.ndarray, str
     if s15.get("note"):
         rep.text(s15["note"], note=True)
 
+
+def _steps(rep, fig: dict, out: Path) -> None:
+    """Every step's wall time and links to the detailed reports."""
     rep.section("Steps", "every step is a lineside command run as a subprocess; logs in logs/")
     rep.table([[k, f"{t:.1f}"] for k, t in fig["timings_s"].items()], header=["step", "wall s"])
     links = [f'<a href="{p}/index.html">{n}</a>' for n, p in fig.get("subreports", {}).items()
              if (out / p / "index.html").is_file()]
     if links:
         rep.html("<p>Detailed reports: " + " · ".join(links) + "</p>")
-    return rep.write()
 
 
 def overlay_panels(records: Mapping[str, tuple], picks: Mapping[str, list[str]], store, maps: Mapping) -> list:
