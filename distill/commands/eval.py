@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from distill.bench import BACKENDS
 from distill.evaluate import evaluate_artifact
 from runtime.cli.dispatch import print_json
@@ -40,11 +38,3 @@ def run(args) -> int:
     if args.json:
         print_json(res)
     return 0
-
-
-def _jsonable(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

@@ -36,7 +36,7 @@ import time
 from runtime.cli.dispatch import positive_float, print_json
 from runtime.tools.bench import scale as bench_scale
 from runtime.tools.bench import soak as bench_soak
-from runtime.tools.bench.common import ensure_artifact, error, say, skipped
+from runtime.tools.bench.common import ensure_artifact, error, machine, say, skipped
 from runtime.tools.bench.sections import (PARTS, STUDENT_RUNS, bench_daemon, bench_kernels, bench_server,
                                           bench_student_section, bench_teacher)
 from runtime.tools.bench.table import print_table
@@ -97,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return _soak(args, env)
     if args.part == "scale":
         return _scale(args, env)
-    report: dict = {"machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
-                                "python": platform.python_version()}, "part": args.part}
+    report: dict = {"machine": machine(), "part": args.part}
     t0 = time.perf_counter()
     want = set(PARTS[1:]) if args.part == "all" else {args.part}
     runs = min(args.runs, 10) if args.quick else args.runs
@@ -149,9 +148,7 @@ def _edge(args: argparse.Namespace, env: dict) -> int:
         return _failed("edge", e, args.json)
     say(f"edge path of {art} …")
     t0 = time.perf_counter()
-    report = {"part": "edge", "machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
-                                          "python": platform.python_version()},
-              "artifact_source": how, **bench_edge.run_edge_bench(art, env=env, quick=args.quick, runs=args.runs)}
+    report = {"part": "edge", "machine": machine(), "artifact_source": how, **bench_edge.run_edge_bench(art, env=env, quick=args.quick, runs=args.runs)}
     report["wall_s"] = round(time.perf_counter() - t0, 2)
     _emit(report, args.json, bench_edge.print_edge_table)
     return 0

@@ -130,11 +130,10 @@ def fraction(text: str) -> float:
     return v
 
 
-ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")  # as runtime/daemon/config.py's socket fields accept
-
-
 def endpoint(text: str) -> str:
     """argparse type for a ZeroMQ endpoint: refused at parse time, with the form it should take."""
+    from runtime.contracts.protocol import ENDPOINT_PREFIXES  # here: the wire contract costs numpy at import
+
     if not text.startswith(ENDPOINT_PREFIXES):
         hint = f"; did you mean tcp://{text}?" if ":" in text and "//" not in text else ""
         raise argparse.ArgumentTypeError(f"{text!r} is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH){hint}")

@@ -23,6 +23,7 @@ WATCHDOG_TICK_S = 1.0
 # long behind the judge's Python code. 1 ms bounds that wait at a negligible switching cost.
 GIL_SWITCH_INTERVAL_S = 0.001
 
+
 def configure(p: argparse.ArgumentParser) -> None:
     """Every flag but --artifact, --config and --print-config is a config field's (runtime/daemon/config.py
     ``flag``): its name, help and group written there, its type, choices and default read off the field."""
@@ -33,11 +34,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     groups: dict = {}
     for _, info, fl in flag_fields():
         group = fl["group"]
-        if group is None:
-            target = p
-        else:
-            target = groups.get(group) or groups.setdefault(group, p.add_argument_group(group))
-        target.add_argument(fl["name"], **_argparse_kw(info, fl))
+        if group is not None and group not in groups:
+            groups[group] = p.add_argument_group(group)
+        (p if group is None else groups[group]).add_argument(fl["name"], **_argparse_kw(info, fl))
     p.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")
 
 

@@ -51,6 +51,7 @@ from typing import Any, Optional
 import numpy as np
 
 PROTOCOL_VERSION = 1
+ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")  # the transports a lineside socket binds or connects on
 KINDS = ("frame", "infer", "verdict", "error", "busy", "status", "trigger", "control")
 ENCODINGS = ("raw", "jpeg", "png")
 DTYPES = ("uint8", "uint16", "float32")

@@ -19,9 +19,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runtime.contracts.protocol import DEFAULT_MAX_PIXELS
-
-ENDPOINT_PREFIXES = ("tcp://", "ipc://", "inproc://")
+from runtime.contracts.protocol import DEFAULT_MAX_PIXELS, ENDPOINT_PREFIXES
 
 
 class ConfigError(ValueError):

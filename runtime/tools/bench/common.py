@@ -3,6 +3,7 @@ lineside command for its JSON, and the small artifact the parts measure when non
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -23,6 +24,12 @@ def skipped(reason: str) -> dict:
 
 def error(e: BaseException) -> dict:
     return {"status": "error", "error": f"{type(e).__name__}: {e}"}
+
+
+def machine() -> dict:
+    """The machine a bench report was measured on."""
+    return {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version()}
 
 
 def run_json_command(tool: str, args: list, env: dict, timeout_s: float = SUBPROCESS_TIMEOUT_S) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.report import build_info
+from runtime.tools.bench.common import machine
 from runtime.tools.demo.steps import StepError, command, last_json_line
 
 DEFAULT_N = (100, 400, 1600)
@@ -235,8 +235,7 @@ def run_scale(args, env: dict, say) -> dict:
     work = Path(args.work) if args.work else Path.cwd() / "lineside-bench-scale"
     build = build_info()
     report = {"part": "scale", "preset": PRESET, "size": size, "n": ns, "train_steps": int(args.steps),
-              "machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine(),
-                          "python": platform.python_version()},
+              "machine": machine(),
               "date": time.strftime("%Y-%m-%d"), "version": build["lineside"], "commit": build.get("commit"), "runs": []}
     plan = [(n, size) for n in ns] + ([(max(ns), int(args.once_size))] if args.once_size else [])
     t0 = time.perf_counter()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.cli.dispatch import json_default
 from runtime.tools.demo import analysis as an
 from runtime.tools.demo.steps import StepError, StepRunner, child_env
-from runtime.tools.demo.summary import (demo_summary, json_default, print_summary, refusal, table_notes,
-                                         table_sources)
+from runtime.tools.demo.summary import demo_summary, print_summary, refusal, table_notes, table_sources
 
 PRESET = "tiny"
 N_PROGRESS_STEPS = 13  # build 10 (synth … distill eval), services up, stream, report (+1: sd15 comparison)

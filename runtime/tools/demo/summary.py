@@ -3,11 +3,10 @@ writes and the closing lines on the terminal."""
 from __future__ import annotations
 
 import math
+import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
-
-import numpy as np
 
 from runtime.tools.bench.quality import REFERENCE_ROWS
 from runtime.tools.demo import analysis as an
@@ -64,7 +63,7 @@ def demo_summary(s, j: dict, fig: dict, info: dict, index: Path, total: float) -
         "wall_s": round(total, 2),
         "timings_s": fig["timings_s"],
         "settings": asdict(s),
-        "machine": {"node": platform.node(), "cpus": __import__("os").cpu_count(), "arch": platform.machine()},
+        "machine": {"node": platform.node(), "cpus": os.cpu_count(), "arch": platform.machine()},
         "frames": {k: v for k, v in vfig.items() if k not in ("latency_samples_ms", "end_to_end_samples_ms",
                                                               "confusion", "edge", "cascade")},
         "edge": {k: v for k, v in edge_m.items() if k != "roc"},
@@ -122,13 +121,3 @@ def _f(v, d: int = 3) -> str:
 
 def _mb(b) -> str:
     return "—" if not b else f"{b / 1e6:.2f} MB"
-
-
-def json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
