@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from distill.int8.guard import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
-from distill.int8.quantize import DEFAULT_CALIB_SIZE, MAX_CALIB_SIZE, METHODS, quantize_run
+from distill.int8.quantize import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, MAX_CALIB_SIZE, METHODS, quantize_run
 from runtime.cli.dispatch import print_json
 
 
@@ -21,6 +21,8 @@ def configure(p) -> None:
                    help="per-location cosine INT8 vs FP32 required of every output")
     p.add_argument("--calib-size", type=int, default=DEFAULT_CALIB_SIZE,
                    help=f"calibration images sampled from the train split (at most {MAX_CALIB_SIZE})")
+    p.add_argument("--val-size", type=int, default=DEFAULT_VAL_SIZE,
+                   help="val images the guard scores, sampled by label share (a smaller split is used whole)")
     p.add_argument("--force", action="store_true", help="write the best INT8 model even if it fails the guard")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
@@ -30,7 +32,7 @@ def run(args) -> int:
     methods = METHODS if args.method == "both" else (args.method,)
     report = quantize_run(args.run, args.data, methods=methods, max_drop=args.max_drop,
                           min_agreement=args.min_agreement, min_cosine=args.min_cosine, force=args.force,
-                          calib_size=args.calib_size, threads=args.threads)
+                          calib_size=args.calib_size, val_size=args.val_size, threads=args.threads)
     refused = [e["refused"] for e in report["methods"].values() if e.get("refused")]
     if args.json:
         print_json(report)

@@ -9,8 +9,8 @@ distill/edge_graph.py) and a calibration split (train images, good and defect):
   (pooling/resize stay FP32: ORT's QLinearAveragePool/Resize are slower than the float ones): int8/ort.py.
 * ``nncf``: NNCF PTQ on the OpenVINO model converted from the ONNX file (saved as IR): int8/nncf.py.
 
-Guard (int8/guard.py): each INT8 model runs in its own runtime on the val split and is scored with the run's
-bank exactly as the edge scores; image AUROC and AU-PRO (runtime.metrics) must not drop by more than
+Guard (int8/guard.py): each INT8 model runs in its own runtime on the val split (at most ``--val-size`` of its
+images, sampled by label share: ``bounded_sample``) and is scored with the run's bank exactly as the edge scores; image AUROC and AU-PRO (runtime.metrics) must not drop by more than
 ``--max-drop`` points against the FP32 model, decisions must agree on at least ``--min-agreement`` of the
 images, and every output of the edge graph must keep a per-location cosine of ``--min-cosine`` to FP32 (a
 sabotaged calibration shows there even when a small val split hides it in AUROC).
@@ -54,6 +54,11 @@ from runtime.progress import command_log
 # calibrator, its activations too).
 DEFAULT_CALIB_SIZE = 64
 MAX_CALIB_SIZE = 256
+# Val images the guard scores, by the same rule (``bounded_sample``), but stratified by label: each label keeps
+# its share of the split (at least one image of each, so AUROC and AU-PRO stay defined), so the guard's memory
+# (every val input, its outputs and maps are held) does not grow with the split either. 256 images hold an
+# AUROC's sampling error to a few points; a split smaller than the bound is used whole.
+DEFAULT_VAL_SIZE = 256
 METHODS = ("nncf", "ort")
 QUANT_DIR = "quantize"
 REPORT = "report.json"
@@ -108,7 +113,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=METHODS, max_drop: f
                  min_agreement: float = DEFAULT_MIN_AGREEMENT, min_cosine: float = DEFAULT_MIN_COSINE,
                  force: bool = False,
                  calib_size: int = DEFAULT_CALIB_SIZE, calib_override: np.ndarray | None = None,
-                 threads: int = 1) -> dict:
+                 val_size: int = DEFAULT_VAL_SIZE, threads: int = 1) -> dict:
     """Quantize a run with each method; keep the models that pass the guard. Returns the report.
     ``calib_override`` replaces the calibration inputs (tests sabotage it to check the guard)."""
     from distill.run import load_run
@@ -121,7 +126,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=METHODS, max_drop: f
     qdir.mkdir(exist_ok=True)
     scoring = ScoringParams(**run.config["scoring"])
     full, fp32, outputs = export_edge_graph(run, qdir, scoring)
-    calib, val = calibration_and_val(run, data, calib_size, calib_override)
+    calib, val = calibration_and_val(run, data, calib_size, calib_override, val_size)
     x_val = val.student_inputs(run.mean, run.std).numpy()
     cal = run.config["calibration"]
     ev = lambda r: evaluate(r, x_val, val.labels, val.masks, run.bank, run.size, scoring, cal["threshold"])  # noqa: E731
@@ -132,7 +137,7 @@ def quantize_run(run_dir: str | Path, data: str, *, methods=METHODS, max_drop: f
               "full": str(full.relative_to(run.dir)), "edge_outputs": outputs,
               "max_drop_pt": max_drop,
               "min_agreement": min_agreement, "min_cosine": min_cosine, "force": force, "calibration_images": int(len(calib)),
-              "validation_images": int(len(val)),
+              "validation_images": int(len(val)), "val_size": val_size,
               "fp32_metrics": {"image_auroc": ref["image_auroc"], "au_pro": ref["au_pro"]}, "methods": {}}
     for method in methods:
         report["methods"][method] = quantize_method(job, method, force)
@@ -149,21 +154,56 @@ def export_edge_graph(run, qdir: Path, scoring: ScoringParams) -> tuple[Path, Pa
     return full, prune_onnx(full, qdir / EDGE_FILE, outputs), outputs
 
 
-def calibration_and_val(run, data: str, calib_size: int, calib_override: np.ndarray | None):
-    """-> (calibration inputs: ``calib_size`` train images, the same whatever the split's size; the val images)."""
-    from distill.data import load_images, load_records
+def bounded_sample(n_items: int, bound: int, labels=None, seed: int = 0) -> np.ndarray:
+    """The one subset rule of calibration and guard: indices of at most ``bound`` of ``n_items``, sorted (manifest
+    order), drawn by a ``seed``ed permutation, so the same images whatever else changes; ``n_items <= bound``:
+    all of them. With ``labels`` (one per item) the draw is stratified: each label gets its share of ``bound``
+    (largest remainder, at least one image of every label present) and its first images of the permutation."""
+    if n_items <= bound:
+        return np.arange(n_items)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.permutation(n_items)[:bound])
+    labels = np.asarray(labels)
+    kinds, counts = np.unique(labels, return_counts=True)
+    if bound < len(kinds):
+        raise ValueError(f"a sample of {bound} cannot hold one image of each of {len(kinds)} labels")
+    quota = np.maximum(1, np.floor(bound * counts / n_items)).astype(int)
+    rest = bound * counts / n_items - np.floor(bound * counts / n_items)
+    for i in np.argsort(-rest, kind="stable"):  # the images left over go to the largest remainders
+        if quota.sum() >= bound:
+            break
+        if quota[i] < counts[i]:
+            quota[i] += 1
+    while quota.sum() > bound:  # the minimum of one per label overshot: take back from the largest
+        quota[int(np.argmax(quota))] -= 1
+    perm = rng.permutation(n_items)
+    pick = [perm[labels[perm] == k][:q] for k, q in zip(kinds, quota)]
+    return np.sort(np.concatenate(pick))
+
+
+def calibration_and_val(run, data: str, calib_size: int, calib_override: np.ndarray | None,
+                        val_size: int = DEFAULT_VAL_SIZE):
+    """-> (calibration inputs: ``calib_size`` train images, ``val_size`` val images stratified by label: both the
+    same whatever the split's size, both ``bounded_sample``)."""
+    from distill.data import load_records
     from runtime.contracts.dataset import load_dataset
 
     if not 0 < calib_size <= MAX_CALIB_SIZE:
         raise SystemExit(f"--calib-size {calib_size}: must be between 1 and {MAX_CALIB_SIZE} images")
+    if val_size < 2:
+        raise SystemExit(f"--val-size {val_size}: must be at least 2 images (one good, one defect)")
     ds = load_dataset(data)
     train_recs = ds.split("train")
     if not train_recs:
         raise SystemExit(f"{data}: no train records to calibrate on")
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.permutation(len(train_recs))[:calib_size])  # the same images whatever the split's size
+    pick = bounded_sample(len(train_recs), calib_size)
     calib = load_records(ds, [train_recs[i] for i in pick], run.size).student_inputs(run.mean, run.std).numpy()
-    val = load_images(ds, ("val",), run.size)
+    val_recs = ds.split("val")
+    if not val_recs:
+        raise SystemExit(f"{data}: no val records to guard on")
+    pick = bounded_sample(len(val_recs), val_size, labels=[r.is_defect for r in val_recs])
+    val = load_records(ds, [val_recs[i] for i in pick], run.size)
     if calib_override is not None:
         calib = np.asarray(calib_override, np.float32)
     return calib, val

@@ -103,3 +103,51 @@ def test_calib_size_beyond_the_cap_is_refused(tiny_run):
     run, data = tiny_run
     with pytest.raises(SystemExit, match="--calib-size"):
         quantize_run(run, str(data), methods=("ort",), calib_size=MAX_CALIB_SIZE + 1)
+
+
+def test_bounded_sample_is_seeded_stratified_and_whole_below_the_bound():
+    from distill.int8.quantize import bounded_sample
+
+    np.testing.assert_array_equal(bounded_sample(5, 8), np.arange(5))  # a small split: whole, in order
+    labels = np.r_[np.zeros(900, bool), np.ones(100, bool)]
+    pick = bounded_sample(1000, 50, labels)
+    assert len(pick) == 50 and np.all(np.diff(pick) > 0)
+    assert labels[pick].sum() == 5  # each label keeps its share
+    np.testing.assert_array_equal(pick, bounded_sample(1000, 50, labels))  # seeded: the same images
+    rare = np.r_[np.zeros(999, bool), [True]]
+    assert rare[bounded_sample(1000, 10, rare)].sum() == 1  # a rare label keeps one image
+    # without labels: the calibration subset as it always was
+    np.testing.assert_array_equal(bounded_sample(30, 7), np.sort(np.random.default_rng(0).permutation(30)[:7]))
+
+
+def test_at_most_val_size_val_images_reach_the_guard(tiny_run, monkeypatch):
+    import distill.int8.quantize as Q
+    from runtime.contracts.dataset import Dataset
+
+    run, data = tiny_run
+    n_val = sum(SPLITS["val"])
+    seen, decoded = [], []
+    real_eval, real_read = Q.evaluate, Dataset.read_image
+
+    def counting_eval(runner, inputs, labels, *a, **kw):
+        seen.append((len(inputs), int(np.sum(labels))))
+        return real_eval(runner, inputs, labels, *a, **kw)
+
+    def counting_read(self, rec):
+        if rec.split == "val":
+            decoded.append(rec.image)
+        return real_read(self, rec)
+
+    monkeypatch.setattr(Q, "evaluate", counting_eval)
+    monkeypatch.setattr(Dataset, "read_image", counting_read)
+    bound = 2
+    assert bound < n_val
+    with contextlib.redirect_stderr(io.StringIO()):
+        rep = Q.quantize_run(run, str(data), methods=("ort",), force=True, val_size=bound)
+    assert seen and all(n == bound for n, _ in seen)  # the FP32 reference and every INT8 model: the bound
+    assert all(d == 1 for _, d in seen)  # one good, one defect: the split's label shares
+    assert len(decoded) == bound and rep["validation_images"] == bound
+    seen.clear()
+    with contextlib.redirect_stderr(io.StringIO()):
+        rep = Q.quantize_run(run, str(data), methods=("ort",), force=True)  # the default: the whole small split
+    assert rep["validation_images"] == n_val and all(n == n_val for n, _ in seen)
