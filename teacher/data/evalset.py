@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -35,7 +35,7 @@ import numpy as np
 
 from runtime.contracts.dataset import Record, load_dataset, write_manifest
 from teacher.data import captions, summary
-from teacher.data.writing import write_sample
+from teacher.data.writing import Sample, write_sample
 
 
 @dataclass(frozen=True)
@@ -90,18 +90,6 @@ CAUSES = {
     "pinholes": "outgassing during curing",
     "smudge": "contact with a greasy glove or roller",
 }
-
-
-@dataclass
-class Sample:
-    image: np.ndarray  # uint8 (S, S, 3) RGB, with the defect
-    clean: np.ndarray  # uint8 (S, S, 3) RGB, the same sample without it (same crop, same noise)
-    mask: np.ndarray | None  # bool (S, S) for defects
-    product: str
-    defect_type: str  # "good" or a kind
-    severity: float | None
-    caption: str
-    meta: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- surfaces

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 from runtime.contracts.dataset import Record, load_dataset, write_manifest
 from teacher.data import captions, summary
 from teacher.data.defects import DEFECT_KINDS, plant
-from teacher.data.writing import write_sample
+from teacher.data.writing import Sample, write_sample
 
 PRODUCTS = {
     # product: (skimage.data source, caption product words, caption material, RGB tint of the grey photo,
@@ -49,18 +48,6 @@ def _photo(name: str) -> np.ndarray:
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2)
     return np.ascontiguousarray(img.astype(np.float32) / 255.0)
-
-
-@dataclass
-class Sample:
-    image: np.ndarray  # uint8 (S, S, 3) RGB, with the defect
-    clean: np.ndarray  # uint8 (S, S, 3) RGB, the same crop before the defect
-    mask: np.ndarray | None  # bool (S, S) for defects
-    product: str
-    defect_type: str  # "good" or a kind
-    severity: float | None
-    caption: str
-    meta: dict = field(default_factory=dict)
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:

@@ -1,12 +1,27 @@
 """How every dataset writer (`teacher data synth`, `teacher data evalset`) puts a sample on disk: its image
-and, for a defect, its mask as PNGs under ``images/`` and ``masks/``, deterministically."""
+and, for a defect, its mask as PNGs under ``images/`` and ``masks/``, deterministically; and the sample both
+of them make."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 PNG_COMPRESSION = 3  # zlib level: fast, and deterministic for a given input
+
+
+@dataclass
+class Sample:
+    """One generated image with what its record says about it."""
+    image: np.ndarray  # uint8 (S, S, 3) RGB, with the defect
+    clean: np.ndarray  # uint8 (S, S, 3) RGB, the same crop before the defect (evalset: with the same noise)
+    mask: np.ndarray | None  # bool (S, S) for defects
+    product: str
+    defect_type: str  # "good" or a kind
+    severity: float | None
+    caption: str
+    meta: dict = field(default_factory=dict)
 
 
 def write_png(path: Path, rgb_or_gray: np.ndarray) -> None:
