@@ -93,28 +93,27 @@ class Dataset:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # what a folder of frames may hold
 
 
+def _imread(path: str | Path, what: str, colour: bool) -> np.ndarray:
+    """The decoded file (BGR or grey), or a DatasetError naming it and ``what`` it is."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{p}: {what} file is missing")
+    img = cv2.imread(str(p), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise DatasetError(f"{p}: {what} cannot be decoded (corrupt or not an image)")
+    return img
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     import cv2
 
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{p}: image file is missing")
-    img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"{p}: image cannot be decoded (corrupt or not an image)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_imread(path, "image", colour=True), cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    import cv2
-
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{p}: mask file is missing")
-    m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise DatasetError(f"{p}: mask cannot be decoded (corrupt or not an image)")
-    return m > 127
+    return _imread(path, "mask", colour=False) > 127
 
 
 def write_manifest(path: str | Path, records: Iterable[Record]) -> Path:
