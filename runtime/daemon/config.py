@@ -61,25 +61,27 @@ class Sockets(_Section):
 ROLES = ("ingress", "verdicts", "control")  # one CURVE server key and one allowed-keys directory per socket
 
 
+def _key_path(name: str, help: str):
+    """An optional key file or key directory: the security flag ``name``, unset by default."""
+    return Field(None, json_schema_extra=flag(name, help, SECURITY))
+
+
 class Security(_Section):
     """CURVE server keys (``lineside keys``) per socket. Each socket admits the clients whose public
     certificates are in its own directory (cameras on ingress, subscribers on verdicts, operators on
     control), or in ``allowed_keys`` for a socket not given its own."""
-    ingress_secret: Optional[str] = Field(None, json_schema_extra=flag(
-        "--ingress-secret", "ingress CURVE secret key file (lineside keys)", SECURITY))
-    verdicts_secret: Optional[str] = Field(None, json_schema_extra=flag(
-        "--verdicts-secret", "verdict PUB CURVE secret key file", SECURITY))
-    control_secret: Optional[str] = Field(None, json_schema_extra=flag(
-        "--control-secret", "control CURVE secret key file", SECURITY))
+    ingress_secret: Optional[str] = _key_path("--ingress-secret", "ingress CURVE secret key file (lineside keys)")
+    verdicts_secret: Optional[str] = _key_path("--verdicts-secret", "verdict PUB CURVE secret key file")
+    control_secret: Optional[str] = _key_path("--control-secret", "control CURVE secret key file")
     # directory of client public certificates: every socket without its own
-    allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
-        "--allowed-keys", "directory of client public keys (CURVE), for every socket without its own", SECURITY))
-    ingress_allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
-        "--ingress-allowed-keys", "cameras' public keys: the only ones ingress admits", SECURITY))
-    verdicts_allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
-        "--verdicts-allowed-keys", "subscribers' public keys: the only ones the verdict PUB admits", SECURITY))
-    control_allowed_keys: Optional[str] = Field(None, json_schema_extra=flag(
-        "--control-allowed-keys", "operators' public keys: the only ones control admits", SECURITY))
+    allowed_keys: Optional[str] = _key_path(
+        "--allowed-keys", "directory of client public keys (CURVE), for every socket without its own")
+    ingress_allowed_keys: Optional[str] = _key_path(
+        "--ingress-allowed-keys", "cameras' public keys: the only ones ingress admits")
+    verdicts_allowed_keys: Optional[str] = _key_path(
+        "--verdicts-allowed-keys", "subscribers' public keys: the only ones the verdict PUB admits")
+    control_allowed_keys: Optional[str] = _key_path(
+        "--control-allowed-keys", "operators' public keys: the only ones control admits")
     # allow binding a network address without CURVE (trusted networks only)
     insecure: bool = Field(False, json_schema_extra=flag(
         "--insecure", "allow non-loopback binds without CURVE", SECURITY))
