@@ -33,6 +33,18 @@ def run_daemon(arts, tmp_path):
     runs.close()
 
 
+def slow_judge(d, delay_s: float = 0.03) -> None:
+    """Make the daemon's engine take ``delay_s`` longer per frame, so its queue fills."""
+    eng = d.holder.engine
+    real = eng.judge
+
+    def slow(*a, **kw):
+        time.sleep(delay_s)
+        return real(*a, **kw)
+
+    eng.judge = slow
+
+
 def alive(c, fid="alive"):
     """The daemon still serves: a good frame gets an ok verdict."""
     c.send(T.good(9), frame_id=fid)
@@ -278,14 +290,7 @@ def test_flood_from_one_sender_is_limited_others_served(run_daemon):
 @pytest.mark.parametrize("policy", ["drop_oldest", "reject_newest"])
 def test_overload_drops_counted_queue_bounded(run_daemon, policy):
     d, c = run_daemon(**{"queue.size": 2, "queue.overload": policy})
-    eng = d.holder.engine
-    real = eng.judge
-
-    def slow(*a, **kw):
-        time.sleep(0.03)
-        return real(*a, **kw)
-
-    eng.judge = slow
+    slow_judge(d)
     n = 30
     ids = [c.send(T.good(), frame_id=f"o{i}", wait=False) for i in range(n)]
     replies = {}
@@ -633,14 +638,7 @@ def test_send_counts_the_drops_from_the_verdicts_it_saw(run_daemon, tmp_path, ca
     from runtime.cli import send
 
     d, c = run_daemon(**{"queue.size": 2, "queue.overload": "drop_oldest"})
-    eng = d.holder.engine
-    real = eng.judge
-
-    def slow(*a, **kw):
-        time.sleep(0.03)
-        return real(*a, **kw)
-
-    eng.judge = slow
+    slow_judge(d)
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(20):
