@@ -34,11 +34,21 @@ resolution and keeps O(``HIST_BINS``) memory: histograms over one shared set of 
 pixels (the FPR, and the pixel ROC's negatives), the defect pixels (the ROC's positives) and the defect
 pixels each weighted 1/|C_k| by the size of their connected component (8-connectivity, per image, as
 above; divided by the number of components K at the end this is the PRO). Thresholds are the bin edges:
-scores inside one bin count as tied, so pixel AUROC is low by at most half the share of defect/good pixel
+scores inside one bin count as tied, so pixel AUROC is off by at most half the share of defect/good pixel
 pairs that share a bin, and the PRO curve is the exact one sampled at the edges (nothing is downsampled).
-The bins cover the scores seen so far and double their width (merging neighbours, exactly) when a score
-falls outside. The exact functions stay the reference and what every caller uses today;
-``tests/runtime/test_metrics.py`` holds the accumulator within 0.005 of them.
+``relative=True`` (what the evaluations use: anomaly maps are non-negative distances and probabilities)
+makes the bins even in the scores' float32 bit patterns (order-preserving integer keys), not in the scores:
+the resolution is relative, the same in each power of two the scores span, so a probability map whose good
+pixels sit at 1e-9..1e-3 and defects near 1 is resolved at every scale (bins even in the score put all
+those good pixels in a few bins; on the head of a tiny teacher that cost 7e-4 of pixel AUROC, relative
+bins 3e-7). Scores of both signs are still counted right there, only more coarsely (keys that cross
+zero spend bins on the empty powers of two near it): the default, even in the score, suits them. The bins cover the keys seen so far and double their width
+(merging neighbours, exactly) when a score falls outside. The exact functions stay the reference; ``tests/runtime/test_metrics.py`` holds the
+accumulator within 0.005 of them. Each figure comes with a bound of its own binning error, computed from
+the histograms (``auroc_bound``, ``au_pro_bound``): what the evaluations record beside the method
+(``method()``, e.g. "histogram, 65536 bins"). ``StreamingMetrics`` is ``compute_all`` image by image on it:
+the evaluations (`teacher eval`, `distill eval`, `teacher baselines`, runtime.quality) use it, so their
+memory does not grow with the number of maps.
 """
 from __future__ import annotations
 
@@ -49,7 +59,7 @@ import numpy as np
 __all__ = [
     "roc_curve", "image_auroc", "pixel_auroc", "auroc", "pro_curve", "au_pro", "pro_area", "precision_recall_curve",
     "average_precision", "f1_max", "iou", "dice", "accuracy", "mask_boxes", "map_boxes", "box_iou",
-    "box_ap", "box_map", "box_map_from_maps", "compute_all", "PixelAccumulator",
+    "box_ap", "box_map", "box_map_from_maps", "compute_all", "PixelAccumulator", "StreamingMetrics",
 ]
 
 FPR_LIMIT = 0.3
@@ -409,7 +419,11 @@ def box_map_from_maps(gt_masks, maps, threshold: float, min_area_px: int = 1,
 
 def _one_sort_stats(y: np.ndarray, s: np.ndarray) -> dict[str, float]:
     """auroc, ap, f1_max, f1_threshold from one sort (the same numbers as the separate functions)."""
-    tp, fp, thr = _cumulative_counts(y, s)
+    return _stats_from_counts(*_cumulative_counts(y, s))
+
+
+def _stats_from_counts(tp: np.ndarray, fp: np.ndarray, thr: np.ndarray) -> dict[str, float]:
+    """auroc, ap, f1_max, f1_threshold of cumulative (tp, fp) counts at descending thresholds ``thr``."""
     n_pos, n_neg = tp[-1], fp[-1]
     f1 = 2 * tp / (tp + fp + n_pos)
     i = int(np.argmax(f1))
@@ -455,18 +469,32 @@ def compute_all(labels, scores, masks=None, maps=None, threshold: float | None =
 
 # ------------------------------------------------------------------------- bounded pixel metrics
 
+def _order_keys(a) -> np.ndarray:
+    """float32 scores -> int64 keys in the same order (their bit patterns, negatives mirrored; -0 = +0)."""
+    i = np.asarray(a, dtype=np.float32).view(np.int32).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+
+def _key_values(k) -> np.ndarray:
+    """``_order_keys``' inverse: integer keys -> the float32 scores they stand for, as float64."""
+    k = np.clip(np.asarray(k), -0x7F800000, 0x7F800000).astype(np.int64)  # edges of empty bins: at most ±inf
+    bits = np.where(k < 0, (-k) | 0x80000000, k).astype(np.uint32)
+    return bits.view(np.float32).astype(np.float64)
+
+
 HIST_BINS = 1 << 16  # score bins of PixelAccumulator: 3 float64 histograms, 1.5 MB, whatever the split
 
 
 class PixelAccumulator:
     """Pixel AUROC and AU-PRO image by image in O(HIST_BINS) memory (see the module doc)."""
 
-    def __init__(self, bins: int = HIST_BINS):
+    def __init__(self, bins: int = HIST_BINS, relative: bool = False):
         if bins < 2 or bins % 2:
             raise ValueError(f"bins must be an even number >= 2, got {bins}")
         self.bins = bins
-        self.lo: float | None = None  # left edge of bin 0
-        self.width = 0.0  # bin width
+        self.lo: float | None = None  # left edge of bin 0, in keys (``_key``)
+        self.width = 0.0  # bin width, in keys
+        self.log_scale = relative  # keys: the scores' float32 bit patterns (True) or the scores (False)
         self.good = np.zeros(bins)  # good-pixel counts
         self.defect = np.zeros(bins)  # defect-pixel counts
         self.region = np.zeros(bins)  # defect pixels weighted 1/|C_k|
@@ -477,7 +505,8 @@ class PixelAccumulator:
         if self.lo is None:
             span = vmax - vmin
             self.lo = vmin
-            self.width = (span if span > 0 else max(abs(vmin), 1.0) * 1e-6) / (self.bins - 1)
+            floor = 1.0 if self.log_scale else max(abs(vmin), 1.0) * 1e-6  # one float32 step, or a relative one
+            self.width = max(span, floor) / (self.bins - 1)
         while vmin < self.lo or vmax >= self.lo + self.width * self.bins:
             # double the width, merging neighbour pairs; the old range becomes one half of the new one
             left = vmin < self.lo
@@ -502,8 +531,9 @@ class PixelAccumulator:
             raise ValueError(f"image {self.n_images}: mask shape {m.shape} differs from anomaly map shape {a.shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"image {self.n_images}: anomaly map contains NaN or infinity")
-        self._cover(float(a.min()), float(a.max()))
-        idx = np.minimum(((a - self.lo) / self.width).astype(np.int64), self.bins - 1).reshape(-1)
+        k = self._key(a)
+        self._cover(float(k.min()), float(k.max()))
+        idx = np.minimum(((k - self.lo) / self.width).astype(np.int64), self.bins - 1).reshape(-1)
         flat = m.reshape(-1)
         self.good += np.bincount(idx[~flat], minlength=self.bins)
         if flat.any():
@@ -536,7 +566,7 @@ class PixelAccumulator:
                              f"{int(n_good)} good pixels")
         fpr = np.r_[0.0, self._descending(self.good) / n_good]
         pro = np.r_[0.0, np.minimum(self._descending(self.region) / self.n_regions, 1.0)]
-        thr = np.r_[np.inf, (self.lo + self.width * np.arange(self.bins))[::-1]]
+        thr = np.r_[np.inf, self._edges_desc()]
         return fpr, pro, thr
 
     def au_pro(self, fpr_limit: float = FPR_LIMIT) -> float:
@@ -544,3 +574,127 @@ class PixelAccumulator:
             raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
         fpr, pro, _ = self.pro_curve()
         return pro_area(fpr, pro, fpr_limit)
+
+    def _key(self, a: np.ndarray) -> np.ndarray:
+        return _order_keys(a) if self.log_scale else a
+
+    def method(self) -> str:
+        """How the pixel figures were computed, for a report: "histogram, <bins> bins[, relative]"."""
+        return f"histogram, {self.bins} bins" + (", relative (float32 keys)" if self.log_scale else "")
+
+    def _edges_desc(self) -> np.ndarray:
+        """Bin left edges as scores, top bin first: the least float32 score in each bin."""
+        edges = self.lo + self.width * np.arange(self.bins)
+        return (_key_values(np.ceil(edges)) if self.log_scale else edges)[::-1]
+
+    def auroc_bound(self) -> float:
+        """The most ``pixel_auroc`` can differ from the exact one: half the share of (defect, good) pixel pairs
+        that share a bin (inside a bin, the order the exact curve sees is unknown)."""
+        n_pos, n_neg = self.defect.sum(), self.good.sum()
+        return float(0.5 * np.dot(self.defect, self.good) / (n_pos * n_neg)) if n_pos and n_neg else 0.0
+
+    def au_pro_bound(self, fpr_limit: float = FPR_LIMIT) -> float:
+        """The most ``au_pro`` can differ from the exact one: between two bin edges the exact (monotone) curve
+        stays in the box the two points span, so each step's area is off by at most half that box."""
+        fpr, pro, _ = self.pro_curve()
+        inside = fpr[:-1] < fpr_limit
+        df = np.minimum(fpr[1:], fpr_limit) - fpr[:-1]
+        return float(0.5 * np.sum((df * np.diff(pro))[inside]) / fpr_limit)
+
+    def _occupied(self):
+        """Cumulative (defect, good) counts and thresholds at the left edge of every non-empty bin, descending."""
+        keep = ((self.defect + self.good) > 0)[::-1]
+        return (self._descending(self.defect)[keep], self._descending(self.good)[keep], self._edges_desc()[keep])
+
+    def roc_curve(self, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fpr, tpr, thresholds) at the edges of the non-empty bins, from (0, 0) at +inf, as ``roc_curve``."""
+        tp, fp, thr = self._occupied()
+        if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
+            raise ValueError(f"ROC needs both classes: {int(self.defect.sum())} defect and "
+                             f"{int(self.good.sum())} good pixels")
+        fpr, tpr, thr = np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]], np.r_[np.inf, thr]
+        keep = _thin(fpr.size, max_points)
+        return fpr[keep], tpr[keep], thr[keep]
+
+    def pixel_stats(self) -> dict[str, float]:
+        """auroc, ap, f1_max and f1_threshold (a bin edge) of the pixels, as ``compute_all``'s pixel_* figures."""
+        tp, fp, thr = self._occupied()
+        if tp.size == 0 or tp[-1] == 0 or fp[-1] == 0:
+            raise ValueError(f"pixel figures need both classes: {int(self.defect.sum())} defect and "
+                             f"{int(self.good.sum())} good pixels")
+        return _stats_from_counts(tp, fp, thr)
+
+    def counts_at(self, threshold: float) -> tuple[float, float]:
+        """(defect, good) pixels scoring at or above ``threshold``, exact when it is a bin edge (``pixel_stats``'
+        f1_threshold), else to the nearest edge."""
+        k = float(self._key(np.asarray([threshold], np.float64))[0])
+        b = int(np.clip(np.floor((k - self.lo) / self.width + 1e-9), 0, self.bins))  # the bin it opens
+        return float(self.defect[b:].sum()), float(self.good[b:].sum())
+
+
+class StreamingMetrics:
+    """``compute_all`` one image at a time, in memory that does not grow with the maps: image scores and labels
+    are kept (two floats an image), the maps go into a ``PixelAccumulator`` (pixel AUROC/AP/F1 and AU-PRO from
+    its histograms) and, when ``pixel_threshold`` is given, each map's segmentation counts and boxes at it are
+    taken as it arrives (exact: iou, dice and box mAP as ``compute_all``). Without one, iou and dice are at the
+    pixel F1-max threshold (a bin edge: counts exact there) and the box mAP, which needs every map at a threshold
+    known only at the end, is left out. ``result()`` also says ``pixel_method``, ``pixel_auroc_bound`` and
+    ``au_pro_bound``."""
+
+    def __init__(self, threshold: float | None = None, pixel_threshold: float | None = None,
+                 fpr_limit: float = FPR_LIMIT, bins: int = HIST_BINS):
+        self.threshold, self.pixel_threshold, self.fpr_limit = threshold, pixel_threshold, fpr_limit
+        self.labels: list[bool] = []
+        self.scores: list[float] = []
+        self.pixels = PixelAccumulator(bins, relative=True)
+        self.seg = np.zeros(3)  # |pred ∩ gt|, |pred|, |gt| at pixel_threshold
+        self.gt_boxes: list[np.ndarray] = []
+        self.pred_boxes: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, label, score: float, mask=None, anomaly_map=None) -> None:
+        self.labels.append(bool(_as_positive([label])[0]))
+        self.scores.append(float(score))
+        if mask is None or anomaly_map is None:
+            return
+        self.pixels.add(mask, anomaly_map)
+        if self.pixel_threshold is not None:
+            m = np.asarray(mask).astype(bool)
+            pred = np.asarray(anomaly_map) >= self.pixel_threshold
+            self.seg += (np.logical_and(pred, m).sum(), pred.sum(), m.sum())
+            self.gt_boxes.append(mask_boxes(m))
+            self.pred_boxes.append(map_boxes(anomaly_map, self.pixel_threshold))
+
+    def result(self) -> dict:
+        y, s = _flat_labels_scores(self.labels, self.scores)
+        out: dict = {"n_images": float(y.size), "n_defect": float(y.sum())}
+        if 0 < y.sum() < y.size:
+            out.update({f"image_{k}": v for k, v in _one_sort_stats(y, s).items()})
+        threshold = self.threshold if self.threshold is not None else out.get("image_f1_threshold")
+        if threshold is not None:
+            out["threshold"] = float(threshold)
+            out["accuracy"] = accuracy(y, s >= threshold)
+        acc = self.pixels
+        if acc.n_images == 0:
+            return out
+        n_pos, n_neg = acc.defect.sum(), acc.good.sum()
+        out["pixel_method"] = acc.method()
+        if n_pos and n_neg:
+            out.update({f"pixel_{k}": v for k, v in acc.pixel_stats().items()})
+            out["pixel_auroc_bound"] = acc.auroc_bound()
+            out["au_pro"] = acc.au_pro(self.fpr_limit)
+            out["au_pro_bound"] = acc.au_pro_bound(self.fpr_limit)
+        if self.pixel_threshold is not None:
+            inter, n_pred, n_gt = self.seg
+            out["pixel_threshold"] = float(self.pixel_threshold)
+        elif "pixel_f1_threshold" in out:
+            out["pixel_threshold"] = out["pixel_f1_threshold"]
+            inter, n_fp = acc.counts_at(out["pixel_threshold"])
+            n_pred, n_gt = inter + n_fp, n_pos
+        else:
+            return out
+        out["iou"] = 1.0 if n_pred + n_gt - inter == 0 else float(inter / (n_pred + n_gt - inter))
+        out["dice"] = 1.0 if n_pred + n_gt == 0 else float(2 * inter / (n_pred + n_gt))
+        if self.pixel_threshold is not None and n_gt:
+            out.update({f"box_{k}": v for k, v in box_map(self.gt_boxes, [b for b, _ in self.pred_boxes],
+                                                            [c for _, c in self.pred_boxes]).items()})
+        return out

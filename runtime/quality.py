@@ -9,6 +9,11 @@ product only if it has one bank per product, but the ranking figures are per pro
 the headline is their unweighted mean, as MVTec AD papers report the mean over categories. Each product
 also carries its ROC and PRO curves as a few points (``curves``), so a report can draw them without the
 maps.
+
+Pixel figures (P-AUROC, AU-PRO) come from ``runtime.metrics.PixelAccumulator``: a row is built image by
+image (``QualityAccumulator``; ``quality_row`` on lists is the same thing), so an evaluation never holds
+its maps. Each product says how (``pixel_method``, "histogram, 65536 bins") and how far from the exact
+sort each figure can be (``pixel_auroc_bound``, ``au_pro_bound``); every other column is exact.
 """
 from __future__ import annotations
 
@@ -43,21 +48,32 @@ def safe_metric(fn, *a, **kw) -> float | None:
 def row_figures(labels: Sequence[int], defect_types: Sequence[str], scores: Sequence[float],
                 maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], decisions: Sequence[int]) -> dict:
     """Figures of one group of images. ``decisions`` are 1 for "defect" at the calibrated threshold."""
+    pixels = M.PixelAccumulator(relative=True)
+    for m, a in zip(masks, maps):
+        pixels.add(m, a)
+    return _figures(labels, defect_types, scores, decisions, pixels)
+
+
+def _figures(labels, defect_types, scores, decisions, pixels: M.PixelAccumulator) -> dict:
     y = np.asarray(labels, int)
     s = np.asarray(scores, float)
     d = np.asarray(decisions, int)
-    try:  # the exact PRO curve, once: AU-PRO and the plotted points both come from it
-        pro = M.pro_curve(masks, maps)[:2]
+    try:  # the PRO curve, once: AU-PRO and the plotted points both come from it
+        pro = pixels.pro_curve()[:2]
     except ValueError:  # no defect regions, or no good pixels
         pro = None
+    p_auroc = safe_metric(pixels.pixel_auroc)
     out = {"n_images": int(len(y)), "n_defect": int(y.sum()),
            "image_auroc": safe_metric(M.image_auroc, y, s),
-           "pixel_auroc": safe_metric(M.pixel_auroc, masks, maps),
+           "pixel_auroc": p_auroc,
            "au_pro": None if pro is None else safe_metric(M.pro_area, *pro),
            "f1_max": safe_metric(lambda a, b: M.f1_max(a, b)[0], y, s),
            "accuracy": float(M.accuracy(y, d)) if len(y) else None,
            "false_reject_rate": float(d[y == 0].mean()) if (y == 0).any() else None,
-           "escape_rate": float(1 - d[y == 1].mean()) if (y == 1).any() else None}
+           "escape_rate": float(1 - d[y == 1].mean()) if (y == 1).any() else None,
+           "pixel_method": pixels.method(),
+           "pixel_auroc_bound": pixels.auroc_bound() if p_auroc is not None else None,
+           "au_pro_bound": pixels.au_pro_bound() if pro is not None else None}
     types = np.asarray(defect_types)
     out["recall_per_type"] = {t: float(d[(y == 1) & (types == t)].mean())
                               for t in sorted(set(types[y == 1].tolist()))}
@@ -95,23 +111,43 @@ def warnings_for(row: dict) -> list[str]:
     return out
 
 
+class QualityAccumulator:
+    """A quality row image by image: per product the image columns (label, defect type, score, decision: a few
+    values an image) and a ``PixelAccumulator`` of the maps, so memory stays O(products), whatever the split."""
+
+    def __init__(self):
+        self._groups: dict[str, dict] = {}
+
+    def add(self, product: str, label: int, defect_type: str, score: float, anomaly_map, mask, decision: int) -> None:
+        g = self._groups.setdefault(str(product), {"labels": [], "types": [], "scores": [], "decisions": [],
+                                                   "pixels": M.PixelAccumulator(relative=True)})
+        g["labels"].append(int(label))
+        g["types"].append(defect_type)
+        g["scores"].append(float(score))
+        g["decisions"].append(int(decision))
+        g["pixels"].add(mask, anomaly_map)
+
+    def row(self) -> dict:
+        """{"mean": {...}, "per_product": {product: {...}}}; the mean is over products of each column
+        (a column a product cannot support is left out of that product's share)."""
+        per = {p: _figures(g["labels"], g["types"], g["scores"], g["decisions"], g["pixels"])
+               for p, g in sorted(self._groups.items())}
+        mean = {}
+        for c in COLUMNS + ("false_reject_rate", "escape_rate"):
+            vals = [r[c] for r in per.values() if r[c] is not None]
+            mean[c] = float(np.mean(vals)) if vals else None
+        types = sorted({t for r in per.values() for t in r["recall_per_type"]})
+        mean["recall_per_type"] = {t: float(np.mean([r["recall_per_type"][t] for r in per.values()
+                                                     if t in r["recall_per_type"]])) for t in types}
+        mean["n_images"] = int(sum(r["n_images"] for r in per.values()))
+        mean["confusion"] = {k: int(sum(r["confusion"][k] for r in per.values())) for k in CONFUSION}
+        mean["pixel_method"] = next((r["pixel_method"] for r in per.values()), None)
+        return {"mean": mean, "per_product": per}
+
+
 def quality_row(products: Sequence[str], labels, defect_types, scores, maps, masks, decisions) -> dict:
-    """{"mean": {...}, "per_product": {product: {...}}}; the mean is over products of each column
-    (a column a product cannot support is left out of that product's share)."""
-    products = np.asarray(products)
-    per = {}
-    for p in sorted(set(products.tolist())):
-        idx = np.flatnonzero(products == p)
-        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731 - lists of arrays, not one array
-        per[p] = row_figures(pick(labels), pick(defect_types), pick(scores), pick(maps), pick(masks),
-                             pick(decisions))
-    mean = {}
-    for c in COLUMNS + ("false_reject_rate", "escape_rate"):
-        vals = [r[c] for r in per.values() if r[c] is not None]
-        mean[c] = float(np.mean(vals)) if vals else None
-    types = sorted({t for r in per.values() for t in r["recall_per_type"]})
-    mean["recall_per_type"] = {t: float(np.mean([r["recall_per_type"][t] for r in per.values()
-                                                 if t in r["recall_per_type"]])) for t in types}
-    mean["n_images"] = int(sum(r["n_images"] for r in per.values()))
-    mean["confusion"] = {k: int(sum(r["confusion"][k] for r in per.values())) for k in CONFUSION}
-    return {"mean": mean, "per_product": per}
+    """``QualityAccumulator``'s row of these lists (one entry per image)."""
+    acc = QualityAccumulator()
+    for i in range(len(products)):
+        acc.add(products[i], labels[i], defect_types[i], scores[i], maps[i], masks[i], decisions[i])
+    return acc.row()

@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from runtime.cli.dispatch import print_json
@@ -29,9 +28,8 @@ def configure(p) -> None:
 
 def run(args) -> int:
     from runtime.contracts.dataset import load_dataset
-    from runtime.quality import quality_row
     from teacher.device import default_device
-    from teacher.evaluate import compute_metrics, threshold_words, write_report
+    from teacher.evaluate import evaluate_split, threshold_words, write_report
     from teacher.pipeline import TeacherPipeline
 
     log = command_log()
@@ -50,25 +48,15 @@ def run(args) -> int:
         return 2
     if args.vocab:
         pipe.set_vocabulary(args.vocab)
-    t0 = time.time()
-    images = [ds.read_image(r) for r in records]
-    gt = [ds.read_mask(r, im.shape[:2]) for r, im in zip(records, images)]
-    verdicts = pipe.predict(images, frame_ids=[r.image for r in records])
-    secs = time.time() - t0
-    threshold = pipe.threshold
-    metrics = compute_metrics(verdicts, records, gt, threshold, labelled=pipe.head is not None)
+    ev = evaluate_split(pipe, ds, records, args.batch_size)  # streamed: one batch of maps at a time
+    secs, metrics = ev.seconds, ev.metrics
     info = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "mode": pipe.mode,
             "model_hash": pipe.model_hash, "n_images": len(records), "batch_size": args.batch_size,
             "device": device, "seconds": round(secs, 2), "ms_per_image": round(1e3 * secs / len(records), 2),
             "vocabulary": pipe.vocabulary, "data_hash": ds.content_hash()}
-    result = {**info, "metrics": metrics,
-              "quality": quality_row([r.product for r in records], [int(r.is_defect) for r in records],
-                                     [r.defect_type for r in records], [v.score for v in verdicts],
-                                     [v.anomaly_map for v in verdicts], gt,
-                                     [int(v.decision == "defect") for v in verdicts])}
+    result = {**info, "metrics": metrics, "quality": ev.quality}
     if args.report:
-        page = write_report(args.report, f"teacher eval — {Path(args.checkpoint).name} ({args.split})", metrics,
-                            verdicts, records, images, gt, threshold, info, quality=result["quality"],
+        page = write_report(args.report, f"teacher eval — {Path(args.checkpoint).name} ({args.split})", ev, info,
                             threshold_note=threshold_words(pipe))
         result["report"] = str(page)
         log(f"eval: report {page}")

@@ -361,3 +361,73 @@ def test_pixel_accumulator_refuses_what_the_exact_path_refuses():
         acc.add(np.zeros((4, 4), bool), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="NaN"):
         acc.add(np.zeros((2, 2), bool), np.full((2, 2), np.nan))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pixel_accumulator_bounds_hold_and_its_curves_match(seed):
+    masks, maps = _smooth_case(seed)
+    for bins, relative in ((M.HIST_BINS, False), (256, False), (16, False), (M.HIST_BINS, True), (256, True)):
+        acc = _accumulate(masks, maps, bins=bins, relative=relative)  # the bounds hold however coarse
+        assert abs(acc.pixel_auroc() - M.pixel_auroc(masks, maps)) <= acc.auroc_bound() + 1e-12
+        for limit in (0.3, 1.0):
+            assert abs(acc.au_pro(limit) - M.au_pro(masks, maps, limit)) <= acc.au_pro_bound(limit) + 1e-12
+    acc = _accumulate(masks, maps)
+    assert acc.auroc_bound() < 1e-3 and acc.au_pro_bound() < 1e-3 and acc.method() == "histogram, 65536 bins"
+    fpr, tpr, _ = acc.roc_curve()
+    assert float(np.trapezoid(tpr, fpr)) == pytest.approx(acc.pixel_auroc(), abs=1e-12)
+    y, s = np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps])
+    exact = M._one_sort_stats(y, s)
+    got = acc.pixel_stats()
+    assert got["auroc"] == pytest.approx(exact["auroc"], abs=0.005)
+    assert got["ap"] == pytest.approx(exact["ap"], abs=0.005)
+    assert got["f1_max"] == pytest.approx(exact["f1_max"], abs=0.005)
+    tp, fp = acc.counts_at(got["f1_threshold"])  # exact at a bin edge
+    assert (tp, fp) == (float((s[y] >= got["f1_threshold"]).sum()), float((s[~y] >= got["f1_threshold"]).sum()))
+
+
+@pytest.mark.parametrize("pixel_threshold", [None, 0.6])
+def test_streaming_metrics_match_compute_all(pixel_threshold):
+    masks, maps = _smooth_case(1)
+    maps = [a.astype(np.float32) for a in maps]  # as the evaluations' maps: relative bins key on float32
+    labels = [int(m.any()) for m in masks]
+    scores = [float(a.max()) for a in maps]
+    st = M.StreamingMetrics(threshold=0.5, pixel_threshold=pixel_threshold)
+    for lab, sc, m, a in zip(labels, scores, masks, maps):
+        st.add(lab, sc, m, a)
+    got = st.result()
+    ref = M.compute_all(labels, scores, masks, maps, threshold=0.5,
+                        pixel_threshold=pixel_threshold if pixel_threshold is not None else got["pixel_threshold"])
+    for k in ("n_images", "n_defect", "image_auroc", "image_ap", "image_f1_max", "threshold", "accuracy"):
+        assert got[k] == ref[k], k  # image figures: exact, the same numbers
+    for k in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "au_pro"):
+        assert got[k] == pytest.approx(ref[k], abs=0.005), k
+    assert abs(got["pixel_auroc"] - ref["pixel_auroc"]) <= got["pixel_auroc_bound"] + 1e-12
+    assert abs(got["au_pro"] - ref["au_pro"]) <= got["au_pro_bound"] + 1e-12
+    # segmentation at the same threshold: exact counts (given up front, or the F1-max bin edge)
+    assert got["iou"] == pytest.approx(ref["iou"], abs=1e-12) and got["dice"] == pytest.approx(ref["dice"], abs=1e-12)
+    if pixel_threshold is None:
+        assert "box_map@0.5" not in got  # needs every map at a threshold known only at the end
+    else:
+        assert got["box_map@0.5"] == ref["box_map@0.5"] and got["box_map@0.75"] == ref["box_map@0.75"]
+    assert got["pixel_method"] == "histogram, 65536 bins, relative (float32 keys)"
+
+
+def test_relative_bins_resolve_a_probability_map_at_every_scale():
+    """Good pixels at 1e-9..1e-3 and defects up to 1 (a mask head's map), the first image's range narrow: bins
+    even in the score merge the good pixels into a few bins; bins even in the float32 keys do not."""
+    rng = _rng(7)
+    masks, maps = [], []
+    for i in range(8):
+        m = np.zeros((40, 40), bool)
+        if i >= 2:
+            m[10:20, 12:22] = True
+        a = 10 ** rng.uniform(-9, -3, m.shape)
+        a[m] = np.where(rng.random(m.sum()) < 0.8, rng.uniform(0.2, 1.0, m.sum()), 10 ** rng.uniform(-6, -3, m.sum()))
+        masks.append(m)
+        maps.append(a.astype(np.float32))
+    exact_auroc, exact_pro = M.pixel_auroc(masks, maps), M.au_pro(masks, maps)
+    even, rel = _accumulate(masks, maps), _accumulate(masks, maps, relative=True)
+    assert abs(rel.pixel_auroc() - exact_auroc) < 1e-5 and abs(rel.au_pro() - exact_pro) < 1e-5
+    assert abs(rel.pixel_auroc() - exact_auroc) < abs(even.pixel_auroc() - exact_auroc)
+    assert rel.auroc_bound() < even.auroc_bound()
+    assert rel.method() == "histogram, 65536 bins, relative (float32 keys)"

@@ -175,3 +175,82 @@ def test_finetune_and_pipeline_on_gpu_with_amp(tmp_path):
     pipe = TeacherPipeline(teacher, head=HeadState(head=head, vocabulary=vocab, text_emb=text, threshold=0.3))
     v = pipe.predict([ds.read_image(r) for r in ds.split("test")])
     assert all(x.anomaly_map.shape == (128, 128) for x in v)
+
+
+class _FakePipe:
+    """TeacherPipeline's surface for evaluate_split: a random map per image, the decision at the threshold."""
+    threshold, head = 0.5, None
+
+    def __init__(self, size):
+        self.size, self.rng = size, np.random.default_rng(0)
+
+    def predict(self, images, frame_ids=None):
+        from runtime.contracts.verdict import Verdict
+
+        out = []
+        for _ in images:
+            a = self.rng.random((self.size, self.size)).astype(np.float32)
+            s = float(a.max())
+            out.append(Verdict("f", decision="defect" if s >= self.threshold else "good", score=s, anomaly_map=a,
+                               mask=a > 0.99, latencies_ms={"features": 1.0, "total": 1.0}))
+        return out
+
+
+class _FakeData:
+    def __init__(self, size):
+        self.size = size
+
+    def read_image(self, r):
+        return np.zeros((self.size, self.size, 3), np.uint8)
+
+    def read_mask(self, r, shape):
+        m = np.zeros(shape, bool)
+        if r.is_defect:
+            m[8:20, 8:20] = True
+        return m
+
+
+def _records(n):
+    from runtime.contracts.dataset import Record
+
+    return [Record(image=f"{i}.png", label="defect" if i % 2 else "good", defect_type="stain" if i % 2 else "good",
+                   mask=f"{i}_m.png" if i % 2 else None, product="ab"[i % 4 // 2], split="test") for i in range(n)]
+
+
+def test_evaluate_split_memory_does_not_grow_with_the_images():
+    """A full map is 64 KB here; holding every map would cost ~3 MB more at 64 images than at 16. The streamed
+    evaluation holds one batch, the histograms and the 2 x N_CASES shown cases, whatever the split's size."""
+    import tracemalloc
+
+    from teacher.evaluate import N_CASES, evaluate_split
+
+    size, peaks = 128, {}
+    evaluate_split(_FakePipe(size), _FakeData(size), _records(4), batch_size=4)  # imports out of the measurement
+    for n in (16, 64):
+        tracemalloc.start()
+        ev = evaluate_split(_FakePipe(size), _FakeData(size), _records(n), batch_size=4)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert ev.metrics["n_images"] == n and set(ev.quality["per_product"]) == {"a", "b"}
+        assert len(ev.cases["worst"]) == len(ev.cases["best"]) == N_CASES
+        assert ev.metrics["pixel_method"] == "histogram, 65536 bins, relative (float32 keys)" and ev.metrics["au_pro_bound"] < 0.01
+    map_bytes = size * size * 4
+    assert peaks[64] - peaks[16] < 8 * map_bytes, peaks  # not the 48 more maps holding them would need
+
+
+def test_evaluate_split_figures_match_the_exact_metrics():
+    """The streamed figures against runtime.metrics' exact sort on the same verdicts: image figures equal,
+    pixel AUROC and AU-PRO within their recorded bounds."""
+    from runtime import metrics as M
+    from teacher.evaluate import evaluate_split
+
+    size, recs = 64, _records(12)
+    ev = evaluate_split(_FakePipe(size), _FakeData(size), recs, batch_size=5)
+    vs = _FakePipe(size).predict([None] * len(recs))
+    gt = [_FakeData(size).read_mask(r, (size, size)) for r in recs]
+    maps = [v.anomaly_map for v in vs]
+    m = ev.metrics
+    assert m["image_auroc"] == M.image_auroc([r.is_defect for r in recs], [v.score for v in vs])
+    assert abs(m["pixel_auroc"] - M.pixel_auroc(gt, maps)) <= m["pixel_auroc_bound"] + 1e-12
+    assert abs(m["au_pro"] - M.au_pro(gt, maps)) <= m["au_pro_bound"] + 1e-12
+    assert m["pixel_auroc"] == pytest.approx(M.pixel_auroc(gt, maps), abs=1e-4)
