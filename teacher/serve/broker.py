@@ -40,10 +40,10 @@ from typing import Optional
 
 import zmq
 
-from runtime.curve import check_bind_policy, make_server, start_authenticator
+from runtime.curve import check_bind_policy
 from runtime.contracts.protocol import ProtocolError, check_frame_header, decode_header, encode, error_frames
 from teacher.serve import pirate
-from teacher.serve.wire import FRONTEND_CLOSE_LINGER_MS, request_ids, split_envelope
+from teacher.serve.wire import FRONTEND_CLOSE_LINGER_MS, bind_frontend, request_ids, split_envelope
 
 log = logging.getLogger("teacher.serve.broker")
 
@@ -136,14 +136,8 @@ class Broker:
         cfg = self.cfg
         self._ctx = ctx = zmq.Context()
         try:
-            if cfg.curve_secret:
-                self._auth = start_authenticator(ctx, cfg.allowed_keys)
-            frontend = ctx.socket(zmq.ROUTER)
-            frontend.linger = 0
-            frontend.setsockopt(zmq.MAXMSGSIZE, int(cfg.max_message_mb * 2 ** 20))
-            if cfg.curve_secret:
-                make_server(frontend, cfg.curve_secret)
-            frontend.bind(cfg.bind)
+            frontend, self._auth = bind_frontend(ctx, cfg.bind, max_message_mb=cfg.max_message_mb,
+                                                 curve_secret=cfg.curve_secret, allowed_keys=cfg.allowed_keys)
             backend = ctx.socket(zmq.ROUTER)
             backend.linger = 0
             backend.router_mandatory = True  # a send to a worker whose connection is gone raises: drop it now

@@ -52,10 +52,10 @@ from typing import Optional
 
 import zmq
 
-from runtime.curve import check_bind_policy, make_server, start_authenticator
+from runtime.curve import check_bind_policy
 from teacher.serve.models import is_fake, parse_fake_spec
 from teacher.serve.status import merge, start_metrics_server
-from teacher.serve.wire import FRONTEND_CLOSE_LINGER_MS
+from teacher.serve.wire import FRONTEND_CLOSE_LINGER_MS, bind_frontend
 from teacher.serve.workers import Worker, WorkerConfig, config_dict
 
 log = logging.getLogger("teacher.serve")
@@ -188,27 +188,43 @@ class TeacherServer:
 
     def start(self) -> "TeacherServer":
         cfg = self.cfg
-        mode = cfg.mode
         devices = plan_devices(cfg)
-        self._ctx = ctx = zmq.Context()
+        self._ctx = zmq.Context()
+        backend_ep, stats_ep, (frontend, backend, control_in, stats) = self._bind()
+        # sockets move to their threads here; a thread start is the full barrier ZeroMQ asks for
+        if cfg.broker is None:
+            self._spawn_thread(self._proxy_main, "serve-proxy", frontend, backend, control_in)
+        self._spawn_thread(self._stats_main, "serve-stats", stats)
+        self._start_workers(devices, backend_ep, stats_ep)
+        self._wait_ready()
+        if cfg.metrics_port:
+            self._metrics = start_metrics_server(cfg.metrics_port, self.status, host=cfg.metrics_host)
+        if cfg.broker is not None:
+            log.info("teacher serve: %d %s worker(s) registered with broker %s, model %s", cfg.workers, cfg.mode,
+                     cfg.broker, self.status()["model_hash"])
+        else:
+            log.info("teacher serve: %s on %s, %d %s worker(s), model %s", "CURVE" if cfg.curve_secret else "plain",
+                     self.endpoint, cfg.workers, cfg.mode, self.status()["model_hash"])
+        return self
+
+    def _bind(self) -> tuple[str, str, tuple]:
+        """The workers' backend and stats endpoints, and the sockets bound here: (frontend, backend, control_in)
+        of the proxy (None behind a broker: the workers connect to it) and the stats ROUTER. Nothing is left
+        open if one cannot bind (ServeError)."""
+        cfg, ctx = self.cfg, self._ctx
         tag = uuid.uuid4().hex[:10]
-        if mode == "thread":
+        if cfg.mode == "thread":
             backend_ep, stats_ep = f"inproc://serve-backend-{tag}", f"inproc://serve-stats-{tag}"
         else:
             self._tmpdir = tempfile.mkdtemp(prefix="lineside-serve-")
             backend_ep, stats_ep = f"ipc://{self._tmpdir}/backend", f"ipc://{self._tmpdir}/stats"
         if cfg.broker is not None:
             backend_ep = cfg.broker
+        frontend = backend = control_in = None
         try:
             if cfg.broker is None:
-                if cfg.curve_secret:
-                    self._auth = start_authenticator(ctx, cfg.allowed_keys)
-                frontend = ctx.socket(zmq.ROUTER)
-                frontend.linger = 0
-                frontend.setsockopt(zmq.MAXMSGSIZE, int(cfg.max_message_mb * 2 ** 20))
-                if cfg.curve_secret:
-                    make_server(frontend, cfg.curve_secret)
-                frontend.bind(cfg.bind)
+                frontend, self._auth = bind_frontend(ctx, cfg.bind, max_message_mb=cfg.max_message_mb,
+                                                     curve_secret=cfg.curve_secret, allowed_keys=cfg.allowed_keys)
                 self.endpoint = frontend.getsockopt_string(zmq.LAST_ENDPOINT)
                 backend = ctx.socket(zmq.DEALER)
                 backend.linger = 0
@@ -232,10 +248,11 @@ class TeacherServer:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = None
             raise ServeError(f"cannot serve on {cfg.bind}: {e}") from e
-        # sockets move to their threads here; a thread start is the full barrier ZeroMQ asks for
-        if cfg.broker is None:
-            self._spawn_thread(self._proxy_main, "serve-proxy", frontend, backend, control_in)
-        self._spawn_thread(self._stats_main, "serve-stats", stats)
+        return backend_ep, stats_ep, (frontend, backend, control_in, stats)
+
+    def _start_workers(self, devices: list, backend_ep: str, stats_ep: str) -> None:
+        """One worker per planned device, each with its own config (kept for restarts) and status entry."""
+        cfg, mode = self.cfg, self.cfg.mode
         for i, (device, cvd) in enumerate(devices):
             self._worker_cfgs[i] = WorkerConfig(
                 worker_id=i, model_spec=cfg.model, backend=backend_ep, stats=stats_ep, device=device,
@@ -245,6 +262,11 @@ class TeacherServer:
             self._meta[i] = {"id": i, "mode": mode, "device": device, "cuda_visible_devices": cvd,
                              "alive": False, "pid": None, "restarts": 0}
             self._start_worker(i)
+
+    def _wait_ready(self) -> None:
+        """Until every worker has loaded its model; a failed one, or the start timeout, stops the server
+        (ServeError)."""
+        cfg = self.cfg
         t_end = time.monotonic() + cfg.start_timeout_s
         while True:
             with self._lock:
@@ -254,20 +276,11 @@ class TeacherServer:
                 raise ServeError("worker(s) failed to start: "
                                  + "; ".join(f"worker {k}: {v}" for k, v in sorted(failed.items())))
             if ready == cfg.workers:
-                break
+                return
             if time.monotonic() > t_end:
                 self.stop()
                 raise ServeError(f"{cfg.workers - ready} worker(s) not ready after {cfg.start_timeout_s} s")
             time.sleep(0.02)
-        if cfg.metrics_port:
-            self._metrics = start_metrics_server(cfg.metrics_port, self.status, host=cfg.metrics_host)
-        if cfg.broker is not None:
-            log.info("teacher serve: %d %s worker(s) registered with broker %s, model %s", cfg.workers, mode,
-                     cfg.broker, self.status()["model_hash"])
-        else:
-            log.info("teacher serve: %s on %s, %d %s worker(s), model %s", "CURVE" if cfg.curve_secret else "plain",
-                     self.endpoint, cfg.workers, mode, self.status()["model_hash"])
-        return self
 
     def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Graceful: workers finish their running batch and answer it, queued requests get "busy";

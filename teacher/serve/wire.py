@@ -1,18 +1,44 @@
 """What the teacher's edge-facing side (a server's workers, a broker) reads and writes on the wire beyond
 the protocol: the ROUTER envelope, the ids of a request that failed validation, JSON-safe reply headers,
-and how long the frontend ROUTER may flush at close. The wire rules themselves (header parsing, the
-frame/infer header check, ids, pre-decode size checks) are runtime/contracts/protocol.py's, the same
-functions the daemon calls.
+the edge-facing ROUTER itself (bound alike by the server's proxy and the broker) and how long it may flush
+at close. The wire rules themselves (header parsing, the frame/infer header check, ids, pre-decode size
+checks) are runtime/contracts/protocol.py's, the same functions the daemon calls.
 
-Pure functions of bytes and dicts, kept apart from the worker's threads (teacher/serve/workers.py).
+Pure functions of bytes and dicts (and that one socket), kept apart from the worker's threads
+(teacher/serve/workers.py).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
+import zmq
 
 from runtime.contracts.protocol import ProtocolError, parse_json_object, safe_id
+from runtime.curve import make_server, start_authenticator
 
 FRONTEND_CLOSE_LINGER_MS = 500  # server proxy and broker: bounded flush of replies still queued at close
+
+
+def bind_frontend(ctx: zmq.Context, bind: str, *, max_message_mb: float, curve_secret: Optional[str] = None,
+                  allowed_keys: Optional[str] = None) -> tuple[zmq.Socket, object]:
+    """The edges' ROUTER of a server or a broker, bound on ``bind``: linger 0, ZMQ_MAXMSGSIZE (a bigger message
+    part disconnects its peer), and with ``curve_secret`` a CURVE server behind a ZAP authenticator admitting
+    the keys in ``allowed_keys`` -> (socket, authenticator or None). If it cannot bind, the authenticator it
+    started is stopped and the error raised; the socket is the context's to destroy."""
+    auth = start_authenticator(ctx, allowed_keys) if curve_secret else None
+    try:
+        frontend = ctx.socket(zmq.ROUTER)
+        frontend.linger = 0
+        frontend.setsockopt(zmq.MAXMSGSIZE, int(max_message_mb * 2 ** 20))
+        if curve_secret:
+            make_server(frontend, curve_secret)
+        frontend.bind(bind)
+    except BaseException:
+        if auth is not None:
+            auth.stop()
+        raise
+    return frontend, auth
 
 
 def json_safe(x):
