@@ -95,15 +95,10 @@ def run(args: argparse.Namespace) -> int:
                       insecure=args.insecure, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                       max_message_mb=args.max_message_mb, max_pixels=args.max_pixels, cache_size=args.cache_size,
                       broker=args.broker)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        server = TeacherServer(cfg).start()
-    except (ServeError, CurveError, ModelSpecError) as e:
-        print(f"teacher serve: {e}", file=sys.stderr)
-        if args.json:
-            print_json({"ok": False, "error": str(e)})
+    stop = _stop_on_signals()
+    server = _start("teacher serve", lambda: TeacherServer(cfg).start(), (ServeError, CurveError, ModelSpecError),
+                    args.json)
+    if server is None:
         return 2
     from runtime.sdnotify import Notifier  # systemd Type=notify + WatchdogSec; no-op elsewhere
 
@@ -135,15 +130,9 @@ def _run_broker(args: argparse.Namespace) -> int:
     cfg = BrokerConfig(bind=args.bind, backend=args.backend, queue_size=args.broker_queue_size,
                        curve_secret=args.curve_secret, allowed_keys=args.allowed_keys, insecure=args.insecure,
                        max_message_mb=args.max_message_mb)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        broker = Broker(cfg).start()
-    except (BrokerError, CurveError) as e:
-        print(f"teacher serve broker: {e}", file=sys.stderr)
-        if args.json:
-            print_json({"ok": False, "error": str(e)})
+    stop = _stop_on_signals()
+    broker = _start("teacher serve broker", lambda: Broker(cfg).start(), (BrokerError, CurveError), args.json)
+    if broker is None:
         return 2
     notifier = Notifier.from_env()
     print(f"teacher serve broker: edges on {broker.endpoint}, workers on {broker.backend_endpoint}",
@@ -163,3 +152,23 @@ def _run_broker(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": True, "endpoint": broker.endpoint, "status": status})
     return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set: the main loop's cue to drain and exit 0."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def _start(prog: str, start, errors: tuple, as_json: bool):
+    """``start()``'s server or broker; None when it raised one of ``errors``, said on stderr (and as the JSON
+    line with --json)."""
+    try:
+        return start()
+    except errors as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        if as_json:
+            print_json({"ok": False, "error": str(e)})
+        return None
