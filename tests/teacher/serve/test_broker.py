@@ -95,6 +95,19 @@ def collect(sock: zmq.Socket, ids: list[str], on_reply=None) -> dict[str, list[d
     return got
 
 
+class SignalOnce:
+    """collect()'s on_reply: signal worker ``worker``'s process once, when ``after`` requests are answered."""
+
+    def __init__(self, srv: TeacherServer, worker: int, sig: int, after: int):
+        self.pid = srv.status()["workers"][worker]["pid"]
+        self.sig, self.after, self.sent = sig, after, False
+
+    def __call__(self, n_answered: int) -> None:
+        if n_answered == self.after and not self.sent:
+            os.kill(self.pid, self.sig)
+            self.sent = True
+
+
 def assert_exactly_once(got: dict[str, list[dict]], ids: list[str]) -> None:
     assert sorted(got) == sorted(ids)
     twice = {fid: len(hs) for fid, hs in got.items() if len(hs) != 1}
@@ -108,22 +121,15 @@ def assert_exactly_once(got: dict[str, list[dict]], ids: list[str]) -> None:
 def test_worker_killed_mid_stream_loses_no_request(ctx, broker):
     srv = workers(broker, "fake:per_image_ms=40", 3, max_batch=2)
     sock = client(ctx, broker.endpoint)
-    victim = {}
     try:
-        pid = srv.status()["workers"][0]["pid"]
-
-        def kill_once(n_answered):
-            if n_answered == 12 and not victim:
-                os.kill(pid, signal.SIGKILL)  # mid-stream: every worker holds its full credit
-                victim["pid"] = pid
-
+        kill = SignalOnce(srv, 0, signal.SIGKILL, after=12)  # mid-stream: every worker holds its full credit
         ids = stream(sock, 60, "k")
-        got = collect(sock, ids, kill_once)
+        got = collect(sock, ids, kill)
         st = broker.status()
     finally:
         sock.close()
         srv.stop()
-    assert victim, "the stream ended before the kill"
+    assert kill.sent, "the stream ended before the kill"
     assert_exactly_once(got, ids)
     assert st["counts"]["workers_lost"] >= 1 and st["counts"]["requeued"] >= 1, st["counts"]
     assert st["counts"]["lost"] == 0 and st["counts"]["answered"] == 60
@@ -162,23 +168,17 @@ def test_capacity_rises_with_workers(ctx):
 def test_frozen_worker_is_skipped_and_its_requests_requeued(ctx, broker):
     srv = workers(broker, "fake:per_image_ms=50", 3, max_batch=2)
     sock = client(ctx, broker.endpoint)
-    frozen = {}
+    freeze = SignalOnce(srv, 1, signal.SIGSTOP, after=6)  # alive to TCP, silent to heartbeats
+    pid = freeze.pid
     try:
-        pid = srv.status()["workers"][1]["pid"]
-
-        def freeze_once(n_answered):
-            if n_answered == 6 and not frozen:
-                os.kill(pid, signal.SIGSTOP)  # alive to TCP, silent to heartbeats
-                frozen["at"] = time.monotonic()
-
         ids = stream(sock, 40, "z")
-        got = collect(sock, ids, freeze_once)
-        assert frozen
+        got = collect(sock, ids, freeze)
+        assert freeze.sent
         st = broker.status()
         assert pid not in {w["pid"] for w in st["workers"]}, "the frozen worker is still routed to"
         assert st["counts"]["requeued"] >= 1 and st["counts"]["workers_lost"] >= 1, st["counts"]
     finally:
-        if frozen:
+        if freeze.sent:
             os.kill(pid, signal.SIGCONT)
     try:
         # thawed, it answers what it held (late: dropped by the broker), reconnects and registers again
