@@ -22,44 +22,48 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from teacher.bank import calibrate_threshold, default_budget, greedy_coreset, patch_embedding
-from teacher.imagenet import EfficientNetLite0Levels
+# torch (and teacher.bank, which imports it) is imported in the functions: `teacher baselines --help` must not pay
+# for it
 
 DETECTORS = ("pixels", "random_cnn", "effnet")
 PIXEL_PATCH = 8
 
 
-class PixelPatches(torch.nn.Module):
+def pixel_patches(x):
     """(B, 3, S, S) in [0, 1] -> {"s8": (B, 192, S/8, S/8)}: the raw RGB pixels of each 8×8 patch."""
+    import torch.nn.functional as F
 
-    def forward(self, x):
-        b, _, h, w = x.shape
-        p = F.unfold(x, PIXEL_PATCH, stride=PIXEL_PATCH)
-        return {"s8": p.reshape(b, -1, h // PIXEL_PATCH, w // PIXEL_PATCH)}
+    b, _, h, w = x.shape
+    p = F.unfold(x, PIXEL_PATCH, stride=PIXEL_PATCH)
+    return {"s8": p.reshape(b, -1, h // PIXEL_PATCH, w // PIXEL_PATCH)}
 
 
-def build_extractor(name: str) -> torch.nn.Module:
+def build_extractor(name: str):
+    """The patch-feature extractor of detector ``name``: (B, 3, S, S) in [0, 1] -> level -> (B, C, h, w)."""
     if name == "pixels":
-        return PixelPatches()
+        return pixel_patches
     if name in ("random_cnn", "effnet"):
+        from teacher.imagenet import EfficientNetLite0Levels
+
         return EfficientNetLite0Levels(pretrained=name == "effnet")
     raise ValueError(f"unknown reference detector {name!r}; choose from {DETECTORS}")
 
 
-@torch.no_grad()
 def embed(extractor, images: list[np.ndarray], size: int, batch_size: int = 16) -> list[np.ndarray]:
+    import torch
+
+    from teacher.bank import patch_embedding
     from teacher.model import to_teacher_batch
 
     out = []
-    for s in range(0, len(images), batch_size):
-        feats = extractor(to_teacher_batch(images[s:s + batch_size], size))
-        if "s16" not in feats:
-            feats = dict(feats, s16=feats["s8"])  # pixels: one level, aggregated like the others
-        emb = patch_embedding(feats).numpy()
-        out += [emb[i:i + 1] for i in range(emb.shape[0])]
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            feats = extractor(to_teacher_batch(images[s:s + batch_size], size))
+            if "s16" not in feats:
+                feats = dict(feats, s16=feats["s8"])  # pixels: one level, aggregated like the others
+            emb = patch_embedding(feats).numpy()
+            out += [emb[i:i + 1] for i in range(emb.shape[0])]
     return out
 
 
@@ -67,6 +71,7 @@ def patchcore_scores(extractor, train: list[np.ndarray], val: list[np.ndarray], 
                      size: int, seed: int = 0):
     """One product: bank from ``train`` goods, threshold from ``val`` goods -> (scores, maps, threshold)."""
     from runtime.scoring import embedding_to_queries, score_embedding
+    from teacher.bank import calibrate_threshold, default_budget, greedy_coreset
 
     vecs = np.concatenate([embedding_to_queries(e)[0] for e in embed(extractor, train, size)])
     bank = vecs[greedy_coreset(vecs, default_budget(len(vecs)), seed)]
@@ -80,13 +85,14 @@ def patchcore_scores(extractor, train: list[np.ndarray], val: list[np.ndarray], 
 
 
 def evaluate(name: str, ds, split: str, size: int, seed: int = 0, log=None) -> dict:
-    """The quality row (runtime.quality) of reference detector ``name`` on ``split`` of ``ds``."""
+    """The quality row (runtime.quality) of reference detector ``name`` on ``split`` of ``ds``. Each test map is
+    resized to its image and folded into the row as it comes (QualityAccumulator): no full-size map is kept."""
     import cv2
 
-    from runtime.quality import quality_row
+    from runtime.quality import QualityAccumulator
 
     extractor = build_extractor(name)
-    cols = {k: [] for k in ("products", "labels", "types", "scores", "maps", "masks", "decisions")}
+    acc = QualityAccumulator()
     t0 = time.time()
     for product in sorted({r.product for r in ds.records}):
         recs = lambda sp, good=None: [r for r in ds.split(sp) if r.product == product  # noqa: E731
@@ -99,16 +105,10 @@ def evaluate(name: str, ds, split: str, size: int, seed: int = 0, log=None) -> d
                                              [ds.read_image(r) for r in recs("val", True)], images, size, seed)
         for r, im, s, m in zip(test, images, scores, maps):
             h, w = im.shape[:2]
-            cols["products"].append(product)
-            cols["labels"].append(int(r.is_defect))
-            cols["types"].append(r.defect_type)
-            cols["scores"].append(s)
-            cols["maps"].append(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR))
-            cols["masks"].append(ds.read_mask(r, (h, w)))
-            cols["decisions"].append(int(s >= thr))
+            acc.add(product, int(r.is_defect), r.defect_type, s, cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR),
+                    ds.read_mask(r, (h, w)), int(s >= thr))
         if log:
             log(f"baselines: {name} {product}: {len(test)} images ({time.time() - t0:.1f}s)")
-    row = quality_row(cols["products"], cols["labels"], cols["types"], cols["scores"], cols["maps"],
-                      cols["masks"], cols["decisions"])
+    row = acc.row()
     row["seconds"] = round(time.time() - t0, 2)
     return row
