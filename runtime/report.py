@@ -13,12 +13,15 @@ Builder::
     rep.warning("I-AUROC 0.30: at or below chance")   # a visible warning box
     rep.write()                                       # -> out_dir / "index.html"
 
+``fmt_number`` and ``fmt_mb`` write a figure the same way in every report's tables and terminal summaries.
+
 The figures and overlays it places are drawn by runtime/plots.py (matplotlib imported lazily, OpenCV).
 """
 from __future__ import annotations
 
 import html
 import math
+import numbers
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -41,6 +44,22 @@ def _fmt(v) -> str:
             return "n/a"
         return f"{v:.4g}"
     return str(v)
+
+
+MISSING = "—"  # a figure the run did not produce, in a report's tables and on the terminal
+
+
+def fmt_number(v, digits: int = 3) -> str:
+    """A figure for a report table or a summary line: ``v`` at ``digits`` decimals, or "—" where there is
+    none (None, NaN, an infinity, or no number at all: a string, a boolean)."""
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
+        return f"{v:.{digits}f}"
+    return MISSING
+
+
+def fmt_mb(n_bytes: int | None) -> str:
+    """A size in MB (10^6 bytes) at two decimals; "—" for none."""
+    return MISSING if not n_bytes else f"{n_bytes / 1e6:.2f} MB"
 
 
 class Report:

@@ -94,3 +94,12 @@ def test_latency_figures_are_readable(tmp_path):
     assert p.stat().st_size > 1000
     assert plots._wants_log(np.array([1.0, 900.0])) and not plots._wants_log(np.array([1.0, 2.0]))
     assert plots.plot_histogram(tmp_path / "h.png", {"a": [1.0, 2.0, 900.0]}).stat().st_size > 1000
+
+
+def test_one_way_to_write_a_figure():
+    """fmt_number / fmt_mb: what the demo's report and summary and the bench table print for a figure."""
+    assert report.fmt_number(0.91234) == "0.912" and report.fmt_number(2000.0, 0) == "2000"
+    assert report.fmt_number(5, 2) == "5.00"
+    for none in (None, float("nan"), float("inf"), "n/a", True):
+        assert report.fmt_number(none) == report.MISSING == "—"
+    assert report.fmt_mb(2_500_000) == "2.50 MB" and report.fmt_mb(None) == report.fmt_mb(0) == "—"

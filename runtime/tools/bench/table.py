@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 from runtime.tools.bench.sections import FULL_TEACHER_SIZE, PARTS
-from runtime.tools.bench.targets import num
-
-
-def _f(v, fmt: str = ".2f") -> str:
-    return "—" if num(v) is None else format(v, fmt)
+from runtime.report import fmt_number
 
 
 def _section_summary(name: str, r: dict) -> str:
@@ -19,17 +15,17 @@ def _section_summary(name: str, r: dict) -> str:
     if name == "student":
         at = r.get(f"at_{FULL_TEACHER_SIZE}")
         return f"input {r['input'][-1]} px, {r['threads']} thread(s)" + (
-            f"; at {FULL_TEACHER_SIZE} px: " + ", ".join(f"{k} {_f(v.get('median_ms'))} ms" for k, v in
+            f"; at {FULL_TEACHER_SIZE} px: " + ", ".join(f"{k} {fmt_number(v.get('median_ms'), 2)} ms" for k, v in
                                                          (at.get("backends") or {}).items() if "median_ms" in v)
             if at else "")
     if name == "kernels":
-        return (f"knn/matmul {_f(r.get('knn_vs_matmul'), '.3f')}, matmul {_f((r.get('cpu') or {}).get('matmul', {}).get('gflops'), '.1f')}"
+        return (f"knn/matmul {fmt_number(r.get('knn_vs_matmul'), 3)}, matmul {fmt_number((r.get('cpu') or {}).get('matmul', {}).get('gflops'), 1)}"
                 f" GFLOP/s; impl {r.get('implementations')}")
     if name == "daemon":
         raw, d = r.get("raw") or {}, r.get("daemon") or {}
-        return (f"{r.get('backend')}: raw p50 {_f(raw.get('p50_ms'))} ms; daemon e2e p50 {_f(d.get('e2e_p50_ms'))} / "
-                f"p99 {_f(d.get('e2e_p99_ms'))} ms, sustained {_f(d.get('sustained_rate_hz'), '.0f')} Hz "
-                f"({_f(r.get('sustained_ratio'))} of raw), overhead p50 {_f(r.get('overhead_p50_ms'))} ms"
+        return (f"{r.get('backend')}: raw p50 {fmt_number(raw.get('p50_ms'), 2)} ms; daemon e2e p50 {fmt_number(d.get('e2e_p50_ms'), 2)} / "
+                f"p99 {fmt_number(d.get('e2e_p99_ms'), 2)} ms, sustained {fmt_number(d.get('sustained_rate_hz'), 0)} Hz "
+                f"({fmt_number(r.get('sustained_ratio'), 2)} of raw), overhead p50 {fmt_number(r.get('overhead_p50_ms'), 2)} ms"
                 + _scaled_summary(r))
     if name == "server":
         return f"{r.get('model')}: " + " · ".join(
@@ -42,9 +38,9 @@ def _scaled_summary(r: dict) -> str:
     sc, un = r.get("daemon_scaled"), r.get("raw_unpinned") or {}
     if not sc:
         return ""
-    return (f"; {sc['workers']} workers {_f(sc.get('sustained_rate_hz'), '.0f')} Hz ({_f(sc.get('ratio_vs_raw'))} of raw, "
-            f"{_f(sc.get('ratio_vs_raw_unpinned'))} of raw with default BLAS/OpenCV threads "
-            f"{_f(un.get('rate_hz'), '.0f')} Hz)")
+    return (f"; {sc['workers']} workers {fmt_number(sc.get('sustained_rate_hz'), 0)} Hz ({fmt_number(sc.get('ratio_vs_raw'), 2)} of raw, "
+            f"{fmt_number(sc.get('ratio_vs_raw_unpinned'), 2)} of raw with default BLAS/OpenCV threads "
+            f"{fmt_number(un.get('rate_hz'), 0)} Hz)")
 
 
 def print_table(report: dict) -> None:

@@ -1,7 +1,6 @@
 """``DIR/index.html`` of the demo, built with runtime/report.py (the same builder the eval commands use)."""
 from __future__ import annotations
 
-import math
 import os
 import platform
 from pathlib import Path
@@ -12,19 +11,7 @@ import numpy as np
 from runtime.tools.demo import analysis as an
 from runtime.quality import warnings_for
 from runtime.plots import overlay, plot_bars, plot_curves, plot_stage_panels
-from runtime.report import Report, calibration_words, chance_warnings
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return "—" if math.isnan(v) else f"{v:.{digits}f}"
-    return str(v)
-
-
-def _mb(b: int | None) -> str:
-    return "—" if not b else f"{b / 1e6:.2f} MB"
+from runtime.report import Report, calibration_words, chance_warnings, fmt_mb, fmt_number
 
 
 def metric_table(fig: Mapping) -> list[dict]:
@@ -71,8 +58,8 @@ def _quality_table(rep, fig: dict) -> None:
         if not str(r["source"]).startswith("daemon"):  # the streamed rows are warned about with their rates below
             for w in chance_warnings(r["model"], r):
                 rep.warning(w)
-        rows.append([r["model"], _fmt(r["image_auroc"]), _fmt(r["pixel_auroc"]), _fmt(r["au_pro"]),
-                     _fmt(r["f1"]), _fmt(r["f1_at_threshold"]), r["source"]])
+        rows.append([r["model"], fmt_number(r["image_auroc"]), fmt_number(r["pixel_auroc"]), fmt_number(r["au_pro"]),
+                     fmt_number(r["f1"]), fmt_number(r["f1_at_threshold"]), r["source"]])
     rep.table(rows, header=["model", "I-AUROC", "P-AUROC", "AU-PRO", "F1", "F1 @ thr", "from"])
     if fig.get("table_notes"):
         rep.text(" ".join(fig["table_notes"]), note=True)
@@ -86,7 +73,7 @@ def _line(rep, fig: dict) -> None:
     rep.table([
         ["frames sent", v["frames_sent"]], ["edge verdicts", v["edge_verdicts"]],
         ["edge errors", v["edge_errors"]], ["in uncertainty band", v["in_band"]], ["out of distribution", v["ood"]],
-        ["sent to the teacher (pending)", v["pending"]], ["fallback rate", _fmt(v["fallback_rate"])],
+        ["sent to the teacher (pending)", v["pending"]], ["fallback rate", fmt_number(v["fallback_rate"])],
         ["teacher verdicts", v["teacher_verdicts"]], ["teacher unreachable", v["teacher_unreachable"]],
         ["decisions the teacher changed", v["decisions_changed_by_teacher"]],
     ], header=["", "value"])
@@ -102,7 +89,7 @@ def _line(rep, fig: dict) -> None:
                                               f"({fig.get('calibration', {}).get('threshold', float('nan')):.4g}), "
                                               f"{m['n']} labelled frames")
         if m.get("recall_per_type"):
-            rep.table([[t, _fmt(r), _fmt(1 - r)] for t, r in m["recall_per_type"].items()],
+            rep.table([[t, fmt_number(r), fmt_number(1 - r)] for t, r in m["recall_per_type"].items()],
                       header=["defect type", "recall", "escape rate"], caption=f"{name}, per defect type")
     fo = fig.get("foreign") or {}
     if fo.get("edge"):
@@ -154,7 +141,7 @@ def _fidelity(rep, fig: dict) -> None:
         low = [k for k, x in cos.items() if k in base and x <= base[k]]
         if low:
             rep.warning(f"fidelity of level(s) {', '.join(low)} is at or below the mean-predictor baseline")
-        rep.table([[k, _fmt(x), _fmt(base.get(k)), _fmt(x - base[k]) if k in base else "—"] for k, x in cos.items()],
+        rep.table([[k, fmt_number(x), fmt_number(base.get(k)), fmt_number(x - base[k]) if k in base else "—"] for k, x in cos.items()],
                   header=["level", "cosine", "mean-predictor baseline", "over the baseline"])
         rep.figure(plot_bars(rep.path("cosine.png"), cos, ylabel="cosine", ylim=(0, 1), title="feature cosine"))
     else:
@@ -166,9 +153,9 @@ def _latency(rep, fig: dict) -> None:
     v = fig["verdicts"]
     rep.section("Latency", "per stage, from the latencies_ms of every verdict")
     lat = v["latency_ms"]
-    rep.table([[k, s.get("n"), _fmt(s.get("p50"), 2), _fmt(s.get("p99"), 2), _fmt(s.get("max"), 2)]
+    rep.table([[k, s.get("n"), fmt_number(s.get("p50"), 2), fmt_number(s.get("p99"), 2), fmt_number(s.get("max"), 2)]
                for k, s in lat.items()] +
-              [[f"end to end ({k})", s.get("n"), _fmt(s.get("p50"), 2), _fmt(s.get("p99"), 2), _fmt(s.get("max"), 2)]
+              [[f"end to end ({k})", s.get("n"), fmt_number(s.get("p50"), 2), fmt_number(s.get("p99"), 2), fmt_number(s.get("max"), 2)]
                for k, s in v["end_to_end_ms"].items()], header=["stage", "n", "p50 ms", "p99 ms", "max ms"])
     edge_s = {k: x for k, x in v["latency_samples_ms"].items() if k.startswith("edge.")}
     teach_s = {k: x for k, x in v["latency_samples_ms"].items() if k.startswith("teacher.")}
@@ -202,11 +189,11 @@ def _size_and_speed(rep, fig: dict) -> None:
     labels = {"teacher": f"{tt}: inference weights (EMA U-Net, VAE, encoders, head, bank)",
               "student_fp32": "student FP32 (ONNX)", "student_int8": "student INT8 (ONNX)",
               "student_openvino_xml": "student (OpenVINO IR)", "student_torch": "student (torch weights, not used on the edge)"}
-    rep.table([[labels.get(k, k), _mb(b)] for k, b in sizes.items()] +
-              [[f"{tt} / student size", _fmt(sp.get("size_ratio"), 1) + "×"],
-               [f"{tt} ms / image", _fmt(sp.get("teacher_ms"), 2)],
-               ["student ms / image", _fmt(sp.get("student_ms"), 2)],
-               [f"speedup over the {tt}", _fmt(sp.get("speedup"), 1) + "×"]], header=["", "value"])
+    rep.table([[labels.get(k, k), fmt_mb(b)] for k, b in sizes.items()] +
+              [[f"{tt} / student size", fmt_number(sp.get("size_ratio"), 1) + "×"],
+               [f"{tt} ms / image", fmt_number(sp.get("teacher_ms"), 2)],
+               ["student ms / image", fmt_number(sp.get("student_ms"), 2)],
+               [f"speedup over the {tt}", fmt_number(sp.get("speedup"), 1) + "×"]], header=["", "value"])
     if sp.get("size_ratio") is not None and sp["size_ratio"] < 1:
         rep.text(f"The {tp} teacher of this demo is smaller than the student: it is a test-size preset that runs "
                  "the same code on two CPU cores. The speedup above is over it; the production sd15 teacher "
@@ -215,9 +202,9 @@ def _size_and_speed(rep, fig: dict) -> None:
         rep.text(sp["note"], note=True)
     s15 = fig.get("speed_sd15") or {}
     if s15.get("speedup"):
-        rep.table([[f"production teacher (sd15) ms / image at {s15['size']} px", _fmt(s15["teacher_ms"], 1)],
-                   [f"student INT8 ms / image at {s15['size']} px", _fmt(s15["student_ms"], 2)],
-                   ["speedup over the production teacher", _fmt(s15["speedup"], 0) + "×"]], header=["", "value"])
+        rep.table([[f"production teacher (sd15) ms / image at {s15['size']} px", fmt_number(s15["teacher_ms"], 1)],
+                   [f"student INT8 ms / image at {s15['size']} px", fmt_number(s15["student_ms"], 2)],
+                   ["speedup over the production teacher", fmt_number(s15["speedup"], 0) + "×"]], header=["", "value"])
     if s15.get("note"):
         rep.text(s15["note"], note=True)
 

@@ -2,12 +2,12 @@
 writes and the closing lines on the terminal."""
 from __future__ import annotations
 
-import math
 import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
 
+from runtime.report import fmt_mb, fmt_number
 from runtime.tools.bench.quality import REFERENCE_ROWS
 from runtime.tools.demo import analysis as an
 
@@ -94,17 +94,17 @@ def print_summary(console, summary: dict, fig: dict, index: Path) -> None:
     for c in ("model", "I-AUROC", "P-AUROC", "AU-PRO", "F1"):
         t.add_column(c)
     for k, v in summary["table"].items():
-        t.add_row(k, *(_f(v.get(m)) for m in an.TABLE_METRICS))
+        t.add_row(k, *(fmt_number(v.get(m)) for m in an.TABLE_METRICS))
     console.print(t)
     console.print(f"frames {vfig['frames_sent']} · edge verdicts {vfig['edge_verdicts']} · to the teacher "
-                  f"{vfig['pending']} (fallback {_f(vfig['fallback_rate'])}) · teacher verdicts {vfig['teacher_verdicts']}"
+                  f"{vfig['pending']} (fallback {fmt_number(vfig['fallback_rate'])}) · teacher verdicts {vfig['teacher_verdicts']}"
                   f" · unreachable {vfig['teacher_unreachable']}")
     pv = list(params.values())
     if pv[1]:
         console.print(f"student {pv[1] / 1e6:.2f} M parameters: " + " · ".join(
             _ratio_words(v / pv[1], k) for k, v in params.items() if v and not k.startswith("student")))
-    console.print(f"student {_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {_mb(sizes.get('teacher'))}"
-                  f" · speedup over the teacher {_f(sp.get('speedup'), 1)}×"
+    console.print(f"student {fmt_mb(sizes.get('student_int8') or sizes.get('student_fp32'))} vs teacher {fmt_mb(sizes.get('teacher'))}"
+                  f" · speedup over the teacher {fmt_number(sp.get('speedup'), 1)}×"
                   + (f" · over the production sd15 teacher at {speed_sd15['size']} px {speed_sd15['speedup']:.0f}×"
                      if speed_sd15.get("speedup") else "") + f"   report: [bold]{index}[/]")
 
@@ -115,9 +115,3 @@ def _ratio_words(r: float, other: str) -> str:
         f"about as many as the {other}" if r >= 0.8 else f"{1 / r:.1f}× more than the {other}")
 
 
-def _f(v, d: int = 3) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
-
-
-def _mb(b) -> str:
-    return "—" if not b else f"{b / 1e6:.2f} MB"
