@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported in the functions: `distill fit --help` reads STREAM_ABOVE_BYTES, torch-free
+    import torch
 
 STREAM_ABOVE_BYTES = 2 << 30  # float32 targets above this stream from disk instead of RAM (as teacher finetune's cache)
 STREAM_BATCH = 64  # images per pass of the batched statistics
@@ -30,18 +33,20 @@ def cache_key(teacher_hash: str, images: np.ndarray, noise_draws: int, seed: int
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
 def compute_targets(teacher, images_01: torch.Tensor, noise_draws: int = 4, seed: int = 0, batch_size: int = 8,
                     progress: bool = False) -> dict[str, torch.Tensor]:
     """(N, 3, S, S) in [0, 1] -> level -> (N, C, h, w) float32 (each image independent of its batch)."""
+    import torch
+
     out: dict[str, list[torch.Tensor]] = {}
     n = images_01.shape[0]
     bar = _bar(n, "teacher targets", progress)
-    for s in range(0, n, batch_size):
-        f = teacher.extract_features(images_01[s:s + batch_size], noise_draws=noise_draws, seed=seed)
-        for k, v in f.items():
-            out.setdefault(k, []).append(v.detach().float().cpu())
-        bar.update(min(batch_size, n - s))
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            f = teacher.extract_features(images_01[s:s + batch_size], noise_draws=noise_draws, seed=seed)
+            for k, v in f.items():
+                out.setdefault(k, []).append(v.detach().float().cpu())
+            bar.update(min(batch_size, n - s))
     bar.close()
     return {k: torch.cat(v) for k, v in out.items()}
 
@@ -78,6 +83,8 @@ def read_shards(features_dir: str | Path, records, levels: list[str], teacher_ha
                 ) -> dict[str, torch.Tensor]:
     """Targets from ``teacher extract`` output (teacher.features_io: index.json + sha256-checked float16
     shards), in the order of ``records``; refuses features of another teacher checkpoint."""
+    import torch
+
     from teacher.features_io import load_features
 
     idx, feats = load_features(features_dir, levels)
@@ -99,13 +106,14 @@ def stream_shards(features_dir: str | Path, records, levels: list[str], teacher_
     return {lv: feats[lv].select(take) for lv in levels}
 
 
-@torch.no_grad()
 def stream_computed(teacher, images_u8: np.ndarray, cache_dir: Path, key: str, noise_draws: int = 4, seed: int = 0,
                     batch_size: int = 8, progress: bool = False) -> tuple[dict, bool]:
     """(level -> MappedLevel, hit): the targets of (N, S, S, 3) uint8 images written batch by batch into
     float32 ``.npy`` files under cache_dir/targets-KEY/ and memory-mapped back (the values of
     compute_targets, bit for bit; only one batch is in RAM). A directory without its ``done.json`` (an
     interrupted run) is recomputed."""
+    import torch
+
     from teacher.features_io import MappedLevel
 
     d = Path(cache_dir) / f"targets-{key}"
@@ -119,12 +127,13 @@ def stream_computed(teacher, images_u8: np.ndarray, cache_dir: Path, key: str, n
                                                    shape=(n, lv.channels, spec.grid(lv), spec.grid(lv)))
                 for lv in spec.levels}
         bar = _bar(n, "teacher targets", progress)
-        for s in range(0, n, batch_size):
-            x = torch.from_numpy(images_u8[s:s + batch_size]).permute(0, 3, 1, 2).float() * np.float32(1.0 / 255.0)
-            f = teacher.extract_features(x, noise_draws=noise_draws, seed=seed)
-            for k, v in f.items():
-                arrs[k][s:s + len(x)] = v.detach().float().cpu().numpy()
-            bar.update(len(x))
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                x = torch.from_numpy(images_u8[s:s + batch_size]).permute(0, 3, 1, 2).float() * np.float32(1 / 255)
+                f = teacher.extract_features(x, noise_draws=noise_draws, seed=seed)
+                for k, v in f.items():
+                    arrs[k][s:s + len(x)] = v.detach().float().cpu().numpy()
+                bar.update(len(x))
         bar.close()
         for a in arrs.values():
             a.flush()
@@ -135,16 +144,22 @@ def stream_computed(teacher, images_u8: np.ndarray, cache_dir: Path, key: str, n
 
 
 def is_streamed(targets: dict) -> bool:
+    import torch
+
     return not isinstance(next(iter(targets.values())), torch.Tensor)
 
 
 def take(v, rows):
     """Rows of a target level, a tensor or a MappedLevel (then a view)."""
+    import torch
+
     return v[rows] if isinstance(v, torch.Tensor) else v.select(rows)
 
 
 def cat_levels(a, b):
     """Two target sets of one level, one after the other (tensors: torch.cat; MappedLevels: a view)."""
+    import torch
+
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return torch.cat([a, b])
     from teacher.features_io import MappedLevel
@@ -164,6 +179,8 @@ def batches(v, batch_size: int = STREAM_BATCH):
 def channel_mean(v, reduce=None) -> torch.Tensor:
     """(C,) mean over images and positions, accumulated in float64 batch by batch. ``reduce``: a sum over
     processes (distill fit under torchrun: each rank holds a shard), applied to the sums and the count."""
+    import torch
+
     total, count = None, 0
     for b in batches(v):
         t = b.double().sum(dim=(0, 2, 3))
@@ -179,6 +196,8 @@ def pca_streamed(make_batches, dim: int, reduce=None) -> tuple[torch.Tensor, tor
     then the centred covariance, both in float64, as fit_pca computes them in one piece). ``reduce``: a sum
     over processes, applied to the sums, the count and the scatter matrix, so every rank of a sharded fit
     gets the PCA of the whole set."""
+    import torch
+
     total, n = None, 0
     for e in make_batches():
         x = e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]).double()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from teacher.data.pseudo_defects import PSEUDO_LABEL
 from teacher.head.losses import classification_loss, dice_loss, grounding_loss, mask_bce_loss
 from teacher.head.matcher import HungarianMatcher
 from teacher.head.model import HeadState, MaskHead, defect_probability_map, head_preset
@@ -45,7 +46,6 @@ WARMUP_STEPS = 500
 POLY_POWER = 0.9
 CLIP_NORM = 0.01
 FEATURE_SEED = 0
-PSEUDO_LABEL = "defect"  # the one class of pseudo-defects: they teach "not this surface", not a kind
 
 
 @dataclass

@@ -13,9 +13,26 @@ from runtime.progress import command_log
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 
 
-def configure(p) -> None:
-    from teacher.bank import BUDGET_FRACTION, BUDGET_MAX, BUDGET_MIN, MERGES
+def _bank_constants(*names: str) -> tuple:
+    """teacher/bank.py's module-level constants ``names``, read from its source, not imported: that module imports
+    torch at its top, which `teacher bank --help` must not pay for (the figures stay written once, there)."""
+    import ast
+    import importlib.util
 
+    found = {}
+    for node in ast.parse(Path(importlib.util.find_spec("teacher.bank").origin).read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            if isinstance(target, ast.Name):
+                found[target.id] = value
+            elif isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):  # A, B = 1, 2
+                found.update((t.id, v) for t, v in zip(target.elts, value.elts) if isinstance(t, ast.Name))
+    return tuple(ast.literal_eval(found[n]) for n in names)
+
+
+def configure(p) -> None:
+    BUDGET_FRACTION, BUDGET_MAX, BUDGET_MIN, MERGES = _bank_constants("BUDGET_FRACTION", "BUDGET_MAX", "BUDGET_MIN",
+                                                                      "MERGES")
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
     p.add_argument("--data", required=True,
                    help="dataset manifest.jsonl (train good images build the bank, val calibrates)")

@@ -18,7 +18,7 @@ from runtime.progress import command_log
 
 
 def configure(p) -> None:
-    from teacher.finetune import PSEUDO_LABEL
+    from teacher.data.pseudo_defects import PSEUDO_LABEL  # torch-free, unlike teacher.finetune
 
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint; the head is written to CKPT/head/")
     p.add_argument("--data", required=True, help="dataset manifest.jsonl (train split trains, val calibrates)")

@@ -23,6 +23,7 @@ import numpy as np
 
 from teacher.data import defects
 
+PSEUDO_LABEL = "defect"  # the one class of pseudo-defects: they teach "not this surface", not a kind
 FAMILIES = ("texture_paste", "cutpaste", "planter")
 VISIBLE_DIFF = 4 / 255  # max-over-RGB change from which a planted pixel counts as visible
 MIN_AREA_FRAC = 0.002  # a draw whose visible mask is smaller than this share of the image is redrawn

@@ -26,6 +26,16 @@ def test_duplicate_registration_raises():
             raise AssertionError
 
 
+def test_the_builtin_index_is_what_the_families_register():
+    import importlib
+
+    from distill.students import registry
+
+    for family in set(registry.BUILTIN.values()):
+        importlib.import_module(family)
+    assert {n: f for n, f in registry._FAMILY.items() if f in registry.BUILTIN.values()} == registry.BUILTIN
+
+
 @pytest.mark.parametrize("name", list_students())
 def test_outputs_follow_the_feature_spec(name):
     torch.manual_seed(0)

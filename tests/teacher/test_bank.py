@@ -201,3 +201,11 @@ def test_greedy_coreset_memory_does_not_grow_with_the_budget():
 
     small, large = peak_growth(20), peak_growth(2000)
     assert large - small < 16 << 20, (small, large)
+
+
+def test_bank_help_reads_the_bank_constants_from_their_source():
+    import teacher.bank as bank
+    from teacher.commands.bank import _bank_constants
+
+    names = ("BUDGET_FRACTION", "BUDGET_MIN", "BUDGET_MAX", "MERGES")
+    assert _bank_constants(*names) == tuple(getattr(bank, n) for n in names)
