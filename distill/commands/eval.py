@@ -6,13 +6,13 @@ import sys
 
 from distill.bench import BACKENDS
 from distill.evaluate import evaluate_artifact
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, input_dir, print_json
 
 
 def configure(p) -> None:
-    p.add_argument("artifact", help="artifact directory (distill export)")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint directory")
-    p.add_argument("--data", default=None, help="dataset manifest.jsonl")
+    p.add_argument("artifact", type=input_dir, help="artifact directory (distill export)")
+    p.add_argument("--teacher", type=input_dir, default=None, help="teacher checkpoint directory")
+    p.add_argument("--data", type=dataset_path, default=None, help="dataset manifest.jsonl")
     p.add_argument("--split", default="test")
     p.add_argument("--report", default=None, help="write an HTML report into this directory")
     p.add_argument("--runs", type=int, default=30, help="timed runs per backend")

@@ -5,17 +5,17 @@ import sys
 
 from distill.export import DEFAULT_FORMATS, DEFAULT_PRECISIONS, FORMATS, PRECISIONS, ExportError, export_run
 from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import input_dir, input_file, print_json
 
 
 def configure(p) -> None:
-    p.add_argument("run", help="run directory (distill fit, then distill quantize)")
+    p.add_argument("run", type=input_dir, help="run directory (distill fit, then distill quantize)")
     p.add_argument("--out", required=True, help="artifact directory to write (replaced)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--index", choices=INDEX_KINDS, default=DEFAULT_INDEX,
                    help="the bank's nearest-neighbour search: exact BLAS, or a faiss IVF / HNSW index "
                         "(needs lineside[ann]) tuned until scores match exact search")
-    p.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 private key "
+    p.add_argument("--sign", type=input_file, metavar="KEY", help="sign the artifact with this Ed25519 private key "
                    "(lineside keys DIR --name NAME --signing); edges with --trusted-signers serve only signed ones")
     p.add_argument("--format", dest="formats", default=",".join(DEFAULT_FORMATS),
                    help=f"what to write, comma-separated of {', '.join(FORMATS)} (the FP32 ONNX graphs always: the "

@@ -7,7 +7,11 @@ import sys
 from dataclasses import MISSING, fields
 
 from distill.fit_options import FitOptions
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, input_dir, print_json
+
+
+# The paths a fit reads, typed so that the dispatcher checks them before the run (runtime.cli.dispatch.check_inputs)
+PATH_TYPES = {"teacher": input_dir, "data": dataset_path, "features": input_dir}
 
 
 def _flag(f) -> tuple[str, str]:
@@ -20,6 +24,8 @@ def add_option_flags(p, cls=FitOptions) -> None:
     for f in fields(cls):
         flag, dest = _flag(f)
         kw = {k: f.metadata[k] for k in ("type", "choices", "metavar", "action") if k in f.metadata}
+        if f.name in PATH_TYPES:
+            kw["type"] = PATH_TYPES[f.name]
         if f.metadata.get("negate"):
             kw["action"] = "store_true"
         elif f.default is MISSING:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 
 from distill.retarget import retarget
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import input_dir, print_json
 
 
 def configure(p) -> None:
-    p.add_argument("artifact", help="artifact directory (distill export) with its torch weights")
+    p.add_argument("artifact", type=input_dir, help="artifact directory (distill export) with its torch weights")
     p.add_argument("--size", type=int, required=True, help="network input side, px")
     p.add_argument("--out", required=True, help="directory to write (replaced)")
     p.add_argument("--json", action="store_true")

@@ -10,7 +10,9 @@ traceback is shown only with ``--debug`` (or LINESIDE_DEBUG=1), as a bug report 
 
 Every command also takes ``--no-progress`` (as ``TQDM_DISABLE=1``: no bars, no progress lines, in this process
 and the commands it runs), and a flag its module left without a help line gets the shared one of
-:data:`COMMON_HELP`. Commands named in ``config_commands`` take ``--config FILE`` (a TOML file of their flags,
+:data:`COMMON_HELP`. A path a command reads is typed :func:`input_dir`, :func:`input_file` or
+:func:`dataset_path`: the dispatcher checks it before the command runs, so a wrong one is named at once, not after
+seconds of importing torch. Commands named in ``config_commands`` take ``--config FILE`` (a TOML file of their flags,
 ``steps = 600`` or ``batch-size = 8``; flags on the line override it) and ``--print-config`` (the effective
 flags as such a file).
 """
@@ -140,6 +142,55 @@ def endpoint(text: str) -> str:
     return text
 
 
+def input_dir(text: str) -> str:
+    """argparse type of a directory a command reads (a checkpoint, a run, an artifact, a pretrained model). Kept as
+    given at parse time, so --print-config and a config file take any path; :func:`check_inputs` refuses it, in one
+    line naming the flag, before the command runs (and so before its heavy imports)."""
+    return text
+
+
+def input_file(text: str) -> str:
+    """argparse type of a file a command reads (a key): checked as :func:`input_dir` is."""
+    return text
+
+
+def dataset_path(text: str) -> str:
+    """argparse type of a dataset: its manifest.jsonl or the folder holding it; checked as :func:`input_dir` is."""
+    return text
+
+
+def _check_input(flag: str, kind, value: str) -> None:
+    p = Path(value)
+    if kind is dataset_path:
+        from runtime.contracts.dataset import MANIFEST_NAME
+
+        if not p.exists():
+            raise FileNotFoundError(f"{flag} {value}: no such {MANIFEST_NAME} or folder")
+        if p.is_dir() and not (p / MANIFEST_NAME).is_file():
+            raise FileNotFoundError(f"{flag} {value}: a folder without {MANIFEST_NAME}")
+    elif not p.exists():
+        raise FileNotFoundError(f"{flag} {value}: no such {'directory' if kind is input_dir else 'file'}")
+    elif kind is input_dir and not p.is_dir():
+        raise NotADirectoryError(f"{flag} {value}: not a directory")
+    elif kind is input_file and p.is_dir():
+        raise IsADirectoryError(f"{flag} {value}: a directory, not a file")
+
+
+def check_inputs(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every argument of ``p`` typed :func:`input_dir`, :func:`input_file` or :func:`dataset_path` (in the
+    subcommand chosen, where ``p`` has some) must name an existing path of that kind; raises the one-line
+    FileNotFoundError, NotADirectoryError or IsADirectoryError naming the flag and the path."""
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            chosen = getattr(args, a.dest, None)
+            if chosen in a.choices:
+                check_inputs(a.choices[chosen], args)
+        elif a.type in (input_dir, input_file, dataset_path):
+            value = getattr(args, a.dest, None)
+            for v in value if isinstance(value, list) else [] if value is None else [value]:
+                _check_input(a.option_strings[-1] if a.option_strings else a.metavar or a.dest.upper(), a.type, v)
+
+
 def _version_line(prog: str) -> str:
     from runtime.report import build_info, version
 
@@ -223,7 +274,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from runtime.contracts.dataset import DatasetError
     from runtime.contracts.formats import ContractError
 
-    return (ContractError, DatasetError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+    return (ContractError, DatasetError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            ValueError)
 
 
 def _one_line(prog: str, command: str | None, e: BaseException) -> int:
@@ -276,6 +328,7 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str] | 
         if getattr(args, "print_config", False):
             print_config(cmd_parser, args)
             return 0
+        check_inputs(cmd_parser, args)
         return int(module.run(args) or 0)
     except (ModuleNotFoundError, *_user_errors()) as e:
         if debug:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, input_dir, print_json
 from runtime.progress import command_log
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
 
@@ -33,8 +33,8 @@ def _bank_constants(*names: str) -> tuple:
 def configure(p) -> None:
     BUDGET_FRACTION, BUDGET_MAX, BUDGET_MIN, MERGES = _bank_constants("BUDGET_FRACTION", "BUDGET_MAX", "BUDGET_MIN",
                                                                       "MERGES")
-    p.add_argument("--checkpoint", required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
-    p.add_argument("--data", required=True,
+    p.add_argument("--checkpoint", type=input_dir, required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
+    p.add_argument("--data", type=dataset_path, required=True,
                    help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
     p.add_argument("--budget", type=int, default=None,
                    help=f"coreset size (bank vectors); default {round(BUDGET_FRACTION * 100)}%% of the patch vectors, "

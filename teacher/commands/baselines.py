@@ -6,13 +6,13 @@ on the same images as lineside (teacher/reference.py).
 from __future__ import annotations
 
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, print_json
 from runtime.progress import command_log
 from teacher.reference import DETECTORS
 
 
 def configure(p) -> None:
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train goods build the banks, val calibrates)")
+    p.add_argument("--data", type=dataset_path, required=True, help="dataset manifest.jsonl (train goods build the banks, val calibrates)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--size", type=int, default=128, help="square input size of every detector")
     p.add_argument("--only", action="append", choices=DETECTORS, help="run only these (repeatable)")

@@ -11,12 +11,12 @@ import os
 import platform
 import sys
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import input_dir, print_json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="teacher preset to time (random init)")
-    p.add_argument("--checkpoint", help="time this checkpoint instead of a random-init preset")
+    p.add_argument("--checkpoint", type=input_dir, help="time this checkpoint instead of a random-init preset")
     p.add_argument("--sizes", type=int, nargs="+", help="image sizes (default: the preset's)")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass")
     p.add_argument("--runs", type=int, default=2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import input_dir, print_json
 from runtime.contracts.dataset import DatasetError
 
 
@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        description="Convert a public layout into a self-contained dataset (images hard-linked or "
                                    "copied, masks normalised to 0/255 PNG); skipped items are reported.")
     i.add_argument("layout", choices=("mvtec", "visa", "folder"), help="folder layout of the source")
-    i.add_argument("root", help="source tree")
+    i.add_argument("root", type=input_dir, help="source tree")
     i.add_argument("out", help="output directory")
     i.add_argument("--val-from", choices=("train", "test"), default="train",
                    help="mvtec/visa: carve val from train goods (default) or from half of test")

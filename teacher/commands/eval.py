@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, input_dir, print_json
 from runtime.progress import command_log
 from runtime.scoring import SCORING_MODES
 
 
 def configure(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="teacher checkpoint with head/ and/or bank/")
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl")
+    p.add_argument("--checkpoint", type=input_dir, required=True, help="teacher checkpoint with head/ and/or bank/")
+    p.add_argument("--data", type=dataset_path, required=True, help="dataset manifest.jsonl")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--report", default=None, help="write an HTML report (index.html + PNGs) to this directory")
     p.add_argument("--mode", choices=SCORING_MODES, default=None,

@@ -11,14 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, input_dir, print_json
 from runtime.contracts.dataset import DatasetError, load_dataset
 from runtime.contracts.formats import ContractError
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--checkpoint", type=input_dir, required=True)
+    p.add_argument("--data", type=dataset_path, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--noise-draws", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

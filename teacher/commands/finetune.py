@@ -13,15 +13,15 @@ import os
 import time
 from pathlib import Path
 
-from runtime.cli.dispatch import positive_int, print_json
+from runtime.cli.dispatch import dataset_path, input_dir, positive_int, print_json
 from runtime.progress import command_log
 
 
 def configure(p) -> None:
     from teacher.data.pseudo_defects import PSEUDO_LABEL  # torch-free, unlike teacher.finetune
 
-    p.add_argument("--checkpoint", required=True, help="teacher checkpoint; the head is written to CKPT/head/")
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train split trains, val calibrates)")
+    p.add_argument("--checkpoint", type=input_dir, required=True, help="teacher checkpoint; the head is written to CKPT/head/")
+    p.add_argument("--data", type=dataset_path, required=True, help="dataset manifest.jsonl (train split trains, val calibrates)")
     p.add_argument("--steps", type=positive_int, required=True)
     p.add_argument("--batch-size", type=int, default=None, help="default 16 (Table 9), 8 for tiny")
     p.add_argument("--lr", type=float, default=None, help="default 5e-5 (Table 9); 1e-3 for tiny")

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import input_dir, print_json
 from runtime.contracts.formats import ContractError
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", type=input_dir, required=True)
     p.add_argument("--prompt", required=True, help="what to generate, e.g. \"metal plate with scratch\"")
     p.add_argument("--out", required=True, help="PNG grid")
     p.add_argument("--n", type=int, default=8, help="images to generate")

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.cli.dispatch import positive_int, print_json
+from runtime.cli.dispatch import dataset_path, input_dir, positive_int, print_json
 from runtime.contracts.dataset import DatasetError, load_dataset
 from runtime.contracts.formats import ContractError
 from teacher.presets import PRESETS, get_preset
@@ -28,14 +28,14 @@ CHECK_FILES_MAX = 20_000  # above this, a full decode pass at start-up costs mor
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)}")
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl (its train split is used)")
+    p.add_argument("--data", type=dataset_path, required=True, help="dataset manifest.jsonl (its train split is used)")
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--steps", type=positive_int, required=True, help="total optimiser steps of the run")
-    p.add_argument("--vae", help="pretrained diffusers AutoencoderKL directory (frozen); "
+    p.add_argument("--vae", type=input_dir, help="pretrained diffusers AutoencoderKL directory (frozen); "
                    "else random-init, see train-vae")
-    p.add_argument("--text-encoder", help="transformers CLIP text model directory (frozen, with its tokenizer)")
-    p.add_argument("--image-encoder", help="transformers CLIPVisionModelWithProjection directory (frozen)")
-    p.add_argument("--init-from", metavar="SRC", help="start from trained weights: a lineside teacher checkpoint "
+    p.add_argument("--text-encoder", type=input_dir, help="transformers CLIP text model directory (frozen, with its tokenizer)")
+    p.add_argument("--image-encoder", type=input_dir, help="transformers CLIPVisionModelWithProjection directory (frozen)")
+    p.add_argument("--init-from", type=input_dir, metavar="SRC", help="start from trained weights: a lineside teacher checkpoint "
                    "(the shipped foundation: teacher/foundation) or a diffusers pipeline directory (unet/, vae/, "
                    "text_encoder/, tokenizer/), see teacher/init_from.py")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")

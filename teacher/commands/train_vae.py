@@ -10,14 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.cli.dispatch import positive_int
+from runtime.cli.dispatch import dataset_path, positive_int
 from runtime.cli.dispatch import print_json
 from teacher.presets import PRESETS
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help=f"one of {sorted(PRESETS)}")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", type=dataset_path, required=True)
     p.add_argument("--out", required=True, help="VAE directory (diffusers save_pretrained layout)")
     p.add_argument("--steps", type=positive_int, required=True)
     p.add_argument("--batch-size", type=int)

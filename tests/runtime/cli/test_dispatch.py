@@ -2,8 +2,10 @@
 extras named, counts refused at parse time."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -185,6 +187,86 @@ def test_help_does_not_import_torch():
             "        sys.exit(' '.join(line) + ' --help imported torch')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-500:]
+
+
+def _bad_path_cases(tmp: Path) -> list[tuple[list[str], str]]:
+    """(argv, the bad path its one-line error must name) for every teacher and distill command that reads a
+    checkpoint, a run, an artifact or a dataset: missing, or of the wrong kind."""
+    ok_dir, a_file, no_manifest = tmp / "ckpt", tmp / "file.txt", tmp / "empty"
+    ok_dir.mkdir()
+    no_manifest.mkdir()
+    a_file.write_text("x")
+    data = tmp / "data"
+    data.mkdir()
+    (data / "manifest.jsonl").write_text("")
+    nope = str(tmp / "nope")
+    c, d, f, e = str(ok_dir), str(data), str(a_file), str(no_manifest)
+    return [
+        (["teacher", "eval", "--checkpoint", nope, "--data", d], nope),
+        (["teacher", "eval", "--checkpoint", f, "--data", d], f),
+        (["teacher", "eval", "--checkpoint", c, "--data", nope], nope),
+        (["teacher", "eval", "--checkpoint", c, "--data", e], e),
+        (["teacher", "finetune", "--checkpoint", nope, "--data", d, "--steps", "1"], nope),
+        (["teacher", "finetune", "--checkpoint", c, "--data", nope, "--steps", "1"], nope),
+        (["teacher", "bank", "--checkpoint", nope, "--data", d], nope),
+        (["teacher", "bank", "--checkpoint", c, "--data", nope], nope),
+        (["teacher", "extract", "--checkpoint", nope, "--data", d, "--out", str(tmp / "o")], nope),
+        (["teacher", "extract", "--checkpoint", c, "--data", f + "x", "--out", str(tmp / "o")], f + "x"),
+        (["teacher", "generate", "--checkpoint", f, "--prompt", "p", "--out", str(tmp / "g.png")], f),
+        (["teacher", "train", "--data", nope, "--out", str(tmp / "o"), "--steps", "1"], nope),
+        (["teacher", "train", "--data", d, "--out", str(tmp / "o"), "--steps", "1", "--vae", nope], nope),
+        (["teacher", "train", "--data", d, "--out", str(tmp / "o"), "--steps", "1", "--init-from", f], f),
+        (["teacher", "train-vae", "--data", e, "--out", str(tmp / "o"), "--steps", "1"], e),
+        (["teacher", "baselines", "--data", nope], nope),
+        (["teacher", "bench", "--checkpoint", nope], nope),
+        (["teacher", "data", "import", "mvtec", nope, str(tmp / "o")], nope),
+        (["distill", "fit", "--teacher", nope, "--data", d, "--out", str(tmp / "o")], nope),
+        (["distill", "fit", "--teacher", c, "--data", nope, "--out", str(tmp / "o")], nope),
+        (["distill", "fit", "--teacher", c, "--data", d, "--out", str(tmp / "o"), "--features", f], f),
+        (["distill", "export", nope, "--out", str(tmp / "o")], nope),
+        (["distill", "export", c, "--out", str(tmp / "o"), "--sign", e], e),
+        (["distill", "eval", nope], nope),
+        (["distill", "eval", c, "--teacher", f], f),
+        (["distill", "eval", c, "--data", nope], nope),
+        (["distill", "retarget", f, "--size", "64", "--out", str(tmp / "o")], f),
+    ]
+
+
+def test_bad_paths_are_refused_in_one_line_before_torch(tmp_path):
+    """A missing checkpoint, run, artifact or dataset (or a file where a folder belongs) is named in one line
+    with exit 2, before the command imports torch: the cases one after the other in one fresh process, so the
+    first that imports torch is the one named."""
+    import json
+
+    cases = _bad_path_cases(tmp_path)
+    code = ("import contextlib, io, json, sys\n"
+            "import distill.cli, teacher.cli\n"
+            "mains = {'teacher': teacher.cli.main, 'distill': distill.cli.main}\n"
+            "for argv in json.loads(sys.stdin.read()):\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        try:\n"
+            "            rc = mains[argv[0]](argv[1:])\n"
+            "        except SystemExit as e:\n"
+            "            rc = f'SystemExit({e.code})'\n"
+            "    print(json.dumps({'rc': rc, 'err': err.getvalue(), 'torch': 'torch' in sys.modules}))\n")
+    r = subprocess.run([sys.executable, "-c", code], input=json.dumps([argv for argv, _ in cases]),
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, LINESIDE_DEBUG="0"))
+    assert r.returncode == 0, r.stderr[-500:]
+    results = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert len(results) == len(cases)
+    for (argv, path), res in zip(cases, results):
+        lines = res["err"].strip().splitlines()
+        assert res["rc"] == 2 and len(lines) == 1, (argv, res)
+        assert lines[0].startswith(f"{argv[0]} {argv[1]}: ") and f" {path}: " in lines[0], (argv, lines)
+        assert not res["torch"], (argv, "torch imported before the path was checked")
+
+
+def test_paths_are_checked_after_print_config(tmp_path, capsys):
+    from teacher.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", "o", "--steps", "5", "--print-config"]) == 0
+    assert "steps = 5" in capsys.readouterr().out
 
 
 def test_a_config_file_of_flags_and_print_config(tmp_path, capsys):
