@@ -5,6 +5,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,6 +59,56 @@ def _batches(order: BatchOrder, data: ImageCaptionSet, epoch: int, batch: int, w
         epoch, batch = epoch + 1, 0
 
 
+@dataclass
+class _Optimisation:
+    """What one optimiser step touches: the trainable modules and their parameters, AdamW and its LR schedule,
+    the precision (and fp16's gradient scaler), and the EMA of the weights."""
+    mods: dict
+    params: list
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    ema: EMA
+
+    @classmethod
+    def build(cls, model, hp: dict, device: torch.device) -> "_Optimisation":
+        mods = model.trainable_modules()
+        params = [p for m in mods.values() for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(hp["lr"], hp["min_lr"], hp["warmup_steps"], hp["total_steps"]))
+        amp = _precision(hp["mixed_precision"], device)
+        scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+        return cls(mods, params, opt, sched, amp, scaler, EMA(mods, hp["ema_decay"]))
+
+
+class _Log:
+    """Rank 0's record of the run: a metrics.jsonl row and a progress-bar tick per step."""
+
+    def __init__(self, out: Path, steps: int, step: int):
+        out.mkdir(parents=True, exist_ok=True)
+        self.metrics_f = open(out / "metrics.jsonl", "a")
+        from runtime.progress import progress
+
+        self.bar = progress(steps, "teacher train", initial=step)
+
+    def step(self, step: int, epoch: int, vals: torch.Tensor, gnorm, lr: float, ips: float) -> dict:
+        """Writes the step's row -> its losses by name."""
+        last = dict(zip(("loss", "l_diff", "l_imp", "l_align"), vals.tolist()))
+        row = {"step": step, **last, "lr": lr, "grad_norm": float(gnorm),
+               "images_per_s": round(ips, 2), "epoch": epoch, "time": round(time.time(), 3)}
+        self.metrics_f.write(json.dumps(row) + "\n")
+        self.metrics_f.flush()
+        self.bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
+        self.bar.update(1)
+        return last
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics_f.close()
+
+
 def train(args, preset, ds, records, texts, *, rank: int, world: int, device: torch.device) -> dict:
     out = Path(args.out)
     image_size = args.image_size or preset.image_size
@@ -65,22 +116,12 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     model.to(device)
     if args.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-    mods = model.trainable_modules()
-    params = [p for m in mods.values() for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), weight_decay=hp["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(hp["lr"], hp["min_lr"], hp["warmup_steps"], hp["total_steps"]))
-    amp = _precision(hp["mixed_precision"], device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    ema = EMA(mods, hp["ema_decay"])
+    o = _Optimisation.build(model, hp, device)
     if rank == 0:
-        why = "" if device.type == "cuda" else " (no CUDA GPU in use)" if not torch.cuda.is_available() else ""
-        print(f"teacher train: {world} process(es) on {device}{why}, precision "
-              f"{str(amp).replace('torch.', '') if amp else 'fp32'}, batch {hp['batch_size']} per process",
-              file=sys.stderr)
+        _say_setup(world, device, o.amp, hp)
     step, epoch, batch = 0, 0, 0
     if state is not None:
-        step, epoch, batch = _restore(state, out, opt, sched, scaler, ema, hp, args.steps, rank, world)
+        step, epoch, batch = _restore(state, out, o.opt, o.sched, o.scaler, o.ema, hp, args.steps, rank, world)
     data = ImageCaptionSet(ds, records, image_size)
     net = _loss_net(model, hp, data, records, device, world)
     order = BatchOrder(len(data), hp["batch_size"], world, rank, hp["seed"])
@@ -91,14 +132,7 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     run_cfg = {"train": hp, "world_size": world, "global_batch_size": hp["batch_size"] * world,
                "dataset": {"manifest": str(Path(ds.manifest).resolve()), "hash": ds.content_hash(),
                            "n_train": len(records)}}
-    metrics_f = None
-    bar = None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        metrics_f = open(out / "metrics.jsonl", "a")
-        from runtime.progress import progress
-
-        bar = progress(args.steps, "teacher train", initial=step)
+    log = _Log(out, args.steps, step) if rank == 0 else None
     model.train()
     model.vae.eval()
     last = {"loss": float("nan"), "l_diff": float("nan"), "l_imp": float("nan"), "l_align": float("nan")}
@@ -107,38 +141,45 @@ def train(args, preset, ds, records, texts, *, rank: int, world: int, device: to
     while step < stop:
         e, b, imgs, caps = next(it)
         t0 = time.time()
-        g = torch.Generator().manual_seed((hp["seed"] * 1_000_003 + step) * 4099 + rank)
-        x = imgs.to(device, non_blocking=True).float() / 255.0
-        if hp["augment"]:
-            x = augment(x, g)
-        noise = StepNoise.draw(g, x.shape[0], latent, T, hp["text_prob"], hp["null_prob"]).to(device)
-        vals, gnorm = _step(net, x, caps, noise, amp, opt, scaler, params, hp["grad_clip"], sched, ema, mods, world)
+        x, noise = _inputs(imgs, hp, step, rank, latent, T, device)
+        vals, gnorm = _step(net, x, caps, noise, o.amp, o.opt, o.scaler, o.params, hp["grad_clip"], o.sched, o.ema,
+                            o.mods, world)
         step += 1
         epoch, batch = (e, b + 1)
-        if rank == 0:
-            dt = time.time() - t0
-            ips = x.shape[0] * world / max(dt, 1e-9)
-            last = dict(zip(("loss", "l_diff", "l_imp", "l_align"), vals.tolist()))
-            row = {"step": step, **last, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm),
-                   "images_per_s": round(ips, 2), "epoch": e, "time": round(time.time(), 3)}
-            metrics_f.write(json.dumps(row) + "\n")
-            metrics_f.flush()
-            bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.1f}")
-            bar.update(1)
+        if log is not None:
+            ips = x.shape[0] * world / max(time.time() - t0, 1e-9)
+            last = log.step(step, e, vals, gnorm, o.sched.get_last_lr()[0], ips)
         if (args.save_every and step % args.save_every == 0) or step == stop:
             if rank == 0:
-                _save(model, ema, out, run_cfg, step, epoch, batch, opt, sched, scaler)
+                _save(model, o.ema, out, run_cfg, step, epoch, batch, o.opt, o.sched, o.scaler)
     summary = {"checkpoint": str(out.resolve()), "step": step, "steps": args.steps, **last,
                "images_per_s": round(hp["batch_size"] * world * step / max(1e-9, time.time() - t_start), 2)
                if step else 0.0, "preset": preset.name, "feature_spec": model.feature_spec.to_dict()}
-    if rank == 0:
-        bar.close()
-        metrics_f.close()
+    if log is not None:
+        log.close()
         from teacher.plots import loss_curve
 
         summary["loss_curve"] = loss_curve(out / "metrics.jsonl", out / "loss.png")
         summary["checkpoint_hash"] = json.loads((out / "config.json").read_text())["checkpoint_hash"]
     return summary
+
+
+def _say_setup(world: int, device: torch.device, amp: torch.dtype | None, hp: dict) -> None:
+    why = "" if device.type == "cuda" else " (no CUDA GPU in use)" if not torch.cuda.is_available() else ""
+    print(f"teacher train: {world} process(es) on {device}{why}, precision "
+          f"{str(amp).replace('torch.', '') if amp else 'fp32'}, batch {hp['batch_size']} per process",
+          file=sys.stderr)
+
+
+def _inputs(imgs: torch.Tensor, hp: dict, step: int, rank: int, latent: tuple, T: int, device: torch.device):
+    """The step's images in [0, 1] (augmented) and its noise draw, both from the step's own generator (so a
+    resumed run draws what an unbroken one would) -> (x (B, 3, S, S), StepNoise)."""
+    g = torch.Generator().manual_seed((hp["seed"] * 1_000_003 + step) * 4099 + rank)
+    x = imgs.to(device, non_blocking=True).float() / 255.0
+    if hp["augment"]:
+        x = augment(x, g)
+    noise = StepNoise.draw(g, x.shape[0], latent, T, hp["text_prob"], hp["null_prob"]).to(device)
+    return x, noise
 
 
 def _build_model(args, preset, texts, image_size: int, rank: int):
