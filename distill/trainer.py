@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,70 +59,126 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     its own generator (seed + rank); gradients are averaged, so every rank takes the same steps. The best
     val step is rank 0's choice, broadcast; BatchNorm statistics are rank 0's, broadcast at the end (DDP
     broadcasts them before each forward, and each rank's last forward moves its own)."""
-    net, rank = student, 0
-    if ddp:
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
-
-        rank = dist.get_rank()
-        net = DistributedDataParallel(student)  # broadcasts rank 0's parameters and buffers now
+    net, rank = _wrap(student, ddp)
     g = torch.Generator().manual_seed(seed + rank)  # rank 0 (and one process): the generator as before
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
     opt, sched = _optimizer(student, params, lr, pretrained_lr_scale, weight_decay, steps)
     levels = list(targets)
     head_targets = head_targets or {}
-    rows: list[dict] = []
-    f = open(metrics_path, "a") if metrics_path else None
-    bar = None
-    if progress:
-        from runtime.progress import progress
-
-        bar = progress(steps, "distill", leave=False)
+    objective = _Objective(levels, mse_weight, head_kinds, kd_temperature, kd_weight, mask_output, mask_weight)
+    log = _StepLog(steps, metrics_path, progress)
     student.train()
-    t0 = time.time()
     best = (-2.0, None, -1)  # (mean val cosine, state, step)
     try:
         for step in range(steps):
-            xin, tgt, htgt, mtgt = _batch(images_u8, targets, levels, head_targets,
-                                          mask_targets if mask_weight > 0 else None, batch_size, g, augment,
-                                          jitter, mean, std)
-            out = net(xin)._asdict()
-            loss, logs = feature_loss({k: out[k] for k in levels}, tgt, mse_weight=mse_weight)
-            loss = _head_losses(out, htgt, mtgt, loss, logs, head_kinds=head_kinds, kd_temperature=kd_temperature,
-                                kd_weight=kd_weight, mask_output=mask_output, mask_weight=mask_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            opt.step()
-            sched.step()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            batch = _batch(images_u8, targets, levels, head_targets, mask_targets if mask_weight > 0 else None,
+                           batch_size, g, augment, jitter, mean, std)
+            loss, logs = _step(net, objective, batch, params, opt, sched)
+            log.tick(loss)
             if step % log_every == 0 or step == steps - 1:
-                row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0],
-                       "elapsed_s": round(time.time() - t0, 3), **logs}
+                row = log.row(step, loss, sched.get_last_lr()[0], logs)
                 if val is not None and (step % eval_every == 0 or step == steps - 1) and step > 0:
                     best = _validate(student, val, row, best, step, ddp)
-                rows.append(row)
-                if f:
-                    f.write(json.dumps(row) + "\n")
-                    f.flush()
+                log.keep(row)
     finally:
-        if bar is not None:
-            bar.close()
-        if f:
-            f.close()
+        log.close()
+    _finish(student, best, log.rows, ddp)
+    return log.rows
+
+
+def _wrap(student: torch.nn.Module, ddp: bool) -> tuple[torch.nn.Module, int]:
+    """(the module to run forward through, this process's rank): the student itself, or under DDP the student
+    in DistributedDataParallel."""
+    if not ddp:
+        return student, 0
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student), dist.get_rank()  # broadcasts rank 0's parameters and buffers now
+
+
+@dataclass
+class _Objective:
+    """The fitting loss of one batch: the features (feature_loss: NMSE and cosine per level), the teacher head's
+    outputs (KL) and the known defect masks (BCE, with ``mask_weight`` > 0)."""
+    levels: list
+    mse_weight: float
+    head_kinds: dict | None
+    kd_temperature: float
+    kd_weight: float
+    mask_output: str
+    mask_weight: float
+
+    def __call__(self, out: dict, tgt: dict, htgt: dict, mtgt) -> tuple[torch.Tensor, dict]:
+        loss, logs = feature_loss({k: out[k] for k in self.levels}, tgt, mse_weight=self.mse_weight)
+        loss = _head_losses(out, htgt, mtgt, loss, logs, head_kinds=self.head_kinds,
+                            kd_temperature=self.kd_temperature, kd_weight=self.kd_weight,
+                            mask_output=self.mask_output, mask_weight=self.mask_weight)
+        return loss, logs
+
+
+def _step(net, objective: _Objective, batch: tuple, params: list, opt, sched) -> tuple[torch.Tensor, dict]:
+    """One optimiser step on ``batch`` (_batch's tuple), gradients clipped at norm 5 -> (loss, its figures)."""
+    xin, tgt, htgt, mtgt = batch
+    loss, logs = objective(net(xin)._asdict(), tgt, htgt, mtgt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    sched.step()
+    return loss, logs
+
+
+class _StepLog:
+    """The fit's log rows (kept, and appended to ``metrics_path`` as JSON lines) and its progress bar."""
+
+    def __init__(self, steps: int, metrics_path: Path | None, progress: bool):
+        self.rows: list[dict] = []
+        self.f = open(metrics_path, "a") if metrics_path else None
+        self.bar = None
+        if progress:
+            from runtime.progress import progress as bar
+
+            self.bar = bar(steps, "distill", leave=False)
+        self.t0 = time.time()
+
+    def tick(self, loss: torch.Tensor) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss.item():.4f}")
+
+    def row(self, step: int, loss: torch.Tensor, lr: float, logs: dict) -> dict:
+        return {"step": step, "loss": float(loss.detach()), "lr": lr, "elapsed_s": round(time.time() - self.t0, 3),
+                **logs}
+
+    def keep(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.f:
+            self.f.write(json.dumps(row) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.f:
+            self.f.close()
+
+
+def _finish(student: torch.nn.Module, best: tuple, rows: list[dict], ddp: bool) -> None:
+    """The best val step's weights back in the student (named in the last row), rank 0's BatchNorm statistics
+    on every rank under DDP, and eval mode."""
     if best[1] is not None:
         student.load_state_dict(best[1])
         if rows:
             rows[-1]["best_step"] = best[2]
     if ddp:
+        import torch.distributed as dist
+
         with torch.no_grad():
             for b in student.buffers():
                 dist.broadcast(b, 0)
     student.eval()
-    return rows
 
 
 def _optimizer(student, params: list, lr: float, pretrained_lr_scale: float, weight_decay: float, steps: int):
