@@ -13,10 +13,20 @@
   time measured in the same run (``--teacher-preset sd15`` times a random-init full-size teacher instead
   of the checkpoint: the speed target is against it), giving the speedup;
 * ``--report DIR``: HTML (runtime.report) with ROC/PRO curves, latency bars and overlays.
+
+The maps stream: every model (each student, then the teacher) scores :data:`CHUNK` images at a time and each
+map is folded into its figures (runtime.metrics.StreamingMetrics, runtime.quality.QualityAccumulator) and
+dropped; only per-image scores and the few overlaid maps are kept. Pixel figures come from histograms at
+full map resolution (``pixel_method``, with ``pixel_auroc_bound`` / ``au_pro_bound``); iou and dice stay at
+the pixel F1-max threshold (exact counts at that bin edge), the box mAP is taken at the calibrated threshold,
+the one the edge draws its regions at (``box_threshold``): at the F1-max one it would need every map. The test images and the teacher's t=50 features (the fidelity targets, whose
+centred cosine needs the split's mean first) are still held whole.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +36,29 @@ from distill.bench import BACKENDS, student_latency, teacher_latency
 from distill.runners import OrtRunner, OvRunner, run_all
 from runtime.progress import command_log
 
+if TYPE_CHECKING:
+    from runtime.metrics import StreamingMetrics
+    from runtime.quality import QualityAccumulator
+
 
 log = command_log("distill eval")
+CHUNK = 16  # images a model scores at a time: the maps held at once
+N_SHOWN = (3, 1)  # overlays in the report: the first defect and good images
 
 
-def _cosines(student_outs: list[dict], teacher_feats: dict, names: list[str], centred: bool = False) -> dict[str, float]:
-    """Mean per-location cosine per level; ``centred``: both minus the teacher's channel mean over the split."""
+def _cosine_sums(student_outs: list[dict], teacher_feats: dict, names: list[str], mean: dict | None = None
+                 ) -> dict[str, tuple[float, int]]:
+    """Per level (sum of per-location cosines, locations) of these images; ``mean``: both minus the teacher's
+    channel mean over the split (level -> (1, C, 1, 1)) first."""
     out = {}
     for n in names:
-        s = np.concatenate([o[n] for o in student_outs]).astype(np.float64)  # (N, C, h, w)
+        s = np.concatenate([o[n] for o in student_outs]).astype(np.float64)  # (B, C, h, w)
         t = teacher_feats[n].numpy().astype(np.float64)
-        if centred:
-            m = t.mean(axis=(0, 2, 3), keepdims=True)
-            s, t = s - m, t - m
+        if mean is not None:
+            s, t = s - mean[n], t - mean[n]
         num = (s * t).sum(1)
         den = np.sqrt((s * s).sum(1) * (t * t).sum(1)) + 1e-12
-        out[n] = float((num / den).mean())
+        out[n] = (float((num / den).sum()), int(num.size))
     return out
 
 
@@ -71,7 +88,6 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
     except ValueError:
         log(f"no {split} split; evaluating on val")
         split, test = "val", load_images(ds, ("val",), size)
-    x = test.student_inputs(man.preprocess.mean, man.preprocess.std).numpy()
     bank = np.load(art / man.scoring.bank_file).astype(np.float32)
     ms = man.scoring
     scoring = ScoringParams(k=ms.k, blur_sigma_px=ms.blur_sigma_px, score_topk=ms.score_topk, mode=ms.mode,
@@ -86,19 +102,53 @@ def evaluate(artifact: str | Path, teacher_ckpt: str, data: str, *, split: str =
                  "fidelity_mean_predictor": dict((man.metrics.get("fidelity") or {}).get("val_cosine_mean_predictor")
                                                  or {})}
     tfeat = teacher_features(teacher_ckpt, man, test, noise_draws)
-    res["teacher"], (t_dec, t_scores, t_maps, t_thr) = teacher_decisions(teacher_ckpt, test)
-    student, curves = student_rows(art, man, x, bank, scoring, labels, test.masks, t_dec, threads)
-    fp32_outs = curves["fp32"][1]
-    res["fidelity_cosine"] = _cosines(fp32_outs, tfeat, man.spec.names)
-    res["fidelity_cosine_centred"] = _cosines(fp32_outs, tfeat, man.spec.names, centred=True)
+    runs = student_models(man)
+    key = "int8" if "int8" in runs else ("int8_openvino" if "int8_openvino" in runs else "fp32")
+    passes, fidelity, cascade_q = student_passes(art, man, test, bank, scoring, tfeat, runs, key, threads)
+    res["fidelity_cosine"], res["fidelity_cosine_centred"] = fidelity
     res["fidelity_noise_draws"] = noise_draws
-    res["student"] = student
     log("cosine per level: " + ", ".join(f"{k} {v:.3f}" for k, v in res["fidelity_cosine"].items()))
-    key = "int8" if "int8" in curves else ("int8_openvino" if "int8_openvino" in curves else "fp32")
-    res["cascade"], fb = cascade(curves[key][0], cal, labels, t_dec, key)
-    res["quality"] = quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves, cal.threshold, fb, key)
-    res["_plots"] = {"curves": curves, "teacher": (t_scores, t_maps), "test": test}
+    res["teacher"], t_pass = teacher_pass(teacher_ckpt, test, passes[key].fallback, cal.threshold, cascade_q)
+    t_dec = None if t_pass is None else t_pass.decisions
+    res["student"] = {k: {"runtime": runs[k][0], "file": runs[k][1], **p.metrics.result(),
+                          **_decision_metrics(p.scores >= cal.threshold, labels, t_dec)} for k, p in passes.items()}
+    res["cascade"], fb = cascade(passes[key], cal, labels, t_dec, key)
+    res["quality"] = {**({"teacher": t_pass.quality.row()} if t_pass is not None else {}),
+                      **{f"student {k}": p.quality.row() for k, p in passes.items()}}
+    if t_pass is not None:
+        res["quality"]["cascade"] = cascade_q.row()
+        res["quality"]["cascade"]["fallback_rate"] = float(fb.mean())
+    res["_plots"] = {"curves": passes, "teacher": t_pass, "test": test}
     return res
+
+
+@dataclass
+class ModelPass:
+    """What one model's streamed pass over the split keeps: per image its score (and kNN distance, fallback
+    flag), the figures' accumulators, and the maps of the overlaid images only."""
+    scores: np.ndarray
+    mean_nn: np.ndarray
+    metrics: "StreamingMetrics"
+    quality: "QualityAccumulator"
+    shown: dict  # image index -> map, for the report's overlays
+    fallback: np.ndarray | None = None  # the cascade's fallback frames (in band or out of distribution)
+    decisions: np.ndarray | None = None
+
+    @property
+    def pro(self):
+        """(fpr, pro) for plotting, thinned to 2000 points; None without defect regions or good pixels."""
+        try:
+            return self.metrics.pixels.pro_curve(max_points=2000)[:2]
+        except ValueError:
+            return None
+
+
+def _shown(labels: np.ndarray) -> list[int]:
+    return list(np.flatnonzero(labels == 1)[:N_SHOWN[0]]) + list(np.flatnonzero(labels == 0)[:N_SHOWN[1]])
+
+
+def _cols(rec) -> tuple:
+    return rec.product, int(rec.is_defect), rec.defect_type
 
 
 def teacher_features(teacher_ckpt: str, man, test, noise_draws: int) -> dict:
@@ -121,56 +171,101 @@ def teacher_features(teacher_ckpt: str, man, test, noise_draws: int) -> dict:
         return {k: torch.cat(v) for k, v in tfeat.items()}
 
 
-def teacher_decisions(teacher_ckpt: str, test) -> tuple[dict, tuple]:
-    """The teacher pipeline on the test images, when the checkpoint has a head or bank -> (its row, (decisions,
-    scores, maps, threshold), all None without)."""
-    from runtime.metrics import compute_all
+def teacher_pass(teacher_ckpt: str, test, fallback: np.ndarray, student_thr: float, cascade_q) -> tuple[dict, ModelPass | None]:
+    """The teacher pipeline on the test images, :data:`CHUNK` at a time, when the checkpoint has a head or bank ->
+    (its row, its ModelPass; None without). On the cascade's ``fallback`` frames its score and map, in the
+    student's units (times the student's threshold over the teacher's), go into ``cascade_q``."""
+    from runtime.metrics import StreamingMetrics
+    from runtime.quality import QualityAccumulator
 
     try:
         from teacher.pipeline import TeacherPipeline
 
         pipe = TeacherPipeline.load(teacher_ckpt)
-        verdicts = pipe.predict(list(test.images))
-        t_dec = np.asarray([v.decision == "defect" for v in verdicts])
-        t_scores = np.asarray([v.score for v in verdicts], float)
-        t_maps = [v.anomaly_map for v in verdicts]
-        row = {"mode": pipe.mode, **compute_all(test.labels, t_scores, list(test.masks), t_maps, threshold=None)}
-        row.update(_decision_metrics(t_dec, test.labels, None))
-        return row, (t_dec, t_scores, t_maps, pipe.threshold)
     except FileNotFoundError as e:
-        return {"mode": None, "note": f"no head or bank: {e}"}, (None, None, None, None)
+        return {"mode": None, "note": f"no head or bank: {e}"}, None
+    k = student_thr / pipe.threshold if pipe.threshold else 1.0
+    metrics, quality = StreamingMetrics(box_threshold=pipe.threshold), QualityAccumulator()
+    scores, decisions = [], []
+    chunk = pipe.max_batch * max(1, CHUNK // pipe.max_batch)  # whole pipeline batches: the same features as one call
+    for b in range(0, len(test), chunk):
+        for j, v in enumerate(pipe.predict(list(test.images[b:b + chunk]))):
+            i, rec = b + j, test.records[b + j]
+            d = v.decision == "defect"
+            scores.append(v.score)
+            decisions.append(d)
+            metrics.add(test.labels[i], v.score, test.masks[i], v.anomaly_map)
+            quality.add(*_cols(rec), v.score, v.anomaly_map, test.masks[i], int(d))
+            if fallback[i]:
+                cascade_q.add(*_cols(rec), v.score * k, v.anomaly_map * k, test.masks[i], int(d))
+    tp = ModelPass(np.asarray(scores, float), np.zeros(len(scores)), metrics, quality, {},
+                   decisions=np.asarray(decisions))
+    row = {"mode": pipe.mode, **metrics.result()}
+    row.update(_decision_metrics(tp.decisions, test.labels, None))
+    return row, tp
 
 
-def student_rows(art: Path, man, x: np.ndarray, bank: np.ndarray, scoring: ScoringParams, labels, masks, t_dec,
-                 threads: int) -> tuple[dict, dict]:
-    """Detection figures of every student model -> (row per model, (scores, outputs) per model). The FP32 row
-    runs the full graph: it computes the edge graph's outputs with the same nodes (distill/edge_graph.py) and
-    also the projected levels the fidelity needs."""
-    from runtime.metrics import compute_all
-
-    thr = man.calibration.threshold
+def student_models(man) -> dict[str, tuple[str, str]]:
+    """role -> (runtime, file) of every student model the artifact holds. The FP32 one is the full graph: it
+    computes the edge graph's outputs with the same nodes (distill/edge_graph.py) and also the projected levels
+    the fidelity needs."""
     runs = {"fp32": ("onnxruntime", man.full_model)}
     if "int8" in man.models:
         runs["int8"] = ("onnxruntime", man.models["int8"])
     if "openvino_xml" in man.models:
         runs["int8_openvino"] = ("openvino", man.models["openvino_xml"])
-    student: dict = {}
-    curves: dict = {}
+    return runs
+
+
+def student_passes(art: Path, man, test, bank: np.ndarray, scoring: ScoringParams, tfeat: dict, runs: dict,
+                   cascade_key: str, threads: int):
+    """Every student model over the split, :data:`CHUNK` images at a time -> (ModelPass per model, (cosine, centred
+    cosine) per level of the FP32 model to the teacher, the cascade's QualityAccumulator with the frames the
+    student ``cascade_key`` keeps: outside the band and in distribution)."""
+    from runtime.metrics import StreamingMetrics
+    from runtime.quality import QualityAccumulator
+
+    cal = man.calibration
+    thr, (lo, hi) = cal.threshold, cal.band
+    mean = {n: v.numpy().astype(np.float64).mean(axis=(0, 2, 3), keepdims=True) for n, v in tfeat.items()}
+    sums: dict = {False: {}, True: {}}
+    cascade_q = QualityAccumulator()
+    shown = _shown(test.labels)
+    passes = {}
     for key, (rt, rel) in runs.items():
         runner = OrtRunner(art / rel, threads) if rt == "onnxruntime" else OvRunner(art / rel, threads)
-        outs = run_all(runner, x)
-        sc = score_outputs(outs, bank, man.preprocess.size, scoring)
-        m = compute_all(labels, sc.scores, list(masks), list(sc.maps), threshold=thr)
-        m.update(_decision_metrics(sc.scores >= thr, labels, t_dec))
-        student[key] = {"runtime": rt, "file": rel, **m}
-        curves[key] = (sc, outs)
-    return student, curves
+        mp = ModelPass(np.zeros(len(test)), np.zeros(len(test)), StreamingMetrics(threshold=thr, box_threshold=thr),
+                       QualityAccumulator(), {})
+        for b in range(0, len(test), CHUNK):
+            idx = np.arange(b, min(b + CHUNK, len(test)))
+            outs = run_all(runner, test.subset(idx).student_inputs(man.preprocess.mean, man.preprocess.std).numpy())
+            sc = score_outputs(outs, bank, man.preprocess.size, scoring)
+            if key == "fp32":
+                chunk = {n: v[b:b + len(idx)] for n, v in tfeat.items()}
+                for centred in (False, True):
+                    for n, (tot, cnt) in _cosine_sums(outs, chunk, man.spec.names, mean if centred else None).items():
+                        acc = sums[centred].setdefault(n, [0.0, 0])
+                        acc[0] += tot
+                        acc[1] += cnt
+            for j, i in enumerate(idx):
+                rec, m, a, score = test.records[i], test.masks[i], sc.maps[j], float(sc.scores[j])
+                mp.scores[i], mp.mean_nn[i] = score, sc.mean_nn[j]
+                mp.metrics.add(test.labels[i], score, m, a)
+                mp.quality.add(*_cols(rec), score, a, m, int(score >= thr))
+                if i in shown:
+                    mp.shown[int(i)] = a.copy()
+                if key == cascade_key and not (lo <= score <= hi or sc.mean_nn[j] > cal.ood_limit):
+                    cascade_q.add(*_cols(rec), score, a, m, int(score >= thr))
+        mp.fallback = ((mp.scores >= lo) & (mp.scores <= hi)) | (mp.mean_nn > cal.ood_limit)
+        passes[key] = mp
+    fidelity = tuple({n: tot / cnt for n, (tot, cnt) in sums[c].items()} for c in (False, True))
+    return passes, fidelity, cascade_q
 
 
 def cascade(sc, cal, labels, t_dec, key: str) -> tuple[dict, np.ndarray]:
-    """The cascade on the deployed model ``key`` (INT8, FP32 if none): its decision, except inside the band or
-    out of distribution, where the teacher's is used (the labels when it cannot decide) -> (its row, the
-    fallback frames)."""
+    """The cascade on the deployed model ``key`` (INT8, FP32 if none; ``sc`` its ModelPass): its decision, except
+    inside the band or out of distribution, where the teacher's is used (the labels when it cannot decide) ->
+    (its row, the fallback frames)."""
     thr, (lo, hi) = cal.threshold, cal.band
     in_band = (sc.scores >= lo) & (sc.scores <= hi)
     ood = sc.mean_nn > cal.ood_limit
@@ -184,34 +279,6 @@ def cascade(sc, cal, labels, t_dec, key: str) -> tuple[dict, np.ndarray]:
         out_agree = (sc.scores[~fb] >= thr) == t_dec[~fb]
         row["student_agreement_outside_band"] = float(out_agree.mean()) if out_agree.size else None
     return row, fb
-
-
-def quality_rows(test, t_scores, t_maps, t_dec, t_thr, curves: dict, thr: float, fallback: np.ndarray,
-                 cascade_key: str) -> dict:
-    """runtime.quality rows (per product and mean) for the teacher, each student model and the cascade, on
-    the same images: what `lineside bench quality` sets beside the reference detectors. The cascade's score
-    is the student's outside the fallback frames and, on them, the teacher's in the student's units (its
-    score times the student's threshold over the teacher's), so its AUROC ranks what the line acts on."""
-    from runtime.quality import quality_row
-
-    recs = test.records
-    cols = dict(products=[r.product for r in recs], labels=[int(r.is_defect) for r in recs],
-                defect_types=[r.defect_type for r in recs], masks=list(test.masks))
-    rows = {}
-    if t_scores is not None:
-        rows["teacher"] = quality_row(**cols, scores=list(t_scores), maps=t_maps, decisions=[int(d) for d in t_dec])
-    for key, (sc, _) in curves.items():
-        rows[f"student {key}"] = quality_row(**cols, scores=list(sc.scores), maps=list(sc.maps),
-                                             decisions=[int(s >= thr) for s in sc.scores])
-    sc = curves[cascade_key][0]
-    if t_scores is not None:
-        k = thr / t_thr if t_thr else 1.0
-        scores = np.where(fallback, t_scores * k, sc.scores)
-        maps = [t_maps[i] * k if fallback[i] else sc.maps[i] for i in range(len(recs))]
-        dec = np.where(fallback, t_dec, sc.scores >= thr)
-        rows["cascade"] = quality_row(**cols, scores=list(scores), maps=maps, decisions=[int(d) for d in dec])
-        rows["cascade"]["fallback_rate"] = float(fallback.mean())
-    return rows
 
 
 def report_warnings(res: dict) -> list[str]:
@@ -230,7 +297,7 @@ def report_warnings(res: dict) -> list[str]:
 def write_report(res: dict, out_dir: str | Path) -> Path:
     from runtime.plots import overlay, plot_bars, plot_curves, plot_histogram
     from runtime import report as R
-    from runtime.metrics import pro_curve, roc_curve
+    from runtime.metrics import roc_curve
 
     out = Path(out_dir)
     # res["student"] holds the per-backend figures once evaluated; the student's name is kept apart
@@ -267,28 +334,27 @@ def write_report(res: dict, out_dir: str | Path) -> Path:
             rep.decisions(qrow, row_name)
         rocs, pros = {}, {}
         labels = test.labels
-        series = {k: (v[0].scores, v[0].maps) for k, v in plots["curves"].items()}
-        if plots["teacher"][0] is not None:
+        series = dict(plots["curves"])
+        if plots["teacher"] is not None:
             series["teacher"] = plots["teacher"]
-        for k, (scores, maps) in series.items():
+        for k, mp in series.items():
             if 0 < labels.sum() < len(labels):
-                fpr, tpr, _ = roc_curve(labels, scores)
+                fpr, tpr, _ = roc_curve(labels, mp.scores)
                 rocs[k] = (fpr, tpr)
-            if test.masks.any():
-                pf, pp, _ = pro_curve(list(test.masks), list(maps))
-                pros[k] = (pf, pp)
+            if test.masks.any() and mp.pro is not None:
+                pros[k] = mp.pro
         if rocs:
             rep.figure(plot_curves(rep.path("roc.png"), rocs, xlabel="FPR", ylabel="TPR", diagonal=True), "image ROC")
         if pros:
             rep.figure(plot_curves(rep.path("pro.png"), pros, xlabel="FPR", ylabel="PRO", xlim=(0, 0.3)), "PRO")
-        sc = plots["curves"][res["cascade"]["student"]][0]
+        sc = plots["curves"][res["cascade"]["student"]]
         rep.figure(plot_histogram(rep.path("scores.png"), {"good": sc.scores[labels == 0], "defect": sc.scores[labels == 1]},
                                   xlabel="student score", vlines={"threshold": res["calibration"]["threshold"],
                                                                     "band lo": res["calibration"]["band"][0],
                                                                     "band hi": res["calibration"]["band"][1]}),
                    "student scores")
-        for i in list(np.flatnonzero(labels == 1)[:3]) + list(np.flatnonzero(labels == 0)[:1]):
-            rep.image(overlay(test.images[i], sc.maps[i], gt_mask=test.masks[i],
+        for i in _shown(labels):
+            rep.image(overlay(test.images[i], sc.shown[int(i)], gt_mask=test.masks[i],
                               text=f"score {sc.scores[i]:.3g}"), caption=test.records[i].image)
         rep.section("Cascade", "INT8 student; inside the band or out of distribution the teacher decides.")
         rep.metrics(res["cascade"])

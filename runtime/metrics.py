@@ -558,16 +558,19 @@ class PixelAccumulator:
         fpr = np.r_[0.0, self._descending(self.good) / n_neg]
         return float(np.trapezoid(tpr, fpr))
 
-    def pro_curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(fpr, pro, thresholds) at the bin edges, from (0, 0) at +inf, as ``pro_curve``."""
+    def pro_curve(self, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fpr, pro, thresholds) at the edges of the non-empty bins, from (0, 0) at +inf, as ``pro_curve``;
+        ``max_points`` thins it for plotting."""
         n_good = self.good.sum()
         if self.n_regions == 0 or n_good == 0:
             raise ValueError(f"PRO needs defect regions and good pixels: {self.n_regions} regions, "
                              f"{int(n_good)} good pixels")
-        fpr = np.r_[0.0, self._descending(self.good) / n_good]
-        pro = np.r_[0.0, np.minimum(self._descending(self.region) / self.n_regions, 1.0)]
-        thr = np.r_[np.inf, self._edges_desc()]
-        return fpr, pro, thr
+        keep = ((self.defect + self.good) > 0)[::-1]
+        fpr = np.r_[0.0, (self._descending(self.good) / n_good)[keep]]
+        pro = np.r_[0.0, np.minimum(self._descending(self.region) / self.n_regions, 1.0)[keep]]
+        thr = np.r_[np.inf, self._edges_desc()[keep]]
+        keep = _thin(fpr.size, max_points)
+        return fpr[keep], pro[keep], thr[keep]
 
     def au_pro(self, fpr_limit: float = FPR_LIMIT) -> float:
         if not 0.0 < fpr_limit <= 1.0:
@@ -634,16 +637,18 @@ class PixelAccumulator:
 
 class StreamingMetrics:
     """``compute_all`` one image at a time, in memory that does not grow with the maps: image scores and labels
-    are kept (two floats an image), the maps go into a ``PixelAccumulator`` (pixel AUROC/AP/F1 and AU-PRO from
-    its histograms) and, when ``pixel_threshold`` is given, each map's segmentation counts and boxes at it are
-    taken as it arrives (exact: iou, dice and box mAP as ``compute_all``). Without one, iou and dice are at the
-    pixel F1-max threshold (a bin edge: counts exact there) and the box mAP, which needs every map at a threshold
-    known only at the end, is left out. ``result()`` also says ``pixel_method``, ``pixel_auroc_bound`` and
-    ``au_pro_bound``."""
+    are kept (two floats an image), the maps go into a ``PixelAccumulator`` (``relative`` bins: pixel
+    AUROC/AP/F1 and AU-PRO from its histograms) and, when ``pixel_threshold`` is given, each map's
+    segmentation counts and boxes at it are taken as it arrives (exact: iou, dice and box mAP as
+    ``compute_all``). Without one, iou and dice are at the pixel F1-max threshold as in ``compute_all`` (a bin
+    edge: the counts are exact there), and the box mAP, which would need every map at a threshold known only
+    at the end, is taken at ``box_threshold`` instead (said as ``box_threshold``; left out without one).
+    ``result()`` also says ``pixel_method``, ``pixel_auroc_bound`` and ``au_pro_bound``."""
 
     def __init__(self, threshold: float | None = None, pixel_threshold: float | None = None,
-                 fpr_limit: float = FPR_LIMIT, bins: int = HIST_BINS):
+                 fpr_limit: float = FPR_LIMIT, bins: int = HIST_BINS, box_threshold: float | None = None):
         self.threshold, self.pixel_threshold, self.fpr_limit = threshold, pixel_threshold, fpr_limit
+        self.box_threshold = pixel_threshold if pixel_threshold is not None else box_threshold
         self.labels: list[bool] = []
         self.scores: list[float] = []
         self.pixels = PixelAccumulator(bins, relative=True)
@@ -657,12 +662,13 @@ class StreamingMetrics:
         if mask is None or anomaly_map is None:
             return
         self.pixels.add(mask, anomaly_map)
+        m = np.asarray(mask).astype(bool)
         if self.pixel_threshold is not None:
-            m = np.asarray(mask).astype(bool)
             pred = np.asarray(anomaly_map) >= self.pixel_threshold
             self.seg += (np.logical_and(pred, m).sum(), pred.sum(), m.sum())
+        if self.box_threshold is not None:
             self.gt_boxes.append(mask_boxes(m))
-            self.pred_boxes.append(map_boxes(anomaly_map, self.pixel_threshold))
+            self.pred_boxes.append(map_boxes(anomaly_map, self.box_threshold))
 
     def result(self) -> dict:
         y, s = _flat_labels_scores(self.labels, self.scores)
@@ -694,7 +700,9 @@ class StreamingMetrics:
             return out
         out["iou"] = 1.0 if n_pred + n_gt - inter == 0 else float(inter / (n_pred + n_gt - inter))
         out["dice"] = 1.0 if n_pred + n_gt == 0 else float(2 * inter / (n_pred + n_gt))
-        if self.pixel_threshold is not None and n_gt:
+        if self.box_threshold is not None and n_pos:
+            if self.pixel_threshold is None:
+                out["box_threshold"] = float(self.box_threshold)
             out.update({f"box_{k}": v for k, v in box_map(self.gt_boxes, [b for b, _ in self.pred_boxes],
                                                             [c for _, c in self.pred_boxes]).items()})
         return out

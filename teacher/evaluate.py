@@ -174,9 +174,8 @@ def evaluate_split(pipe, ds, records, batch_size: int, n_cases: int = N_CASES) -
     curves = None
     if acc.pixels.defect.sum() and acc.pixels.good.sum():
         fpr, tpr, _ = acc.pixels.roc_curve(max_points=2000)
-        pf, pro, _ = acc.pixels.pro_curve()
-        keep = np.unique(np.round(np.linspace(0, pf.size - 1, 2000)).astype(int))
-        curves = ((fpr, tpr), (pf[keep], pro[keep]))
+        pf, pro, _ = acc.pixels.pro_curve(max_points=2000)
+        curves = ((fpr, tpr), (pf, pro))
     return EvalRun(acc.metrics(), quality.row(), np.asarray(acc.y), np.asarray(acc.s, float),
                    {k: v / n for k, v in stage_sums.items()}, curves,
                    {"worst": [c for *_, c in sorted(worst, reverse=True)],

@@ -407,6 +407,11 @@ def test_streaming_metrics_match_compute_all(pixel_threshold):
     assert got["iou"] == pytest.approx(ref["iou"], abs=1e-12) and got["dice"] == pytest.approx(ref["dice"], abs=1e-12)
     if pixel_threshold is None:
         assert "box_map@0.5" not in got  # needs every map at a threshold known only at the end
+        boxed = M.StreamingMetrics(box_threshold=0.6)  # ... or a threshold known up front
+        for lab, sc, m, a in zip(labels, scores, masks, maps):
+            boxed.add(lab, sc, m, a)
+        assert boxed.result()["box_map@0.5"] == M.box_map_from_maps(masks, maps, 0.6)["map@0.5"]
+        assert boxed.result()["box_threshold"] == 0.6
     else:
         assert got["box_map@0.5"] == ref["box_map@0.5"] and got["box_map@0.75"] == ref["box_map@0.75"]
     assert got["pixel_method"] == "histogram, 65536 bins, relative (float32 keys)"
