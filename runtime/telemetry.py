@@ -32,9 +32,18 @@ class Telemetry:
                                 ["decision", "decided_by", "status"], registry=r)
         self.drops = Counter("lineside_drops", "frames not judged", ["reason"], registry=r)
         self.errors = Counter("lineside_input_errors", "refused inputs by the field that was wrong", ["field"], registry=r)
+        # ZeroMQ's socket monitor reports a connection's end alike whether the client closed it (a `lineside send`
+        # that finished) or ZeroMQ dropped the peer for a message part over limits.max_message_bytes: the one
+        # counter counts both; what the monitor does tell apart (a handshake refused) is counted by reason.
         self.disconnects = Counter("lineside_ingress_disconnects",
-                                   "ingress peers disconnected by ZeroMQ (oversize message, protocol error, gone)",
-                                   registry=r)
+                                   "ingress connections that ended: a client that closed, or a peer ZeroMQ dropped "
+                                   "(a message part over limits.max_message_bytes, a refused handshake); ZeroMQ does "
+                                   "not say which", registry=r)
+        self.handshake_failures = Counter("lineside_ingress_handshake_failures",
+                                          "ingress peers ZeroMQ refused before their first message: protocol (not "
+                                          "ZMTP, wrong security mechanism or CURVE key), auth (refused by the "
+                                          "authenticator), incomplete (closed or reset mid-handshake: a TCP probe)",
+                                          ["reason"], registry=r)
         self.duplicates = Counter("lineside_duplicate_frames", "accepted frames whose (camera_id, frame_id) a recent "
                                   "frame already had (judged again; the ack says duplicate)", registry=r)
         self.fallback = Counter("lineside_fallback", "frames sent to the teacher, by outcome", ["outcome"], registry=r)

@@ -26,7 +26,7 @@ from runtime.daemon.config import ROLES, Config
 from runtime.daemon.control import Control
 from runtime.curve import start_authenticator
 from runtime.engine import Engine
-from runtime.daemon.ingress import Ingress
+from runtime.daemon.ingress import HANDSHAKE_FAILURES, Ingress
 from runtime.daemon.journal import Journal
 from runtime.daemon.judge import EngineHolder, InOrder, Judge
 from runtime.daemon.threads import MathThreadLimit
@@ -220,6 +220,8 @@ class Daemon:
                 "drops": self.tm.value("lineside_drops_total", reason="queue_full"),
                 "rate_limited": self.tm.value("lineside_drops_total", reason="rate"),
                 "ingress_disconnects": self.tm.value("lineside_ingress_disconnects_total"),
+                "ingress_handshake_failures": {r: self.tm.value("lineside_ingress_handshake_failures_total", reason=r)
+                                               for r in HANDSHAKE_FAILURES.values()},
                 "teacher": self.cascade.status() if self.cascade else None, "endpoints": self.endpoints,
                 "recovered": self.recovered, "journal": self.cfg.journal.path}
 

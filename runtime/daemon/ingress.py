@@ -6,8 +6,10 @@ payload), journal the accepted frames in one transaction, then queue them and se
 acknowledged frame is always in the journal. Bad input gets an error reply naming the field and an
 error verdict on the PUB socket; the loop keeps serving. A payload over ``limits.max_frame_bytes`` is
 such bad input (refused, its size named). Beyond ``limits.max_message_bytes`` (ZMQ_MAXMSGSIZE, set
-higher) ZeroMQ drops the peer before we ever see the message: that bounds the memory one message takes,
-and a socket monitor counts those disconnects.
+higher) ZeroMQ drops the peer before we ever see the message: that bounds the memory one message takes.
+A socket monitor counts every connection that ends (``lineside_ingress_disconnects``: ZeroMQ reports a client
+that closed and a peer it dropped for an oversize message alike, so the count is of both) and, by reason, every
+peer ZeroMQ refused at the handshake (``lineside_ingress_handshake_failures``: those it does tell apart).
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ BATCH_MAX = 64  # messages drained per journal transaction
 SENDER_TABLE_MAX = 4096  # token buckets kept; the oldest are forgotten
 RECENT_IDS_MAX = 65536  # (camera_id, frame_id) pairs remembered to notice a reused id; the oldest are forgotten
 RATE_VERDICT_INTERVAL_S = 1.0  # at most one "rate" error verdict per sender per interval; the rest are counted
+# the monitor events of a handshake ZeroMQ refused, by the reason lineside_ingress_handshake_failures names
+HANDSHAKE_FAILURES = {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol", zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",
+                      zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "incomplete"}
 
 
 class TokenBucket:
@@ -67,7 +72,10 @@ class Ingress(threading.Thread):
         check_bind_policy(cfg.sockets.ingress, bool(sec.ingress_secret), sec.insecure, "ingress")
         s.bind(cfg.sockets.ingress)
         self.endpoint = s.last_endpoint.decode()
-        self.monitor = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        events = zmq.EVENT_DISCONNECTED
+        for ev in HANDSHAKE_FAILURES:
+            events |= ev
+        self.monitor = s.get_monitor_socket(events)
         self.buckets: dict[bytes, TokenBucket] = {}
         self.recent: OrderedDict[tuple[str, str], None] = OrderedDict()
 
@@ -99,9 +107,15 @@ class Ingress(threading.Thread):
                 ev = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if ev["event"] == zmq.EVENT_DISCONNECTED:
+            fields = {"endpoint": ev["endpoint"].decode(errors="replace")}
+            if ev["event"] == zmq.EVENT_DISCONNECTED:  # a client that closed, or one ZeroMQ dropped: it says not which
                 self.tm.disconnects.inc()
-                log.info("ingress peer disconnected", extra={"fields": {"endpoint": ev["endpoint"].decode(errors="replace")}})
+                log.info("ingress connection ended", extra={"fields": fields})
+            elif ev["event"] in HANDSHAKE_FAILURES:
+                reason = HANDSHAKE_FAILURES[ev["event"]]
+                self.tm.handshake_failures.labels(reason=reason).inc()
+                log.warning("ingress handshake refused", extra={"fields": {**fields, "reason": reason,
+                                                                            "code": ev["value"]}})
 
     def _batch(self, journal: Journal) -> None:
         accepted: list[tuple[list[bytes], FrameJob, list[bytes]]] = []

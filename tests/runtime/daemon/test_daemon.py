@@ -264,6 +264,40 @@ def test_oversize_message_disconnects_peer_daemon_keeps_serving(run_daemon):
     alive(c)
 
 
+def _eventually(cond, timeout_s: float = 3.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_clean_client_exit_is_no_refusal_a_peer_that_is_not_zeromq_is(run_daemon):
+    """A client that sends a good frame and closes ends a connection (ingress_disconnects: ZeroMQ's monitor
+    reports it as it reports an oversize drop, test above) and is no handshake failure; a plain TCP peer
+    writing HTTP at the ingress is refused at the handshake and counted so."""
+    import socket
+
+    from runtime.client import LinesideClient
+
+    d, c = run_daemon()
+    none = {"protocol": 0, "auth": 0, "incomplete": 0}
+    before = d.status()["ingress_disconnects"]
+    for i in range(3):
+        one = LinesideClient(d.endpoints["ingress"], context=c.ctx, timeout_s=5.0)
+        assert one.send(T.good(), frame_id=f"clean{i}")["kind"] == "status"
+        one.close()
+    assert _eventually(lambda: d.status()["ingress_disconnects"] >= before + 3)
+    assert d.status()["ingress_handshake_failures"] == none
+    host, port = d.endpoints["ingress"].removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2.0) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _eventually(lambda: sum(d.status()["ingress_handshake_failures"].values()) == 1)
+    assert d.tm.value("lineside_ingress_handshake_failures_total", reason="auth") == 0
+    alive(c)
+
+
 def test_flood_from_one_sender_is_limited_others_served(run_daemon):
     from runtime.client import LinesideClient, LinesideError
 
@@ -391,6 +425,8 @@ def test_curve_ingress_refuses_unauthorised_key(run_daemon, tmp_path):
         cl.close()
     got = c.collect(["ok1"], timeout_s=2.0)
     assert "ok1" in got and "intruder" not in got and "plain" not in got
+    refused = d.status()["ingress_handshake_failures"]  # the intruder by the authenticator, plain by its mechanism
+    assert refused["auth"] >= 1 and refused["protocol"] >= 1, refused
 
 
 def test_curve_on_verdicts_and_per_camera_topics(arts, tmp_path):
