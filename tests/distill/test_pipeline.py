@@ -81,7 +81,7 @@ def test_fit_writes_a_calibrated_run(pipeline):
 
 
 def test_targets_are_cached_once_per_run(pipeline):
-    # the line's images and, by default, one pseudo-defect per good train image (distill fit --pseudo-defects)
+    # the line's images and, by default, pseudo-defects planted on each good train image (distill fit --pseudo-defects)
     assert len(list((pipeline["run"] / "cache").glob("targets-*.safetensors"))) == 2
 
 

@@ -34,8 +34,8 @@ RECIPE_TRAIN_STEPS = 2000
 # ...and the student starts from ImageNet EfficientNet-Lite0 (`distill fit --student lite0`): on the same teacher
 # (2026-12-03) it kept the head's localisation (student FP32 AU-PRO 0.479, P-AUROC 0.758) where `s` lost it
 # (0.385, 0.704), at the same image ranking (I-AUROC 0.575 vs 0.588, inside the noise). It fits ~2x slower
-# than `s`, so the 10-minute demo keeps `s`. `distill fit` also plants one pseudo-defect per good train image by
-# default (distill/fit_options.py DEFAULT_PSEUDO_DEFECTS): on the same teacher that took this student to 0.647 / 0.501.
+# than `s`, so the 10-minute demo keeps `s`. `distill fit` also plants pseudo-defects on each good train image by
+# default (distill/fit_options.py DEFAULT_PSEUDO_DEFECTS, which says what each count measured).
 RECIPE_STUDENT = "lite0"
 REFERENCE_ROWS = {"pixels": "PatchCore, raw 8×8 pixels", "random_cnn": "PatchCore, random-init EfficientNet-Lite0",
                   "effnet": "PatchCore, ImageNet EfficientNet-Lite0"}
