@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 
 from distill.int8.guard import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT, DEFAULT_MIN_COSINE
+# torch-free at import (distill/int8 imports torch, ONNX and NNCF in the functions that use them): --help and a bad
+# path (checked by the dispatcher before run) cost numpy only
 from distill.int8.quantize import DEFAULT_CALIB_SIZE, DEFAULT_VAL_SIZE, MAX_CALIB_SIZE, METHODS, quantize_run
-from runtime.cli.dispatch import print_json
+from runtime.cli.dispatch import dataset_path, input_dir, print_json
 
 
 def configure(p) -> None:
-    p.add_argument("run", help="run directory written by distill fit")
-    p.add_argument("--data", required=True, help="dataset manifest.jsonl (train: calibration, val: guard)")
+    p.add_argument("run", type=input_dir, help="run directory written by distill fit")
+    p.add_argument("--data", type=dataset_path, required=True,
+                   help="dataset manifest.jsonl (train: calibration, val: guard)")
     p.add_argument("--method", choices=(*METHODS, "both"), default="both",
                    help="INT8 toolchain: NNCF (OpenVINO), ONNX Runtime static, or both")
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="points of image AUROC / AU-PRO")

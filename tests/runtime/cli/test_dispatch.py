@@ -170,7 +170,7 @@ def test_help_does_not_import_torch():
     import json
 
     lines = _every_command_line()
-    assert {"finetune", "bank", "baselines", "fit"} <= {line[1] for line in lines}
+    assert {"finetune", "bank", "baselines", "fit", "quantize"} <= {line[1] for line in lines}
     code = ("import contextlib, io, json, sys\n"
             "import distill.cli, runtime.cli, teacher.cli\n"
             "mains = {'lineside': runtime.cli.main, 'teacher': teacher.cli.main, 'distill': distill.cli.main}\n"
@@ -229,6 +229,10 @@ def _bad_path_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["distill", "eval", c, "--teacher", f], f),
         (["distill", "eval", c, "--data", nope], nope),
         (["distill", "retarget", f, "--size", "64", "--out", str(tmp / "o")], f),
+        (["distill", "quantize", nope, "--data", d], nope),
+        (["distill", "quantize", f, "--data", d], f),
+        (["distill", "quantize", c, "--data", nope], nope),
+        (["distill", "quantize", c, "--data", e], e),
     ]
 
 
