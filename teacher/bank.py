@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K, DEFAULT_SCORE_TOPK
+from teacher.bank_defaults import (BUDGET_FRACTION, BUDGET_MAX, BUDGET_MIN, DEFAULT_BATCH_SIZE, DEFAULT_MERGE,
+                                   MERGES)
 from teacher.coreset import covering_radius, greedy_coreset
 
 BANK_LEVELS = ("s8", "s16")
-BUDGET_FRACTION = 0.1  # PatchCore keeps 1-10 % of the patch vectors
-BUDGET_MIN, BUDGET_MAX = 1024, 16384  # default budget = clip(10 % of N, 1024, 16384)
 GOOD_PERCENTILE = 99.0
 GOOD_MARGIN = 1.05
 BANK_FILE = "bank.npy"
@@ -117,7 +117,7 @@ def embedding_recipe() -> dict:
 
 
 @torch.no_grad()
-def embed_images(teacher, images, batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
+def embed_images(teacher, images, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> list[np.ndarray]:
     """uint8 RGB images (any size; a list or a LazyImages) -> list of (1, D, h, w) float32 patch embeddings."""
     from teacher.model import to_teacher_batch
 
@@ -131,7 +131,7 @@ def embed_images(teacher, images, batch_size: int = 8, seed: int = 0) -> list[np
 
 
 @torch.no_grad()
-def embed_flat(teacher, images, batch_size: int = 8, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+def embed_flat(teacher, images, batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
     """Images -> ((n·h·w, D) float32 patch vectors, image after image, each row-major over its (h, w) grid;
     (h, w)). Built batch by batch into one preallocated array: the only copy of the set."""
     from teacher.model import to_teacher_batch
@@ -238,12 +238,10 @@ def calibrate_threshold(good_scores: np.ndarray, defect_scores: np.ndarray | Non
     return float(thr), (float(thr - half), float(thr + half)), method
 
 
-MERGES = ("features", "coresets")
-
-
 def fit_bank(teacher, train_images, val_good=None, val_defect=None, *, budget: int | None = None, seed: int = 0,
              k: int = DEFAULT_K, blur_sigma_px: float = DEFAULT_BLUR_SIGMA_PX, min_region_px: int = 16,
-             batch_size: int = 8, log=None, comm: Comm | None = None, merge: str = "features") -> MemoryBank | None:
+             batch_size: int = DEFAULT_BATCH_SIZE, log=None, comm: Comm | None = None,
+             merge: str = DEFAULT_MERGE) -> MemoryBank | None:
     """Build and calibrate a bank from good training images; val images (good / defect) calibrate.
     Images: lists of uint8 RGB arrays or LazyImages.
 

@@ -10,43 +10,25 @@ from pathlib import Path
 
 from runtime.cli.dispatch import dataset_path, input_dir, print_json
 from runtime.progress import command_log
-from runtime.scoring import DEFAULT_BLUR_SIGMA_PX
-
-
-def _bank_constants(*names: str) -> tuple:
-    """teacher/bank.py's module-level constants ``names``, read from its source, not imported: that module imports
-    torch at its top, which `teacher bank --help` must not pay for (the figures stay written once, there)."""
-    import ast
-    import importlib.util
-
-    found = {}
-    for node in ast.parse(Path(importlib.util.find_spec("teacher.bank").origin).read_text()).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-            if isinstance(target, ast.Name):
-                found[target.id] = value
-            elif isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):  # A, B = 1, 2
-                found.update((t.id, v) for t, v in zip(target.elts, value.elts) if isinstance(t, ast.Name))
-    return tuple(ast.literal_eval(found[n]) for n in names)
+from runtime.scoring import DEFAULT_BLUR_SIGMA_PX, DEFAULT_K
+from teacher.bank_defaults import BUDGET_FRACTION, BUDGET_MAX, BUDGET_MIN, DEFAULT_BATCH_SIZE, DEFAULT_MERGE, MERGES
 
 
 def configure(p) -> None:
-    BUDGET_FRACTION, BUDGET_MAX, BUDGET_MIN, MERGES = _bank_constants("BUDGET_FRACTION", "BUDGET_MAX", "BUDGET_MIN",
-                                                                      "MERGES")
     p.add_argument("--checkpoint", type=input_dir, required=True, help="teacher checkpoint directory; the bank goes to CKPT/bank/")
     p.add_argument("--data", type=dataset_path, required=True,
                    help="dataset manifest.jsonl (train good images build the bank, val calibrates)")
     p.add_argument("--budget", type=int, default=None,
                    help=f"coreset size (bank vectors); default {round(BUDGET_FRACTION * 100)}%% of the patch vectors, "
                         f"clipped to [{BUDGET_MIN}, {BUDGET_MAX}]")
-    p.add_argument("--k", type=int, default=1, help="mean distance to the k nearest bank vectors")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="mean distance to the k nearest bank vectors")
     p.add_argument("--blur-sigma", type=float, default=DEFAULT_BLUR_SIGMA_PX, help="anomaly-map blur, px at image size")
     p.add_argument("--max-images", type=int, default=0, help="use at most this many train good images (0 = all)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--out", default=None, help="bank directory (default CKPT/bank)")
-    p.add_argument("--merge", choices=MERGES, default="features",
+    p.add_argument("--merge", choices=MERGES, default=DEFAULT_MERGE,
                    help="under torchrun: rank 0 runs the coreset on every rank's patch vectors (features: the "
                         "one-process bank) or on the union of the ranks' own coresets (coresets: rank 0's memory "
                         "bounded by world x budget); see fit_bank")

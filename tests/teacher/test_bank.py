@@ -203,9 +203,22 @@ def test_greedy_coreset_memory_does_not_grow_with_the_budget():
     assert large - small < 16 << 20, (small, large)
 
 
-def test_bank_help_reads_the_bank_constants_from_their_source():
-    import teacher.bank as bank
-    from teacher.commands.bank import _bank_constants
+def test_bank_flags_default_to_what_fit_bank_takes_and_help_states_the_budget_rule():
+    """The command's defaults are the library's (one module holds them), and --budget's help states the rule
+    default_budget applies: 10 % of the patch vectors clipped to [1024, 16384], never more than there are."""
+    import argparse
+    import inspect
 
-    names = ("BUDGET_FRACTION", "BUDGET_MIN", "BUDGET_MAX", "MERGES")
-    assert _bank_constants(*names) == tuple(getattr(bank, n) for n in names)
+    from teacher.bank import default_budget, fit_bank
+    from teacher.commands.bank import configure
+
+    p = argparse.ArgumentParser()
+    configure(p)
+    args = p.parse_args(["--checkpoint", "c", "--data", "d"])
+    sig = inspect.signature(fit_bank).parameters
+    for flag, param in (("k", "k"), ("blur_sigma", "blur_sigma_px"), ("batch_size", "batch_size"), ("merge", "merge"),
+                        ("seed", "seed"), ("budget", "budget")):
+        assert getattr(args, flag) == sig[param].default, flag
+    budget_help = next(a.help for a in p._actions if a.dest == "budget") % {}
+    assert "default 10% of the patch vectors, clipped to [1024, 16384]" in budget_help
+    assert [default_budget(n) for n in (500, 5000, 20000, 10**6)] == [500, 1024, 2000, 16384]
