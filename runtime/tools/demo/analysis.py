@@ -261,6 +261,84 @@ def sample_by_outcome(confusion: Mapping[str, str], per_kind: int) -> dict[str, 
     return out
 
 
+# Whether a verdict's regions and its map's peak fall on the ground truth (the overlays' captions). A box over
+# more than WIDE_BOX_SHARE of the frame "overlaps" any defect by its size alone, so it does not count as on it;
+# the peak may sit PEAK_TOLERANCE_PX off a thin mask (half a stride-8 feature cell at image size).
+WIDE_BOX_SHARE = 0.5
+PEAK_TOLERANCE_PX = 4
+
+
+def localisation(gt: np.ndarray, regions, anomaly_map: np.ndarray | None = None) -> dict:
+    """Where one frame's regions and map put the defect against its ground-truth mask (H, W) bool, regions with
+    .bbox (x0, y0, x1, y1, exclusive, image pixels), the map at the mask's size. -> {"regions", "on_defect" (a box
+    under WIDE_BOX_SHARE of the frame holds a ground-truth pixel), "wide_only" (only a wider box does),
+    "box_share" (the widest box's share of the frame), "peak_xy", "peak_on_defect"}; the last two None without a
+    map, and "on_defect" None on a frame without a defect."""
+    gt = np.asarray(gt, bool)
+    h, w = gt.shape
+    has_defect = bool(gt.any())
+    on, wide, share = False, False, 0.0
+    for r in regions or []:
+        x0, y0, x1, y1 = (int(v) for v in r.bbox)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        a = max(0, x1 - x0) * max(0, y1 - y0) / float(h * w)
+        share = max(share, a)
+        if has_defect and a > 0 and gt[y0:y1, x0:x1].any():
+            if a > WIDE_BOX_SHARE:
+                wide = True
+            else:
+                on = True
+    out = {"regions": len(regions or []), "on_defect": on if has_defect else None,
+           "wide_only": wide and not on, "box_share": share, "peak_xy": None, "peak_on_defect": None}
+    if anomaly_map is not None:
+        m = np.asarray(anomaly_map, np.float32)
+        py, px = (int(v) for v in np.unravel_index(int(np.nanargmax(m)), m.shape))
+        out["peak_xy"] = (px, py)
+        if has_defect:
+            ys, xs = np.nonzero(gt)
+            t = PEAK_TOLERANCE_PX
+            near = (np.abs(ys - py) <= t) & (np.abs(xs - px) <= t)
+            out["peak_on_defect"] = bool(near.any())
+    return out
+
+
+def localisation_words(loc: Mapping, who: str) -> str:
+    """One caption phrase for ``localisation``'s result: "<who> regions on the defect", "... miss the defect", ...,
+    and where the map peaks."""
+    n = loc["regions"]
+    if loc["on_defect"] is None:
+        words = f"{who}: {n} region{'s' if n != 1 else ''}"
+    elif not n:
+        words = f"{who}: no region"
+    elif loc["on_defect"]:
+        words = f"{who} region on the defect"
+    elif loc["wide_only"]:
+        words = (f"{who} regions miss the defect: only a box over {loc['box_share']:.0%} of the frame covers it")
+    else:
+        words = f"{who} regions miss the defect"
+    if loc["peak_xy"] is not None and loc["peak_on_defect"] is not None:
+        x, y = loc["peak_xy"]
+        words += f"; map peak at ({x}, {y}) {'on' if loc['peak_on_defect'] else 'off'} the defect"
+    return words
+
+
+def localisation_summary(records: Mapping[str, tuple], store, maps: Mapping) -> str:
+    """One sentence over every frame with a defect the edge called defect (a TP by score): on how many its
+    regions and its map's peak fall on the ground truth. records: frame id -> (image, gt_mask)."""
+    hits = [(f, localisation(gt, store.edge(f).regions, maps.get(f))) for f, (_, gt) in records.items()
+            if gt.any() and store.edge(f) is not None and store.edge(f).decision == "defect"]
+    if not hits:
+        return ""
+    n = len(hits)
+    on = sum(bool(loc["on_defect"]) for _, loc in hits)
+    text = f"Of the {n} defect frame{'s' if n != 1 else ''} the edge called defect, its regions fall on the defect in {on}"
+    peaks = [loc["peak_on_defect"] for _, loc in hits if loc["peak_on_defect"] is not None]
+    if peaks:
+        text += f", the student map's peak in {sum(peaks)} of {len(peaks)}"
+    return text + (" (a box over half the frame does not count: it overlaps any defect by its size alone)." if
+                   any(loc["wide_only"] for _, loc in hits) else ".")
+
+
 # ------------------------------------------------------------------------- sizes and speed
 
 def dir_bytes(path: Path, suffixes: tuple[str, ...] = (".safetensors", ".bin", ".pt", ".onnx", ".npy")) -> int:

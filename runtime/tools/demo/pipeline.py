@@ -387,6 +387,8 @@ def _write_report(out: Path, s, fig: dict, fr: LineFrames, store, maps: dict, t0
 
     picks = an.sample_by_outcome(fig["verdicts"].get("confusion", {}), s.overlays_per_kind)
     img_of = {fid: img for fid, img in fr.labelled}
-    panels = overlay_panels({f: (img_of[f], fr.masks[f]) for f in img_of}, picks, store, maps)
+    records = {f: (img_of[f], fr.masks[f]) for f in img_of}
+    panels = overlay_panels(records, picks, store, maps)
+    fig["localisation"] = an.localisation_summary(records, store, maps)
     fig["wall_s"] = time.perf_counter() - t0
     return write_report(out, fig, panels)

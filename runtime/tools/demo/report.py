@@ -125,8 +125,12 @@ def _curves(rep, fig: dict) -> None:
 
 
 def _frames(rep, fig: dict, overlays: list) -> None:
-    rep.section("Frames", "sampled true/false positives/negatives of the cascade's final decision; heat map: the "
-                "student's anomaly map; magenta: regions of the final verdict; green: ground truth")
+    rep.section("Frames", "sampled true/false positives/negatives of the cascade's final decision; each panel one "
+                "model's output: the student's anomaly map (heat map) with the edge verdict's regions (magenta), and "
+                "where the teacher decided, the teacher's regions beside it (its maps are not published); green: "
+                "ground truth. Each caption says whether the regions and the map's peak fall on the ground truth.")
+    if fig.get("localisation"):
+        rep.text(fig["localisation"], note=True)
     for name, img, cap in overlays:
         rep.image(img, cap, name=name)
 
@@ -220,7 +224,12 @@ def _steps(rep, fig: dict, out: Path) -> None:
 
 
 def overlay_panels(records: Mapping[str, tuple], picks: Mapping[str, list[str]], store, maps: Mapping) -> list:
-    """(file name, RGB overlay, caption) for the sampled frames. records: frame id -> (image, gt_mask)."""
+    """(file name, RGB overlay, caption) for the sampled frames. records: frame id -> (image, gt_mask).
+
+    Each panel draws one model's output only: the student's map with the edge verdict's regions (the map and the
+    boxes of the same model), and, where the teacher decided, the teacher's regions on a panel of their own (its
+    maps are not published). The caption says whether each model's regions and the map's peak fall on the ground
+    truth, so a TP by score whose region misses the defect says so."""
     out = []
     for kind, fids in picks.items():
         for fid in fids:
@@ -228,11 +237,29 @@ def overlay_panels(records: Mapping[str, tuple], picks: Mapping[str, list[str]],
             final = store.final(fid)
             edge = store.edge(fid)
             amap = maps.get(fid)
-            cap = (f"{kind} · {fid} · {final.decision} by {final.decided_by} · "
-                   f"edge score {edge.score:.3g}" + (" · in band" if edge.in_band else ""))
             gt_or_none = gt if gt.any() else None
-            left = overlay(img, gt_mask=gt_or_none)  # the frame with its ground truth
-            right = overlay(img, anomaly_map=amap, regions=final.regions, gt_mask=gt_or_none)
-            panel = np.concatenate([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right], axis=1)
-            out.append((f"frame_{kind}_{fid}.png", panel, cap))
+            words = [an.localisation_words(an.localisation(gt, edge.regions, amap), "edge")]
+            panels = [_titled(overlay(img, gt_mask=gt_or_none), "frame, ground truth"),
+                      _titled(overlay(img, anomaly_map=amap, regions=edge.regions, gt_mask=gt_or_none),
+                              "student (edge): map, regions" if amap is not None else "student (edge): regions")]
+            if final.decided_by != "edge":
+                words.append(an.localisation_words(an.localisation(gt, final.regions), final.decided_by))
+                panels.append(_titled(overlay(img, regions=final.regions, gt_mask=gt_or_none),
+                                      f"{final.decided_by}: regions (map not published)"))
+            cap = " · ".join([kind, fid, f"{final.decision} by {final.decided_by}",
+                              f"edge score {edge.score:.3g}" + (" (in band)" if edge.in_band else ""), *words])
+            gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+            row = [panels[0]]
+            for q in panels[1:]:
+                row += [gap, q]
+            out.append((f"frame_{kind}_{fid}.png", np.concatenate(row, axis=1), cap))
     return out
+
+
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """The panel under a white strip naming what it shows (above the frame, so no box label hides it)."""
+    import cv2
+
+    strip = np.full((16, panel.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, title, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)

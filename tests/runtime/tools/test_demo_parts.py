@@ -281,7 +281,9 @@ def test_report_written_from_figures(tmp_path):
                            "target_agreement": 0.995}, "teacher_preset": "tiny"}
     fig["table_sources"]["student INT8"] = {"image_auroc": 0.3, "source": "distill eval --json"}
     picks = an.sample_by_outcome(vfig["confusion"], 1)
-    panels = overlay_panels(imgs, picks, store, {f: rng.random((32, 32)).astype(np.float32) for f in ids})
+    maps = {f: rng.random((32, 32)).astype(np.float32) for f in ids}
+    panels = overlay_panels(imgs, picks, store, maps)
+    fig["localisation"] = an.localisation_summary(imgs, store, maps)
     index = write_report(tmp_path, fig, panels)
     html = index.read_text()
     for s in ("Teacher vs student vs cascade", "The line", "Curves", "Frames", "Latency", "Size and speed", "Steps",
@@ -289,6 +291,9 @@ def test_report_written_from_figures(tmp_path):
         assert s in html, s
     assert (tmp_path / "roc.png").stat().st_size > 1000
     assert (tmp_path / "frame_TP_d1.png").is_file()
+    # d1 (edge: defect, its box on the mask) is the one defect frame the edge called defect
+    assert fig["localisation"].startswith("Of the 1 defect frame the edge called defect, its regions fall on the defect in 1")
+    assert fig["localisation"] in html.replace("&#x27;", "'")
     # issue 14: what a report owes its reader
     assert "class='confusion'" in html and "escape rate" in html and "false-reject rate" in html
     assert "crack" in html and "stain" in html  # recall per defect type
@@ -296,6 +301,75 @@ def test_report_written_from_figures(tmp_path):
     assert "past its INT8 accuracy guard" in html and "student INT8: I-AUROC 0.300 is at or below chance" in html
     assert "agrees best with the reference decisions (teacher (both)) on the 12 val images" in html
     assert "tiny teacher (this demo&#x27;s) ms / image" in html and "speedup over the tiny teacher" in html
+
+
+def _magenta(panel: np.ndarray) -> np.ndarray:
+    from runtime.plots import BOX_COLOR_RGB
+
+    return (panel == np.array(BOX_COLOR_RGB, np.uint8)).all(axis=2)
+
+
+def test_overlays_draw_each_models_own_regions_and_say_whether_they_hit_the_defect():
+    """The quick demo's "TP" frame 0001-000025_grass_crack: the edge called it defect by score, but its only
+    regions were a whole-frame box and a corner box and the student map peaked at a corner, off the crack. The
+    caption must say so; and a frame the teacher decided must not draw the teacher's boxes on the student's map."""
+    from runtime.tools.demo.report import overlay_panels
+
+    size = 64
+    img = np.full((size, size, 3), 128, np.uint8)
+    gt = np.zeros((size, size), bool)
+    gt[20:40, 30:34] = True  # a thin vertical crack
+    corner = np.zeros((size, size), np.float32)
+    corner[-4:, -4:], corner[-1, -1] = 1.0, 2.0  # the map peaks at a corner, away from the crack
+    on_crack = np.zeros((size, size), np.float32)
+    on_crack[28:31, 31:33], on_crack[28, 31] = 1.0, 2.0
+    store = st.Collected()
+    # "wide": TP by score, regions = the whole frame + a corner box (as the quick demo's grass crack)
+    store.add(_v("wide", decision="defect", score=0.67, regions=[
+        Region(bbox=(0, 0, size, size), area=1500, label="anomaly", confidence=0.97),
+        Region(bbox=(0, 0, 9, 9), area=66, label="anomaly", confidence=0.55)]), 0.0)
+    # "cascade": the edge's box on the crack, then the teacher decided with a box in the opposite corner
+    store.add(_v("cascade", decision="good", score=0.45, pending=True, in_band=True,
+                 regions=[Region(bbox=(28, 18, 36, 42), area=80, label="anomaly", confidence=0.6)]), 0.0)
+    store.add(_v("cascade", decided_by="teacher", decision="defect", score=2.0,
+                 regions=[Region(bbox=(2, 2, 12, 12), area=60, label="crack", confidence=0.8)]), 0.0)
+    panels = overlay_panels({"wide": (img, gt), "cascade": (img, gt)}, {"TP": ["wide", "cascade"]}, store,
+                            {"wide": corner, "cascade": on_crack})
+    (_, wide, wide_cap), (_, casc, casc_cap) = panels
+    assert "edge regions miss the defect: only a box over 100% of the frame covers it" in wide_cap, wide_cap
+    assert "map peak at (63, 63) off the defect" in wide_cap, wide_cap
+    assert "edge region on the defect" in casc_cap and "map peak at (31, 28) on the defect" in casc_cap, casc_cap
+    assert "teacher regions miss the defect" in casc_cap, casc_cap
+
+    # the cascade frame: frame | student map with the edge's box | the teacher's box, each titled above the frame
+    title, scale, gap = 16, 4, 4  # overlay enlarges 64 px frames 4x (min_side 256)
+    side = size * scale
+    assert casc.shape == (title + side, 3 * side + 2 * gap, 3) and wide.shape[1] == 2 * side + gap
+    student = _magenta(casc[title:, side + gap: 2 * side + gap])
+    teacher = _magenta(casc[title:, 2 * side + 2 * gap:])
+    assert student[18 * scale: 42 * scale, 28 * scale: 36 * scale].any()  # the edge's box, on the student's map
+    assert not student[: 14 * scale, : 14 * scale].any()  # not the teacher's
+    assert teacher[2 * scale: 12 * scale, 2 * scale: 12 * scale].any()
+
+
+def test_localisation_counts_no_box_that_covers_the_frame():
+    gt = np.zeros((32, 32), bool)
+    gt[10:12, 10:20] = True  # rows 10..11
+    box = lambda *b: Region(bbox=b, area=1, label="anomaly", confidence=1.0)  # noqa: E731
+    assert an.localisation(gt, [box(8, 8, 22, 14)])["on_defect"] is True
+    wide = an.localisation(gt, [box(0, 0, 32, 32), box(25, 25, 32, 32)])
+    assert wide["on_defect"] is False and wide["wide_only"] and wide["box_share"] == 1.0
+    assert an.localisation(gt, [box(25, 25, 32, 32)]) | {"box_share": 0} == {
+        "regions": 1, "on_defect": False, "wide_only": False, "box_share": 0, "peak_xy": None, "peak_on_defect": None}
+    good = an.localisation(np.zeros((32, 32), bool), [box(0, 0, 4, 4)], np.ones((32, 32), np.float32))
+    assert good["on_defect"] is None and good["peak_on_defect"] is None and good["peak_xy"] == (0, 0)
+    # the map's peak may sit PEAK_TOLERANCE_PX off a thin mask
+    m = np.zeros((32, 32), np.float32)
+    m[11 + an.PEAK_TOLERANCE_PX, 15] = 1.0
+    assert an.localisation(gt, [], m)["peak_on_defect"] is True
+    m[:] = 0
+    m[11 + an.PEAK_TOLERANCE_PX + 1, 15] = 1.0
+    assert an.localisation(gt, [], m)["peak_on_defect"] is False
 
 
 def test_bench_targets_from_report():
