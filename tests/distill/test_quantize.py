@@ -27,12 +27,27 @@ def tiny_run(tmp_path_factory):
     return run, data
 
 
+def _count_reads(monkeypatch, split: str) -> list[str]:
+    """The images of ``split`` decoded from now on (Dataset.read_image wrapped), in order."""
+    from runtime.contracts.dataset import Dataset
+
+    decoded: list[str] = []
+    real_read = Dataset.read_image
+
+    def counting_read(self, rec):
+        if rec.split == split:
+            decoded.append(rec.image)
+        return real_read(self, rec)
+
+    monkeypatch.setattr(Dataset, "read_image", counting_read)
+    return decoded
+
+
 def _quantize_counting(monkeypatch, run, data, calib_size):
     """-> (report, images each quantize_static call was fed, train images decoded)."""
     import onnxruntime.quantization as oq
 
     from distill.int8.quantize import quantize_run
-    from runtime.contracts.dataset import Dataset
 
     fed: list[np.ndarray] = []
     real_static = oq.quantize_static
@@ -56,16 +71,8 @@ def _quantize_counting(monkeypatch, run, data, calib_size):
         fed.append(np.stack(c.seen))
         return out
 
-    decoded = []
-    real_read = Dataset.read_image
-
-    def counting_read(self, rec):
-        if rec.split == "train":
-            decoded.append(rec.image)
-        return real_read(self, rec)
-
     monkeypatch.setattr(oq, "quantize_static", counting_static)
-    monkeypatch.setattr(Dataset, "read_image", counting_read)
+    decoded = _count_reads(monkeypatch, "train")
     with contextlib.redirect_stderr(io.StringIO()):
         rep = quantize_run(run, str(data), methods=("ort",), force=True, calib_size=calib_size)
     return rep, fed, decoded
@@ -122,24 +129,18 @@ def test_bounded_sample_is_seeded_stratified_and_whole_below_the_bound():
 
 def test_at_most_val_size_val_images_reach_the_guard(tiny_run, monkeypatch):
     import distill.int8.quantize as Q
-    from runtime.contracts.dataset import Dataset
 
     run, data = tiny_run
     n_val = sum(SPLITS["val"])
-    seen, decoded = [], []
-    real_eval, real_read = Q.evaluate, Dataset.read_image
+    seen = []
+    real_eval = Q.evaluate
 
     def counting_eval(runner, inputs, labels, *a, **kw):
         seen.append((len(inputs), int(np.sum(labels))))
         return real_eval(runner, inputs, labels, *a, **kw)
 
-    def counting_read(self, rec):
-        if rec.split == "val":
-            decoded.append(rec.image)
-        return real_read(self, rec)
-
     monkeypatch.setattr(Q, "evaluate", counting_eval)
-    monkeypatch.setattr(Dataset, "read_image", counting_read)
+    decoded = _count_reads(monkeypatch, "val")
     bound = 2
     assert bound < n_val
     with contextlib.redirect_stderr(io.StringIO()):
