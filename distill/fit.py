@@ -334,7 +334,7 @@ def train_student(model, o: FitOptions, train, val, tr_t, va_t, tr_h, mask_t, pr
                        augment=o.augment, jitter=o.jitter, mse_weight=o.mse_weight, metrics_path=metrics_path,
                        head_targets=tr_h, head_kinds=HEAD_KINDS, progress=progress and rank == 0,
                        mask_targets=mask_t, mask_weight=o.mask_weight,
-                       pretrained_lr_scale=o.pretrained_lr_scale if init else 1.0,
+                       pretrained_lr_scale=o.pretrained_lr_scale if init else 1.0, ema_decay=o.ema_decay,
                        val=(val.student_inputs(pre.mean, pre.std), va_t) if o.early_stop else None,
                        ddp=world > 1)
 
@@ -427,7 +427,7 @@ def run_config(o: FitOptions, teacher, ds, spec, pre, recipe, share, head_specs,
                   **({"targets_streamed": True} if train["targets_streamed"] else {}), **train["ddp"],
                   "early_stop": o.early_stop, "best_step": train["best_step"], "init": train["init"] or "random",
                   "pseudo_defects": o.pseudo_defects, "mask_weight": o.mask_weight if train["mask_on"] else 0.0,
-                  "pretrained_lr_scale": o.pretrained_lr_scale if train["init"] else 1.0},
+                  "pretrained_lr_scale": o.pretrained_lr_scale if train["init"] else 1.0, "ema_decay": o.ema_decay},
         "scoring": scoring.to_dict(), "bank": bank_info, "calibration": cal,
         "fidelity": fidelity, "val_metrics": val_metrics, "n_params": n_params,
         "options": o.to_dict(),

@@ -34,6 +34,8 @@ DEFAULT_PSEUDO_DEFECTS = 3
 # weight 1 against 0 lifted AU-PRO 0.504 -> 0.543 (FP32), 0.509 -> 0.540 (INT8 ORT), 0.509 -> 0.542 (OpenVINO),
 # and escapes 0.78 -> 0.70 (FP32); I-AUROC moved inside its noise (0.671 -> 0.678 FP32, 0.650 -> 0.636 ORT).
 DEFAULT_MASK_WEIGHT = 1.0
+# Off until measured: a moving average of the student's weights (distill/trainer.py _ema).
+DEFAULT_EMA_DECAY = 0.0
 
 
 def _opt(default=MISSING, help: str | None = None, **flag):
@@ -90,6 +92,9 @@ class FitOptions:
                             negate=True)
     pretrained_lr_scale: float = _opt(1.0, "learning rate of the backbone's pretrained (ImageNet) weights "
                                            "relative to --lr", type=non_negative_float, metavar="F")
+    ema_decay: float = _opt(
+        DEFAULT_EMA_DECAY, "validate, keep and export an exponential moving average of the weights with this decay "
+                           "(0: the weights of the step itself)", type=fraction, metavar="D")
     early_stop: bool = _opt(True, "keep the last weights instead of those with the best held-out (val) cosine",
                             negate=True)
 

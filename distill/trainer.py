@@ -34,7 +34,7 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
                 head_targets: dict[str, torch.Tensor] | None = None, head_kinds: dict[str, str] | None = None,
                 kd_temperature: float = 2.0, kd_weight: float = 1.0,
                 mask_targets: torch.Tensor | None = None, mask_weight: float = 0.0, mask_output: str = "defect_map",
-                pretrained_lr_scale: float = 1.0, ddp: bool = False,
+                pretrained_lr_scale: float = 1.0, ema_decay: float = 0.0, ddp: bool = False,
                 log_every: int = 10,
                 metrics_path: Path | None = None, progress: bool = True,
                 val: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None, eval_every: int = 50) -> list[dict]:
@@ -54,6 +54,11 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     pretrained_lr_scale: the learning rate of the backbone's pretrained weights (``pretrained_parameters``)
     relative to ``lr``; below 1 they move less from what ImageNet taught them.
 
+    ema_decay: above 0, an exponential moving average of the weights and BatchNorm statistics
+    (torch.optim.swa_utils.AveragedModel) is what is validated, kept and returned: with a few dozen images and
+    batches of 8, the last step's weights carry that batch's noise; their average over the last ~1/(1-decay)
+    steps does not.
+
     ddp: the process group is up (distill fit under torchrun): the student trains wrapped in
     DistributedDataParallel, each rank drawing its batches from the images it was given (its shard) with
     its own generator (seed + rank); gradients are averaged, so every rank takes the same steps. The best
@@ -68,6 +73,8 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
     head_targets = head_targets or {}
     objective = _Objective(levels, mse_weight, head_kinds, kd_temperature, kd_weight, mask_output, mask_weight)
     log = _StepLog(steps, metrics_path, progress)
+    ema = _ema(student, ema_decay)
+    judged = student if ema is None else ema.module  # what is validated and kept
     student.train()
     best = (-2.0, None, -1)  # (mean val cosine, state, step)
     try:
@@ -75,16 +82,28 @@ def fit_student(student: torch.nn.Module, images_u8: torch.Tensor, targets: dict
             batch = _batch(images_u8, targets, levels, head_targets, mask_targets if mask_weight > 0 else None,
                            batch_size, g, augment, jitter, mean, std)
             loss, logs = _step(net, objective, batch, params, opt, sched)
+            if ema is not None:
+                ema.update_parameters(student)
             log.tick(loss)
             if step % log_every == 0 or step == steps - 1:
                 row = log.row(step, loss, sched.get_last_lr()[0], logs)
                 if val is not None and (step % eval_every == 0 or step == steps - 1) and step > 0:
-                    best = _validate(student, val, row, best, step, ddp)
+                    best = _validate(judged, val, row, best, step, ddp)
                 log.keep(row)
     finally:
         log.close()
-    _finish(student, best, log.rows, ddp)
+    _finish(student, best, log.rows, ddp, ema)
     return log.rows
+
+
+def _ema(student: torch.nn.Module, decay: float):
+    """The moving average of ``student``'s weights and buffers, or None when ``decay`` is 0. Under DDP every
+    rank's student steps alike, so every rank's average is the same."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _wrap(student: torch.nn.Module, ddp: bool) -> tuple[torch.nn.Module, int]:
@@ -165,9 +184,11 @@ class _StepLog:
             self.f.close()
 
 
-def _finish(student: torch.nn.Module, best: tuple, rows: list[dict], ddp: bool) -> None:
-    """The best val step's weights back in the student (named in the last row), rank 0's BatchNorm statistics
-    on every rank under DDP, and eval mode."""
+def _finish(student: torch.nn.Module, best: tuple, rows: list[dict], ddp: bool, ema=None) -> None:
+    """The best val step's weights back in the student (named in the last row), else the moving average's where
+    there is one; rank 0's BatchNorm statistics on every rank under DDP, and eval mode."""
+    if best[1] is None and ema is not None:
+        student.load_state_dict(ema.module.state_dict())
     if best[1] is not None:
         student.load_state_dict(best[1])
         if rows:
