@@ -12,6 +12,8 @@
     ARTIFACT/bank.npy                    float16 (N, D) memory bank
     ARTIFACT/bank.index                  with --index ivf|hnsw: its faiss index, search parameter checked
                                          against exact search (distill/export_index.py)
+    ARTIFACT/bank.int8.onnx              with --index int8: the int8 distance GEMM + exact re-rank graph
+                                         (runtime.bank_index.build_int8_graph), rerank checked the same way
     ARTIFACT/manifest.json               runtime.contracts.manifest.ArtifactManifest, sha256 of every file
     ARTIFACT/manifest.sig                with --sign KEY: the manifest's Ed25519 signature (runtime/contracts/signing.py);
                                          through the sha256s it covers every file. An edge given
@@ -35,7 +37,7 @@ from distill.export_check import (CheckInputs, ExportError, check_backends, chec
 from distill.export_targets import export_onnx, export_openvino
 from distill.int8.quantize import FULL_FILE, QUANT_DIR, REPORT
 from distill.runners import TorchRunner, run_all
-from runtime.bank_index import DEFAULT_INDEX, INDEX_KINDS
+from runtime.bank_index import DEFAULT_INDEX, FAISS_KINDS, INDEX_KINDS
 from runtime.progress import command_log
 
 CHECK_IMAGES = 8
@@ -147,7 +149,7 @@ def check_request(formats, precisions, sign, index: str) -> tuple[tuple[str, ...
         load_signing_key(sign)
     if index not in INDEX_KINDS:
         raise ExportError(f"--index must be one of {INDEX_KINDS}, got {index!r}")
-    if index != "exact":
+    if index in FAISS_KINDS:  # int8 needs only onnx and onnxruntime, distill's own
         from runtime.bank_index import require_faiss
 
         try:
@@ -217,7 +219,7 @@ def write_bank_and_torch(run, out: Path, models: dict[str, str]) -> np.ndarray:
 
 def build_index(index: str, bank: np.ndarray, ref_out: list | None, run, scoring: ScoringParams, out: Path,
                 threads: int):
-    """The bank's search as the manifest records it: exact, or a faiss index whose search parameter is checked
+    """The bank's search as the manifest records it: exact, or an index (faiss, int8) whose search parameter is checked
     against exact search on ``ref_out`` (the torch outputs of the check images)."""
     from runtime.contracts.manifest import IndexSpec
 

@@ -13,8 +13,9 @@ def configure(p) -> None:
     p.add_argument("--out", required=True, help="artifact directory to write (replaced)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--index", choices=INDEX_KINDS, default=DEFAULT_INDEX,
-                   help="the bank's nearest-neighbour search: exact BLAS, or a faiss IVF / HNSW index "
-                        "(needs lineside[ann]) tuned until scores match exact search")
+                   help="the bank's nearest-neighbour search: exact BLAS, a faiss IVF / HNSW index "
+                        "(needs lineside[ann]), or an int8 distance GEMM with an exact re-rank (ONNX Runtime), "
+                        "each tuned until scores match exact search")
     p.add_argument("--sign", type=input_file, metavar="KEY", help="sign the artifact with this Ed25519 private key "
                    "(lineside keys DIR --name NAME --signing); edges with --trusted-signers serve only signed ones")
     p.add_argument("--format", dest="formats", default=",".join(DEFAULT_FORMATS),

@@ -38,12 +38,12 @@ class Preprocess(BaseModel):
 
 
 class IndexSpec(BaseModel):
-    """The bank's nearest-neighbour search (runtime/bank_index.py): exact BLAS, or a faiss index built at
-    export with the search parameters export verified against exact search."""
+    """The bank's nearest-neighbour search (runtime/bank_index.py): exact BLAS, or a faiss index or an int8
+    search graph built at export with the search parameters export verified against exact search."""
     model_config = ConfigDict(extra="forbid")
     kind: Literal[INDEX_KINDS] = DEFAULT_INDEX
-    file: str = ""  # faiss.write_index file, checksummed like the models ("" for exact)
-    params: dict[str, int] = Field(default_factory=dict)  # ivf: nlist, nprobe; hnsw: m, ef_search
+    file: str = ""  # faiss.write_index file or int8 ONNX graph, checksummed like the models ("" for exact)
+    params: dict[str, int] = Field(default_factory=dict)  # ivf: nlist, nprobe; hnsw: m, ef_search; int8: group, rerank
     check: dict = Field(default_factory=dict)  # export's measurement against exact search
 
 

@@ -173,11 +173,14 @@ def test_every_served_model_is_the_edge_graph(pipeline):
         sorted(m.outputs)
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "int8"])
 def test_export_with_an_approximate_index(pipeline, tmp_path, kind):
-    """--index: a faiss index in the artifact, checksummed, its search parameter checked against exact
-    search; the engine searches through it and scores within the recorded tolerance of exact search."""
-    pytest.importorskip("faiss")
+    """--index: a faiss index (or the int8 search graph) in the artifact, checksummed, its search parameter
+    checked against exact search; the engine searches through it and scores within the recorded tolerance of
+    exact search."""
+    if kind != "int8":
+        pytest.importorskip("faiss")
+    from runtime.bank_index import index_file
     from runtime.contracts.dataset import load_dataset
     from runtime.engine import Engine
 
@@ -186,7 +189,7 @@ def test_export_with_an_approximate_index(pipeline, tmp_path, kind):
     assert rc == 0 and exp["index"]["kind"] == kind
     m = load_manifest(art)
     ix = m.scoring.index
-    assert ix.kind == kind and ix.file == "bank.index" and ix.file in m.files
+    assert ix.kind == kind and ix.file == index_file(kind) and ix.file in m.files
     assert ix.check["score_max_abs_diff"] <= ix.check["score_tolerance"] and ix.check["tried"]
     ds = load_dataset(pipeline["data"])
     approx, exact = Engine(art, allow_forced=True), Engine(pipeline["art"], allow_forced=True)

@@ -172,3 +172,7 @@ def test_edge_bench_at_256_reports_the_scoring_targets(tmp_path):
     for f in (1, 4):
         row = t[f"scoring_over_backend_{EDGE_SIZE_PX}_bank_x{f}"]
         assert row["measured"] > 0 and row["pass"] == (row["measured"] <= 0.25)
+        # the other searches on the same bank, each its own row and target (exact is the artifact's here)
+        assert row["search"] == "exact" and t[f"scoring_over_backend_{EDGE_SIZE_PX}_bank_x{f}_int8"]["measured"] > 0
+    rows = [r for r in rep["rows"] if r["threads"] == 1 and r["search"] == "int8"]
+    assert [r["bank_factor"] for r in rows] == [1, 4] and all(r["search_params"]["rerank"] >= 1 for r in rows)
